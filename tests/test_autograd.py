@@ -1,0 +1,169 @@
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import tinynet as tn
+from tinynet.gradcheck import gradcheck
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
+
+
+@st.composite
+def broadcast_shapes(draw):
+    """A shape and one that broadcasts against it (leading dims dropped, some set to 1)."""
+    a = draw(shapes)
+    b = list(a)
+    b = b[draw(st.integers(0, len(b))):]  # drop leading dims
+    b = [1 if draw(st.booleans()) else n for n in b]
+    if draw(st.booleans()):
+        return a, tuple(b)
+    return tuple(b), a
+
+
+@given(broadcast_shapes(), st.sampled_from(["add", "sub", "mul", "div"]))
+def test_binary_ops_broadcast_gradients(shapes_ab, op):
+    a_shape, b_shape = shapes_ab
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape)
+    b = rng.uniform(0.5, 2.0, b_shape) * rng.choice([-1, 1], b_shape)  # away from 0 for div
+    f = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+         "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    gradcheck(f, [a, b])
+
+
+@given(shapes, st.data())
+def test_reductions_and_shape_ops(shape, data):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(shape)
+    axis = data.draw(st.one_of(st.none(), st.integers(0, max(len(shape) - 1, 0)))) if shape else None
+    keep = data.draw(st.booleans())
+    gradcheck(lambda x: x.sum(axis=axis, keepdims=keep), [a])
+    gradcheck(lambda x: x.mean(axis=axis, keepdims=keep), [a])
+    gradcheck(lambda x: (x.reshape(-1) * 2.0).reshape(shape), [a])
+    if len(shape) >= 2:
+        perm = tuple(data.draw(st.permutations(range(len(shape)))))
+        gradcheck(lambda x: x.transpose(perm), [a])
+
+
+def test_unary_ops_and_matmul(rng):
+    a = rng.uniform(0.5, 2.0, (3, 4))
+    b = rng.standard_normal((4, 5))
+    gradcheck(lambda x: x.exp(), [a])
+    gradcheck(lambda x: x.log(), [a])
+    gradcheck(lambda x: x ** 3, [a])
+    gradcheck(lambda x: -x, [a])
+    gradcheck(lambda x, y: x @ y, [a, b])
+    gradcheck(lambda x: 2.0 - x * 3.0 + 1.0 / x, [a])
+
+
+def test_getitem_basic_and_repeated_indices(rng):
+    a = rng.standard_normal((5, 4))
+    gradcheck(lambda x: x[1:4, ::2], [a])
+    gradcheck(lambda x: x[np.array([0, 2, 2, 4])], [a])  # repeated row: gradients add
+    t = tn.tensor(a, requires_grad=True)
+    t[np.array([1, 1, 1])].sum().backward()
+    assert np.allclose(t.grad[1], 3.0) and np.allclose(t.grad[0], 0.0)
+
+
+def test_concat_and_split_are_inverse_and_differentiable(rng):
+    a, b = rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 5, 2))
+    gradcheck(lambda x, y: tn.concat([x, y], axis=1), [a, b])
+    gradcheck(lambda x: tn.split(x, [1, 4, 3], axis=1)[1] * 2.0, [np.concatenate([a, b], 1)])
+    x = tn.tensor(np.concatenate([a, b], axis=1))
+    p, q = tn.split(x, [3, 5], axis=1)
+    assert np.array_equal(p.data, a) and np.array_equal(q.data, b)
+    # only one piece used: the other's gradient is zero
+    x = tn.tensor(np.concatenate([a, b], axis=1), requires_grad=True)
+    p, q = tn.split(x, 2, axis=2)
+    q.sum().backward()
+    assert np.array_equal(x.grad[..., 0], np.zeros((2, 8))) and np.array_equal(x.grad[..., 1], np.ones((2, 8)))
+
+
+def test_deep_chain_without_recursion():
+    x = tn.tensor(np.ones(3), requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001
+    y.sum().backward()
+    assert np.allclose(x.grad, 1.0001 ** 10_000)
+
+
+def test_gradient_accumulates_when_tensor_is_reused():
+    x = tn.tensor(np.array([2.0, 3.0]), requires_grad=True)
+    y = x * x + x  # x used three times
+    y.sum().backward()
+    assert np.allclose(x.grad, 2 * x.data + 1)
+    # a diamond: both branches reach x through an intermediate
+    x.grad = None
+    h = x * 3.0
+    (h * h + h).sum().backward()
+    assert np.allclose(x.grad, 18 * x.data + 3)
+    # a second backward adds into .grad (zero it between steps)
+    before = x.grad.copy()
+    (x * 2.0).sum().backward()
+    assert np.allclose(x.grad, before + 2)
+
+
+def test_graph_is_freed_after_backward():
+    x = tn.tensor(np.ones(2), requires_grad=True)
+    y = (x * 2.0).sum()
+    y.backward()
+    assert y._creator.saved == () and y._creator.inputs is None
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.backward()
+    z = (x * 2.0).sum()
+    z.backward(retain_graph=True)
+    z.backward()
+    assert np.allclose(x.grad, 2 + 2 + 2)
+
+
+def test_no_grad_builds_no_graph():
+    x = tn.tensor(np.ones(2), requires_grad=True)
+    with tn.no_grad():
+        y = x * 2.0
+        assert not tn.is_grad_enabled()
+    assert tn.is_grad_enabled()
+    assert y._creator is None and not y.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.sum().backward()
+
+
+def test_detach_and_numpy():
+    x = tn.tensor(np.arange(3.0), requires_grad=True)
+    d = (x * 2.0).detach()
+    assert d.is_leaf and not d.requires_grad
+    assert isinstance(d.numpy(), np.ndarray) and d.shape == (3,)
+
+
+def test_backward_errors():
+    x = tn.tensor(np.ones((2, 2)), requires_grad=True)
+    with pytest.raises(RuntimeError, match="grad can be omitted only"):
+        (x * 2.0).backward()
+    with pytest.raises(ValueError, match=r"grad must have shape \(2, 2\)"):
+        (x * 2.0).backward(np.ones(3))
+    (x * 2.0).backward(np.ones((2, 2)))
+    assert np.allclose(x.grad, 2.0)
+
+
+def test_dtype_rules():
+    a = tn.tensor(np.ones(2, np.float32))
+    b = tn.tensor(np.ones(2, np.float64))
+    with pytest.raises(TypeError, match="add: operands have different dtypes float32 and float64"):
+        a + b
+    assert (a * 2.5).dtype == np.float32  # Python numbers take the tensor's dtype
+    with pytest.raises(TypeError, match="only floating-point tensors can require grad"):
+        tn.tensor(np.arange(3), requires_grad=True)
+    with pytest.raises(TypeError, match="float16"):
+        tn.tensor(np.ones(2, np.float16))
+
+
+def test_shape_op_errors():
+    x = tn.tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"reshape: cannot reshape a tensor of shape \(2, 3\)"):
+        x.reshape(4, 2)
+    with pytest.raises(ValueError, match="split: sizes"):
+        tn.split(x, [1, 1], axis=1)
+    with pytest.raises(ValueError, match="concat: tensor 1 has shape"):
+        tn.concat([x, tn.tensor(np.ones((3, 3)))], axis=1)
+    with pytest.raises(ValueError, match="sum: axis 5 is out of range"):
+        x.sum(axis=5)

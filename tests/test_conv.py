@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import tinynet as tn
+import tinynet.functional as F
+from tinynet.gradcheck import gradcheck
+from tinynet.ops.conv import conv2d_backward_naive, conv2d_naive
+
+
+@st.composite
+def conv_geometry(draw):
+    groups = draw(st.integers(1, 3))
+    g = dict(
+        n=draw(st.integers(1, 3)),
+        groups=groups,
+        c=groups * draw(st.integers(1, 2)),
+        o=groups * draw(st.integers(1, 2)),
+        kh=draw(st.integers(1, 4)), kw=draw(st.integers(1, 4)),
+        sh=draw(st.integers(1, 5)), sw=draw(st.integers(1, 5)),  # stride > kernel too
+        ph=draw(st.integers(0, 2)), pw=draw(st.integers(0, 2)),
+    )
+    g["h"] = draw(st.integers(1, 9))
+    g["w"] = draw(st.integers(1, 9))  # non-square; tiny sizes give 1x1 outputs
+    assume(g["kh"] <= g["h"] + 2 * g["ph"] and g["kw"] <= g["w"] + 2 * g["pw"])
+    return g
+
+
+def make(g, rng, dtype=np.float64):
+    x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"])).astype(dtype)
+    w = rng.standard_normal((g["o"], g["c"] // g["groups"], g["kh"], g["kw"])).astype(dtype)
+    b = rng.standard_normal(g["o"]).astype(dtype)
+    return x, w, b
+
+
+def im2col_by_definition(x, kh, kw, s, p):
+    N, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    oh, ow = (H + 2 * p[0] - kh) // s[0] + 1, (W + 2 * p[1] - kw) // s[1] + 1
+    cols = np.zeros((C * kh * kw, N * oh * ow), x.dtype)
+    for c in range(C):
+        for ky in range(kh):
+            for kx in range(kw):
+                for n in range(N):
+                    for i in range(oh):
+                        for j in range(ow):
+                            cols[(c * kh + ky) * kw + kx, (n * oh + i) * ow + j] = xp[n, c, i * s[0] + ky, j * s[1] + kx]
+    return cols
+
+
+@given(conv_geometry())
+def test_im2col_matches_definition_and_col2im_is_its_adjoint(g):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"]))
+    k, s, p = (g["kh"], g["kw"]), (g["sh"], g["sw"]), (g["ph"], g["pw"])
+    cols = F.im2col(x, k, s, p).data
+    assert np.array_equal(cols, im2col_by_definition(x, *k, s, p))
+    # <im2col(x), c> == <x, col2im(c)>: col2im is the transpose of im2col
+    c = rng.standard_normal(cols.shape)
+    folded = F.col2im(c, x.shape, k, s, p).data
+    assert np.isclose((cols * c).sum(), (x * folded).sum())
+
+
+@given(conv_geometry(), st.booleans())
+def test_conv2d_fast_matches_naive_forward_and_backward(g, with_bias):
+    rng = np.random.default_rng(1)
+    x, w, b = make(g, rng)
+    s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
+    xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+    bt = tn.tensor(b, requires_grad=True) if with_bias else None
+    y = F.conv2d(xt, wt, bt, s, p, g["groups"])
+    assert np.allclose(y.data, conv2d_naive(x, w, b if with_bias else None, s, p, g["groups"]))
+    gy = rng.standard_normal(y.shape)
+    y.backward(gy)
+    gx, gw, gb = conv2d_backward_naive(x, w, gy, s, p, g["groups"])
+    assert np.allclose(xt.grad, gx) and np.allclose(wt.grad, gw)
+    if with_bias:
+        assert np.allclose(bt.grad, gb)
+
+
+@given(conv_geometry())
+def test_conv2d_gradcheck_float64(g):
+    rng = np.random.default_rng(2)
+    x, w, b = make(g, rng)
+    s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
+    gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"]), [x, w, b], max_checks=60)
+
+
+def test_conv2d_float32_against_float64(rng):
+    x = rng.standard_normal((2, 6, 13, 13))
+    w = rng.standard_normal((8, 3, 3, 3)) * 0.1
+    y64 = F.conv2d(x, w, padding=1, groups=2).data
+    y32 = F.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1, groups=2)
+    assert y32.dtype == np.float32
+    assert np.allclose(y32.data, y64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 5000, 10**9])
+def test_chunked_columns_give_identical_results(rng, budget):
+    # float64, so that only summation order (chunk by chunk) can differ
+    x = rng.standard_normal((5, 4, 11, 11))
+    w = rng.standard_normal((6, 2, 3, 3))
+    gy = rng.standard_normal((5, 6, 6, 6))
+
+    def run():
+        xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, stride=2, padding=1, groups=2)
+        y.backward(gy)
+        return y.data, xt.grad, wt.grad
+
+    reference = run()
+    old = F.set_conv_workspace(budget)  # 1 byte -> one image per chunk
+    try:
+        chunked = run()
+    finally:
+        F.set_conv_workspace(old)
+    for a, b in zip(reference, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_alexnet_conv1_shape_and_workspace():
+    x = np.zeros((2, 3, 227, 227), np.float32)
+    w = np.zeros((96, 3, 11, 11), np.float32)
+    F.conv_workspace_peak(reset=True)
+    y = F.conv2d(x, w, stride=4)
+    assert y.shape == (2, 96, 55, 55)
+    assert F.im2col(x[:1], 11, 4).shape == (363, 3025)  # the articles' M = [363 x 3025]
+    assert 0 < F.conv_workspace_peak() <= 192 * 2**20
+
+
+def test_conv2d_errors():
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d: weight expects 3 channels per group x 1 groups = 3 input channels, but x has C=4"):
+        F.conv2d(x, np.zeros((2, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="conv2d: groups=3 does not divide the input channels C=4"):
+        F.conv2d(x, np.zeros((3, 1, 3, 3), np.float32), groups=3)
+    with pytest.raises(ValueError, match="conv2d: groups=2 does not divide the filters O=3"):
+        F.conv2d(x, np.zeros((3, 2, 3, 3), np.float32), groups=2)
+    with pytest.raises(ValueError, match=r"conv2d: kernel \(9, 9\) is larger than the padded input 8x8"):
+        F.conv2d(x, np.zeros((2, 4, 9, 9), np.float32))
+    with pytest.raises(ValueError, match=r"conv2d: x must have 4 dims, got shape \(4, 8, 8\)"):
+        F.conv2d(x[0], np.zeros((2, 4, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="conv2d: weight has dtype float64 but x has float32"):
+        F.conv2d(x, np.zeros((2, 4, 3, 3)))
+    with pytest.raises(ValueError, match=r"conv2d: bias must have shape \(2,\)"):
+        F.conv2d(x, np.zeros((2, 4, 3, 3), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="conv2d: stride must be >= 1"):
+        F.conv2d(x, np.zeros((2, 4, 3, 3), np.float32), stride=0)
+    with pytest.raises(TypeError, match="conv2d: padding must be an int or a pair"):
+        F.conv2d(x, np.zeros((2, 4, 3, 3), np.float32), padding="same")
+    with pytest.raises(TypeError, match="conv2d: x must be float32 or float64"):
+        F.conv2d(x.astype(np.int32), np.zeros((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"col2im: cols must have shape \(36, 36\)"):
+        F.col2im(np.zeros((5, 5)), (1, 4, 8, 8), 3)

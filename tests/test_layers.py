@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import tinynet as tn
+import tinynet.functional as F
+from tinynet.gradcheck import gradcheck
+from tinynet.ops.activation import relu_naive
+from tinynet.ops.loss import cross_entropy_naive
+
+from conftest import shuffled_linspace
+
+small_shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
+
+
+@given(small_shapes)
+def test_relu_and_tanh(shape):
+    rng = np.random.default_rng(0)
+    x = shuffled_linspace(shape, rng, -2, 2)  # no element at the kink 0
+    assert np.array_equal(F.relu(x).data, relu_naive(x))
+    gradcheck(F.relu, [x])
+    gradcheck(F.tanh, [x])
+    assert np.allclose(F.tanh(x).data, np.tanh(x))
+
+
+@given(st.integers(1, 6), st.integers(1, 7), st.integers(1, 5), st.booleans())
+def test_linear_gradcheck(n, fin, fout, bias):
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
+    if bias:
+        gradcheck(F.linear, [x, w, b])
+        assert np.allclose(F.linear(x, w, b).data, x @ w.T + b)
+    else:
+        gradcheck(F.linear, [x, w])
+
+
+@given(st.integers(1, 6), st.integers(1, 8))
+def test_softmax_family_and_cross_entropy(n, k):
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((n, k)) * 3
+    labels = rng.integers(0, k, n)
+    p = F.softmax(z).data
+    assert np.allclose(p.sum(1), 1) and np.allclose(np.log(p), F.log_softmax(z).data)
+    gradcheck(F.softmax, [z])
+    gradcheck(F.log_softmax, [z])
+    gradcheck(lambda t: F.cross_entropy(t, labels), [z])
+    assert np.isclose(F.cross_entropy(z, labels).item(), cross_entropy_naive(z, labels))
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = np.array([[1000.0, 0.0, -1000.0], [0.0, 1e4, 0.0]], dtype=np.float32)
+    loss = F.cross_entropy(tn.tensor(z, requires_grad=True), np.array([0, 1]))
+    assert np.isfinite(loss.item()) and abs(loss.item()) < 1e-6
+    assert np.isclose(F.cross_entropy(np.zeros((4, 1000)), np.arange(4)).item(), np.log(1000))
+
+
+def test_cross_entropy_errors():
+    z = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"cross_entropy: labels must be in \[0, 4\) for 4 classes, got values in \[0, 4\]"):
+        F.cross_entropy(z, np.array([0, 1, 4]))
+    with pytest.raises(ValueError, match=r"cross_entropy: labels must have shape \(3,\)"):
+        F.cross_entropy(z, np.array([0, 1]))
+    with pytest.raises(TypeError, match="cross_entropy: labels must be integers"):
+        F.cross_entropy(z, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="cross_entropy: logits must have 2 dims"):
+        F.cross_entropy(np.zeros(3), np.array([0]))
+
+
+def test_dropout_inverted_scaling_seeded_and_identity_in_eval():
+    x = np.ones((200, 500), np.float32)
+    y1 = F.dropout(x, 0.5, training=True, rng=np.random.default_rng(7)).data
+    y2 = F.dropout(x, 0.5, training=True, rng=np.random.default_rng(7)).data
+    assert np.array_equal(y1, y2)
+    assert set(np.unique(y1)) == {0.0, 2.0}
+    assert abs(y1.mean() - 1.0) < 0.02  # same expectation as the input
+    assert np.array_equal(F.dropout(x, 0.5, training=False).data, x)
+    # backward uses the same mask
+    xt = tn.tensor(np.ones((4, 6)), requires_grad=True)
+    y = F.dropout(xt, 0.3, rng=np.random.default_rng(1))
+    y.sum().backward()
+    assert np.array_equal(xt.grad, y.data)
+    with pytest.raises(ValueError, match=r"dropout: p must be in \[0, 1\)"):
+        F.dropout(x, 1.0)
+
+
+def test_flatten_and_linear_errors():
+    assert F.flatten(np.zeros((2, 3, 4, 5))).shape == (2, 60)
+    with pytest.raises(ValueError, match="linear: x has 5 features but weight"):
+        F.linear(np.zeros((2, 5)), np.zeros((3, 4)))
+    with pytest.raises(TypeError, match="linear: weight has dtype float64 but x has float32"):
+        F.linear(np.zeros((2, 4), np.float32), np.zeros((3, 4)))

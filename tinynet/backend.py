@@ -1,0 +1,118 @@
+"""Array backends: NumPy on the CPU, CuPy on CUDA devices.
+
+Layer code asks ``xp = get_array_module(x)`` and then writes ``xp.exp``,
+``xp.matmul``... so one implementation serves both.  CuPy is optional:
+importing tinynet never imports it unless a CUDA array or device is used.
+"""
+
+import re
+
+import numpy as np
+
+_cupy = None
+_cupy_checked = False
+
+
+def cupy_or_none():
+    """The cupy module if it can be imported, else None (never raises)."""
+    global _cupy, _cupy_checked
+    if not _cupy_checked:
+        _cupy_checked = True
+        try:
+            import cupy  # noqa: F401
+
+            _cupy = cupy
+        except Exception:  # ImportError, or a broken CUDA install
+            _cupy = None
+    return _cupy
+
+
+def get_array_module(*arrays):
+    """``numpy`` or ``cupy``, whichever module the arrays belong to."""
+    for a in arrays:
+        data = getattr(a, "data", a) if not isinstance(a, np.ndarray) else a
+        if isinstance(data, np.ndarray) or np.isscalar(data):
+            continue
+        if type(data).__module__.startswith("cupy"):
+            return cupy_or_none()
+    return np
+
+
+class Device:
+    """A place for arrays: ``Device("cpu")`` or ``Device("cuda:1")``."""
+
+    def __init__(self, spec="cpu"):
+        if isinstance(spec, Device):
+            self.kind, self.index = spec.kind, spec.index
+            return
+        if not isinstance(spec, str):
+            raise TypeError(f"device: expected a string like 'cpu' or 'cuda:0', got {spec!r}")
+        m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", spec.strip())
+        if not m:
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+        self.kind = m.group(1)
+        self.index = int(m.group(2) or 0) if self.kind == "cuda" else None
+        if self.kind == "cpu" and m.group(2) is not None:
+            raise ValueError(f"device: 'cpu' takes no index, got {spec!r}")
+
+    def __repr__(self):
+        return f"device('{self}')"
+
+    def __str__(self):
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    def __eq__(self, other):
+        other = Device(other) if isinstance(other, str) else other
+        return isinstance(other, Device) and (self.kind, self.index) == (other.kind, other.index)
+
+    def __hash__(self):
+        return hash((self.kind, self.index))
+
+    @property
+    def xp(self):
+        return np if self.kind == "cpu" else require_cupy(self)
+
+
+def device(spec="cpu"):
+    """``tn.device("cpu")`` or ``tn.device("cuda:0")``."""
+    return Device(spec)
+
+
+def require_cupy(dev):
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError(
+            f"device {dev}: CUDA devices need CuPy, which is not installed "
+            "(pip install -e .[gpu], i.e. a cupy-cuda12x/13x wheel matching your CUDA)"
+        )
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no GPU
+        raise RuntimeError(f"device {dev}: CuPy is installed but no CUDA GPU is usable ({e})") from e
+    if dev.index >= count:
+        raise RuntimeError(f"device {dev}: only {count} CUDA device(s) present")
+    return cp
+
+
+def device_of(array):
+    """The Device an array lives on."""
+    if isinstance(array, np.ndarray) or np.isscalar(array):
+        return Device("cpu")
+    dev = getattr(array, "device", None)
+    return Device(f"cuda:{dev.id}") if dev is not None else Device("cpu")
+
+
+def to_device(t, dev):
+    """Copy tensor ``t``'s data to device ``dev`` (a new leaf if it moved)."""
+    from .autograd import Tensor
+
+    dev = Device(dev)
+    if t.device == dev:
+        return t
+    if dev.kind == "cpu":
+        data = t.numpy()
+    else:
+        cp = require_cupy(dev)
+        with cp.cuda.Device(dev.index):
+            data = cp.asarray(t.data if isinstance(t.data, np.ndarray) else t.numpy())
+    return Tensor(data, requires_grad=t.requires_grad)

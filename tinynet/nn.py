@@ -1,0 +1,290 @@
+"""tinynet.nn: modules that hold parameters and call tinynet.functional.
+
+A ``Module`` registers every ``Parameter`` and sub-``Module`` assigned to it
+as an attribute, in order; ``named_parameters()`` walks them and gives the
+dotted names (``conv1.weight``) that ``state_dict()`` uses.  Layer names,
+arguments and weight layouts follow PyTorch, so weights move between the two.
+"""
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from .autograd import Tensor
+from .backend import Device, get_array_module
+from .random import default_generator
+
+
+class Parameter(Tensor):
+    """A tensor that is a learnable weight of a Module (requires grad)."""
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter(" + super().__repr__()[len("tensor("):]
+
+
+class Module:
+    """Base class of layers and models: subclass, assign parameters and
+    sub-modules in ``__init__``, and write ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args):  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal ------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for mod_name, m in self.named_modules(prefix):
+            for name, p in m._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        return int(sum(p.size for p in self.parameters()))
+
+    # ---- modes ----------------------------------------------------------------
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ---- weights --------------------------------------------------------------
+    def state_dict(self):
+        """name -> NumPy array (a copy on the host), in registration order."""
+        out = OrderedDict()
+        for name, p in self.named_parameters():
+            data = p.numpy()
+            out[name] = data.copy() if data is p.data else data
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays into the parameters.  With ``strict`` every key must
+        match; shapes must always match.  dtypes are converted to the
+        parameter's."""
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for name, p in own.items():
+            if name not in state:
+                continue
+            value = state[name]
+            value = value.numpy() if isinstance(value, Tensor) else value
+            if tuple(value.shape) != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {name} has shape {tuple(value.shape)} "
+                    f"in the state dict, the model expects {p.shape}"
+                )
+            xp = get_array_module(p.data)
+            p.data = xp.asarray(value, dtype=p.dtype).copy() if xp is np else xp.asarray(value).astype(p.dtype)
+        return self
+
+    def to(self, device):
+        """Move every parameter to ``device`` ('cpu', 'cuda:0'), in place."""
+        dev = Device(device)
+        for m in (m for _, m in self.named_modules()):
+            for name, p in list(m._parameters.items()):
+                if p.device != dev:
+                    setattr(m, name, Parameter(p.to(dev).data, requires_grad=p.requires_grad))
+        return self
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + ("\n)" if self._modules else ")")
+
+
+def _uniform_init(shape, fan_in, dtype, rng):
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _check_positive_int(layer, name, v):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {v!r}")
+
+
+class Conv2d(Module):
+    """weight (out_channels, in_channels/groups, KH, KW), bias (out_channels,).
+    Default init as PyTorch's (uniform +-1/sqrt(fan_in)); models set their own."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            _check_positive_int("Conv2d", name, v)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
+        rng = default_generator() if rng is None else rng
+        fan_in = in_channels // groups * kh * kw
+        self.weight = Parameter(_uniform_init((out_channels, in_channels // groups, kh, kw), fan_in, dtype, rng))
+        self.bias = Parameter(_uniform_init((out_channels,), fan_in, dtype, rng)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}")
+
+
+class Linear(Module):
+    """weight (out_features, in_features), bias (out_features,)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        _check_positive_int("Linear", "in_features", in_features)
+        _check_positive_int("Linear", "out_features", out_features)
+        self.in_features, self.out_features = in_features, out_features
+        rng = default_generator() if rng is None else rng
+        self.weight = Parameter(_uniform_init((out_features, in_features), in_features, dtype, rng))
+        self.bias = Parameter(_uniform_init((out_features,), in_features, dtype, rng)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}"
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class LocalResponseNorm(Module):
+    """Paper convention by default (k=2, alpha multiplies the raw window
+    sum).  Note: PyTorch's ``LocalResponseNorm`` divides alpha by size and
+    defaults k=1; ``alpha_over_size=True`` gives that convention."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.alpha_over_size = alpha_over_size
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_over_size)
+
+    def extra_repr(self):
+        conv = "alpha/size" if self.alpha_over_size else "paper"
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, {conv}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Dropout(Module):
+    """Inverted dropout with probability p, active only in training mode."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim)
+
+
+class Sequential(Module):
+    """Modules applied in order.  ``Sequential(a, b)`` names them '0', '1';
+    ``Sequential(OrderedDict(conv1=..., relu1=...))`` uses the given names."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {name!r} is a {type(m).__name__}, not a Module")
+            setattr(self, name, m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)

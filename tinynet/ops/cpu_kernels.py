@@ -1,0 +1,249 @@
+"""CPU kernels in NumPy: the loops that differ between CPU and GPU.
+
+Each function here has a CUDA twin in ``kernels/*.cu`` computing the same
+thing with one GPU thread per output element.  On the CPU the rule is: loop
+over the few kernel offsets (KH*KW, or the LRN window), never over pixels or
+images, and let each step be one NumPy call over a whole strided slice.
+
+Large elementwise passes (LRN, pooling) are memory-bound and NumPy runs
+them on one core, so ``parallel_chunks`` cuts the batch into cache-sized
+pieces and hands them to a small thread pool (NumPy releases the GIL inside
+its loops).  The numbers do not depend on the chunking.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# ----------------------------------------------------------------------------
+# Threads for memory-bound passes
+# ----------------------------------------------------------------------------
+
+_pool = {"threads": None, "executor": None}
+
+
+def set_num_threads(n):
+    """Threads used by the CPU kernels' elementwise passes (default: the
+    number of cores).  BLAS threads are set separately (OPENBLAS_NUM_THREADS)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    if _pool["executor"] is not None:
+        _pool["executor"].shutdown(wait=True)
+    _pool["threads"], _pool["executor"] = n, None
+
+
+def get_num_threads():
+    if _pool["threads"] is None:
+        _pool["threads"] = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return _pool["threads"]
+
+
+def parallel_chunks(fn, n, bytes_per_item, target_bytes=2 * 2**20):
+    """Call ``fn(i0, i1)`` over [0, n) cut into pieces of about
+    ``target_bytes`` working set each, on the thread pool.  ``fn`` must write
+    only to its own slice."""
+    step = int(max(1, min(n, target_bytes // max(bytes_per_item, 1))))
+    ranges = [(i, min(n, i + step)) for i in range(0, n, step)]
+    threads = get_num_threads()
+    if threads == 1 or len(ranges) == 1:
+        for i0, i1 in ranges:
+            fn(i0, i1)
+        return
+    if _pool["executor"] is None:
+        _pool["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="tinynet-cpu")
+    for future in [_pool["executor"].submit(fn, i0, i1) for i0, i1 in ranges]:
+        future.result()  # re-raises a worker's exception here
+
+
+# ----------------------------------------------------------------------------
+# im2col / col2im
+# ----------------------------------------------------------------------------
+
+
+def _padded(x, ph, pw):
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xpad[:, :, ph:ph + H, pw:pw + W] = x
+    return xpad
+
+
+def im2col(x, kh, kw, stride, padding, out=None):
+    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW); see ops.conv.im2col."""
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    # view the columns as (C, KH, KW, N, OH, OW): axes 0-2 are the rows
+    if out is None:
+        out = np.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
+    cols = out.reshape(C, kh, kw, N, OH, OW)
+    x_cn = _padded(x, ph, pw).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
+    for ky in range(kh):
+        for kx in range(kw):
+            # every window's pixel at offset (ky, kx): one strided slice
+            cols[:, ky, kx] = x_cn[:, :, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw]
+    return out
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding):
+    """cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W), summing overlaps."""
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    cols = cols.reshape(C, kh, kw, N, OH, OW)
+    gx = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    g_cn = gx.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp) view
+    for ky in range(kh):
+        for kx in range(kw):
+            # one offset never maps two columns onto one pixel, so += is safe
+            g_cn[:, :, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw] += cols[:, ky, kx]
+    if ph or pw:
+        gx = gx[:, :, ph:ph + H, pw:pw + W]
+    return gx
+
+
+# ----------------------------------------------------------------------------
+# Max pooling
+# ----------------------------------------------------------------------------
+
+
+def _window_slice(k_off, stride, out_len):
+    return slice(k_off, k_off + stride * out_len, stride)
+
+
+def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
+    """x: (N, C, H, W) -> (y: (N, C, OH, OW), argmax: (N, C, OH, OW) int8/int16).
+
+    argmax is the position in the window, ky*KW + kx.  Offsets are visited
+    in row-major order and a later one wins only if strictly greater, so on
+    ties the first maximum (top-most, then left-most) is kept.
+    """
+    N, C = x.shape[:2]
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
+    arg = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw < 128 else np.int32)
+
+    def run(i0, i1):
+        xs, ys, args = x[i0:i1], y[i0:i1], arg[i0:i1]
+        ys[...] = xs[:, :, _window_slice(0, sh, oh), _window_slice(0, sw, ow)]
+        greater = np.empty(ys.shape, dtype=bool)
+        for ky in range(kh):
+            for kx in range(kw):
+                if ky == 0 and kx == 0:
+                    continue
+                v = xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)]
+                np.greater(v, ys, out=greater)
+                np.copyto(ys, v, where=greater)
+                np.copyto(args, ky * kw + kx, where=greater)
+
+    parallel_chunks(run, N, x[0].nbytes)
+    return y, arg
+
+
+def maxpool_backward(gy, arg, x_shape, kh, kw, sh, sw):
+    """Send each output's gradient to the input position recorded in argmax;
+    overlapping windows add.  gy, arg: (N, C, OH, OW) -> gx: (N, C, H, W)."""
+    N, C, oh, ow = gy.shape
+    gx = np.zeros(x_shape, dtype=gy.dtype)
+
+    def run(i0, i1):
+        gxs, gys, args = gx[i0:i1], gy[i0:i1], arg[i0:i1]
+        hit = np.empty(gys.shape, dtype=bool)
+        for ky in range(kh):
+            for kx in range(kw):
+                np.equal(args, ky * kw + kx, out=hit)
+                view = gxs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)]
+                np.add(view, gys, out=view, where=hit)
+
+    parallel_chunks(run, N, gx[0].nbytes)
+    return gx
+
+
+# ----------------------------------------------------------------------------
+# Local response normalisation across channels
+# ----------------------------------------------------------------------------
+
+
+def channel_window_sum(a, before, after, out):
+    """out[:, c] = sum of a[:, c-before : c+after+1] (clipped at the edges).
+
+    A few shifted adds, one per offset in the window; never a loop over
+    channels.  a, out: (n, C, H, W)."""
+    C = a.shape[1]
+    np.copyto(out, a)
+    for d in range(1, before + 1):  # channels below c
+        if d < C:
+            out[:, d:] += a[:, :-d]
+    for d in range(1, after + 1):  # channels above c
+        if d < C:
+            out[:, :-d] += a[:, d:]
+    return out
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Paper LRN: y = x * (k + alpha * sum_window x^2) ** -beta.
+
+    x: (N, C, H, W).  Window of ``size`` channels centred on c (size//2
+    below, (size-1)//2 above), clipped at the edges.  Returns (y, scale)
+    with scale = k + alpha * sum_window x^2, kept for backward.
+    """
+    N = x.shape[0]
+    y = np.empty_like(x)
+    scale = np.empty_like(x)
+    before, after = size // 2, (size - 1) // 2
+
+    def run(i0, i1):
+        xs, ys, ss = x[i0:i1], y[i0:i1], scale[i0:i1]
+        np.multiply(xs, xs, out=ys)                      # x^2 (ys as scratch)
+        channel_window_sum(ys, before, after, out=ss)    # window sums
+        ss *= alpha
+        ss += k                                          # s = k + alpha * sum
+        power_neg_beta(ss, beta, out=ys)                 # s^-beta
+        ys *= xs                                         # y = x * s^-beta
+
+    parallel_chunks(run, N, 4 * x[0].nbytes)
+    return y, scale
+
+
+def power_neg_beta(s, beta, out):
+    """out = s ** (-beta).  For the paper's beta = 0.75 this is
+    1 / (sqrt(s) * sqrt(sqrt(s))): square roots are far cheaper than pow."""
+    if beta == 0.75:
+        np.sqrt(s, out=out)             # s^1/2
+        root4 = np.sqrt(out)            # s^1/4
+        out *= root4                    # s^3/4
+        np.reciprocal(out, out=out)     # s^-3/4
+    else:
+        np.power(s, -beta, out=out)
+    return out
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """Gradient of LRN: with s = scale,
+
+        gx_i = gy_i * s_i^-beta - 2*alpha*beta * x_i * sum_{j: i in window(j)} gy_j * y_j / s_j
+
+    ``window(j)`` reversed is a window with ``before`` and ``after`` swapped.
+    x, y, scale, gy: (N, C, H, W) -> gx: (N, C, H, W).
+    """
+    N = x.shape[0]
+    gx = np.empty_like(x)
+    before, after = size // 2, (size - 1) // 2
+
+    def run(i0, i1):
+        xs, ys, ss, gys, gxs = x[i0:i1], y[i0:i1], scale[i0:i1], gy[i0:i1], gx[i0:i1]
+        u = gys * ys
+        u /= ss                                            # gy_j * y_j / s_j
+        t = np.empty_like(u)
+        channel_window_sum(u, after, before, out=t)        # sum over j whose window holds i
+        t *= xs
+        t *= -2.0 * alpha * beta
+        power_neg_beta(ss, beta, out=u)                    # s^-beta (u reused)
+        u *= gys
+        np.add(u, t, out=gxs)
+
+    parallel_chunks(run, N, 6 * x[0].nbytes)
+    return gx

@@ -1,0 +1,72 @@
+"""Max pooling with overlapping windows (AlexNet: 3x3, stride 2).
+
+    x: (N, C, H, W) -> y: (N, C, OH, OW), OH = (H + 2*pad - KH) // SH + 1
+
+Forward keeps, for each output, which position of its window held the
+maximum (``argmax``, 0 .. KH*KW-1, row-major in the window).  Backward sends
+each output's gradient to that one position; where windows overlap
+(stride < kernel) an input pixel can collect gradient from several outputs,
+and those add.  On ties, the first maximum in row-major window order wins.
+"""
+
+import numpy as np
+
+from ..autograd import Function
+from ..backend import get_array_module
+from . import kernels_for
+
+
+class MaxPool2d(Function):
+    def forward(self, x, kernel_size=(3, 3), stride=(2, 2), padding=(0, 0)):
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+        if ph or pw:  # pad with -inf so padding never wins
+            xpad = xp.full(x.shape[:2] + (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), -xp.inf, x.dtype)
+            xpad[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+        else:
+            xpad = x
+        oh = (xpad.shape[2] - kh) // sh + 1
+        ow = (xpad.shape[3] - kw) // sw + 1
+        y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
+        self.save_for_backward(argmax)
+        self.geometry = (x.shape, xpad.shape, kh, kw, sh, sw, ph, pw)
+        return y
+
+    def backward(self, gy):
+        (argmax,) = self.saved
+        x_shape, pad_shape, kh, kw, sh, sw, ph, pw = self.geometry
+        gx = kernels_for(gy).maxpool_backward(gy, argmax, pad_shape, kh, kw, sh, sw)
+        if ph or pw:
+            gx = gx[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
+        return gx
+
+
+def max_pool2d_naive(x, kernel_size, stride, padding=(0, 0)):
+    """Reference max pooling by loops over output positions.
+    Returns (y, argmax) with argmax the first maximum's row-major position."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    N, C, H, W = xpad.shape
+    oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
+    y = np.empty((N, C, oh, ow), x.dtype)
+    arg = np.empty((N, C, oh, ow), np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            win = xpad[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(N, C, -1)
+            arg[:, :, i, j] = win.argmax(axis=2)  # np.argmax returns the first maximum
+            y[:, :, i, j] = win.max(axis=2)
+    return y, arg
+
+
+def max_pool2d_backward_naive(x, gy, kernel_size, stride, padding=(0, 0)):
+    """Reference gradient: each output adds its gradient at its argmax."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    _, arg = max_pool2d_naive(x, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    gx = np.zeros((N, C, H + 2 * ph, W + 2 * pw), gy.dtype)
+    for i in range(gy.shape[2]):
+        for j in range(gy.shape[3]):
+            ky, kx = np.divmod(arg[:, :, i, j], kw)
+            n, c = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+            np.add.at(gx, (n, c, i * sh + ky, j * sw + kx), gy[:, :, i, j])
+    return gx[:, :, ph:ph + H, pw:pw + W]
