@@ -23,6 +23,8 @@ The results do not depend on the chunk size.
 OH = (H + 2*ph - KH) // sh + 1 and OW likewise (floor rounding, as Caffe).
 """
 
+import threading
+
 import numpy as np
 
 from ..autograd import Function
@@ -52,6 +54,33 @@ def conv_workspace_peak(reset=False):
     if reset:
         _workspace["peak"] = 0
     return peak
+
+
+_buffers = threading.local()
+
+
+def _scratch(name, shape, dtype, xp):
+    """A reusable CPU buffer for one role (columns, their gradient, the GEMM
+    output), grown when needed and kept between calls, so that big arrays
+    are not allocated (and page-faulted) afresh for every layer and step.
+    Per thread, so that two towers on two CPU threads never share one.
+    On the GPU, CuPy's memory pool already does this: plain allocation."""
+    if xp is not np:
+        return xp.empty(shape, dtype)
+    size = int(np.prod(shape))
+    store = getattr(_buffers, "arrays", None)
+    if store is None:
+        store = _buffers.arrays = {}
+    key = (name, np.dtype(dtype).str)
+    buf = store.get(key)
+    if buf is None or buf.size < size:
+        buf = store[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def release_workspace():
+    """Free this thread's reusable convolution buffers."""
+    _buffers.arrays = {}
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -89,19 +118,20 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
     return cpu_kernels.im2col(x, kh, kw, stride, padding, out)
 
 
-def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0)):
+def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
     """The adjoint of ``im2col``: add every column back onto the pixels it
     was copied from.  Where windows overlap, a pixel receives the sum of
     all the columns that saw it; that is exactly the gradient of im2col.
 
     cols: (C*KH*KW, N*OH*OW) -> returns (N, C, H, W) with x_shape = (N, C, H, W).
+    ``out``, if given, is an (N, C, H, W) array to write the result into.
     """
     xp = get_array_module(cols)
     if xp is not np:
         from ..cuda import kernels as cuda_kernels
 
-        return cuda_kernels.col2im(cols, x_shape, kh, kw, stride, padding)
-    return cpu_kernels.col2im(cols, x_shape, kh, kw, stride, padding)
+        return cuda_kernels.col2im(cols, x_shape, kh, kw, stride, padding, out)
+    return cpu_kernels.col2im(cols, x_shape, kh, kw, stride, padding, out)
 
 
 # ----------------------------------------------------------------------------
@@ -132,10 +162,12 @@ class Conv2d(Function):
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
         for n0, n1, cols in self._column_chunks(x):
+            n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
-            prod = xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1))
+            prod = _scratch("prod", (G, O // G, n * OH * OW), x.dtype, xp)
+            xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
             # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias in the same pass
-            prod = prod.reshape(O, n1 - n0, OH * OW).transpose(1, 0, 2)
+            prod = prod.reshape(O, n, OH * OW).transpose(1, 0, 2)
             if bias:
                 xp.add(prod, bias[0][None, :, None], out=y[n0:n1])
             else:
@@ -150,11 +182,10 @@ class Conv2d(Function):
         per_image = (C * KH * KW + self.saved[1].shape[0]) * OH * OW * x.itemsize
         step = _chunk_images(N, per_image)
         _workspace["peak"] = max(_workspace["peak"], step * per_image)
-        buf = None
+        xp = get_array_module(x)
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
-            if buf is None or buf.shape[1] != (n1 - n0) * OH * OW:
-                buf = get_array_module(x).empty((C * KH * KW, (n1 - n0) * OH * OW), x.dtype)
+            buf = _scratch("cols", (C * KH * KW, (n1 - n0) * OH * OW), x.dtype, xp)
             yield n0, n1, im2col(x[n0:n1], KH, KW, stride, padding, out=buf)
 
     def backward(self, gy):
@@ -172,14 +203,18 @@ class Conv2d(Function):
         for n0, n1, cols in self._column_chunks(x):
             n = n1 - n0
             # gradient rows per filter: (n, O, OH*OW) -> (G, O/G, n*OH*OW)
-            g_rows = xp.ascontiguousarray(gy[n0:n1].transpose(1, 0, 2)).reshape(G, O // G, n * OH * OW)
+            g_rows = _scratch("prod", (O, n, OH * OW), gy.dtype, xp)
+            g_rows[...] = gy[n0:n1].transpose(1, 0, 2)
+            g_rows = g_rows.reshape(G, O // G, n * OH * OW)
             if need_w:
                 # (G, O/G, C/G*KH*KW) += (G, O/G, n*OH*OW) @ (G, n*OH*OW, C/G*KH*KW)
                 gw += xp.matmul(g_rows, cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1))
             if need_x:
                 # (G, C/G*KH*KW, n*OH*OW) = (G, C/G*KH*KW, O/G) @ (G, O/G, n*OH*OW)
-                gcols = xp.matmul(w_groups_t, g_rows).reshape(C * KH * KW, n * OH * OW)
-                gx[n0:n1] = col2im(gcols, (n, C, H, W), KH, KW, stride, padding)
+                gcols = _scratch("gcols", (G, Cg * KH * KW, n * OH * OW), gy.dtype, xp)
+                xp.matmul(w_groups_t, g_rows, out=gcols)
+                col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride, padding,
+                       out=gx[n0:n1])
         grads = [gx, gw.reshape(weight.shape) if need_w else None]
         if self.has_bias:
             grads.append(gy.sum(axis=(0, 2)) if self.needs_input_grad[2] else None)

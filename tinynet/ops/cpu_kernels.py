@@ -71,38 +71,56 @@ def _padded(x, ph, pw):
 
 
 def im2col(x, kh, kw, stride, padding, out=None):
-    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW); see ops.conv.im2col."""
+    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW); see ops.conv.im2col.
+
+    The images are shared out among the threads; each thread loops over the
+    KH*KW offsets and copies one strided slice of its images per offset."""
     N, C, H, W = x.shape
     (sh, sw), (ph, pw) = stride, padding
     OH = (H + 2 * ph - kh) // sh + 1
     OW = (W + 2 * pw - kw) // sw + 1
-    # view the columns as (C, KH, KW, N, OH, OW): axes 0-2 are the rows
     if out is None:
         out = np.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
+    # view the columns as (C, KH, KW, N, OH, OW): axes 0-2 are the rows
     cols = out.reshape(C, kh, kw, N, OH, OW)
     x_cn = _padded(x, ph, pw).transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
-    for ky in range(kh):
-        for kx in range(kw):
-            # every window's pixel at offset (ky, kx): one strided slice
-            cols[:, ky, kx] = x_cn[:, :, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw]
+
+    def run(n0, n1):
+        for ky in range(kh):
+            for kx in range(kw):
+                # every window's pixel at offset (ky, kx): one strided slice
+                cols[:, ky, kx, n0:n1] = x_cn[:, n0:n1, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw]
+
+    parallel_chunks(run, N, C * kh * kw * OH * OW * x.itemsize)
     return out
 
 
-def col2im(cols, x_shape, kh, kw, stride, padding):
-    """cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W), summing overlaps."""
+def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
+    """cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W), summing overlaps.
+
+    ``out``, if given, receives the result (it must not alias ``cols``)."""
     N, C, H, W = x_shape
     (sh, sw), (ph, pw) = stride, padding
     OH = (H + 2 * ph - kh) // sh + 1
     OW = (W + 2 * pw - kw) // sw + 1
     cols = cols.reshape(C, kh, kw, N, OH, OW)
-    gx = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    padded = bool(ph or pw) or out is None
+    gx = np.empty((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype) if padded else out
     g_cn = gx.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp) view
-    for ky in range(kh):
-        for kx in range(kw):
-            # one offset never maps two columns onto one pixel, so += is safe
-            g_cn[:, :, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw] += cols[:, ky, kx]
+
+    def run(n0, n1):
+        g_cn[:, n0:n1] = 0
+        for ky in range(kh):
+            for kx in range(kw):
+                # one offset never maps two columns onto one pixel, so += is safe
+                g_cn[:, n0:n1, ky:ky + sh * OH:sh, kx:kx + sw * OW:sw] += cols[:, ky, kx, n0:n1]
+
+    parallel_chunks(run, N, C * (H + 2 * ph) * (W + 2 * pw) * cols.itemsize)
     if ph or pw:
         gx = gx[:, :, ph:ph + H, pw:pw + W]
+        if out is not None:
+            out[...] = gx
+            return out
     return gx
 
 
@@ -116,49 +134,52 @@ def _window_slice(k_off, stride, out_len):
 
 
 def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
-    """x: (N, C, H, W) -> (y: (N, C, OH, OW), argmax: (N, C, OH, OW) int8/int16).
+    """x: (N, C, H, W) -> y: (N, C, OH, OW), the maximum of each window.
 
-    argmax is the position in the window, ky*KW + kx.  Offsets are visited
-    in row-major order and a later one wins only if strictly greater, so on
-    ties the first maximum (top-most, then left-most) is kept.
-    """
-    N, C = x.shape[:2]
-    y = np.empty((N, C, oh, ow), dtype=x.dtype)
-    arg = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw < 128 else np.int32)
+    One np.maximum per kernel offset, over the whole strided slice.  Which
+    position held the maximum is not stored: backward finds it again by
+    comparing x with y (no argmax array to keep)."""
+    N = x.shape[0]
+    y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
 
     def run(i0, i1):
-        xs, ys, args = x[i0:i1], y[i0:i1], arg[i0:i1]
+        xs, ys = x[i0:i1], y[i0:i1]
         ys[...] = xs[:, :, _window_slice(0, sh, oh), _window_slice(0, sw, ow)]
-        greater = np.empty(ys.shape, dtype=bool)
         for ky in range(kh):
             for kx in range(kw):
-                if ky == 0 and kx == 0:
-                    continue
-                v = xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)]
-                np.greater(v, ys, out=greater)
-                np.copyto(ys, v, where=greater)
-                np.copyto(args, ky * kw + kx, where=greater)
+                if ky or kx:
+                    np.maximum(ys, xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)], out=ys)
 
     parallel_chunks(run, N, x[0].nbytes)
-    return y, arg
+    return y
 
 
-def maxpool_backward(gy, arg, x_shape, kh, kw, sh, sw):
-    """Send each output's gradient to the input position recorded in argmax;
-    overlapping windows add.  gy, arg: (N, C, OH, OW) -> gx: (N, C, H, W)."""
+def maxpool_backward(x, y, gy, kh, kw, sh, sw):
+    """Send each output's gradient to the first position of its window
+    (row-major) that holds the maximum; overlapping windows add.
+
+    x: (N, C, H, W), y, gy: (N, C, OH, OW) -> gx: (N, C, H, W).
+    Offsets are visited in row-major order; ``pending`` marks outputs whose
+    maximum has not been found yet, so a later tie never takes it.
+    """
     N, C, oh, ow = gy.shape
-    gx = np.zeros(x_shape, dtype=gy.dtype)
+    gx = np.zeros(x.shape, dtype=gy.dtype)
 
     def run(i0, i1):
-        gxs, gys, args = gx[i0:i1], gy[i0:i1], arg[i0:i1]
-        hit = np.empty(gys.shape, dtype=bool)
+        xs, ys, gys, gxs = x[i0:i1], y[i0:i1], gy[i0:i1], gx[i0:i1]
+        pending = np.ones(ys.shape, dtype=bool)
+        hit = np.empty(ys.shape, dtype=bool)
+        share = np.empty(ys.shape, dtype=gy.dtype)
         for ky in range(kh):
             for kx in range(kw):
-                np.equal(args, ky * kw + kx, out=hit)
-                view = gxs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)]
-                np.add(view, gys, out=view, where=hit)
+                rows, cols = _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)
+                np.equal(xs[:, :, rows, cols], ys, out=hit)
+                hit &= pending                          # first maximum only
+                np.multiply(gys, hit, out=share)
+                gxs[:, :, rows, cols] += share          # one offset: no two outputs share a pixel
+                pending ^= hit
 
-    parallel_chunks(run, N, gx[0].nbytes)
+    parallel_chunks(run, N, x[0].nbytes)
     return gx
 
 

@@ -2,11 +2,13 @@
 
     x: (N, C, H, W) -> y: (N, C, OH, OW), OH = (H + 2*pad - KH) // SH + 1
 
-Forward keeps, for each output, which position of its window held the
-maximum (``argmax``, 0 .. KH*KW-1, row-major in the window).  Backward sends
-each output's gradient to that one position; where windows overlap
-(stride < kernel) an input pixel can collect gradient from several outputs,
-and those add.  On ties, the first maximum in row-major window order wins.
+Backward sends each output's gradient to the position of its window that
+held the maximum; where windows overlap (stride < kernel) an input pixel
+can collect gradient from several outputs, and those add.  On ties the
+first maximum in row-major window order (top-most, then left-most) wins.
+No argmax array is stored: backward compares the saved input with the
+saved output to find the maximum again (both are kept alive by the
+neighbouring layers anyway, so this costs no memory).
 """
 
 import numpy as np
@@ -27,15 +29,15 @@ class MaxPool2d(Function):
             xpad = x
         oh = (xpad.shape[2] - kh) // sh + 1
         ow = (xpad.shape[3] - kw) // sw + 1
-        y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
-        self.save_for_backward(argmax)
-        self.geometry = (x.shape, xpad.shape, kh, kw, sh, sw, ph, pw)
+        y = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
+        self.save_for_backward(xpad, y)
+        self.geometry = (x.shape, kh, kw, sh, sw, ph, pw)
         return y
 
     def backward(self, gy):
-        (argmax,) = self.saved
-        x_shape, pad_shape, kh, kw, sh, sw, ph, pw = self.geometry
-        gx = kernels_for(gy).maxpool_backward(gy, argmax, pad_shape, kh, kw, sh, sw)
+        xpad, y = self.saved
+        x_shape, kh, kw, sh, sw, ph, pw = self.geometry
+        gx = kernels_for(gy).maxpool_backward(xpad, y, gy, kh, kw, sh, sw)
         if ph or pw:
             gx = gx[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
         return gx

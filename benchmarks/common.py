@@ -1,0 +1,81 @@
+"""Shared helpers for the benchmark scripts: timing, machine facts, saving.
+
+Every benchmark warms up, repeats, and quotes the median with min and max;
+results go to benchmarks/results/<name>.json and .md with the machine,
+library versions, thread counts and the date.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timeit(fn, repeat=5, warmup=1):
+    """Run fn() warmup + repeat times; return dict(median, min, max) in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+
+        return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                for d in threadpool_info()]
+    except Exception:
+        cfg = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
+        return cfg.get("Build Dependencies", {}).get("blas", "unknown") if isinstance(cfg, dict) else "unknown"
+
+
+def machine():
+    import tinynet
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "tinynet": tinynet.__version__,
+        "tinynet_threads": tinynet.get_num_threads(),
+        "blas": blas_info(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                              "OPENBLAS_CORETYPE", "MKL_NUM_THREADS")},
+    }
+
+
+def save(name, payload, markdown):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
+        f.write(markdown)
+    print(f"saved {os.path.join(RESULTS, name)}.json and .md")
+
+
+def ms(seconds):
+    return f"{seconds * 1e3:.1f}"

@@ -1,0 +1,165 @@
+"""Per-layer speed of AlexNet's layers against the GEMM floor (CPU, float32).
+
+For every layer shape of AlexNet at batch 32: forward and backward times of
+tinynet's op, and for convolutions and fully connected layers the time of
+their GEMMs alone (the same matrix products on ready-made operands, measured
+in this run at this machine's sgemm rate): the floor no im2col engine can
+beat.  The ratio op/GEMMs says what im2col, col2im, transposes and Python
+add.  LRN and max-pool are compared with conv1's forward+backward.
+
+    python benchmarks/layers.py            # batch 32, 5 repetitions
+    python benchmarks/layers.py --quick    # batch 8, 2 repetitions (about a minute)
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tinynet as tn  # noqa: E402
+import tinynet.functional as F  # noqa: E402
+from benchmarks.common import machine, ms, save, timeit  # noqa: E402
+
+# name, input (C, H, W), filters, kernel, stride, padding, groups
+CONVS = [
+    ("conv1", (3, 227, 227), 96, 11, 4, 0, 1),
+    ("conv2", (96, 27, 27), 256, 5, 1, 2, 2),
+    ("conv3", (256, 13, 13), 384, 3, 1, 1, 1),
+    ("conv4", (384, 13, 13), 384, 3, 1, 1, 2),
+    ("conv5", (384, 13, 13), 256, 3, 1, 1, 2),
+]
+FCS = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
+
+
+def measure_gemm_rate(repeat):
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    t = timeit(lambda: a @ a, repeat=repeat)
+    return 2 * 2048**3 / t["median"]
+
+
+def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
+    c, h, w = chw
+    x = tn.tensor(rng.standard_normal((n, c, h, w)).astype(np.float32), requires_grad=True)
+    wt = tn.tensor(rng.standard_normal((o, c // g, k, k)).astype(np.float32) * 0.01, requires_grad=True)
+    b = tn.tensor(np.zeros(o, np.float32), requires_grad=True)
+    state = {}
+
+    def fwd():
+        state["y"] = F.conv2d(x, wt, b, s, p, g)
+
+    def bwd():
+        x.grad = wt.grad = b.grad = None
+        y = F.conv2d(x, wt, b, s, p, g)
+        y.backward(gy)
+
+    fwd()
+    gy = rng.standard_normal(state["y"].shape).astype(np.float32)
+    t_f = timeit(fwd, repeat)
+    t_fb = timeit(bwd, repeat)
+
+    # the GEMMs alone, whole batch, operands ready
+    oh = ow = F.conv_output_size(h, k, s, p)
+    kk = c // g * k * k
+    cols = rng.standard_normal((g, kk, n * oh * ow)).astype(np.float32)
+    wg = rng.standard_normal((g, o // g, kk)).astype(np.float32)
+    gr = rng.standard_normal((g, o // g, n * oh * ow)).astype(np.float32)
+    g_f = timeit(lambda: np.matmul(wg, cols), repeat)
+    g_b = timeit(lambda: (np.matmul(gr, cols.transpose(0, 2, 1)), np.matmul(wg.transpose(0, 2, 1), gr)), repeat)
+    flops = 2 * o * kk * n * oh * ow
+    return dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
+                gemm_fwd=g_f, gemm_bwd=g_b, gemm_fwd_bwd=g_f["median"] + g_b["median"], gflop_fwd=flops / 1e9,
+                shape=f"{n}x{c}x{h}x{w} -> {n}x{o}x{oh}x{ow}")
+
+
+def simple_case(name, make_input, op, repeat, rng, grad_shape=None):
+    x = tn.tensor(make_input(), requires_grad=True)
+    state = {}
+
+    def fwd():
+        state["y"] = op(x)
+
+    fwd()
+    gy = rng.standard_normal(state["y"].shape).astype(np.float32) if state["y"].ndim else None
+
+    def fb():
+        x.grad = None
+        y = op(x)
+        y.backward(gy) if gy is not None else y.backward()
+
+    t_f = timeit(fwd, repeat)
+    t_fb = timeit(fb, repeat)
+    return dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
+                shape="x".join(map(str, x.shape)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="batch 8, 2 repetitions")
+    ap.add_argument("--out", default="layers_cpu", help="results file name (without extension)")
+    args = ap.parse_args()
+    if args.quick:
+        args.batch, args.repeat = 8, 2
+    n, r = args.batch, args.repeat
+    rng = np.random.default_rng(0)
+    rate = measure_gemm_rate(r)
+    print(f"sgemm rate (2048^3): {rate / 1e9:.1f} GFLOP/s; batch {n}; threads {tn.get_num_threads()}")
+
+    rows = [conv_case(*c, n, r, rng) for c in CONVS]
+    for name, fin, fout in FCS:
+        x = rng.standard_normal((n, fin)).astype(np.float32)
+        w = tn.tensor(rng.standard_normal((fout, fin)).astype(np.float32) * 0.01, requires_grad=True)
+        row = simple_case(name, lambda x=x: x, lambda t, w=w: F.linear(t, w), r, rng)
+        wd, g = w.data, rng.standard_normal((n, fout)).astype(np.float32)
+        row["gemm_fwd"] = timeit(lambda: x @ wd.T, r)
+        row["gemm_bwd"] = timeit(lambda: (g @ wd, g.T @ x), r)
+        row["gemm_fwd_bwd"] = row["gemm_fwd"]["median"] + row["gemm_bwd"]["median"]
+        row["gflop_fwd"] = 2 * n * fin * fout / 1e9
+        rows.append(row)
+    act = lambda shape: (lambda: rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    rows += [
+        simple_case("relu1", act((n, 96, 55, 55)), F.relu, r, rng),
+        simple_case("lrn1", act((n, 96, 55, 55)), lambda t: F.local_response_norm(t), r, rng),
+        simple_case("pool1", act((n, 96, 55, 55)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
+        simple_case("lrn2", act((n, 256, 27, 27)), lambda t: F.local_response_norm(t), r, rng),
+        simple_case("pool2", act((n, 256, 27, 27)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
+        simple_case("pool5", act((n, 256, 13, 13)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
+        simple_case("dropout6", act((n, 4096)), lambda t: F.dropout(t, 0.5), r, rng),
+        simple_case("loss", act((n, 1000)), lambda t: F.cross_entropy(t, np.arange(n) % 1000), r, rng),
+    ]
+
+    conv1 = rows[0]["fwd_bwd"]["median"]
+    lines = [f"# Per-layer times, AlexNet shapes, batch {n}, float32, CPU\n",
+             f"sgemm rate {rate / 1e9:.1f} GFLOP/s (2048x2048x2048, measured in this run)\n",
+             "| layer | shape | fwd ms | fwd+bwd ms (min-max) | GEMMs alone fwd+bwd ms | op / GEMMs | GEMM GFLOP/s |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fb = row["fwd_bwd"]
+        extra = "| | |"
+        gem = ""
+        if "gemm_fwd_bwd" in row:
+            row["ratio_to_gemm"] = fb["median"] / row["gemm_fwd_bwd"]
+            gem = ms(row["gemm_fwd_bwd"])
+            extra = f"| {row['ratio_to_gemm']:.2f} | {3 * row['gflop_fwd'] / row['gemm_fwd_bwd']:.0f} |"
+        elif row["layer"].startswith(("lrn", "pool")):
+            row["ratio_to_conv1"] = fb["median"] / conv1
+            extra = f"| {row['ratio_to_conv1']:.2f} x conv1 | |"
+        lines.append(f"| {row['layer']} | {row['shape']} | {ms(row['fwd']['median'])} | "
+                     f"{ms(fb['median'])} ({ms(fb['min'])}-{ms(fb['max'])}) | {gem} {extra}")
+    total = sum(r_["fwd_bwd"]["median"] for r_ in rows)
+    floor = sum(r_.get("gemm_fwd_bwd", 0) for r_ in rows)
+    lines.append(f"\nSum of listed layers: {ms(total)} ms; their GEMMs alone: {ms(floor)} ms "
+                 f"(ratio {total / floor:.2f}).\n")
+    info = machine()
+    lines.append(f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
+                 f"tinynet threads {info['tinynet_threads']}; {info['date']}\n")
+    md = "\n".join(lines)
+    print(md)
+    save(args.out, {"machine": info, "batch": n, "sgemm_gflops": rate / 1e9, "rows": rows}, md)
+
+
+if __name__ == "__main__":
+    main()
