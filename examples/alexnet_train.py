@@ -1,0 +1,449 @@
+"""Train AlexNet with tinynet.
+
+    python examples/alexnet_train.py                    # the short recipe on built-in shapes (~15 min, 2-core CPU)
+    python examples/alexnet_train.py --preset demo      # REDUCED classroom demo, about 2 minutes
+    python examples/alexnet_train.py --preset paper     # the paper's own recipe (needs days and real data)
+    python examples/alexnet_train.py --data DIR         # your own image folders: DIR/train/<class>/*.jpg, DIR/val/...
+    python examples/alexnet_train.py --resume runs/alexnet/latest.npz
+
+The network is always the full AlexNet of the paper (60.97M parameters at
+1000 classes); presets change only the training recipe and the data.  Each
+run writes to --out: config.json (everything that ran, including which
+preset), metrics.jsonl, curves.png, latest.npz and best.npz.
+"""
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tinynet as tn  # noqa: E402
+import tinynet.functional as F  # noqa: E402
+from tinynet import data as tdata  # noqa: E402
+from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
+from tinynet.models import AlexNet  # noqa: E402
+from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
+from tinynet.plot import line_chart  # noqa: E402
+
+# ----------------------------------------------------------------------------
+# Recipes.  Architecture never changes; these are training hyper-parameters.
+# ----------------------------------------------------------------------------
+
+PRESETS = {
+    # The paper (section 5): batch 128, lr 0.01 divided by 10 on plateaus (3 times),
+    # momentum 0.9, weight decay 5e-4, N(0, 0.01) weights, biases 1, dropout 0.5, ~90 epochs.
+    "paper": dict(batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90,
+                  warmup_steps=0, bias_init="paper", init="paper", dropout=0.5,
+                  input_std=False, lighting_std=0.1, difficulty="standard",
+                  train_per_class=500, val_per_class=100, patience=2, time_budget=0),
+    # The short recipe: the default run, found by measurement to learn inside ~15 minutes
+    # on a 2-core CPU (see docs/training.md for the runs behind it).
+    "short": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
+                  warmup_steps=100, bias_init="zero", init="he", dropout=0.5,
+                  input_std=True, lighting_std=0.1, difficulty="easy",
+                  train_per_class=500, val_per_class=100, patience=1, time_budget=14 * 60),
+    # REDUCED: a classroom demo of about two minutes (fewer, easier images).
+    "demo": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=2,
+                 warmup_steps=30, bias_init="zero", init="he", dropout=0.5,
+                 input_std=True, lighting_std=0.1, difficulty="easy",
+                 train_per_class=60, val_per_class=20, patience=1, time_budget=110),
+}
+
+
+class ConfigError(Exception):
+    """A bad option or data set: reported as one line, no traceback."""
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Train the paper's AlexNet with tinynet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="short",
+                    help="training recipe: 'short' (default, ~15 min on 2 CPU cores), 'paper' "
+                         "(the paper's recipe), 'demo' (REDUCED: ~2 min classroom demo)")
+    ap.add_argument("--data", metavar="DIR",
+                    help="image folders: DIR/train/<class>/*.jpg and DIR/val/<class>/*, or one "
+                         "DIR/<class>/* tree split by --val-fraction; default: built-in shapes")
+    ap.add_argument("--dataset", choices=["shapes", "fashion-mnist"], default="shapes",
+                    help="built-in data when --data is not given")
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="held-out fraction when --data has no train/val split")
+    ap.add_argument("--num-classes", type=int, default=10, help="classes of the shapes set (2-16)")
+    ap.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
+    ap.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    ap.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
+    ap.add_argument("--momentum", type=float, help="momentum (default: the preset's)")
+    ap.add_argument("--weight-decay", type=float, help="weight decay (default: the preset's)")
+    ap.add_argument("--time-budget", type=float,
+                    help="stop training after this many seconds (0: none; default: the preset's)")
+    ap.add_argument("--max-train-images", type=int, default=0,
+                    help="use only this many training images (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for data, initial weights and dropout")
+    ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
+    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (latest.npz)")
+    ap.add_argument("--out", default="runs/alexnet", help="run folder")
+    ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"),
+                    help="where built-in data sets and decoded image caches are kept")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
+    ap.add_argument("--ten-crop", action="store_true",
+                    help="evaluate with 10 crops (corners + centre, mirrored), softmax averaged")
+    ap.add_argument("--towers", type=int, default=1, choices=[1, 2],
+                    help="2: split every layer across two devices (not yet implemented)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
+                    help="behave as if interrupted (Ctrl-C) after K steps of this invocation: "
+                         "saves latest.npz and exits (for testing --resume)")
+    return ap.parse_args(argv)
+
+
+def build_config(args):
+    cfg = dict(PRESETS[args.preset])
+    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    cfg.update(preset=args.preset, data=args.data, dataset=args.dataset, seed=args.seed,
+               device=args.device, num_classes=args.num_classes, val_fraction=args.val_fraction,
+               max_train_images=args.max_train_images, ten_crop=args.ten_crop)
+    if args.preset == "demo":
+        cfg["note"] = "REDUCED configuration (classroom demo): few, easy images; not the default run"
+    for key in ("epochs", "batch_size"):
+        if cfg[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    if not cfg["lr"] > 0:
+        raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
+    if args.towers != 1:
+        raise ConfigError("--towers 2 (the two-device split) is not implemented yet")
+    return cfg
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+def load_data(cfg, cache_dir):
+    if cfg["data"]:
+        if not os.path.isdir(cfg["data"]):
+            raise ConfigError(f"--data: no folder at {cfg['data']}")
+        train, val = tdata.load_image_folders(cfg["data"], val_fraction=cfg["val_fraction"],
+                                              seed=cfg["seed"], cache_dir=cache_dir)
+    elif cfg["dataset"] == "fashion-mnist":
+        train, val = tdata.load_fashion_mnist()
+    else:
+        root = os.path.join(cache_dir, f"shapes-{cfg['difficulty']}-{cfg['num_classes']}c-"
+                                       f"{cfg['train_per_class']}x{cfg['val_per_class']}-s{cfg['seed']}")
+        t0 = time.time()
+        train, val = tdata.make_shapes(root, num_classes=cfg["num_classes"],
+                                       train_per_class=cfg["train_per_class"],
+                                       val_per_class=cfg["val_per_class"], seed=cfg["seed"],
+                                       difficulty=cfg["difficulty"])
+        if time.time() - t0 > 2:
+            print(f"generated the shapes set in {time.time() - t0:.0f} s (cached in {root})")
+    if cfg["max_train_images"]:
+        train = train.subset(np.arange(min(cfg["max_train_images"], len(train))))
+    if train.num_classes < 2:
+        raise ConfigError("the training data has only one class; need at least two")
+    if cfg["batch_size"] > len(train):
+        raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the training set ({len(train)} images)")
+    return train, val
+
+
+def channel_std(dataset, mean, max_images=500):
+    """Per-channel standard deviation (0..255 units) over a seeded sample of images."""
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(dataset), min(max_images, len(dataset)), replace=False))
+    pixels = np.asarray(dataset.images[pick], dtype=np.float64).reshape(-1, dataset.images.shape[-1])
+    std = np.sqrt(((pixels - np.asarray(mean)[:pixels.shape[1]]) ** 2).mean(axis=0))
+    return np.resize(np.maximum(std, 1.0), 3).astype(np.float32)
+
+
+def make_transforms(cfg, train):
+    mean = train.channel_mean()
+    std = channel_std(train, mean) if cfg["input_std"] else None
+    cfg["mean"] = [float(v) for v in mean]
+    cfg["std"] = None if std is None else [float(v) for v in std]
+    train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"], seed=cfg["seed"])
+    eval_tf = tdata.EvalTransform(mean=mean, std=std, ten_crop=cfg["ten_crop"])
+    return train_tf, eval_tf
+
+
+# ----------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------
+
+
+def he_std(model):
+    """Per-layer std sqrt(2 / fan_in) (He et al.): keeps activations at unit scale."""
+    stds = {}
+    for name, p in model.named_parameters():
+        if name.endswith(".weight"):
+            fan_in = int(np.prod(p.shape[1:]))
+            stds[name.split(".")[0]] = math.sqrt(2.0 / fan_in)
+    stds["fc8"] = 0.01  # small logits at the start: loss starts at ln(classes)
+    return stds
+
+
+def build_model(cfg, num_classes):
+    model = AlexNet(num_classes, bias_init=cfg["bias_init"], dropout=cfg["dropout"], seed=cfg["seed"])
+    if cfg["init"] == "he":
+        model.reset_parameters(cfg["bias_init"], he_std(model), seed=cfg["seed"])
+    return model
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------
+
+
+def evaluate(model, dataset, transform, batch_size):
+    """Top-1 and top-5 error and mean loss over ``dataset``."""
+    model.eval()
+    loader = tdata.DataLoader(dataset, batch_size, transform, shuffle=False, drop_last=False)
+    wrong1 = wrong5 = 0
+    total_loss = 0.0
+    with tn.no_grad():
+        for x, y, _ in loader.epoch_batches(0):
+            if x.ndim == 5:  # ten crops: average the softmax over crops
+                n, c = x.shape[:2]
+                logits = model(tn.tensor(x.reshape(n * c, *x.shape[2:]))).data
+                probs = F.softmax(logits).data.reshape(n, c, -1).mean(axis=1)
+            else:
+                probs = F.softmax(model(tn.tensor(x)).data).data
+            total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).sum())
+            top5 = np.argsort(-probs, axis=1)[:, :5]
+            wrong1 += int((top5[:, 0] != y).sum())
+            wrong5 += int((top5 != y[:, None]).all(axis=1).sum())
+    model.train()
+    n = len(dataset)
+    return dict(top1_err=wrong1 / n, top5_err=wrong5 / n, loss=total_loss / n)
+
+
+# ----------------------------------------------------------------------------
+# Progress
+# ----------------------------------------------------------------------------
+
+
+class Progress:
+    def __init__(self, total, epoch, quiet):
+        self.total, self.epoch, self.quiet = total, epoch, quiet
+        self.start = time.time()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, step, images, loss, lr):
+        if self.quiet:
+            return
+        now = time.time()
+        if not self.tty and now - self.last < 30 and step < self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = images / max(elapsed, 1e-9)
+        eta = (self.total - step) * elapsed / max(step, 1)
+        filled = int(30 * step / self.total)
+        line = (f"epoch {self.epoch} [{'#' * filled}{'.' * (30 - filled)}] {step}/{self.total} "
+                f"loss {loss:.4f} lr {lr:.2g} {rate:.1f} img/s ETA {eta:.0f}s")
+        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+        sys.stderr.flush()
+
+    def close(self):
+        if not self.quiet and self.tty:
+            sys.stderr.write("\n")
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+
+def write_plot(out, metrics):
+    steps = [m for m in metrics if m["kind"] == "train"]
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    if not steps:
+        return
+    panels = [("training loss (mean over logged steps)",
+               {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])})]
+    if evals:
+        panels.append(("validation error", {
+            "top-1": ([m["epoch"] + 1 for m in evals], [m["top1_err"] for m in evals]),
+            "top-5": ([m["epoch"] + 1 for m in evals], [m["top5_err"] for m in evals])}))
+    line_chart(os.path.join(out, "curves.png"), panels)
+
+
+def train(args):
+    cfg = build_config(args)
+    os.makedirs(args.out, exist_ok=True)
+    tn.manual_seed(cfg["seed"])
+    ckpt = None
+    if args.resume:
+        try:
+            ckpt = load_checkpoint(args.resume)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        # the run continues with its own configuration; only its length may change
+        cfg = dict(ckpt["meta"]["config"])
+        for key in ("epochs", "time_budget"):
+            if getattr(args, key) is not None:
+                cfg[key] = getattr(args, key)
+
+    train_set, val_set = load_data(cfg, args.cache_dir)
+    train_tf, eval_tf = make_transforms(cfg, train_set)
+    model = build_model(cfg, train_set.num_classes)
+    optimizer = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                    weight_decay=cfg["weight_decay"])
+    scheduler = ReduceLROnPlateau(optimizer, patience=cfg["patience"])
+    start_epoch = start_step = global_step = 0
+    best_err = float("inf")
+    if ckpt is not None:
+        try:
+            meta = restore(ckpt, model, optimizer)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"--resume: the checkpoint does not fit this model: {e}") from None
+        scheduler.load_state_dict(meta["scheduler"])
+        tn.set_rng_state(meta["rng"])
+        start_epoch, start_step, global_step = meta["epoch"], meta["step"], meta["global_step"]
+        best_err = meta.get("best_err", best_err)
+        print(f"resumed from {args.resume} at epoch {start_epoch}, step {start_step}")
+
+    cfg["classes"] = list(train_set.classes)
+    cfg["train_images"], cfg["val_images"] = len(train_set), len(val_set)
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"AlexNet ({model.num_parameters():,} parameters), preset '{cfg['preset']}'"
+          + (f" -- {cfg['note']}" if cfg.get("note") else "")
+          + f"; {len(train_set)} training / {len(val_set)} validation images, "
+            f"{train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']}, init {cfg['init']}, "
+            f"bias {cfg['bias_init']}")
+
+    if args.eval_only:
+        if ckpt is None:
+            raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
+        result = evaluate(model, val_set, eval_tf, cfg["batch_size"])
+        print(f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}")
+        return result
+
+    loader = tdata.DataLoader(train_set, cfg["batch_size"], train_tf, shuffle=True, seed=cfg["seed"])
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    metrics = []
+    if ckpt is not None and os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            metrics = [json.loads(line) for line in f if line.strip()]
+    else:
+        open(metrics_path, "w").close()
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def checkpoint_meta(epoch, step):
+        return dict(config=cfg, epoch=epoch, step=step, global_step=global_step, best_err=best_err,
+                    scheduler=scheduler.state_dict(), rng=tn.get_rng_state())
+
+    def log(entry):
+        metrics.append(entry)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    base_lr = optimizer.lr
+    first_step = global_step
+    run_start = time.time()
+    result = None
+    try:
+        for epoch in range(start_epoch, cfg["epochs"]):
+            bar = Progress(len(loader), epoch, args.quiet)
+            seen, running, count = 0, 0.0, 0
+            step = start_step if epoch == start_epoch else 0
+            out_of_time = False
+            for x, y, _ in loader.epoch_batches(epoch, start_step=step):
+                if cfg["warmup_steps"] and global_step < cfg["warmup_steps"]:
+                    optimizer.lr = base_lr * (global_step + 1) / cfg["warmup_steps"]
+                elif cfg["warmup_steps"] and global_step == cfg["warmup_steps"]:
+                    optimizer.lr = base_lr
+                loss = F.cross_entropy(model(tn.tensor(x)), y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss became {value} at epoch {epoch}, step {step} (global step {global_step}); "
+                        f"the last good checkpoint is {os.path.join(args.out, 'latest.npz')}. "
+                        "Try a smaller --lr.")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                global_step += 1
+                seen += len(y)
+                running += value
+                count += 1
+                bar.update(step, seen, value, optimizer.lr)
+                if count == 20 or step == len(loader):
+                    log(dict(kind="train", epoch=epoch, step=global_step, loss=running / count,
+                             lr=optimizer.lr, time=time.time() - run_start))
+                    running, count = 0.0, 0
+                budget = cfg["time_budget"]
+                out_of_time = bool(budget) and time.time() - run_start > budget
+                if args.stop_after_steps and global_step - first_step >= args.stop_after_steps:
+                    stop["signal"] = "stop-after-steps"
+                if stop["signal"] or out_of_time:
+                    break
+            bar.close()
+            if stop["signal"]:
+                save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
+                                checkpoint_meta(epoch, step))
+                print(f"\n{stop['signal']}: saved {args.out}/latest.npz at epoch {epoch}, step {step}. "
+                      f"Continue with: python examples/alexnet_train.py --resume {args.out}/latest.npz "
+                      f"--out {args.out}")
+                return None
+            result = evaluate(model, val_set, eval_tf, cfg["batch_size"])
+            elapsed = time.time() - run_start
+            log(dict(kind="eval", epoch=epoch, step=global_step, time=elapsed, **result))
+            print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, top-5 error {result['top5_err']:.3f}, "
+                  f"val loss {result['loss']:.3f} ({elapsed:.0f} s)")
+            if scheduler.step(result["top1_err"]):
+                base_lr = optimizer.lr
+                print(f"validation error stopped improving: lr -> {optimizer.lr:g}")
+            next_epoch, next_step = (epoch + 1, 0) if step >= len(loader) else (epoch, step)
+            if result["top1_err"] < best_err:
+                best_err = result["top1_err"]
+                save_checkpoint(os.path.join(args.out, "best.npz"), model, optimizer,
+                                checkpoint_meta(next_epoch, next_step))
+            save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
+                            checkpoint_meta(next_epoch, next_step))
+            write_plot(args.out, metrics)
+            start_step = 0
+            if out_of_time:
+                print(f"time budget of {cfg['time_budget']:.0f} s reached")
+                break
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    total = time.time() - run_start
+    if result is not None:
+        print(f"done in {total:.0f} s: top-1 error {result['top1_err']:.3f} "
+              f"(accuracy {1 - result['top1_err']:.1%}), top-5 error {result['top5_err']:.3f}; "
+              f"best top-1 error {best_err:.3f}; run folder {args.out}")
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError,
+            RuntimeError) as e:
+        print(f"alexnet_train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Checkpoints: one .npz file, written atomically, loaded without pickle.
+
+Layout of the archive (every entry a plain array):
+    model/<name>           the model's state_dict, e.g. model/conv1.weight
+    optim/velocity/<i>     the optimiser's momentum buffers, in parameter order
+    meta                   UTF-8 JSON (as uint8): format version, epoch, step,
+                           optimiser hyper-parameters, scheduler and RNG states,
+                           the run's configuration
+
+Loading uses ``np.load(allow_pickle=False)``, so a checkpoint can never run
+code.  Writing goes to a temporary file in the same folder, flushed and
+fsynced, then ``os.replace``d over the target: a crash leaves either the old
+or the new checkpoint, never half of one.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path, model, optimizer=None, meta=None):
+    """Write model (and optimiser) state plus a JSON-able ``meta`` dict."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    meta = dict(meta or {})
+    meta["format_version"] = FORMAT_VERSION
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for i, v in enumerate(state.pop("velocity")):
+            arrays[f"optim/velocity/{i}"] = v
+        meta["optimizer"] = state
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: returns dict(model=state_dict, velocity=[...], meta=dict)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+            model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+            vel_keys = sorted((k for k in z.files if k.startswith("optim/velocity/")),
+                              key=lambda k: int(k.rsplit("/", 1)[1]))
+            velocity = [z[k] for k in vel_keys]
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"load_checkpoint: {path} is not a tinynet checkpoint ({e})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"load_checkpoint: {path} has format version {meta.get('format_version')}, "
+            f"this tinynet reads version {FORMAT_VERSION}"
+        )
+    return {"model": model, "velocity": velocity, "meta": meta}
+
+
+def restore(checkpoint, model, optimizer=None):
+    """Load a checkpoint dict (from load_checkpoint) into model and optimiser."""
+    model.load_state_dict(checkpoint["model"])
+    if optimizer is not None and "optimizer" in checkpoint["meta"]:
+        state = dict(checkpoint["meta"]["optimizer"], velocity=checkpoint["velocity"])
+        optimizer.load_state_dict(state)
+    return checkpoint["meta"]

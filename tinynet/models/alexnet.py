@@ -1,0 +1,135 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012), exactly as the paper.
+
+Input 3x227x227 (the paper's "224" does not divide: (224-11)/4+1 = 54.25).
+Two towers, as on the paper's two GTX 580s: every layer's filters are split
+in halves, tower 0 holding filters [0:C/2] and tower 1 [C/2:C].  The towers
+exchange activations only at conv3, fc6, fc7 and fc8:
+
+    layer  filters  per tower  kernel/stride/pad  sees                       out
+    conv1    96        48       11 / 4 / 0         the whole image (both)     96x55x55 -> pool 27
+    conv2   256       128        5 / 1 / 2         own tower (48 channels)    256x27x27 -> pool 13
+    conv3   384       192        3 / 1 / 1         BOTH towers (256 ch.)      384x13x13
+    conv4   384       192        3 / 1 / 1         own tower (192)            384x13x13
+    conv5   256       128        3 / 1 / 1         own tower (192)            256x13x13 -> pool 6
+    fc6    4096      2048        -                 BOTH towers (9216)
+    fc7    4096      2048        -                 BOTH towers (4096)
+    fc8    classes   classes/2   -                 BOTH towers (4096)
+
+On one device the two towers *are* a grouped network: "own tower only" is a
+convolution with groups=2, and "both towers" is an ordinary layer.  The
+grouped weight (out, in/groups, kh, kw) is the two towers' weights stacked
+along ``out``.  60,965,224 parameters at 1000 classes.
+
+Initialisation (paper, section 5): weights ~ N(0, 0.01); biases 1 in conv2,
+conv4, conv5, fc6, fc7 (so that the ReLUs start with positive inputs) and 0
+elsewhere.  With bias 1 the loss can sit at ln(classes) for a long time, so
+Caffe's reproduction uses 0.1: ``bias_init="caffe"``.
+"""
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..random import default_generator
+
+# (name, in_channels, out_channels, kernel, stride, padding, groups); groups=2: own tower only
+CONV_LAYERS = [
+    ("conv1", 3, 96, 11, 4, 0, 1),
+    ("conv2", 96, 256, 5, 1, 2, 2),
+    ("conv3", 256, 384, 3, 1, 1, 1),
+    ("conv4", 384, 384, 3, 1, 1, 2),
+    ("conv5", 384, 256, 3, 1, 1, 2),
+]
+FC_LAYERS = [("fc6", 256 * 6 * 6, 4096), ("fc7", 4096, 4096)]  # fc8: 4096 -> num_classes
+ACROSS_TOWERS = ("conv3", "fc6", "fc7", "fc8")  # layers that read both towers' activations
+ONES_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+BIAS_INITS = {"paper": 1.0, "caffe": 0.1, "zero": 0.0}
+
+
+class AlexNet(nn.Module):
+    """AlexNet(num_classes=1000).
+
+    Options (defaults are the paper's):
+      bias_init   "paper" (1), "caffe" (0.1) or "zero": bias of conv2, conv4, conv5, fc6, fc7
+      weight_std  std of the N(0, std) weights: a number, or a dict layer -> std
+      dropout     probability for fc6 and fc7 outputs (0.5)
+      lrn         dict(size, alpha, beta, k) in the paper's convention, or None for no LRN
+      activation  "relu" or "tanh" (for the paper's Figure 1 experiment)
+      pool        (kernel, stride): (3, 2) overlapping; (2, 2) for the non-overlapping ablation
+      seed        a seed or numpy Generator for the initial weights (default: tinynet's)
+    """
+
+    def __init__(self, num_classes=1000, bias_init="paper", weight_std=0.01, dropout=0.5,
+                 lrn=None, activation="relu", pool=(3, 2), seed=None, dtype=np.float32):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"AlexNet: num_classes must be an int >= 2, got {num_classes!r}")
+        if bias_init not in BIAS_INITS:
+            raise ValueError(f"AlexNet: bias_init must be one of {sorted(BIAS_INITS)}, got {bias_init!r}")
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"AlexNet: activation must be 'relu' or 'tanh', got {activation!r}")
+        self.num_classes = num_classes
+        self.config = dict(num_classes=num_classes, bias_init=bias_init, weight_std=weight_std,
+                           dropout=dropout, lrn=lrn, activation=activation, pool=tuple(pool))
+        self.lrn_params = dict(size=5, alpha=1e-4, beta=0.75, k=2.0) if lrn is None else lrn
+        self.act = F.relu if activation == "relu" else F.tanh
+        self.pool_kernel, self.pool_stride = pool
+
+        for name, cin, cout, k, s, p, g in CONV_LAYERS:
+            setattr(self, name, nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, dtype=dtype))
+        for name, fin, fout in FC_LAYERS:
+            setattr(self, name, nn.Linear(fin, fout, dtype=dtype))
+        self.fc8 = nn.Linear(4096, num_classes, dtype=dtype)
+        self.drop6 = nn.Dropout(dropout)
+        self.drop7 = nn.Dropout(dropout)
+        self.reset_parameters(bias_init, weight_std, seed)
+
+    def reset_parameters(self, bias_init="paper", weight_std=0.01, seed=None):
+        """Weights ~ N(0, std); biases 0, or BIAS_INITS[bias_init] in ONES_BIAS layers."""
+        rng = seed if isinstance(seed, np.random.Generator) else (
+            default_generator() if seed is None else np.random.default_rng(seed))
+        for name in [c[0] for c in CONV_LAYERS] + ["fc6", "fc7", "fc8"]:
+            layer = getattr(self, name)
+            std = weight_std.get(name, 0.01) if isinstance(weight_std, dict) else weight_std
+            layer.weight.data[...] = rng.normal(0.0, std, layer.weight.shape)
+            layer.bias.data[...] = BIAS_INITS[bias_init] if name in ONES_BIAS else 0.0
+
+    def _pool(self, x):
+        return F.max_pool2d(x, self.pool_kernel, self.pool_stride)
+
+    def _lrn(self, x):
+        if self.config["lrn"] is False:
+            return x
+        return F.local_response_norm(x, **self.lrn_params)
+
+    def features(self, x):
+        """x: (N, 3, 227, 227) -> (N, 256, 6, 6).  Comments give the towers."""
+        act = self.act
+        # conv1: both towers see the whole image; tower t holds filters [48t : 48t+48]
+        x = self._pool(self._lrn(act(self.conv1(x))))      # (N, 96, 27, 27)
+        # conv2: groups=2, each tower's 128 filters read only its own 48 channels
+        x = self._pool(self._lrn(act(self.conv2(x))))      # (N, 256, 13, 13)
+        # conv3: the towers cross; each of the 384 filters reads all 256 channels
+        x = act(self.conv3(x))                             # (N, 384, 13, 13)
+        # conv4, conv5: groups=2 again, each tower on its own 192 channels
+        x = act(self.conv4(x))                             # (N, 384, 13, 13)
+        x = self._pool(act(self.conv5(x)))                 # (N, 256, 6, 6)
+        return x
+
+    def classifier(self, x):
+        """x: (N, 9216) -> logits (N, num_classes).  Every fc layer reads both towers."""
+        x = self.drop6(self.act(self.fc6(x)))              # (N, 4096)
+        x = self.drop7(self.act(self.fc7(x)))              # (N, 4096)
+        return self.fc8(x)                                 # (N, num_classes)
+
+    def forward(self, x):
+        """x: (N, 3, 227, 227) float -> logits (N, num_classes)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"AlexNet: expected input (N, 3, H, W), got shape {tuple(x.shape)}")
+        x = self.features(x)
+        if x.shape[1:] != (256, 6, 6):
+            raise ValueError(
+                f"AlexNet: the input size gives {tuple(x.shape[1:])} after conv5's pool; fc6 expects "
+                "(256, 6, 6), i.e. a 227x227 input (224 gives 54x54 after conv1, not 55x55)"
+            )
+        return self.classifier(F.flatten(x))
