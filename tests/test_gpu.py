@@ -1,0 +1,128 @@
+"""GPU kernels against their NumPy twins, and AlexNet on the GPU against the CPU.
+
+These need CuPy and a CUDA device; elsewhere they are skipped with the reason
+printed (pytest -rs).  Run them on a GPU machine with:  python -m pytest -rs -m gpu tests
+"""
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+import tinynet.functional as F
+from tinynet.backend import cupy_or_none
+from tinynet.ops import cpu_kernels
+
+
+def _gpu_reason():
+    cp = cupy_or_none()
+    if cp is None:
+        return "CuPy is not installed (pip install -e .[gpu])"
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy is installed but there is no CUDA device"
+    except Exception as e:  # no driver
+        return f"CuPy is installed but CUDA is not usable: {e}"
+    return None
+
+
+REASON = _gpu_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+
+# odd sizes on purpose: nothing divides a block size
+CONV_CASES = [((2, 3, 13, 11), 3, 2, 1), ((1, 5, 7, 9), 2, 3, 0), ((3, 4, 31, 31), 11, 4, 0),
+              ((2, 6, 27, 27), 5, 1, 2)]
+
+
+@pytest.fixture
+def cp():
+    return cupy_or_none()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,k,s,p", CONV_CASES)
+def test_im2col_col2im_match_numpy(cp, shape, k, s, p, dtype):
+    from tinynet.cuda import kernels
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    cols = cpu_kernels.im2col(x, k, k, (s, s), (p, p))
+    cols_gpu = kernels.im2col(cp.asarray(x), k, k, (s, s), (p, p))
+    np.testing.assert_array_equal(cp.asnumpy(cols_gpu), cols)
+    back = cpu_kernels.col2im(cols, shape, k, k, (s, s), (p, p))
+    back_gpu = kernels.col2im(cols_gpu, shape, k, k, (s, s), (p, p))
+    np.testing.assert_allclose(cp.asnumpy(back_gpu), back, rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 55, 55), (1, 7, 13, 13), (3, 2, 9, 17)])
+def test_maxpool_matches_numpy_including_ties(cp, shape, dtype):
+    from tinynet.cuda import kernels
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, shape).astype(dtype)  # many ties: first-maximum rule must agree
+    oh, ow = (shape[2] - 3) // 2 + 1, (shape[3] - 3) // 2 + 1
+    y = cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, oh, ow)
+    y_gpu = kernels.maxpool_forward(cp.asarray(x), 3, 3, 2, 2, oh, ow)
+    np.testing.assert_array_equal(cp.asnumpy(y_gpu), y)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = cpu_kernels.maxpool_backward(x, y, gy, 3, 3, 2, 2)
+    gx_gpu = kernels.maxpool_backward(cp.asarray(x), y_gpu, cp.asarray(gy), 3, 3, 2, 2)
+    np.testing.assert_allclose(cp.asnumpy(gx_gpu), gx, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size,alpha", [(5, 1e-4), (5, 1.0), (4, 0.5), (3, 2.0)])
+def test_lrn_matches_numpy(cp, size, alpha, dtype):
+    from tinynet.cuda import kernels
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 11, 5, 7)).astype(dtype)
+    y, s = cpu_kernels.lrn_forward(x, size, alpha, 0.75, 2.0)
+    y_gpu, s_gpu = kernels.lrn_forward(cp.asarray(x), size, alpha, 0.75, 2.0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(y_gpu), y, rtol=tol, atol=tol)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    gx = cpu_kernels.lrn_backward(x, y, s, gy, size, alpha, 0.75)
+    gx_gpu = kernels.lrn_backward(cp.asarray(x), y_gpu, s_gpu, cp.asarray(gy), size, alpha, 0.75)
+    np.testing.assert_allclose(cp.asnumpy(gx_gpu), gx, rtol=tol * 10, atol=tol)
+
+
+def test_alexnet_forward_backward_gpu_matches_cpu(cp):
+    from tinynet.models import AlexNet
+
+    tn.manual_seed(0)
+    cpu = AlexNet(10, bias_init="caffe", dropout=0.0).eval()
+    gpu = AlexNet(10, bias_init="caffe", dropout=0.0).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda:0")
+    x = np.random.default_rng(3).standard_normal((4, 3, 227, 227)).astype(np.float32)
+    labels = np.arange(4) % 10
+    loss_c = F.cross_entropy(cpu(tn.tensor(x)), labels)
+    loss_c.backward()
+    logits_c = cpu(tn.tensor(x)).data
+    logits_g = cp.asnumpy(gpu(tn.tensor(cp.asarray(x))).data)
+    rel = np.abs(logits_g - logits_c).max() / np.abs(logits_c).max()
+    assert rel <= 1e-4, rel
+    loss_g = F.cross_entropy(gpu(tn.tensor(cp.asarray(x))), cp.asarray(labels))
+    loss_g.backward()
+    for (name, pc), (_, pg) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        g_c, g_g = pc.grad, cp.asnumpy(pg.grad)
+        rel = np.abs(g_g - g_c).max() / max(np.abs(g_c).max(), 1e-12)
+        assert rel <= 1e-3, (name, rel)
+
+
+def test_a_few_training_steps_on_the_gpu(cp):
+    from tinynet.models import AlexNet
+
+    tn.manual_seed(0)
+    model = AlexNet(10, bias_init="caffe").to("cuda:0")
+    opt = tn.optim.SGD(model.parameters(), lr=0.01)
+    x = tn.tensor(cp.asarray(np.random.default_rng(4).standard_normal((8, 3, 227, 227)).astype(np.float32)))
+    y = cp.arange(8) % 10
+    losses = []
+    for _ in range(3):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
