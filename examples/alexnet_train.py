@@ -84,6 +84,8 @@ def parse_args(argv=None):
                     help="stop training after this many seconds (0: none; default: the preset's)")
     ap.add_argument("--max-train-images", type=int, default=0,
                     help="use only this many training images (0: all)")
+    ap.add_argument("--max-val-images", type=int, default=0,
+                    help="use only this many validation images (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="seed for data, initial weights and dropout")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
     ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (latest.npz)")
@@ -110,12 +112,16 @@ def build_config(args):
             cfg[key] = value
     cfg.update(preset=args.preset, data=args.data, dataset=args.dataset, seed=args.seed,
                device=args.device, num_classes=args.num_classes, val_fraction=args.val_fraction,
-               max_train_images=args.max_train_images, ten_crop=args.ten_crop)
+               max_train_images=args.max_train_images, max_val_images=args.max_val_images,
+               ten_crop=args.ten_crop)
     if args.preset == "demo":
         cfg["note"] = "REDUCED configuration (classroom demo): few, easy images; not the default run"
     for key in ("epochs", "batch_size"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    for key in ("max_train_images", "max_val_images"):
+        if cfg[key] < 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: all), got {cfg[key]}")
     if not cfg["lr"] > 0:
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     if args.towers != 1:
@@ -148,6 +154,8 @@ def load_data(cfg, cache_dir):
             print(f"generated the shapes set in {time.time() - t0:.0f} s (cached in {root})")
     if cfg["max_train_images"]:
         train = train.subset(np.arange(min(cfg["max_train_images"], len(train))))
+    if cfg["max_val_images"]:
+        val = val.subset(np.arange(min(cfg["max_val_images"], len(val))))
     if train.num_classes < 2:
         raise ConfigError("the training data has only one class; need at least two")
     if cfg["batch_size"] > len(train):
@@ -287,6 +295,11 @@ def train(args):
             ckpt = load_checkpoint(args.resume)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e)) from None
+        missing = [k for k in ("config", "epoch", "step", "global_step", "base_lr", "scheduler", "rng")
+                   if k not in ckpt["meta"]]
+        if missing:
+            raise ConfigError(f"--resume: {args.resume} is not a checkpoint of this program "
+                              f"(its meta has no {', '.join(missing)})")
         # the run continues with its own configuration; only its length may change
         cfg = dict(ckpt["meta"]["config"])
         for key in ("epochs", "time_budget"):
@@ -347,14 +360,15 @@ def train(args):
 
     def checkpoint_meta(epoch, step):
         return dict(config=cfg, epoch=epoch, step=step, global_step=global_step, best_err=best_err,
-                    scheduler=scheduler.state_dict(), rng=tn.get_rng_state())
+                    base_lr=base_lr, scheduler=scheduler.state_dict(), rng=tn.get_rng_state())
 
     def log(entry):
         metrics.append(entry)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    base_lr = optimizer.lr
+    # the rate after warmup (during warmup optimizer.lr is only a fraction of it)
+    base_lr = optimizer.lr if ckpt is None else ckpt["meta"]["base_lr"]
     first_step = global_step
     run_start = time.time()
     result = None
@@ -409,7 +423,7 @@ def train(args):
             print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, top-5 error {result['top5_err']:.3f}, "
                   f"val loss {result['loss']:.3f} ({elapsed:.0f} s)")
             if scheduler.step(result["top1_err"]):
-                base_lr = optimizer.lr
+                base_lr *= scheduler.factor  # not optimizer.lr: during warmup that is below base_lr
                 print(f"validation error stopped improving: lr -> {optimizer.lr:g}")
             next_epoch, next_step = (epoch + 1, 0) if step >= len(loader) else (epoch, step)
             if result["top1_err"] < best_err:

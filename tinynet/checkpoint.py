@@ -16,6 +16,7 @@ or the new checkpoint, never half of one.
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -55,13 +56,19 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array, not an archive
+            raise ValueError("a single array, not an .npz archive")
+        with z:
             meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("its meta entry is not a JSON object")
             model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
             vel_keys = sorted((k for k in z.files if k.startswith("optim/velocity/")),
                               key=lambda k: int(k.rsplit("/", 1)[1]))
             velocity = [z[k] for k in vel_keys]
-    except (ValueError, KeyError, OSError) as e:
+    # EOFError: empty file; BadZipFile: truncated or damaged archive
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"load_checkpoint: {path} is not a tinynet checkpoint ({e})") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(

@@ -1,0 +1,263 @@
+"""End-to-end runs of examples/alexnet_train.py, called in-process through its main(argv).
+
+The network is always the full AlexNet (61M parameters; ~0.1-0.4 s per image forward and backward
+on 2 CPU cores), so the runs use a handful of images: 4 training and 4 validation images of the
+demo preset's shapes set, batch 2 (two steps per epoch). The shapes set is generated once per
+module into a shared cache.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinynet.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIX = "alexnet_train.py: error:"
+
+
+@pytest.fixture(scope="module")
+def prog():
+    """examples/alexnet_train.py as a module."""
+    path = os.path.join(ROOT, "examples", "alexnet_train.py")
+    spec = importlib.util.spec_from_file_location("alexnet_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def tiny_args(out, cache_dir, *extra):
+    return ["--preset", "demo", "--max-train-images", "4", "--max-val-images", "4",
+            "--batch-size", "2", "--out", str(out), "--cache-dir", cache_dir, "--quiet", *extra]
+
+
+def read_metrics(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_error(prog, capsys, argv):
+    """Run main(argv), expecting the one-line error and exit code 2; return the message."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        prog.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(PREFIX), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_a(prog, cache_dir, tmp_path_factory):
+    """An uninterrupted 2-epoch run (2 steps per epoch)."""
+    out = tmp_path_factory.mktemp("run_a")
+    result = prog.main(tiny_args(out, cache_dir, "--epochs", "2"))
+    return str(out), result
+
+
+# ------------------------------------------------------------------------------------------
+# A complete run and what it leaves behind
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_demo_run_writes_its_files(run_a):
+    out, result = run_a
+    assert set(result) == {"top1_err", "top5_err", "loss"}
+    assert 0 <= result["top1_err"] <= 1 and 0 <= result["top5_err"] <= result["top1_err"]
+    assert np.isfinite(result["loss"])
+
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["preset"] == "demo"
+    assert "REDUCED" in cfg["note"]
+    assert (cfg["batch_size"], cfg["epochs"]) == (2, 2)
+    assert (cfg["max_train_images"], cfg["max_val_images"]) == (4, 4)
+    assert (cfg["train_images"], cfg["val_images"]) == (4, 4)
+    assert cfg["bias_init"] == "zero" and cfg["init"] == "he"
+    assert len(cfg["classes"]) == 10
+
+    metrics = read_metrics(out)
+    train = [m for m in metrics if m["kind"] == "train"]
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    assert [m["epoch"] for m in train] == [0, 1]
+    assert [m["step"] for m in train] == [2, 4]          # logged at the end of each epoch
+    assert all(np.isfinite(m["loss"]) and m["lr"] > 0 for m in train)
+    assert [m["epoch"] for m in evals] == [0, 1]
+    assert evals[-1]["top1_err"] == result["top1_err"]
+
+    png = os.path.join(out, "curves.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+    latest = load_checkpoint(os.path.join(out, "latest.npz"))
+    best = load_checkpoint(os.path.join(out, "best.npz"))
+    assert (latest["meta"]["epoch"], latest["meta"]["step"], latest["meta"]["global_step"]) == (2, 0, 4)
+    assert latest["meta"]["config"]["preset"] == "demo"
+    assert latest["model"]["fc8.weight"].shape == (10, 4096)
+    assert len(latest["velocity"]) == len(latest["model"]) == 16
+    assert best["meta"]["best_err"] == min(m["top1_err"] for m in evals)
+    # no temporary files left in the run folder
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "curves.png", "latest.npz",
+                                       "metrics.jsonl"]
+
+
+@pytest.mark.slow
+def test_resume_is_exact(prog, run_a, cache_dir, tmp_path, capsys):
+    """Run B stops after 1 step (mid epoch 0) and is resumed to the end: same weights as run A."""
+    out_a, _ = run_a
+    out_b = tmp_path / "run_b"
+    assert prog.main(tiny_args(out_b, cache_dir, "--epochs", "2", "--stop-after-steps", "1")) is None
+    assert "stop-after-steps: saved" in capsys.readouterr().out
+    assert sorted(os.listdir(out_b)) == ["config.json", "latest.npz", "metrics.jsonl"]
+    stopped = load_checkpoint(str(out_b / "latest.npz"))
+    assert (stopped["meta"]["epoch"], stopped["meta"]["step"], stopped["meta"]["global_step"]) == (0, 1, 1)
+    # the interrupted state really differs from the end state (else the comparison proves nothing)
+    final_a = load_checkpoint(os.path.join(out_a, "latest.npz"))
+    assert not np.array_equal(stopped["model"]["fc8.weight"], final_a["model"]["fc8.weight"])
+
+    prog.main(["--resume", str(out_b / "latest.npz"), "--out", str(out_b),
+               "--cache-dir", cache_dir, "--quiet"])
+    assert "resumed from" in capsys.readouterr().out
+    final_b = load_checkpoint(str(out_b / "latest.npz"))
+
+    assert list(final_b["model"]) == list(final_a["model"])
+    for name in final_a["model"]:
+        assert np.array_equal(final_a["model"][name], final_b["model"][name]), name
+    for i, (va, vb) in enumerate(zip(final_a["velocity"], final_b["velocity"])):
+        assert np.array_equal(va, vb), f"velocity {i}"
+    for key in ("epoch", "step", "global_step", "best_err", "scheduler", "rng"):
+        assert final_a["meta"][key] == final_b["meta"][key], key
+    assert final_a["meta"]["optimizer"] == final_b["meta"]["optimizer"]
+
+    def evals(folder):
+        return [(m["epoch"], m["step"], m["top1_err"], m["top5_err"], m["loss"])
+                for m in read_metrics(folder) if m["kind"] == "eval"]
+    assert evals(out_b) == evals(out_a)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad configurations: one line on stderr, exit code 2
+# ------------------------------------------------------------------------------------------
+
+def test_error_missing_data_folder(prog, cache_dir, tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    msg = run_error(prog, capsys, tiny_args(tmp_path / "out", cache_dir, "--data", str(missing)))
+    assert str(missing) in msg
+
+
+def test_error_batch_larger_than_data(prog, cache_dir, tmp_path, capsys):
+    argv = ["--preset", "demo", "--max-train-images", "4", "--batch-size", "8",
+            "--out", str(tmp_path / "out"), "--cache-dir", cache_dir, "--quiet"]
+    msg = run_error(prog, capsys, argv)
+    assert "--batch-size 8" in msg and "4 images" in msg
+    assert not os.path.exists(tmp_path / "out" / "latest.npz")
+
+
+def test_error_bad_numbers(prog, cache_dir, tmp_path, capsys):
+    for extra, word in ((["--batch-size", "0"], "--batch-size"), (["--lr", "0"], "--lr"),
+                        (["--max-val-images", "-1"], "--max-val-images")):
+        msg = run_error(prog, capsys, tiny_args(tmp_path / "out", cache_dir, *extra))
+        assert word in msg
+
+
+def test_error_resume_file_missing(prog, cache_dir, tmp_path, capsys):
+    missing = tmp_path / "nope" / "latest.npz"
+    msg = run_error(prog, capsys, ["--resume", str(missing), "--out", str(tmp_path / "out"),
+                                   "--cache-dir", cache_dir, "--quiet"])
+    assert str(missing) in msg
+
+
+def test_error_resume_corrupt_or_foreign_checkpoint(prog, cache_dir, tmp_path, capsys):
+    from tinynet import nn
+
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x00\x01 definitely not a checkpoint" * 100)
+    half = tmp_path / "half.npz"
+    save_checkpoint(str(tmp_path / "whole.npz"), nn.Linear(50, 40), meta={"config": {}})
+    raw = (tmp_path / "whole.npz").read_bytes()
+    half.write_bytes(raw[: len(raw) // 2])      # as if the copy of a checkpoint was cut short
+    plain = tmp_path / "plain.npz"              # a valid checkpoint, but not of a training run
+    save_checkpoint(str(plain), nn.Linear(3, 2))
+    for path in (garbage, half, plain):
+        msg = run_error(prog, capsys, ["--resume", str(path), "--out", str(tmp_path / "out"),
+                                       "--cache-dir", cache_dir, "--quiet"])
+        assert str(path) in msg and "checkpoint" in msg
+
+
+@pytest.mark.slow
+def test_error_resume_checkpoint_with_other_class_count(prog, run_a, cache_dir, tmp_path, capsys):
+    """A checkpoint whose fc8 has 3 outputs, resumed on the 10-class data of its config."""
+    out_a, _ = run_a
+    with np.load(os.path.join(out_a, "latest.npz"), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    ckpt = load_checkpoint(os.path.join(out_a, "latest.npz"))
+    names = list(ckpt["model"])
+    arrays["model/fc8.weight"] = arrays["model/fc8.weight"][:3].copy()
+    arrays["model/fc8.bias"] = arrays["model/fc8.bias"][:3].copy()
+    for name in ("fc8.weight", "fc8.bias"):
+        key = f"optim/velocity/{names.index(name)}"
+        arrays[key] = arrays[key][:3].copy()
+    path = tmp_path / "three_classes.npz"
+    np.savez(path, **arrays)
+    assert load_checkpoint(str(path))["model"]["fc8.weight"].shape == (3, 4096)
+    msg = run_error(prog, capsys, ["--resume", str(path), "--out", str(tmp_path / "out"),
+                                   "--cache-dir", cache_dir, "--quiet"])
+    assert "fc8" in msg
+
+
+# ------------------------------------------------------------------------------------------
+# Your own images
+# ------------------------------------------------------------------------------------------
+
+def make_image_tree(root):
+    """root/train/<a,b>/ and root/val/<a,b>/: small JPEGs of odd sizes, a grey PNG, a broken JPEG."""
+    rng = np.random.default_rng(0)
+    sizes = [(300, 200), (180, 240), (64, 64), (257, 511)]
+    for split, count in (("train", 4), ("val", 2)):
+        for c, name in enumerate(("a", "b")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                w, h = sizes[i % len(sizes)]
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+                pixels[..., c] = 255 - 40 * i       # class a reddish, class b greenish
+                Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=90)
+    grey = rng.integers(0, 255, (150, 120), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(root / "train" / "b" / "grey.png")
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this JPEG stops here")
+    return root
+
+
+@pytest.mark.slow
+def test_image_folder_run(prog, tmp_path, capsys):
+    data = make_image_tree(tmp_path / "images")
+    out = tmp_path / "out"
+    argv = ["--preset", "demo", "--data", str(data), "--epochs", "1", "--batch-size", "4",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        result = prog.main(argv)
+    assert result is not None and np.isfinite(result["loss"])
+    with open(out / "config.json") as f:
+        cfg = json.load(f)
+    assert cfg["classes"] == ["a", "b"]
+    # train: 4 JPEGs in a (the broken one skipped) + 4 JPEGs and the grey PNG in b; val: 2 + 2
+    assert (cfg["train_images"], cfg["val_images"]) == (9, 4)
+    metrics = read_metrics(out)
+    assert [m["kind"] for m in metrics] == ["train", "eval"]
+    assert os.path.exists(out / "latest.npz") and os.path.exists(out / "best.npz")
+    assert load_checkpoint(str(out / "latest.npz"))["model"]["fc8.weight"].shape == (2, 4096)
