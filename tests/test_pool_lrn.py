@@ -78,9 +78,12 @@ def test_pool_errors():
 
 @st.composite
 def lrn_case(draw):
-    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+    groups = draw(st.integers(1, 3))
+    return dict(shape=(draw(st.integers(1, 2)), groups * draw(st.integers(1, 4)), draw(st.integers(1, 3)),
+                       draw(st.integers(1, 3))),
                 size=draw(st.integers(1, 7)), alpha=draw(st.sampled_from([1e-4, 0.5, 1.0, 2.0])),
-                beta=draw(st.sampled_from([0.75, 0.5, 1.3])), k=draw(st.sampled_from([2.0, 1.0, 0.5])))
+                beta=draw(st.sampled_from([0.75, 0.5, 1.3])), k=draw(st.sampled_from([2.0, 1.0, 0.5])),
+                groups=groups)
 
 
 @given(lrn_case())
@@ -88,9 +91,22 @@ def test_lrn_matches_naive_and_gradcheck(c):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(c["shape"])
     args = (c["size"], c["alpha"], c["beta"], c["k"])
-    y = F.local_response_norm(x, *args)
-    assert np.allclose(y.data, local_response_norm_naive(x, *args), rtol=1e-12)
-    gradcheck(lambda t: F.local_response_norm(t, *args), [x])
+    g = c["groups"]
+    y = F.local_response_norm(x, *args, groups=g)
+    assert np.allclose(y.data, local_response_norm_naive(x, *args, groups=g), rtol=1e-12)
+    gradcheck(lambda t: F.local_response_norm(t, *args, groups=g), [x])
+
+
+def test_lrn_groups_never_reach_across_the_tower_boundary():
+    x = np.zeros((1, 8, 1, 1))
+    x[0, 4] = 10.0  # first channel of tower 1
+    y = F.local_response_norm(x + 0.0, size=5, alpha=1.0, beta=1.0, k=1.0, groups=2).data
+    assert y[0, 3, 0, 0] == 0.0
+    x[0, 3] = 1.0  # last channel of tower 0: its window must not see channel 4
+    y = F.local_response_norm(x, size=5, alpha=1.0, beta=1.0, k=1.0, groups=2).data
+    assert np.isclose(y[0, 3, 0, 0], 1.0 / (1.0 + 1.0))
+    y1 = F.local_response_norm(x, size=5, alpha=1.0, beta=1.0, k=1.0, groups=1).data
+    assert np.isclose(y1[0, 3, 0, 0], 1.0 / (1.0 + 1.0 + 100.0))
 
 
 def test_lrn_window_is_exactly_five_channels_with_strong_alpha():

@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import device_of, get_array_module, on_device
 
 # ----------------------------------------------------------------------------
 # Grad mode: ``with no_grad():`` runs ops without recording a graph.
@@ -355,7 +355,8 @@ def run_backward(root, grad, retain_graph=False):
                 xp.zeros(shape, dtype) if s is None else s
                 for s, (shape, dtype) in zip(slots, fn.output_meta)
             ]
-        input_grads = fn.backward(*slots)
+        with on_device(device_of(slots[0])):  # a GPU op's backward runs on its own device
+            input_grads = fn.backward(*slots)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         if len(input_grads) != len(fn.inputs):

@@ -116,3 +116,74 @@ def to_device(t, dev):
         with cp.cuda.Device(dev.index):
             data = cp.asarray(t.data if isinstance(t.data, np.ndarray) else t.numpy())
     return Tensor(data, requires_grad=t.requires_grad)
+
+
+# ----------------------------------------------------------------------------
+# Running work on a device: the device context plus that device's own stream
+# ----------------------------------------------------------------------------
+
+_streams = {}
+
+
+def stream_for(dev):
+    """The non-blocking CUDA stream tinynet uses on device ``dev`` (one per
+    device, created on first use), so that two towers' work can overlap."""
+    dev = Device(dev)
+    if dev.index not in _streams:
+        cp = require_cupy(dev)
+        with cp.cuda.Device(dev.index):
+            _streams[dev.index] = cp.cuda.Stream(non_blocking=True)
+    return _streams[dev.index]
+
+
+class on_device:
+    """``with on_device(dev):`` makes ``dev`` (and its stream) current for
+    the CuPy calls inside; on the CPU it does nothing."""
+
+    def __init__(self, dev):
+        self.dev = Device(dev)
+        self._contexts = []
+
+    def __enter__(self):
+        if self.dev.kind == "cuda":
+            cp = require_cupy(self.dev)
+            self._contexts = [cp.cuda.Device(self.dev.index), stream_for(self.dev)]
+            for c in self._contexts:
+                c.__enter__()
+        return self.dev
+
+    def __exit__(self, *exc):
+        for c in reversed(self._contexts):
+            c.__exit__(*exc)
+        self._contexts = []
+        return False
+
+
+def copy_to_device(array, dev):
+    """An explicit copy of ``array`` onto device ``dev``.
+
+    GPU to GPU goes through ``cudaMemcpyPeerAsync`` on the destination's
+    stream, after an event recorded on the source's stream (so the copy
+    waits for the data to be ready, and no kernel ever reads the other
+    device's memory).  CPU to CPU returns the array itself: tinynet's ops
+    never modify their inputs, so sharing is safe."""
+    dev = Device(dev)
+    src = device_of(array)
+    if src == dev:
+        return array
+    if dev.kind == "cpu":
+        with on_device(src):
+            return cupy_or_none().asnumpy(array, stream=stream_for(src))
+    cp = require_cupy(dev)
+    if src.kind == "cpu":
+        with on_device(dev):
+            return cp.asarray(array)
+    ready = cp.cuda.Event(disable_timing=True)
+    with on_device(src):
+        ready.record(stream_for(src))
+    with on_device(dev):
+        stream = stream_for(dev)
+        stream.wait_event(ready)
+        out = cp.empty(array.shape, array.dtype)
+        out.data.copy_from_device_async(array.data, array.nbytes, stream)
+    return out

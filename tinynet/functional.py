@@ -26,7 +26,7 @@ from .random import default_generator
 
 __all__ = [
     "im2col", "col2im", "conv2d", "max_pool2d", "local_response_norm", "relu", "tanh",
-    "dropout", "linear", "flatten", "softmax", "log_softmax", "cross_entropy", "concat",
+    "dropout", "dropout_mask", "linear", "flatten", "softmax", "log_softmax", "cross_entropy", "concat",
     "split", "set_conv_workspace", "conv_workspace_peak", "conv_output_size",
 ]
 
@@ -200,7 +200,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return pool.MaxPool2d.apply(x, kernel_size=k, stride=s, padding=p)
 
 
-def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False):
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False, groups=1):
     """Local response normalisation across channels, the paper's formula:
 
         y[c] = x[c] / (k + alpha * sum_{c' in window(c)} x[c']^2) ** beta
@@ -209,6 +209,8 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size
     Defaults are the paper's (size 5, alpha 1e-4, beta 0.75, k 2).
     ``alpha_over_size=True`` uses alpha/size instead (the Caffe/PyTorch
     convention; PyTorch's defaults are alpha=1e-4, k=1).
+    ``groups=G`` normalises each block of C/G channels on its own (AlexNet's
+    towers: the window never reaches into the other tower's channels).
     x: (N, C, H, W) -> same shape.
     """
     fn = "local_response_norm"
@@ -220,8 +222,11 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size
             raise ValueError(f"{fn}: {name} must be a non-negative number, got {v!r}")
     if k == 0:
         raise ValueError(f"{fn}: k must be > 0 (with k = 0 a zero input divides by zero)")
+    if not isinstance(groups, numbers.Integral) or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"{fn}: groups must be a positive int dividing the channels C={x.shape[1]}, got {groups!r}")
     a = float(alpha) / size if alpha_over_size else float(alpha)
-    return lrn.LocalResponseNorm.apply(x, size=int(size), alpha=a, beta=float(beta), k=float(k))
+    return lrn.LocalResponseNorm.apply(x, size=int(size), alpha=a, beta=float(beta), k=float(k),
+                                       groups=int(groups))
 
 
 def relu(x):
@@ -234,12 +239,26 @@ def tanh(x):
     return activation.Tanh.apply(_as_tensor("tanh", "x", x))
 
 
-def dropout(x, p=0.5, training=True, rng=None):
+def dropout_mask(shape, p, dtype, rng=None):
+    """The scaled keep-mask of inverted dropout: 1/(1-p) with probability
+    1-p, else 0; a NumPy array drawn from ``rng`` (default: tinynet's global
+    generator).  Drawn on the host even for GPU tensors (it is only as big as
+    an fc layer's output), so that ``tn.manual_seed`` fixes it everywhere and
+    a resumed run draws the same masks."""
+    rng = default_generator() if rng is None else rng
+    mask = (rng.random(shape, dtype=np.dtype(dtype)) >= p).astype(dtype)
+    mask *= 1.0 / (1.0 - p)
+    return mask
+
+
+def dropout(x, p=0.5, training=True, rng=None, mask=None):
     """Inverted dropout: in training, zero each element with probability p
     and scale the survivors by 1/(1-p); identity when not training.
 
     ``rng``: a numpy.random.Generator for the mask (default: tinynet's
-    global generator, seeded by ``tn.manual_seed``).  Any shape.
+    global generator, seeded by ``tn.manual_seed``).  ``mask``: a ready mask
+    from ``dropout_mask`` instead (the two-tower model draws one mask for
+    both towers, as the single-device model does).  Any shape.
     """
     fn = "dropout"
     x = _as_tensor(fn, "x", x)
@@ -247,14 +266,13 @@ def dropout(x, p=0.5, training=True, rng=None):
         raise ValueError(f"{fn}: p must be in [0, 1), got {p!r}")
     if not training or p == 0:
         return x
+    if mask is None:
+        mask = dropout_mask(x.shape, p, x.dtype, rng)
+    elif tuple(mask.shape) != x.shape:
+        raise ValueError(f"{fn}: mask must have the shape of x {x.shape}, got {tuple(mask.shape)}")
     xp = get_array_module(x.data)
-    if xp is np:
-        rng = default_generator() if rng is None else rng
-        keep = rng.random(x.shape, dtype=x.dtype) >= p
-        mask = keep.astype(x.dtype)
-    else:  # on the GPU the mask comes from CuPy's generator of the current device
-        mask = (xp.random.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype)
-    mask *= 1.0 / (1.0 - p)
+    if xp is not np:
+        mask = xp.asarray(mask)
     if not is_grad_enabled():
         return Tensor(x.data * mask)
     return activation.Dropout.apply(x, mask=mask)

@@ -215,13 +215,14 @@ class LocalResponseNorm(Module):
     sum).  Note: PyTorch's ``LocalResponseNorm`` divides alpha by size and
     defaults k=1; ``alpha_over_size=True`` gives that convention."""
 
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False):
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False, groups=1):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.alpha_over_size = alpha_over_size
+        self.alpha_over_size, self.groups = alpha_over_size, groups
 
     def forward(self, x):
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_over_size)
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_over_size,
+                                     self.groups)
 
     def extra_repr(self):
         conv = "alpha/size" if self.alpha_over_size else "paper"

@@ -1,3 +1,4 @@
 """Example networks built from tinynet layers."""
 
 from .alexnet import AlexNet, BIAS_INITS  # noqa: F401
+from .towers import TwoTowerAlexNet  # noqa: F401,E402

@@ -20,6 +20,12 @@ convolution with groups=2, and "both towers" is an ordinary layer.  The
 grouped weight (out, in/groups, kh, kw) is the two towers' weights stacked
 along ``out``.  60,965,224 parameters at 1000 classes.
 
+LRN normalises within each tower (``groups=2``): the paper's towers could not
+see each other's channels, and cuda-convnet's two-GPU model has one LRN layer
+per tower.  Caffe's single-GPU bvlc_alexnet instead lets the window run across
+all 96 (256) channels; the two differ only for the two channels on each side
+of the tower boundary.
+
 Initialisation (paper, section 5): weights ~ N(0, 0.01); biases 1 in conv2,
 conv4, conv5, fc6, fc7 (so that the ReLUs start with positive inputs) and 0
 elsewhere.  With bias 1 the loss can sit at ln(classes) for a long time, so
@@ -57,10 +63,21 @@ class AlexNet(nn.Module):
       activation  "relu" or "tanh" (for the paper's Figure 1 experiment)
       pool        (kernel, stride): (3, 2) overlapping; (2, 2) for the non-overlapping ablation
       seed        a seed or numpy Generator for the initial weights (default: tinynet's)
+      towers      a pair of devices, e.g. ("cuda:0", "cuda:1"): build the two-tower model
+                  (``TwoTowerAlexNet``, models/towers.py) instead of the grouped one
     """
 
+    def __new__(cls, *args, towers=None, **kwargs):
+        # AlexNet(..., towers=(a, b)) builds the split model; its weights and
+        # state_dict are those of this grouped model
+        if towers is not None and cls is AlexNet:
+            from .towers import TwoTowerAlexNet
+
+            return TwoTowerAlexNet(*args, towers=towers, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, num_classes=1000, bias_init="paper", weight_std=0.01, dropout=0.5,
-                 lrn=None, activation="relu", pool=(3, 2), seed=None, dtype=np.float32):
+                 lrn=None, activation="relu", pool=(3, 2), seed=None, dtype=np.float32, towers=None):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"AlexNet: num_classes must be an int >= 2, got {num_classes!r}")
@@ -100,7 +117,8 @@ class AlexNet(nn.Module):
     def _lrn(self, x):
         if self.config["lrn"] is False:
             return x
-        return F.local_response_norm(x, **self.lrn_params)
+        # groups=2: each tower normalises its own channels, as on the paper's two GPUs
+        return F.local_response_norm(x, groups=2, **self.lrn_params)
 
     def features(self, x):
         """x: (N, 3, 227, 227) -> (N, 256, 6, 6).  Comments give the towers."""

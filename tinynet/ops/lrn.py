@@ -11,6 +11,12 @@ Caffe, PyTorch and ONNX divide alpha by ``size`` (and default k=1): pass
 ``alpha_over_size=True`` for that convention.  Paper alpha 1e-4 is Caffe
 alpha 5e-4; Caffe's alpha 1e-4 with k=1 is paper alpha 2e-5.
 
+With ``groups=G`` the channels are cut into G blocks and each block is
+normalised on its own (windows clipped at block edges): AlexNet's two
+towers each normalise their own 48 (conv1) or 128 (conv2) channels, since
+the other tower's channels live on the other GPU.  A free reshape does it:
+(N, C, H, W) -> (N*G, C/G, H, W).
+
     x: (N, C, H, W) -> y: (N, C, H, W)
 """
 
@@ -21,24 +27,29 @@ from . import kernels_for
 
 
 class LocalResponseNorm(Function):
-    def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
+        N, C, H, W = x.shape
+        self.params = (size, alpha, beta, groups, x.shape)
+        x = x.reshape(N * groups, C // groups, H, W)  # each group normalised on its own
         y, scale = kernels_for(x).lrn_forward(x, size, alpha, beta, k)
-        self.params = (size, alpha, beta)
         self.save_for_backward(x, y, scale)
-        return y
+        return y.reshape(N, C, H, W)
 
     def backward(self, gy):
         x, y, scale = self.saved
-        size, alpha, beta = self.params
-        return kernels_for(gy).lrn_backward(x, y, scale, gy, size, alpha, beta)
+        size, alpha, beta, groups, shape = self.params
+        gx = kernels_for(gy).lrn_backward(x, y, scale, gy.reshape(x.shape), size, alpha, beta)
+        return gx.reshape(shape)
 
 
-def local_response_norm_naive(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+def local_response_norm_naive(x, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
     """Reference LRN, one channel at a time, exactly the paper's sum."""
     N, C, H, W = x.shape
     y = np.empty_like(x)
+    block = C // groups
     for c in range(C):
-        lo, hi = max(0, c - size // 2), min(C - 1, c + (size - 1) // 2)
+        first, last = (c // block) * block, (c // block) * block + block - 1  # c's group
+        lo, hi = max(first, c - size // 2), min(last, c + (size - 1) // 2)
         s = k + alpha * (x[:, lo:hi + 1] ** 2).sum(axis=1)
         y[:, c] = x[:, c] / s ** beta
     return y
