@@ -5,6 +5,8 @@
     python examples/alexnet_train.py --preset paper     # the paper's own recipe (needs days and real data)
     python examples/alexnet_train.py --data DIR         # your own image folders: DIR/train/<class>/*.jpg, DIR/val/...
     python examples/alexnet_train.py --resume runs/alexnet/latest.npz
+    python examples/alexnet_train.py --preset demo --batch-size 1 --trace   # print every op of ONE step, exit
+    mpiexec -n 2 python examples/alexnet_train.py --data-parallel   # 2 processes, docs/distributed.md
 
 The network is always the full AlexNet of the paper (60.97M parameters at
 1000 classes); presets change only the training recipe and the data.  Each
@@ -24,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
+import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
@@ -47,7 +50,7 @@ PRESETS = {
     "short": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
                   warmup_steps=100, bias_init="zero", init="he", dropout=0.5,
                   input_std=True, lighting_std=0.1, difficulty="easy",
-                  train_per_class=500, val_per_class=100, patience=1, time_budget=14 * 60),
+                  train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60),
     # REDUCED: a classroom demo of about two minutes (fewer, easier images).
     "demo": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=2,
                  warmup_steps=30, bias_init="zero", init="he", dropout=0.5,
@@ -75,13 +78,17 @@ def parse_args(argv=None):
     ap.add_argument("--val-fraction", type=float, default=0.1,
                     help="held-out fraction when --data has no train/val split")
     ap.add_argument("--num-classes", type=int, default=10, help="classes of the shapes set (2-16)")
+    ap.add_argument("--difficulty", choices=["easy", "standard", "hard"],
+                    help="difficulty of the shapes set (default: the preset's)")
     ap.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
     ap.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
     ap.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
     ap.add_argument("--momentum", type=float, help="momentum (default: the preset's)")
     ap.add_argument("--weight-decay", type=float, help="weight decay (default: the preset's)")
     ap.add_argument("--time-budget", type=float,
-                    help="stop training after this many seconds (0: none; default: the preset's)")
+                    help="wall-clock seconds for the whole run, data preparation and evaluations "
+                         "included: training stops early enough to finish the final evaluation "
+                         "in time (0: none; default: the preset's)")
     ap.add_argument("--max-train-images", type=int, default=0,
                     help="use only this many training images (0: all)")
     ap.add_argument("--max-val-images", type=int, default=0,
@@ -95,18 +102,26 @@ def parse_args(argv=None):
     ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
     ap.add_argument("--ten-crop", action="store_true",
                     help="evaluate with 10 crops (corners + centre, mirrored), softmax averaged")
+    ap.add_argument("--data-parallel", action="store_true",
+                    help="data parallelism over MPI: start with mpiexec -n N; --batch-size is the "
+                         "GLOBAL batch, each rank takes batch/N images (docs/distributed.md)")
     ap.add_argument("--towers", type=int, default=1, choices=[1, 2],
                     help="2: split every layer across two devices (not yet implemented)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
                     help="behave as if interrupted (Ctrl-C) after K steps of this invocation: "
                          "saves latest.npz and exits (for testing --resume)")
+    ap.add_argument("--trace", action="store_true",
+                    help="print every op of ONE training step (forward and backward: shapes, and for "
+                         "convolutions the im2col and GEMM shapes and cost), then exit without "
+                         "updating the weights or writing a checkpoint; --batch-size 1 gives "
+                         "per-image numbers")
     return ap.parse_args(argv)
 
 
 def build_config(args):
     cfg = dict(PRESETS[args.preset])
-    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget"):
+    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -210,27 +225,56 @@ def build_model(cfg, num_classes):
 # ----------------------------------------------------------------------------
 
 
-def evaluate(model, dataset, transform, batch_size):
-    """Top-1 and top-5 error and mean loss over ``dataset``."""
+def evaluate(model, dataset, transform, batch_size, device="cpu"):
+    """Top-1 and top-5 error and mean loss over ``dataset``.
+
+    Data parallel: rank r of n evaluates its own contiguous shard (about len/n images, in
+    batches of batch_size/n) and the wrong-counts and loss sums are added over the ranks
+    (dist.allreduce_sum), so every rank returns the single-process numbers.
+    """
     model.eval()
-    loader = tdata.DataLoader(dataset, batch_size, transform, shuffle=False, drop_last=False)
+    ranks = dist.world_size()
+    shard = np.array_split(np.arange(len(dataset)), ranks)[dist.rank()]
     wrong1 = wrong5 = 0
     total_loss = 0.0
-    with tn.no_grad():
-        for x, y, _ in loader.epoch_batches(0):
-            if x.ndim == 5:  # ten crops: average the softmax over crops
-                n, c = x.shape[:2]
-                logits = model(tn.tensor(x.reshape(n * c, *x.shape[2:]))).data
-                probs = F.softmax(logits).data.reshape(n, c, -1).mean(axis=1)
-            else:
-                probs = F.softmax(model(tn.tensor(x)).data).data
-            total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).sum())
-            top5 = np.argsort(-probs, axis=1)[:, :5]
-            wrong1 += int((top5[:, 0] != y).sum())
-            wrong5 += int((top5 != y[:, None]).all(axis=1).sum())
+    if len(shard):
+        part = dataset if ranks == 1 else dataset.subset(shard)
+        loader = tdata.DataLoader(part, max(1, batch_size // ranks), transform, shuffle=False,
+                                  drop_last=False)
+        with tn.no_grad():
+            for x, y, _ in loader.epoch_batches(0):
+                if x.ndim == 5:  # ten crops: average the softmax over crops
+                    n, c = x.shape[:2]
+                    logits = model(tn.tensor(x.reshape(n * c, *x.shape[2:])).to(device)).data
+                    probs = F.softmax(logits).numpy().reshape(n, c, -1).mean(axis=1)
+                else:
+                    probs = F.softmax(model(tn.tensor(x).to(device)).data).numpy()
+                total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).sum())
+                top5 = np.argsort(-probs, axis=1)[:, :5]
+                wrong1 += int((top5[:, 0] != y).sum())
+                wrong5 += int((top5 != y[:, None]).all(axis=1).sum())
+    wrong1, wrong5, total_loss = dist.allreduce_sum([wrong1, wrong5, total_loss])  # over ranks
     model.train()
     n = len(dataset)
-    return dict(top1_err=wrong1 / n, top5_err=wrong5 / n, loss=total_loss / n)
+    return dict(top1_err=int(wrong1) / n, top5_err=int(wrong5) / n, loss=float(total_loss) / n)
+
+
+def trace_one_step(model, loader, device="cpu"):
+    """--trace: run ONE training step (forward, loss, backward) on the first batch under
+    tinynet.trace(), which prints every op as the data flows forward and the gradients flow
+    back -- shapes, and for convolutions the im2col matrix, the GEMM and its cost (conv1 at
+    --batch-size 1: cols [363 x 3025], W [96 x 363]).  Then the program stops: the weights
+    are not updated and no checkpoint or metrics are written (config.json is); it is a look
+    inside, not part of a run."""
+    batches = loader.epoch_batches(0)
+    x, y, _ = next(batches)
+    batches.close()  # stops the loader's background thread
+    model.train()
+    with tn.trace():
+        loss = F.cross_entropy(model(tn.tensor(x).to(device)), y)
+        loss.backward()
+    print(f"--trace: traced one training step on a batch of {len(y)} (loss {loss.item():.4f}); "
+          "the weights were not updated and no checkpoint was written")
 
 
 # ----------------------------------------------------------------------------
@@ -276,16 +320,20 @@ def write_plot(out, metrics):
     evals = [m for m in metrics if m["kind"] == "eval"]
     if not steps:
         return
-    panels = [("training loss (mean over logged steps)",
+    panels = [("training loss (mean of every 20 steps) against step",
                {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])})]
     if evals:
-        panels.append(("validation error", {
+        panels.append(("validation error against epoch", {
             "top-1": ([m["epoch"] + 1 for m in evals], [m["top1_err"] for m in evals]),
             "top-5": ([m["epoch"] + 1 for m in evals], [m["top5_err"] for m in evals])}))
     line_chart(os.path.join(out, "curves.png"), panels)
 
 
 def train(args):
+    program_start = time.time()
+    if not args.data_parallel and dist.launched_size() > 1:
+        raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
+                          "--data-parallel (each would train alone and write the same files)")
     cfg = build_config(args)
     os.makedirs(args.out, exist_ok=True)
     tn.manual_seed(cfg["seed"])
@@ -306,9 +354,28 @@ def train(args):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)
 
+    # Data parallelism (docs/distributed.md): rank r of n takes images r*B/n..(r+1)*B/n-1 of
+    # every global batch of B; only rank 0 prints and writes files. Serially: 1 rank of 1.
+    ranks, main_rank = dist.world_size(), dist.is_main()
+    try:
+        local_batch = dist.local_batch_size(cfg["batch_size"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    device = dist.device_for_rank(cfg["device"])   # 'cuda' -> this rank's own GPU
+    cfg.pop("data_parallel", None)                 # (a resumed run may use another rank count)
+    if ranks > 1:
+        threads = dist.set_threads_per_rank()     # the ranks share the cores
+        cfg["data_parallel"] = dict(ranks=ranks, local_batch=local_batch, threads_per_rank=threads)
+
+    if not main_rank:
+        dist.barrier()     # rank 0 prepares the data (generates, decodes, caches) first ...
     train_set, val_set = load_data(cfg, args.cache_dir)
+    if main_rank:
+        dist.barrier()     # ... then the others read its cache
     train_tf, eval_tf = make_transforms(cfg, train_set)
     model = build_model(cfg, train_set.num_classes)
+    if device != "cpu":
+        model.to(device)
     optimizer = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                     weight_decay=cfg["weight_decay"])
     scheduler = ReduceLROnPlateau(optimizer, patience=cfg["patience"])
@@ -323,32 +390,50 @@ def train(args):
         tn.set_rng_state(meta["rng"])
         start_epoch, start_step, global_step = meta["epoch"], meta["step"], meta["global_step"]
         best_err = meta.get("best_err", best_err)
-        print(f"resumed from {args.resume} at epoch {start_epoch}, step {start_step}")
+        if main_rank:
+            print(f"resumed from {args.resume} at epoch {start_epoch}, step {start_step}")
+    # every rank starts from rank 0's weights (and, resuming, its momentum): equal copies stay
+    # equal, because every rank then applies the same averaged gradient
+    dist.broadcast_parameters(model)
+    if ckpt is not None:
+        dist.broadcast_arrays(optimizer.velocity)
 
     cfg["classes"] = list(train_set.classes)
     cfg["train_images"], cfg["val_images"] = len(train_set), len(val_set)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    print(f"AlexNet ({model.num_parameters():,} parameters), preset '{cfg['preset']}'"
-          + (f" -- {cfg['note']}" if cfg.get("note") else "")
-          + f"; {len(train_set)} training / {len(val_set)} validation images, "
-            f"{train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']}, init {cfg['init']}, "
-            f"bias {cfg['bias_init']}")
+    if main_rank:
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    if ranks > 1 and main_rank:
+        print(f"data parallel: {ranks} ranks, {local_batch} image(s) each = global batch "
+              f"{cfg['batch_size']}; {threads} thread(s) per rank")
+    if main_rank:
+        print(f"AlexNet ({model.num_parameters():,} parameters), preset '{cfg['preset']}'"
+              + (f" -- {cfg['note']}" if cfg.get("note") else "")
+              + f"; {len(train_set)} training / {len(val_set)} validation images, "
+                f"{train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']}, "
+                f"init {cfg['init']}, bias {cfg['bias_init']}")
 
     if args.eval_only:
         if ckpt is None:
             raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
-        result = evaluate(model, val_set, eval_tf, cfg["batch_size"])
-        print(f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}")
+        result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)
+        if main_rank:
+            print(f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}")
         return result
 
-    loader = tdata.DataLoader(train_set, cfg["batch_size"], train_tf, shuffle=True, seed=cfg["seed"])
+    # each rank iterates over its own slice of the same global batches (same seed everywhere)
+    loader = tdata.DataLoader(train_set, cfg["batch_size"], train_tf, shuffle=True, seed=cfg["seed"],
+                              rank=dist.rank(), world_size=ranks)
+    if args.trace:  # print every op of one training step, then stop (see trace_one_step)
+        if ranks > 1:
+            raise ConfigError("--trace traces one process: run it without mpiexec")
+        return trace_one_step(model, loader, device)
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     metrics = []
     if ckpt is not None and os.path.exists(metrics_path):
         with open(metrics_path) as f:
             metrics = [json.loads(line) for line in f if line.strip()]
-    else:
+    elif main_rank:
         open(metrics_path, "w").close()
 
     stop = {"signal": None}
@@ -364,17 +449,20 @@ def train(args):
 
     def log(entry):
         metrics.append(entry)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if main_rank:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
 
     # the rate after warmup (during warmup optimizer.lr is only a fraction of it)
     base_lr = optimizer.lr if ckpt is None else ckpt["meta"]["base_lr"]
     first_step = global_step
     run_start = time.time()
+    deadline = program_start + cfg["time_budget"] if cfg["time_budget"] else 0
+    eval_seconds = 0.05 * len(val_set) * (10 if cfg["ten_crop"] else 1)  # a guess until measured
     result = None
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
-            bar = Progress(len(loader), epoch, args.quiet)
+            bar = Progress(len(loader), epoch, args.quiet or not main_rank)
             seen, running, count = 0, 0.0, 0
             step = start_step if epoch == start_epoch else 0
             out_of_time = False
@@ -383,7 +471,10 @@ def train(args):
                     optimizer.lr = base_lr * (global_step + 1) / cfg["warmup_steps"]
                 elif cfg["warmup_steps"] and global_step == cfg["warmup_steps"]:
                     optimizer.lr = base_lr
-                loss = F.cross_entropy(model(tn.tensor(x)), y)
+                # dropout masks are drawn for the whole global batch, of which this rank takes
+                # its rows: the same masks as in one process, whatever the number of ranks
+                with dist.dropout_rows(cfg["batch_size"]):
+                    loss = F.cross_entropy(model(tn.tensor(x).to(device)), y)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(
@@ -392,10 +483,22 @@ def train(args):
                         "Try a smaller --lr.")
                 optimizer.zero_grad()
                 loss.backward()
+                dist.allreduce_gradients(model.parameters())  # data parallel: mean over ranks
                 optimizer.step()
                 step += 1
                 global_step += 1
-                seen += len(y)
+                # stop when the rest of the budget is only enough for the final evaluation
+                out_of_time = bool(deadline) and time.time() + eval_seconds > deadline
+                if args.stop_after_steps and global_step - first_step >= args.stop_after_steps:
+                    stop["signal"] = "stop-after-steps"
+                if ranks > 1:
+                    # the ranks agree on the loss to report (the mean over the global batch) and
+                    # on stopping: one rank's signal or clock stops all of them at this step
+                    total = dist.allreduce_sum([value, bool(stop["signal"]), out_of_time])
+                    value, out_of_time = float(total[0]) / ranks, bool(total[2])
+                    if total[1] and not stop["signal"]:
+                        stop["signal"] = "stop requested on another rank"
+                seen += len(y) * ranks
                 running += value
                 count += 1
                 bar.update(step, seen, value, optimizer.lr)
@@ -403,46 +506,54 @@ def train(args):
                     log(dict(kind="train", epoch=epoch, step=global_step, loss=running / count,
                              lr=optimizer.lr, time=time.time() - run_start))
                     running, count = 0.0, 0
-                budget = cfg["time_budget"]
-                out_of_time = bool(budget) and time.time() - run_start > budget
-                if args.stop_after_steps and global_step - first_step >= args.stop_after_steps:
-                    stop["signal"] = "stop-after-steps"
                 if stop["signal"] or out_of_time:
                     break
             bar.close()
             if stop["signal"]:
-                save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
-                                checkpoint_meta(epoch, step))
-                print(f"\n{stop['signal']}: saved {args.out}/latest.npz at epoch {epoch}, step {step}. "
-                      f"Continue with: python examples/alexnet_train.py --resume {args.out}/latest.npz "
-                      f"--out {args.out}")
+                if main_rank:   # only rank 0 writes files: every rank holds the same weights
+                    save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
+                                    checkpoint_meta(epoch, step))
+                    launch = (f"mpiexec -n {ranks} python examples/alexnet_train.py --data-parallel"
+                              if ranks > 1 else "python examples/alexnet_train.py")
+                    print(f"\n{stop['signal']}: saved {args.out}/latest.npz at epoch {epoch}, step {step}. "
+                          f"Continue with: {launch} --resume {args.out}/latest.npz --out {args.out}")
                 return None
-            result = evaluate(model, val_set, eval_tf, cfg["batch_size"])
+            t_eval = time.time()
+            result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)  # all ranks' sums
+            eval_seconds = time.time() - t_eval
             elapsed = time.time() - run_start
             log(dict(kind="eval", epoch=epoch, step=global_step, time=elapsed, **result))
-            print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, top-5 error {result['top5_err']:.3f}, "
-                  f"val loss {result['loss']:.3f} ({elapsed:.0f} s)")
+            if main_rank:
+                print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, "
+                      f"top-5 error {result['top5_err']:.3f}, val loss {result['loss']:.3f} "
+                      f"({elapsed:.0f} s)")
+            # every rank has the same result, so every rank's scheduler makes the same decision
             if scheduler.step(result["top1_err"]):
                 base_lr *= scheduler.factor  # not optimizer.lr: during warmup that is below base_lr
-                print(f"validation error stopped improving: lr -> {optimizer.lr:g}")
+                if main_rank:
+                    print(f"validation error stopped improving: lr -> {optimizer.lr:g}")
             next_epoch, next_step = (epoch + 1, 0) if step >= len(loader) else (epoch, step)
             if result["top1_err"] < best_err:
                 best_err = result["top1_err"]
-                save_checkpoint(os.path.join(args.out, "best.npz"), model, optimizer,
+                if main_rank:
+                    save_checkpoint(os.path.join(args.out, "best.npz"), model, optimizer,
+                                    checkpoint_meta(next_epoch, next_step))
+            if main_rank:
+                save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
                                 checkpoint_meta(next_epoch, next_step))
-            save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
-                            checkpoint_meta(next_epoch, next_step))
-            write_plot(args.out, metrics)
+                write_plot(args.out, metrics)
             start_step = 0
             if out_of_time:
-                print(f"time budget of {cfg['time_budget']:.0f} s reached")
+                if main_rank:
+                    print(f"time budget of {cfg['time_budget']:.0f} s reached: training stopped at "
+                          f"epoch {epoch}, step {step} of {len(loader)}")
                 break
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    total = time.time() - run_start
-    if result is not None:
+    total = time.time() - program_start
+    if result is not None and main_rank:
         print(f"done in {total:.0f} s: top-1 error {result['top1_err']:.3f} "
               f"(accuracy {1 - result['top1_err']:.1%}), top-5 error {result['top5_err']:.3f}; "
               f"best top-1 error {best_err:.3f}; run folder {args.out}")
@@ -455,7 +566,12 @@ def main(argv=None):
         return train(args)
     except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError,
             RuntimeError) as e:
-        print(f"alexnet_train.py: error: {e}", file=sys.stderr)
+        message = f"alexnet_train.py: error: {e}"
+        if dist.active():
+            # data parallel: end every rank (the others may wait for this one in an Allreduce);
+            # a bad option is the same on every rank, so rank 0 alone reports it
+            dist.abort(message, code=2, everywhere=isinstance(e, ConfigError))
+        print(message, file=sys.stderr)
         sys.exit(2)
 
 
