@@ -48,7 +48,8 @@ def _snapshot(model):
 def test_shape_after_every_block_at_227(net1000, image227):
     m = net1000
     pool = lambda t: F.max_pool2d(t, 3, 2)  # noqa: E731
-    lrn = lambda t: F.local_response_norm(t, 5, 1e-4, 0.75, 2.0)  # noqa: E731
+    # groups=2: LRN within each tower, as the model does
+    lrn = lambda t: F.local_response_norm(t, 5, 1e-4, 0.75, 2.0, groups=2)  # noqa: E731
     with tn.no_grad():
         x = tn.tensor(image227)
         x = F.relu(m.conv1(x))

@@ -14,5 +14,7 @@ from .backend import Device, device, get_array_module  # noqa: F401
 from .ops.cpu_kernels import get_num_threads, set_num_threads  # noqa: F401
 from .ops.math import concat, split  # noqa: F401
 from .random import get_rng_state, manual_seed, set_rng_state  # noqa: F401
+from .tracing import trace  # noqa: F401  (with tn.trace(): ... prints every op)
+from .summary import summary  # noqa: F401,E402  (tn.summary(model, (3, 227, 227)))
 
 __version__ = "0.1.0"

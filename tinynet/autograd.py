@@ -56,6 +56,35 @@ def enable_grad():
 
 
 # ----------------------------------------------------------------------------
+# Tracing: a hook for tinynet.trace() and tinynet.summary().
+# ----------------------------------------------------------------------------
+
+# The active tracer, or None (the usual case).  When it is set, Function.apply
+# calls ``_tracer.forward(fn, inputs, outputs)`` after every op, run_backward
+# calls ``_tracer.backward(fn, grad_outputs, grad_inputs)`` after every op's
+# backward, and nn.Module.__call__ tells it which module is running.  With no
+# tracer the whole cost is one ``if _tracer is not None`` per op.  See
+# tinynet/tracing.py for the tracers themselves.
+_tracer = None
+
+
+def set_tracer(tracer):
+    """Install ``tracer`` (an object with the methods of
+    ``tinynet.tracing.Tracer``), or None to switch tracing off.  Returns the
+    previous tracer so that it can be put back.  One tracer for the whole
+    process, not per thread: trace one computation at a time."""
+    global _tracer
+    previous = _tracer
+    _tracer = tracer
+    return previous
+
+
+def get_tracer():
+    """The active tracer, or None."""
+    return _tracer
+
+
+# ----------------------------------------------------------------------------
 # Function: the op contract.
 # ----------------------------------------------------------------------------
 
@@ -86,6 +115,16 @@ class Function:
     def backward(self, *grad_outputs):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def describe(self):
+        """Facts about the last ``forward`` beyond the input and output
+        shapes, as a dict, for ``tinynet.trace`` and ``tinynet.summary``.
+        Most ops have none (an empty dict).  The matrix-multiplying ops give
+        their GEMM shapes and multiply-adds: ``{"kind": "conv", "cols":
+        (363, 3025), "weight_matrix": (96, 363), "gemm": (G, M, K, P),
+        "macs": ..., ...}`` (``ops/conv.py``), ``"linear"``, ``"matmul"``;
+        ``"pool"`` and ``"lrn"`` give their windows and constants."""
+        return {}
+
     @classmethod
     def apply(cls, *inputs, **params):
         fn = cls()
@@ -108,6 +147,8 @@ class Function:
                 out._out_index = i
         else:
             fn.saved = ()  # nothing will call backward: drop saved arrays now
+        if _tracer is not None:  # tinynet.trace() / summary() is watching
+            _tracer.forward(fn, tensors, outputs)
         return outputs if multiple else outputs[0]
 
     def __repr__(self):
@@ -359,6 +400,8 @@ def run_backward(root, grad, retain_graph=False):
             input_grads = fn.backward(*slots)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        if _tracer is not None:  # tinynet.trace() is watching
+            _tracer.backward(fn, slots, input_grads)
         if len(input_grads) != len(fn.inputs):
             raise RuntimeError(
                 f"{type(fn).__name__}.backward returned {len(input_grads)} gradients "

@@ -5,12 +5,27 @@ mixes...) and raises a ValueError/TypeError that names the function, the
 argument, what was expected and what came; then it calls the op's
 ``Function.apply``, which records the graph for backward.
 
-Shapes, with N = batch, C = channels, H/W = height/width:
-    conv2d        x (N, C, H, W), weight (O, C/groups, KH, KW) -> (N, O, OH, OW)
+Shapes.  The axes always mean the same thing: N = images in the batch,
+C = channels (colour planes at the input, feature maps after a conv),
+H, W = rows and columns of pixels, O = filters (output channels), KH, KW =
+kernel rows and columns, OH, OW = output rows and columns, K = classes,
+G = groups.  Arrays are NCHW, as in Caffe and PyTorch.
+
+    im2col        x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW)
+    col2im        cols (C*KH*KW, N*OH*OW) -> (N, C, H, W)
+    conv2d        x (N, C, H, W), weight (O, C/G, KH, KW), bias (O,) -> (N, O, OH, OW)
     max_pool2d    (N, C, H, W) -> (N, C, OH, OW)
     local_response_norm (N, C, H, W) -> same
-    linear        x (N, in), weight (out, in) -> (N, out)
-    cross_entropy logits (N, K), labels (N,) ints -> scalar
+    relu, tanh, dropout   any shape -> same
+    linear        x (N, in), weight (out, in), bias (out,) -> (N, out)
+    flatten       (N, C, H, W) -> (N, C*H*W)
+    softmax, log_softmax  (N, K) -> (N, K) (any shape, along one axis)
+    cross_entropy logits (N, K), labels (N,) ints -> scalar ()
+    concat, split join / cut along one axis
+
+with OH = (H + 2*padding - KH) // stride + 1 (floor, as Caffe), OW likewise.
+Each op's naive twin (the definition as loops, the test oracle) sits beside
+it in tinynet/ops/: conv2d_naive, max_pool2d_naive, local_response_norm_naive...
 """
 
 import numbers
@@ -26,7 +41,7 @@ from .random import default_generator
 
 __all__ = [
     "im2col", "col2im", "conv2d", "max_pool2d", "local_response_norm", "relu", "tanh",
-    "dropout", "dropout_mask", "linear", "flatten", "softmax", "log_softmax", "cross_entropy", "concat",
+    "dropout", "dropout_mask", "dropout_rows", "linear", "flatten", "softmax", "log_softmax", "cross_entropy", "concat",
     "split", "set_conv_workspace", "conv_workspace_peak", "conv_output_size",
 ]
 
@@ -107,9 +122,14 @@ class _Col2Im(Function):
 def im2col(x, kernel_size, stride=1, padding=0):
     """Unfold every receptive field of ``x`` into a column.
 
-    x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW).  Row (c, ky, kx) holds, for
-    every image n and output position (oy, ox), the pixel
-    x_padded[n, c, oy*SH + ky, ox*SW + kx].  Differentiable (backward = col2im).
+    x: (N, C, H, W) images -> cols: (C*KH*KW, N*OH*OW).
+    A row of cols is one (channel c, kernel row ky, kernel column kx),
+    index (c*KH + ky)*KW + kx; a column is one (image n, output row oy,
+    output column ox), index (n*OH + oy)*OW + ox; the entry is the pixel
+    x_padded[n, c, oy*SH + ky, ox*SW + kx] (0 in the padding).
+    kernel_size, stride, padding: an int or a pair (rows, columns).
+    AlexNet's conv1, one image: (1, 3, 227, 227), 11x11 stride 4 -> (363, 3025).
+    Differentiable (backward = col2im).  Walkthrough: examples/im2col_walkthrough.py.
     """
     x = _as_tensor("im2col", "x", x, ndim=4)
     k = _pair("im2col", "kernel_size", kernel_size, 1)
@@ -122,9 +142,13 @@ def im2col(x, kernel_size, stride=1, padding=0):
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
     """Fold columns back into images, adding where windows overlap.
 
-    cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W) = input_shape.  The adjoint of
-    im2col: col2im(im2col(x)) multiplies each pixel by the number of windows
-    that contain it.
+    cols: (C*KH*KW, N*OH*OW), laid out as im2col's output (row = channel and
+    kernel offset, column = image and output position) -> (N, C, H, W),
+    the ``input_shape`` (N, C, H, W) of the images the columns came from;
+    values that fell into the padding are dropped.  The adjoint (transpose)
+    of im2col, which is why it is the backward of im2col:
+    col2im(im2col(x)) multiplies each pixel by the number of windows that
+    contain it.
     """
     cols = _as_tensor("col2im", "cols", cols, ndim=2)
     if len(input_shape) != 4:
@@ -149,10 +173,15 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     """2-D convolution (cross-correlation, as every framework) by im2col + GEMM.
 
-    x: (N, C, H, W); weight: (O, C/groups, KH, KW); bias: (O,) or None
-    returns (N, O, OH, OW) with OH = (H + 2*padding - KH) // stride + 1.
-    ``groups`` splits channels and filters into independent blocks
-    (AlexNet's conv2, conv4, conv5 use 2: one per tower).
+    x: (N, C, H, W) images (N images, C input channels, H x W pixels);
+    weight: (O, C/groups, KH, KW), O filters, each seeing C/groups channels
+    through a KH x KW window; bias: (O,), one per filter, or None.
+    Returns (N, O, OH, OW): one feature map per filter, with
+    OH = (H + 2*padding - KH) // stride + 1 and OW likewise.
+    stride, padding: an int or a pair (rows, columns).
+    ``groups`` splits channels and filters into independent blocks: filters
+    [g*O/G, (g+1)*O/G) see only channels [g*C/G, (g+1)*C/G) (AlexNet's conv2,
+    conv4, conv5 use 2: one per tower).  Naive twin: tinynet.ops.conv.conv2d_naive.
     """
     fn = "conv2d"
     x = _as_tensor(fn, "x", x, ndim=4)
@@ -186,8 +215,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max pooling; ``stride`` defaults to ``kernel_size``.  AlexNet uses
     kernel 3, stride 2: windows overlap by one pixel.
 
-    x: (N, C, H, W) -> (N, C, OH, OW), OH = (H + 2*padding - K) // stride + 1.
+    x: (N, C, H, W) -> (N, C, OH, OW), OH = (H + 2*padding - K) // stride + 1:
+    each channel of each image is pooled on its own (N and C unchanged),
+    OH x OW windows per channel.  kernel_size, stride, padding: an int or a
+    pair (rows, columns); padding counts as -infinity (it never wins).
     Gradient goes to the first maximum of each window (row-major) on ties.
+    Naive twin: tinynet.ops.pool.max_pool2d_naive.
     """
     fn = "max_pool2d"
     x = _as_tensor(fn, "x", x, ndim=4)
@@ -211,7 +244,9 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size
     convention; PyTorch's defaults are alpha=1e-4, k=1).
     ``groups=G`` normalises each block of C/G channels on its own (AlexNet's
     towers: the window never reaches into the other tower's channels).
-    x: (N, C, H, W) -> same shape.
+    x: (N, C, H, W) -> same shape; the window runs along the channel axis C,
+    separately for every image n and pixel (h, w).
+    Naive twin: tinynet.ops.lrn.local_response_norm_naive.
     """
     fn = "local_response_norm"
     x = _as_tensor(fn, "x", x, ndim=4)
@@ -230,13 +265,56 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size
 
 
 def relu(x):
-    """max(x, 0), elementwise; any shape."""
+    """max(x, 0), elementwise.  x: any shape -> the same shape.
+    Gradient 1 where x > 0, else 0 (0 at the kink x = 0)."""
     return activation.ReLU.apply(_as_tensor("relu", "x", x))
 
 
 def tanh(x):
-    """tanh(x), elementwise; any shape."""
+    """tanh(x), elementwise.  x: any shape -> the same shape (the paper's
+    Figure 1 compares it with ReLU).  Gradient 1 - tanh(x)^2."""
     return activation.Tanh.apply(_as_tensor("tanh", "x", x))
+
+
+# (start, total) while a dropout_rows block is active, else None: see dropout_rows.
+_dropout_rows = None
+
+
+class dropout_rows:
+    """``with F.dropout_rows(start, total):`` -- masks for rows of a larger batch.
+
+    Data-parallel training (tinynet.distributed) gives each of n ranks rows
+    start..start+N-1 of a global batch of ``total`` samples.  Inside this block
+    ``dropout_mask`` draws the mask for the WHOLE global batch, shape
+    (total, ...), from the (seeded, identical on every rank) generator and
+    returns this rank's N rows.  So every sample gets the mask it would get in
+    a single process with the global batch, whatever n is, and the generators
+    of all ranks stay in step (each draws the same numbers).  The first axis of
+    every masked tensor must be the batch axis (true for Dropout in AlexNet:
+    (N, 4096)).  Cost: each rank draws total/N times more random numbers than it
+    uses (the mask is as big as an fc layer's output; small next to the layer).
+
+    ``start`` int >= 0, ``total`` int >= 1.  Blocks do not nest.
+    """
+
+    def __init__(self, start, total):
+        if not (isinstance(start, numbers.Integral) and isinstance(total, numbers.Integral)
+                and 0 <= start < total):
+            raise ValueError(f"dropout_rows: need ints 0 <= start < total, got start={start!r}, "
+                             f"total={total!r}")
+        self.rows = (int(start), int(total))
+
+    def __enter__(self):
+        global _dropout_rows
+        if _dropout_rows is not None:
+            raise RuntimeError("dropout_rows: blocks do not nest")
+        _dropout_rows = self.rows
+        return self
+
+    def __exit__(self, *exc):
+        global _dropout_rows
+        _dropout_rows = None
+        return False
 
 
 def dropout_mask(shape, p, dtype, rng=None):
@@ -244,10 +322,24 @@ def dropout_mask(shape, p, dtype, rng=None):
     1-p, else 0; a NumPy array drawn from ``rng`` (default: tinynet's global
     generator).  Drawn on the host even for GPU tensors (it is only as big as
     an fc layer's output), so that ``tn.manual_seed`` fixes it everywhere and
-    a resumed run draws the same masks."""
+    a resumed run draws the same masks.  Inside ``dropout_rows(start, total)``
+    the mask of the whole global batch is drawn and rows start..start+N-1
+    returned (N = shape[0])."""
     rng = default_generator() if rng is None else rng
-    mask = (rng.random(shape, dtype=np.dtype(dtype)) >= p).astype(dtype)
+    shape = tuple(shape)
+    if _dropout_rows is not None:
+        start, total = _dropout_rows
+        if not shape or start + shape[0] > total:
+            raise ValueError(f"dropout_mask: inside dropout_rows(start={start}, total={total}) the "
+                             f"first axis is the batch, but a mask of shape {shape} starting at row "
+                             f"{start} does not fit in a global batch of {total}")
+        draw = (total,) + shape[1:]                 # the whole global batch's mask ...
+    else:
+        draw = shape
+    mask = (rng.random(draw, dtype=np.dtype(dtype)) >= p).astype(dtype)
     mask *= 1.0 / (1.0 - p)
+    if _dropout_rows is not None:
+        mask = mask[start:start + shape[0]].copy()  # ... of which this rank keeps its own rows
     return mask
 
 
@@ -258,7 +350,8 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
     ``rng``: a numpy.random.Generator for the mask (default: tinynet's
     global generator, seeded by ``tn.manual_seed``).  ``mask``: a ready mask
     from ``dropout_mask`` instead (the two-tower model draws one mask for
-    both towers, as the single-device model does).  Any shape.
+    both towers, as the single-device model does).
+    x: any shape, e.g. (N, 4096) -> the same shape; mask: the shape of x.
     """
     fn = "dropout"
     x = _as_tensor(fn, "x", x)
@@ -279,7 +372,12 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
 
 
 def linear(x, weight, bias=None):
-    """y = x @ weight.T + bias.  x: (N, in); weight: (out, in); bias: (out,)."""
+    """Fully connected layer: y = x @ weight.T + bias.
+
+    x: (N, in), N samples of ``in`` features; weight: (out, in), one row per
+    output unit (PyTorch's layout); bias: (out,) or None.  Returns (N, out).
+    AlexNet's fc6: (N, 9216) @ (9216, 4096) -> (N, 4096).
+    """
     fn = "linear"
     x = _as_tensor(fn, "x", x, ndim=2)
     weight = _as_tensor(fn, "weight", weight, ndim=2)
@@ -297,7 +395,13 @@ def linear(x, weight, bias=None):
 
 
 def flatten(x, start_dim=1):
-    """Merge the dims from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W)."""
+    """Merge the dims from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W).
+
+    The default start_dim=1 keeps the batch axis N; the new axis runs over
+    channels first, then rows, then columns (C-order), so feature
+    c*H*W + h*W + w is x[n, c, h, w].  AlexNet: (N, 256, 6, 6) -> (N, 9216).
+    A view: no copy, and backward is a reshape back.
+    """
     x = _as_tensor("flatten", "x", x)
     if not 0 <= start_dim < max(x.ndim, 1):
         raise ValueError(f"flatten: start_dim must be in [0, {x.ndim}), got {start_dim}")
@@ -305,13 +409,17 @@ def flatten(x, start_dim=1):
 
 
 def softmax(x, axis=-1):
-    """exp(x) / sum(exp(x)) along ``axis``, computed stably."""
+    """exp(x) / sum(exp(x)) along ``axis``, computed stably (the row
+    maximum is subtracted first).  x: (N, K) logits, N samples and K
+    classes -> (N, K) probabilities, each row summing to 1 (any shape works,
+    normalised along ``axis``)."""
     x = _as_tensor("softmax", "x", x)
     return loss.Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x, axis=-1):
-    """log(softmax(x)) along ``axis``, computed stably."""
+    """log(softmax(x)) along ``axis``, computed stably.
+    x: (N, K) logits -> (N, K) log-probabilities (any shape, along ``axis``)."""
     x = _as_tensor("log_softmax", "x", x)
     return loss.LogSoftmax.apply(x, axis=axis)
 
@@ -319,7 +427,11 @@ def log_softmax(x, axis=-1):
 def cross_entropy(logits, labels):
     """Mean negative log-likelihood of integer labels under softmax(logits).
 
-    logits: (N, K) float; labels: (N,) integers in [0, K).  Returns a scalar.
+    logits: (N, K) float, one row of K class scores per sample;
+    labels: (N,) integers in [0, K), the true class of each sample.
+    Returns a scalar tensor (shape ()): -mean_n log softmax(logits)[n, labels[n]].
+    Its gradient w.r.t. logits is (softmax(logits) - onehot(labels)) / N.
+    Naive twin: tinynet.ops.loss.cross_entropy_naive.
     """
     fn = "cross_entropy"
     logits = _as_tensor(fn, "logits", logits, ndim=2)

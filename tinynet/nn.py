@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import autograd as _autograd
 from . import functional as F
 from .autograd import Tensor
 from .backend import Device, get_array_module
@@ -51,7 +52,17 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.forward is not written")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        tracer = _autograd.get_tracer()
+        if tracer is None:  # the usual case: no tinynet.trace() / summary() running
+            return self.forward(*args, **kwargs)
+        # tell the tracer which module the ops belong to ("conv1", "tower0.fc6")
+        tracer.enter_module(self)
+        output = None
+        try:
+            output = self.forward(*args, **kwargs)
+            return output
+        finally:
+            tracer.exit_module(self, output)
 
     # ---- traversal ------------------------------------------------------------
     def named_modules(self, prefix=""):

@@ -67,6 +67,10 @@ class AlexNet(nn.Module):
                   (``TwoTowerAlexNet``, models/towers.py) instead of the grouped one
     """
 
+    # the paper's two GPUs: every layer's filters are split in halves over two
+    # towers (tinynet.summary shows each layer's share per tower)
+    num_towers = 2
+
     def __new__(cls, *args, towers=None, **kwargs):
         # AlexNet(..., towers=(a, b)) builds the split model; its weights and
         # state_dict are those of this grouped model

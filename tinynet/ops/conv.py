@@ -156,6 +156,7 @@ class Conv2d(Function):
         OH = conv_output_size(H, KH, stride[0], padding[0])
         OW = conv_output_size(W, KW, stride[1], padding[1])
         self.geometry = (KH, KW, stride, padding, G, OH, OW)
+        self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias = bool(bias)
         self.save_for_backward(x, weight)
 
@@ -187,6 +188,30 @@ class Conv2d(Function):
             n1 = min(N, n0 + step)
             buf = _scratch("cols", (C * KH * KW, (n1 - n0) * OH * OW), x.dtype, xp)
             yield n0, n1, im2col(x[n0:n1], KH, KW, stride, padding, out=buf)
+
+    def describe(self):
+        """The im2col and GEMM shapes of the last forward (whole batch), for
+        tinynet.trace and tinynet.summary.  With K = C/G*KH*KW (one group's
+        rows of the column matrix) and P = N*OH*OW (one column per output
+        position of every image):
+
+            cols          (C*KH*KW, P)        the im2col matrix
+            weight_matrix (O, C/G*KH*KW)      the filters, one per row
+            gemm          (G, O/G, K, P)      G products (O/G x K) @ (K x P)
+            macs          G * O/G * K * P     multiply-adds (bias adds not counted)
+            col_bytes     bytes of the whole column matrix (the forward builds it
+                          in chunks of images, see set_conv_workspace)
+        """
+        (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
+        _, _, stride, padding, G, OH, OW = self.geometry
+        K, P = Cg * KH * KW, N * OH * OW
+        return {
+            "kind": "conv", "input": (N, C, H, W), "kernel": (KH, KW), "stride": stride,
+            "padding": padding, "groups": G, "output": (N, O, OH, OW),
+            "cols": (C * KH * KW, P), "weight_matrix": (O, K), "gemm": (G, O // G, K, P),
+            "macs": G * (O // G) * K * P, "col_bytes": C * KH * KW * P * itemsize,
+            "needs_input_grad": self.needs_input_grad,
+        }
 
     def backward(self, gy):
         xp = get_array_module(gy)

@@ -12,11 +12,19 @@ class Linear(Function):
     def forward(self, x, weight, *bias):
         self.save_for_backward(x, weight)
         self.has_bias = bool(bias)
+        self.x_shape, self.out_features = x.shape, weight.shape[0]  # for describe()
         # (N, out) = (N, in) @ (in, out)
         y = x @ weight.T
         if bias:
             y += bias[0]
         return y
+
+    def describe(self):
+        """The GEMM of the last forward, for tinynet.trace and tinynet.summary:
+        (N x in) @ (in x out), N * in * out multiply-adds."""
+        (N, fan_in), fan_out = self.x_shape, self.out_features
+        return {"kind": "linear", "gemm": (1, N, fan_in, fan_out), "weight_matrix": (fan_out, fan_in),
+                "macs": N * fan_in * fan_out, "needs_input_grad": self.needs_input_grad}
 
     def backward(self, gy):
         x, weight = self.saved

@@ -30,10 +30,17 @@ class LocalResponseNorm(Function):
     def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
         N, C, H, W = x.shape
         self.params = (size, alpha, beta, groups, x.shape)
+        self.k = k  # for describe()
         x = x.reshape(N * groups, C // groups, H, W)  # each group normalised on its own
         y, scale = kernels_for(x).lrn_forward(x, size, alpha, beta, k)
         self.save_for_backward(x, y, scale)
         return y.reshape(N, C, H, W)
+
+    def describe(self):
+        """The constants of the last forward (alpha as applied: the paper's
+        convention), for tinynet.trace/summary."""
+        size, alpha, beta, groups, _ = self.params
+        return {"kind": "lrn", "size": size, "alpha": alpha, "beta": beta, "k": self.k, "groups": groups}
 
     def backward(self, gy):
         x, y, scale = self.saved

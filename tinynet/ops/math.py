@@ -153,7 +153,14 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.save_for_backward(a, b)
+        self.gemm = (1, a.shape[0], a.shape[1], b.shape[1])  # for describe()
         return a @ b
+
+    def describe(self):
+        """(M x K) @ (K x N): M*K*N multiply-adds (for tinynet.trace/summary)."""
+        _, m, k, n = self.gemm
+        return {"kind": "matmul", "gemm": self.gemm, "macs": m * k * n,
+                "needs_input_grad": self.needs_input_grad}
 
     def backward(self, g):
         a, b = self.saved
@@ -356,7 +363,13 @@ def getitem(a, index):
 
 
 def concat(tensors, axis=0):
-    """Join tensors of equal shape except along ``axis``."""
+    """Join tensors of equal shape except along ``axis``.
+
+    tensors: a list of tensors, e.g. two (N, 128, 13, 13) halves; the result
+    has the common shape with axis ``axis`` the sum of theirs, here
+    (N, 256, 13, 13) for axis=1 (channels: AlexNet's towers meeting at conv3).
+    Backward cuts the gradient back into the pieces.
+    """
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("concat: expected at least one tensor, got none")
@@ -377,7 +390,10 @@ def concat(tensors, axis=0):
 
 def split(a, sizes, axis=0):
     """Cut ``a`` along ``axis``: ``sizes`` is the number of equal pieces or
-    a list of piece lengths that add up to ``a.shape[axis]``."""
+    a list of piece lengths that add up to ``a.shape[axis]``.  Returns a
+    tuple of tensors with a's shape except along ``axis``, e.g.
+    split(x (N, 96, 55, 55), 2, axis=1) -> two (N, 48, 55, 55), one per tower.
+    """
     ax = _normalize_axes("split", axis, a.ndim)[0]
     n = a.shape[ax]
     if isinstance(sizes, numbers.Integral):

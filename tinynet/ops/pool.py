@@ -34,6 +34,12 @@ class MaxPool2d(Function):
         self.geometry = (x.shape, kh, kw, sh, sw, ph, pw)
         return y
 
+    def describe(self):
+        """Window geometry of the last forward (for tinynet.trace/summary)."""
+        _, kh, kw, sh, sw, ph, pw = self.geometry
+        return {"kind": "pool", "kernel": (kh, kw), "stride": (sh, sw), "padding": (ph, pw),
+                "overlapping": kh > sh or kw > sw}
+
     def backward(self, gy):
         xpad, y = self.saved
         x_shape, kh, kw, sh, sw, ph, pw = self.geometry

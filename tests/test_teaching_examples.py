@@ -1,0 +1,91 @@
+"""The teaching programs run: examples/im2col_walkthrough.py (all its checks pass) and
+examples/visualize_filters.py (the PNGs have the paper's tower layout)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinynet import nn
+from tinynet.checkpoint import save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_im2col_walkthrough_runs_and_every_check_passes():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "im2col_walkthrough.py")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MISMATCH" not in result.stdout
+    assert result.stdout.count("check: ") >= 10
+    assert result.stdout.rstrip().endswith("all checks passed")
+    assert "(4, 9)" in result.stdout and "363 x 3025" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def viz():
+    path = os.path.join(ROOT, "examples", "visualize_filters.py")
+    spec = importlib.util.spec_from_file_location("visualize_filters", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tile_origin(viz, index, tile_side):
+    """Top-left pixel of filter `index` in the grid: 48 per tower, 16 per row."""
+    tower, i = divmod(index, 48)
+    row, col = divmod(i, viz.TILE_COLUMNS)
+    block_h = viz.LABEL_HEIGHT + 3 * (tile_side + viz.GAP) + viz.GAP
+    top = viz.LABEL_HEIGHT + tower * block_h + viz.LABEL_HEIGHT + row * (tile_side + viz.GAP)
+    return viz.GAP + col * (tile_side + viz.GAP), top
+
+
+def test_fresh_model(viz, tmp_path):
+    filters, maps = viz.main(["--out", str(tmp_path), "--seed", "0"])
+    image = Image.open(filters)
+    assert image.format == "PNG" and image.mode == "RGB"
+    side = 11 * 4
+    assert image.size == (16 * (side + 2) + 2, 14 + 2 * (14 + 3 * (side + 2) + 2))
+    pixels = np.asarray(image)
+    x, y = tile_origin(viz, 0, side)
+    assert pixels[y:y + side, x:x + side].std() > 10              # a random filter: noise, not blank
+    feature = Image.open(maps)
+    assert feature.format == "PNG" and feature.size[0] > 227 + 16 * 57
+
+
+class Conv1Only(nn.Module):
+    """Enough of a model for a checkpoint with AlexNet's conv1 entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
+
+
+def test_checkpoint_and_image_file(viz, tmp_path):
+    model = Conv1Only()
+    w = np.zeros((96, 3, 11, 11), np.float32)
+    w[0, 0, 0, 0] = 1.0    # filter 0: one red pixel, top-left
+    w[48, 2, 10, 10] = 1.0  # filter 48 (tower 1's first): one blue pixel, bottom-right
+    model.conv1.weight.data[...] = w
+    ckpt = save_checkpoint(str(tmp_path / "best.npz"), model,
+                           meta={"config": {"mean": [120.0, 110.0, 100.0], "std": None}})
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    filters, _ = viz.main(["--checkpoint", ckpt, "--image", str(photo), "--out", str(tmp_path / "out"),
+                           "--scale", "2"])
+    pixels = np.asarray(Image.open(filters))
+    x, y = tile_origin(viz, 0, 22)
+    assert tuple(pixels[y, x]) == (255, 0, 0) and tuple(pixels[y + 21, x + 21]) == (0, 0, 0)
+    x, y = tile_origin(viz, 48, 22)                               # below, in tower 1's block
+    assert tuple(pixels[y + 21, x + 21]) == (0, 0, 255) and tuple(pixels[y, x]) == (0, 0, 0)
+
+
+def test_checkpoint_without_conv1(viz, tmp_path):
+    model = nn.Sequential(nn.Linear(2, 2))
+    ckpt = save_checkpoint(str(tmp_path / "other.npz"), model, meta={})
+    with pytest.raises(ValueError, match="no conv1.weight"):
+        viz.main(["--checkpoint", ckpt, "--out", str(tmp_path)])
