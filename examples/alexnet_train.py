@@ -52,10 +52,10 @@ PRESETS = {
                   input_std=True, lighting_std=0.1, difficulty="easy",
                   train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60),
     # REDUCED: a classroom demo of about two minutes (fewer, easier images).
-    "demo": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=2,
+    "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
                  warmup_steps=30, bias_init="zero", init="he", dropout=0.5,
                  input_std=True, lighting_std=0.1, difficulty="easy",
-                 train_per_class=60, val_per_class=20, patience=1, time_budget=110),
+                 train_per_class=200, val_per_class=20, patience=1, time_budget=120),
 }
 
 
@@ -106,7 +106,9 @@ def parse_args(argv=None):
                     help="data parallelism over MPI: start with mpiexec -n N; --batch-size is the "
                          "GLOBAL batch, each rank takes batch/N images (docs/distributed.md)")
     ap.add_argument("--towers", type=int, default=1, choices=[1, 2],
-                    help="2: split every layer across two devices (not yet implemented)")
+                    help="2: split every layer's filters across two devices, as the paper's two "
+                         "GPUs (with --device cuda: TINYNET_DEVICES=0,1 for two GPUs, 0,0 for both "
+                         "towers on one GPU; with --device cpu: two CPU 'devices', for checking)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
                     help="behave as if interrupted (Ctrl-C) after K steps of this invocation: "
@@ -139,8 +141,7 @@ def build_config(args):
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: all), got {cfg[key]}")
     if not cfg["lr"] > 0:
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
-    if args.towers != 1:
-        raise ConfigError("--towers 2 (the two-device split) is not implemented yet")
+    cfg["towers"] = args.towers
     return cfg
 
 
@@ -213,10 +214,23 @@ def he_std(model):
     return stds
 
 
-def build_model(cfg, num_classes):
+def build_model(cfg, num_classes, device="cpu"):
+    """The grouped AlexNet, initialised by the recipe; with towers=2, the same weights
+    split across the two tower devices (TwoTowerAlexNet)."""
     model = AlexNet(num_classes, bias_init=cfg["bias_init"], dropout=cfg["dropout"], seed=cfg["seed"])
     if cfg["init"] == "he":
         model.reset_parameters(cfg["bias_init"], he_std(model), seed=cfg["seed"])
+    if cfg.get("towers", 1) == 2:
+        try:
+            devices = tn.backend.tower_devices(device)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(str(e)) from None
+        split = AlexNet(num_classes, dropout=cfg["dropout"], seed=cfg["seed"], towers=devices)
+        split.load_state_dict(model.state_dict())
+        cfg["tower_devices"] = [str(d) for d in devices]
+        return split
+    if device != "cpu":
+        model.to(device)
     return model
 
 
@@ -373,9 +387,9 @@ def train(args):
     if main_rank:
         dist.barrier()     # ... then the others read its cache
     train_tf, eval_tf = make_transforms(cfg, train_set)
-    model = build_model(cfg, train_set.num_classes)
-    if device != "cpu":
-        model.to(device)
+    if cfg.get("towers", 1) == 2 and ranks > 1:
+        raise ConfigError("--towers 2 and --data-parallel cannot be combined yet")
+    model = build_model(cfg, train_set.num_classes, device)
     optimizer = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                     weight_decay=cfg["weight_decay"])
     scheduler = ReduceLROnPlateau(optimizer, patience=cfg["patience"])
@@ -465,7 +479,11 @@ def train(args):
             bar = Progress(len(loader), epoch, args.quiet or not main_rank)
             seen, running, count = 0, 0.0, 0
             step = start_step if epoch == start_epoch else 0
+            first_step_of_epoch = step
             out_of_time = False
+            traffic = getattr(model, "traffic", None)  # two towers: bytes copied between them
+            if traffic is not None:
+                traffic.reset()
             for x, y, _ in loader.epoch_batches(epoch, start_step=step):
                 if cfg["warmup_steps"] and global_step < cfg["warmup_steps"]:
                     optimizer.lr = base_lr * (global_step + 1) / cfg["warmup_steps"]
@@ -518,10 +536,20 @@ def train(args):
                     print(f"\n{stop['signal']}: saved {args.out}/latest.npz at epoch {epoch}, step {step}. "
                           f"Continue with: {launch} --resume {args.out}/latest.npz --out {args.out}")
                 return None
+            crossing = None
+            if traffic is not None and step > first_step_of_epoch:
+                steps_done = step - first_step_of_epoch
+                crossing = dict(forward=traffic.forward_bytes // steps_done,
+                                backward=traffic.backward_bytes // steps_done)
+                if main_rank:
+                    print(f"cross-tower traffic per step: {crossing['forward']:,} B forward, "
+                          f"{crossing['backward']:,} B backward")
             t_eval = time.time()
             result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)  # all ranks' sums
             eval_seconds = time.time() - t_eval
             elapsed = time.time() - run_start
+            if crossing is not None:
+                result["cross_tower_bytes_per_step"] = crossing
             log(dict(kind="eval", epoch=epoch, step=global_step, time=elapsed, **result))
             if main_rank:
                 print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, "

@@ -261,3 +261,37 @@ def test_image_folder_run(prog, tmp_path, capsys):
     assert [m["kind"] for m in metrics] == ["train", "eval"]
     assert os.path.exists(out / "latest.npz") and os.path.exists(out / "best.npz")
     assert load_checkpoint(str(out / "latest.npz"))["model"]["fc8.weight"].shape == (2, 4096)
+
+
+# ------------------------------------------------------------------------------------------
+# Two towers (on two CPU "devices"): same training as the grouped model
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_towers_train_like_the_grouped_model(prog, cache_dir, tmp_path, capsys):
+    out_g, out_t = tmp_path / "grouped", tmp_path / "towers"
+    prog.main(tiny_args(out_g, cache_dir, "--stop-after-steps", "1"))
+    capsys.readouterr()
+    prog.main(tiny_args(out_t, cache_dir, "--stop-after-steps", "1", "--towers", "2"))
+    printed = capsys.readouterr().out
+    with open(os.path.join(out_t, "config.json")) as f:
+        assert json.load(f)["tower_devices"] == ["cpu", "cpu"]
+    g = load_checkpoint(os.path.join(out_g, "latest.npz"))
+    t = load_checkpoint(os.path.join(out_t, "latest.npz"))
+    assert list(g["model"]) == list(t["model"])  # same keys and layouts: checkpoints move freely
+    # one SGD step from the same weights on the same batch with the same dropout masks:
+    # equal up to float32 rounding (the GEMMs sum in another order; exact in float64, see
+    # tests/test_towers.py).  Over many steps rounding differences grow at ReLU/max-pool kinks.
+    for key, value in g["model"].items():
+        np.testing.assert_allclose(t["model"][key], value, rtol=1e-4, atol=1e-7, err_msg=key)
+    assert "stop-after-steps" in printed
+
+
+@pytest.mark.slow
+def test_two_towers_report_their_traffic(prog, cache_dir, tmp_path, capsys):
+    prog.main(tiny_args(tmp_path / "t", cache_dir, "--towers", "2"))
+    printed = capsys.readouterr().out
+    # per image and direction (ALEXNET.md): 128*13*13 floats into conv3, 4608 into fc6, 2048 into
+    # fc7 and fc8, each way; plus tower 1's half of the logits (5 of 10 classes) gathered on tower 0
+    per_image = 2 * 4 * (128 * 13 * 13 + 4608 + 2048 + 2048) + 4 * 5
+    assert f"cross-tower traffic per step: {2 * per_image:,} B forward, {2 * per_image:,} B backward" in printed

@@ -187,3 +187,31 @@ def copy_to_device(array, dev):
         out = cp.empty(array.shape, array.dtype)
         out.data.copy_from_device_async(array.data, array.nbytes, stream)
     return out
+
+
+def tower_devices(device="cpu", spec=None):
+    """The pair of devices AlexNet's two towers run on.
+
+    ``device``: "cpu" -> ("cpu", "cpu"); "cuda" -> read ``spec``, or the
+    environment variable TINYNET_DEVICES, e.g. "0,1" (one tower per GPU) or
+    "0,0" (both towers on GPU 0, each on its own stream).  Without either,
+    "0,1" if two GPUs are visible, else "0,0".  Checked up front: a malformed
+    list or a missing GPU is a clear error here, not a crash mid-step."""
+    import os
+
+    dev = Device(device)
+    if dev.kind == "cpu":
+        return (Device("cpu"), Device("cpu"))
+    cp = require_cupy(dev)
+    count = cp.cuda.runtime.getDeviceCount()
+    spec = spec if spec is not None else os.environ.get("TINYNET_DEVICES")
+    if spec is None:
+        spec = "0,1" if count >= 2 else "0,0"
+    parts = [p.strip() for p in str(spec).split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"TINYNET_DEVICES: expected two GPU indices like '0,1' or '0,0', got {spec!r}")
+    indices = [int(p) for p in parts]
+    for i in indices:
+        if i >= count:
+            raise ValueError(f"TINYNET_DEVICES={spec!r}: GPU {i} does not exist ({count} visible)")
+    return (Device(f"cuda:{indices[0]}"), Device(f"cuda:{indices[1]}"))

@@ -96,11 +96,14 @@ class AlexNet(nn.Module):
         self.act = F.relu if activation == "relu" else F.tanh
         self.pool_kernel, self.pool_stride = pool
 
+        # the layers' own default init is overwritten by reset_parameters below; a throwaway
+        # generator keeps it from consuming tinynet's global one (dropout draws from that)
+        placeholder = np.random.default_rng(0)
         for name, cin, cout, k, s, p, g in CONV_LAYERS:
-            setattr(self, name, nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, dtype=dtype))
+            setattr(self, name, nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, dtype=dtype, rng=placeholder))
         for name, fin, fout in FC_LAYERS:
-            setattr(self, name, nn.Linear(fin, fout, dtype=dtype))
-        self.fc8 = nn.Linear(4096, num_classes, dtype=dtype)
+            setattr(self, name, nn.Linear(fin, fout, dtype=dtype, rng=placeholder))
+        self.fc8 = nn.Linear(4096, num_classes, dtype=dtype, rng=placeholder)
         self.drop6 = nn.Dropout(dropout)
         self.drop7 = nn.Dropout(dropout)
         self.reset_parameters(bias_init, weight_std, seed)

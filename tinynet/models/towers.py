@@ -84,15 +84,17 @@ class Tower(nn.Module):
 
     def __init__(self, num_classes_here, dtype):
         super().__init__()
+        rng = np.random.default_rng(0)  # placeholder init, replaced by load_state_dict
+        kw = dict(dtype=dtype, rng=rng)
         # (in channels seen by this tower's filters, filters held by this tower)
-        self.conv1 = nn.Conv2d(3, 48, 11, stride=4, dtype=dtype)              # whole image
-        self.conv2 = nn.Conv2d(48, 128, 5, padding=2, dtype=dtype)            # own tower
-        self.conv3 = nn.Conv2d(256, 192, 3, padding=1, dtype=dtype)           # both towers
-        self.conv4 = nn.Conv2d(192, 192, 3, padding=1, dtype=dtype)           # own tower
-        self.conv5 = nn.Conv2d(192, 128, 3, padding=1, dtype=dtype)           # own tower
-        self.fc6 = nn.Linear(9216, 2048, dtype=dtype)                         # both towers
-        self.fc7 = nn.Linear(4096, 2048, dtype=dtype)                         # both towers
-        self.fc8 = nn.Linear(4096, num_classes_here, dtype=dtype)             # both towers
+        self.conv1 = nn.Conv2d(3, 48, 11, stride=4, **kw)              # whole image
+        self.conv2 = nn.Conv2d(48, 128, 5, padding=2, **kw)            # own tower
+        self.conv3 = nn.Conv2d(256, 192, 3, padding=1, **kw)           # both towers
+        self.conv4 = nn.Conv2d(192, 192, 3, padding=1, **kw)           # own tower
+        self.conv5 = nn.Conv2d(192, 128, 3, padding=1, **kw)           # own tower
+        self.fc6 = nn.Linear(9216, 2048, **kw)                         # both towers
+        self.fc7 = nn.Linear(4096, 2048, **kw)                         # both towers
+        self.fc8 = nn.Linear(4096, num_classes_here, **kw)             # both towers
 
 
 class TwoTowerAlexNet(nn.Module):
