@@ -159,6 +159,13 @@ def main():
     md = "\n".join(lines)
     print(md)
     save(args.out, {"machine": info, "batch": n, "sgemm_gflops": rate / 1e9, "rows": rows}, md)
+    from tinynet.plot import bar_chart
+
+    bar_chart(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", args.out + ".png"),
+              f"forward+backward ms per layer, batch {n}, CPU (GEMMs alone beside)",
+              [r_["layer"] for r_ in rows],
+              {"tinynet (CPU)": [r_["fwd_bwd"]["median"] * 1e3 for r_ in rows],
+               "GEMMs alone (CPU)": [r_["gemm_fwd_bwd"] * 1e3 if "gemm_fwd_bwd" in r_ else None for r_ in rows]})
 
 
 if __name__ == "__main__":

@@ -55,3 +55,35 @@ def line_chart(path, panels, width=800, panel_height=300):
             draw.text((x1 + 10, y0 + 16 * i), name, fill=colour)
     img.save(path)
     return path
+
+
+def bar_chart(path, title, labels, series, width=900, height=420):
+    """Grouped horizontal-axis bars: ``labels`` along x, ``series`` a dict
+    name -> list of values (one per label; None for a missing bar)."""
+    margin_l, margin_r, margin_t, margin_b = 70, 160, 30, 60
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = margin_l, margin_t, width - margin_r, height - margin_b
+    draw.text((x0, 8), title, fill="black")
+    draw.rectangle([x0, y0, x1, y1], outline=(120, 120, 120))
+    values = [v for vs in series.values() for v in vs if v is not None]
+    top = max(values) if values else 1.0
+    for v in _ticks(0.0, top):
+        py = y1 - v / top * (y1 - y0)
+        draw.line([x0 - 4, py, x0, py], fill="black")
+        draw.text((5, py - 6), f"{v:.3g}", fill="black")
+    slot = (x1 - x0) / max(len(labels), 1)
+    bar = slot * 0.8 / max(len(series), 1)
+    for i, label in enumerate(labels):
+        draw.text((x0 + i * slot + 2, y1 + 8 + 12 * (i % 2)), str(label), fill="black")
+        for j, (name, vs) in enumerate(series.items()):
+            v = vs[i]
+            if v is None:
+                continue
+            left = x0 + i * slot + slot * 0.1 + j * bar
+            draw.rectangle([left, y1 - v / top * (y1 - y0), left + bar - 1, y1],
+                           fill=COLOURS[j % len(COLOURS)])
+    for j, name in enumerate(series):
+        draw.text((x1 + 10, y0 + 16 * j), name, fill=COLOURS[j % len(COLOURS)])
+    img.save(path)
+    return path

@@ -1,0 +1,309 @@
+"""Whole-network AlexNet benchmark: training steps and inference against batch size.
+
+For each batch size (1, 8, 32, 128): a training step (forward, loss, backward,
+SGD) and an inference pass (forward only, no graph), float32, 1000 classes:
+images/s, time per step (median, min, max over repetitions after a warm-up)
+and peak memory (the process's peak RSS on the CPU; the memory pool's peak on
+a GPU).  Every (engine, batch, mode) runs in a fresh subprocess so that each
+peak-memory number is its own.
+
+Beside tinynet, where importable, the same paper AlexNet in PyTorch (groups 2,
+LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
+1e-4), interleaved with ours in the same run: PyTorch is a yardstick, never a
+dependency; without it the column says so.
+
+The floor: the GEMMs of one training step alone (the same matrix products the
+engine does, operands ready, timed in this run), and the engine's time as a
+ratio to it.
+
+    python benchmarks/alexnet.py                  # CPU, batches 1 8 32 128
+    python benchmarks/alexnet.py --quick          # batches 1 and 8, 2 repetitions (~1 minute)
+    python benchmarks/alexnet.py --device cuda    # one GPU (CuPy); add --towers for two towers
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.common import machine, ms, save  # noqa: E402
+
+CONVS = [(3, 227, 96, 11, 4, 0, 1), (96, 27, 256, 5, 1, 2, 2), (256, 13, 384, 3, 1, 1, 1),
+         (384, 13, 384, 3, 1, 1, 2), (384, 13, 256, 3, 1, 1, 2)]
+FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
+
+
+# ----------------------------------------------------------------------------
+# Workers: one (engine, batch, mode) per process
+# ----------------------------------------------------------------------------
+
+def peak_rss_bytes():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def worker_tinynet(batch, mode, repeat, device, towers):
+    import tinynet as tn
+    import tinynet.functional as F
+    from tinynet.models import AlexNet
+
+    tn.manual_seed(0)
+    kwargs = dict(bias_init="caffe")
+    if towers:
+        kwargs["towers"] = tn.backend.tower_devices(device)
+    model = AlexNet(1000, **kwargs)
+    xp = np
+    if device != "cpu":
+        import cupy as cp
+
+        xp = cp
+        if not towers:
+            model.to(device)
+    x = tn.tensor(xp.asarray(np.random.default_rng(0).standard_normal((batch, 3, 227, 227)).astype(np.float32)))
+    y = xp.asarray(np.arange(batch) % 1000)
+    opt = tn.optim.SGD(model.parameters(), lr=0.001)
+
+    def train_step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with tn.no_grad():
+            model(x)
+
+    return timed(train_step if mode == "train" else infer, repeat, device, model.eval if mode != "train" else None)
+
+
+def worker_torch(batch, mode, repeat, device):
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    if device == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    else:
+        torch.backends.cudnn.benchmark = True
+    lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # noqa: E731  = paper alpha 1e-4
+    model = nn.Sequential(
+        nn.Conv2d(3, 96, 11, 4), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
+    dev = torch.device("cpu" if device == "cpu" else "cuda")
+    model.to(dev)
+    x = torch.randn(batch, 3, 227, 227, device=dev)
+    y = torch.arange(batch, device=dev) % 1000
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step():
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+
+    sync = (lambda: torch.cuda.synchronize()) if device != "cpu" else (lambda: None)
+    if mode != "train":
+        model.eval()
+    times = []
+    infer() if mode != "train" else train_step()
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        train_step() if mode == "train" else infer()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if device != "cpu" else peak_rss_bytes()
+    return dict(times=times, peak_bytes=peak, version=torch.__version__)
+
+
+def timed(fn, repeat, device, prepare=None):
+    if prepare is not None:
+        prepare()
+    if device == "cpu":
+        fn()  # warm-up
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return dict(times=times, peak_bytes=peak_rss_bytes())
+    import cupy as cp  # CUDA events time the device, not the Python calls
+
+    fn()
+    cp.cuda.Device().synchronize()
+    cp.get_default_memory_pool().free_all_blocks()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return dict(times=times, peak_bytes=int(cp.get_default_memory_pool().total_bytes()))
+
+
+# ----------------------------------------------------------------------------
+# The floor: one training step's GEMMs alone
+# ----------------------------------------------------------------------------
+
+def gemm_floor(batch, repeat):
+    """Seconds for the GEMMs of one training step (forward, weight gradient, input gradient;
+    conv1 has no input gradient), each on ready operands, whole batch at once."""
+    rng = np.random.default_rng(0)
+    products = []
+    for c, h, o, k, s, p, g in CONVS:
+        oh = (h + 2 * p - k) // s + 1
+        kk, cols = c // g * k * k, batch * oh * oh
+        w = rng.standard_normal((g, o // g, kk)).astype(np.float32)
+        col = rng.standard_normal((g, kk, cols)).astype(np.float32)
+        gr = rng.standard_normal((g, o // g, cols)).astype(np.float32)
+        products += [(w, col), (gr, col.transpose(0, 2, 1))]
+        if c != 3:
+            products.append((w.transpose(0, 2, 1), gr))
+    for fin, fout in FCS:
+        x = rng.standard_normal((batch, fin)).astype(np.float32)
+        w = rng.standard_normal((fout, fin)).astype(np.float32)
+        gy = rng.standard_normal((batch, fout)).astype(np.float32)
+        products += [(x, w.T), (gy.T, x), (gy, w)]
+    total = 0.0
+    for a, b in products:
+        np.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            np.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    return total
+
+
+# ----------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------
+
+def run_worker(engine, batch, mode, repeat, device, towers):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--batch", str(batch),
+           "--mode", mode, "--repeat", str(repeat), "--device", device] + (["--towers"] if towers else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        return dict(error=(out.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+
+        return True
+    except Exception:
+        return False
+
+
+def summarise(result, batch):
+    if "error" in result:
+        return result
+    t = sorted(result["times"])
+    med = t[len(t) // 2]
+    return dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 repetitions")
+    ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    ap.add_argument("--towers", action="store_true", help="tinynet's two-tower model (TINYNET_DEVICES)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    ap.add_argument("--out", help="results name (default: alexnet_<device>[_towers])")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        if args.worker == "tinynet":
+            r = worker_tinynet(args.batch, args.mode, args.repeat, args.device, args.towers)
+        else:
+            r = worker_torch(args.batch, args.mode, args.repeat, args.device)
+        print(json.dumps(r))
+        return
+
+    if args.quick:
+        args.batches, args.repeat = [1, 8], 2
+    with_torch = torch_available() and not args.no_torch
+    name = args.out or f"alexnet_{args.device}" + ("_towers" if args.towers else "")
+    info = machine()
+    rows = []
+    for batch in args.batches:
+        for mode in ("train", "infer"):
+            row = dict(batch=batch, mode=mode)
+            row["tinynet"] = summarise(run_worker("tinynet", batch, mode, args.repeat, args.device, args.towers), batch)
+            if with_torch:  # interleaved with ours, same run
+                row["torch"] = summarise(run_worker("torch", batch, mode, args.repeat, args.device, False), batch)
+            if mode == "train" and args.device == "cpu":
+                row["gemm_floor_s"] = gemm_floor(batch, args.repeat)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    lines = [f"# AlexNet (1000 classes, float32) on {args.device}"
+             + (" with two towers" if args.towers else "") + f", {info['date']}\n",
+             f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
+             f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}\n",
+             "| batch | mode | tinynet img/s | ms/step (min-max) | peak MB | GEMM floor ms | tinynet / floor | "
+             "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        t = row["tinynet"]
+        if "error" in t:
+            lines.append(f"| {row['batch']} | {row['mode']} | error: {t['error']} | | | | | | | |")
+            continue
+        floor = row.get("gemm_floor_s")
+        ratio = f"{t['median'] / floor:.2f}" if floor else ""
+        tt = row.get("torch")
+        torch_cols = "| | |"
+        if tt and "error" not in tt:
+            torch_cols = (f"| {tt['images_per_s']:.1f} | {tt['peak_bytes'] / 2**20:.0f} | "
+                          f"{t['images_per_s'] / tt['images_per_s']:.2f} |")
+        elif tt:
+            torch_cols = f"| error: {tt['error']} | | |"
+        lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
+                     f"({ms(t['min'])}-{ms(t['max'])}) | {t['peak_bytes'] / 2**20:.0f} | "
+                     f"{ms(floor) if floor else ''} | {ratio} {torch_cols}")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    save(name, dict(machine=info, device=args.device, towers=args.towers, rows=rows), md)
+
+    from tinynet.plot import line_chart
+
+    series = {}
+    for engine in ("tinynet", "torch"):
+        for mode in ("train", "infer"):
+            pts = [(r["batch"], r[engine]["images_per_s"]) for r in rows
+                   if r["mode"] == mode and engine in r and "images_per_s" in r[engine]]
+            if pts:
+                series[f"{engine} {mode}"] = ([p[0] for p in pts], [p[1] for p in pts])
+    line_chart(os.path.join(HERE, "results", name + ".png"),
+               [(f"images/s against batch size ({args.device})", series)])
+
+
+if __name__ == "__main__":
+    main()
