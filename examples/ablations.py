@@ -15,7 +15,7 @@ steps, changing one thing:
 Pooling 2/2 gives the same sizes as 3/2 here (55 -> 27 -> 13 -> 6), so only the overlap
 changes.  It prints a table and draws the training-error curves to ablations.png.
 
-    python examples/ablations.py                 # 5 arms x 150 steps of 16 images: ~10 minutes on 2 cores
+    python examples/ablations.py                 # 5 arms x 400 steps of 16 images: ~27 minutes on 2 cores
     python examples/ablations.py --steps 40 --arms baseline tanh     # a quicker look
 """
 
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
-from tinynet.models import AlexNet  # noqa: E402
+from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD  # noqa: E402
 from tinynet.plot import line_chart  # noqa: E402
 
@@ -51,17 +51,10 @@ PAPER = {
 }
 
 
-def he_std(model):
-    stds = {name.split(".")[0]: float(np.sqrt(2.0 / np.prod(p.shape[1:])))
-            for name, p in model.named_parameters() if name.endswith(".weight")}
-    stds["fc8"] = 0.01
-    return stds
-
-
 def run_arm(name, options, args, train, val, train_tf, eval_tf):
     tn.manual_seed(args.seed)  # same dropout stream for every arm
     model = AlexNet(train.num_classes, bias_init="zero", seed=args.seed, **options)
-    model.reset_parameters("zero", he_std(model), seed=args.seed)  # same weights for every arm
+    model.reset_parameters("zero", he_weight_std(model), seed=args.seed)  # same weights for every arm
     opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     loader = tdata.DataLoader(train, args.batch_size, train_tf, shuffle=True, seed=args.seed)
     errors, steps_to_25 = [], None
@@ -98,21 +91,23 @@ def run_arm(name, options, args, train, val, train_tf, eval_tf):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--steps", type=int, default=150, help="training steps per arm")
+    ap.add_argument("--steps", type=int, default=400, help="training steps per arm")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--warmup", type=int, default=30, help="linear warm-up steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-per-class", type=int, default=200, help="training images per class")
+    ap.add_argument("--val-per-class", type=int, default=20, help="held-out images per class")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"))
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
-    train, val = tdata.make_shapes(os.path.join(args.cache_dir, "shapes-easy-10c-200x20-s0"),
-                                   train_per_class=200, val_per_class=20, difficulty="easy")
+    folder = f"shapes-easy-10c-{args.train_per_class}x{args.val_per_class}-s0"
+    train, val = tdata.make_shapes(os.path.join(args.cache_dir, folder), train_per_class=args.train_per_class,
+                                   val_per_class=args.val_per_class, difficulty="easy")
     mean = train.channel_mean()
-    pixels = np.asarray(train.images[:200], np.float64).reshape(-1, 3)
-    std = np.maximum(pixels.std(axis=0), 1.0).astype(np.float32)
+    std = train.channel_std(mean)
     train_tf = tdata.TrainTransform(mean=mean, std=std, seed=args.seed)
     eval_tf = tdata.EvalTransform(mean=mean, std=std)
 

@@ -30,7 +30,7 @@ import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
-from tinynet.models import AlexNet  # noqa: E402
+from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
 from tinynet.plot import line_chart  # noqa: E402
 
@@ -179,18 +179,9 @@ def load_data(cfg, cache_dir):
     return train, val
 
 
-def channel_std(dataset, mean, max_images=500):
-    """Per-channel standard deviation (0..255 units) over a seeded sample of images."""
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(dataset), min(max_images, len(dataset)), replace=False))
-    pixels = np.asarray(dataset.images[pick], dtype=np.float64).reshape(-1, dataset.images.shape[-1])
-    std = np.sqrt(((pixels - np.asarray(mean)[:pixels.shape[1]]) ** 2).mean(axis=0))
-    return np.resize(np.maximum(std, 1.0), 3).astype(np.float32)
-
-
 def make_transforms(cfg, train):
     mean = train.channel_mean()
-    std = channel_std(train, mean) if cfg["input_std"] else None
+    std = train.channel_std(mean) if cfg["input_std"] else None
     cfg["mean"] = [float(v) for v in mean]
     cfg["std"] = None if std is None else [float(v) for v in std]
     train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"], seed=cfg["seed"])
@@ -203,23 +194,12 @@ def make_transforms(cfg, train):
 # ----------------------------------------------------------------------------
 
 
-def he_std(model):
-    """Per-layer std sqrt(2 / fan_in) (He et al.): keeps activations at unit scale."""
-    stds = {}
-    for name, p in model.named_parameters():
-        if name.endswith(".weight"):
-            fan_in = int(np.prod(p.shape[1:]))
-            stds[name.split(".")[0]] = math.sqrt(2.0 / fan_in)
-    stds["fc8"] = 0.01  # small logits at the start: loss starts at ln(classes)
-    return stds
-
-
 def build_model(cfg, num_classes, device="cpu"):
     """The grouped AlexNet, initialised by the recipe; with towers=2, the same weights
     split across the two tower devices (TwoTowerAlexNet)."""
     model = AlexNet(num_classes, bias_init=cfg["bias_init"], dropout=cfg["dropout"], seed=cfg["seed"])
     if cfg["init"] == "he":
-        model.reset_parameters(cfg["bias_init"], he_std(model), seed=cfg["seed"])
+        model.reset_parameters(cfg["bias_init"], he_weight_std(model), seed=cfg["seed"])
     if cfg.get("towers", 1) == 2:
         try:
             devices = tn.backend.tower_devices(device)

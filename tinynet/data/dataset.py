@@ -195,6 +195,22 @@ class ArrayDataset:
         mean = total / (n * h * w)
         return np.broadcast_to(mean, (3,)).astype(np.float32)
 
+    def channel_std(self, mean=None, max_images=500, seed=0):
+        """Standard deviation of each channel around ``mean`` (default: channel_mean()),
+        estimated on a seeded sample of at most ``max_images`` images.
+
+        Returns: (3,) float32 in pixel units 0..255, at least 1 (a flat channel would
+        otherwise divide by zero).  Used to scale inputs to unit variance.
+        """
+        n = len(self.labels)
+        if n == 0:
+            raise ValueError("ArrayDataset.channel_std: the data set is empty")
+        mean = self.channel_mean() if mean is None else np.asarray(mean, np.float64)
+        pick = np.sort(np.random.default_rng(seed).choice(n, min(max_images, n), replace=False))
+        pixels = np.asarray(self.images[pick], dtype=np.float64).reshape(-1, self.images.shape[-1])
+        std = np.sqrt(((pixels - mean[:pixels.shape[1]]) ** 2).mean(axis=0))
+        return np.resize(np.maximum(std, 1.0), 3).astype(np.float32)
+
     def pca_lighting(self, num_pixels=200_000, seed=0):
         """Principal components of the RGB pixel colours, for AlexNet's PCA lighting.
 

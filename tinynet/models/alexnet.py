@@ -158,3 +158,17 @@ class AlexNet(nn.Module):
                 "(256, 6, 6), i.e. a 227x227 input (224 gives 54x54 after conv1, not 55x55)"
             )
         return self.classifier(F.flatten(x))
+
+
+def he_weight_std(model, last="fc8", last_std=0.01):
+    """Per-layer weight std sqrt(2 / fan_in) (He et al. 2015) for every layer of ``model``,
+    keyed by layer name, with ``last_std`` for the output layer (small logits: the loss
+    starts at ln(classes)).  Pass it as ``reset_parameters(weight_std=...)``.  Keeps
+    activations at about unit scale through ReLUs, where N(0, 0.01) shrinks them."""
+    stds = {}
+    for name, p in model.named_parameters():
+        if name.endswith(".weight"):
+            stds[name.split(".")[0]] = float(np.sqrt(2.0 / np.prod(p.shape[1:])))
+    stds[last] = last_std
+    return stds
+
