@@ -44,9 +44,14 @@ FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
 # ----------------------------------------------------------------------------
 
 def peak_rss_bytes():
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
+    keeps the parent's peak across fork + exec, so every worker would report at least the
+    driver's memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("peak_rss_bytes: no VmHWM in /proc/self/status")
 
 
 def worker_tinynet(batch, mode, repeat, device, towers):
@@ -55,6 +60,7 @@ def worker_tinynet(batch, mode, repeat, device, towers):
     from tinynet.models import AlexNet
 
     tn.manual_seed(0)
+    tn.reuse_freed_memory()  # as the training program does (see its docstring)
     kwargs = dict(bias_init="caffe")
     if towers:
         kwargs["towers"] = tn.backend.tower_devices(device)
@@ -209,12 +215,10 @@ def run_worker(engine, batch, mode, repeat, device, towers):
 
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
+    """Whether PyTorch can be imported, without importing it here (the workers do)."""
+    import importlib.util
 
-        return True
-    except Exception:
-        return False
+    return importlib.util.find_spec("torch") is not None
 
 
 def summarise(result, batch):

@@ -325,6 +325,7 @@ def write_plot(out, metrics):
 
 def train(args):
     program_start = time.time()
+    tn.reuse_freed_memory()  # big activations are freed and reallocated every step: reuse the pages
     if not args.data_parallel and dist.launched_size() > 1:
         raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
                           "--data-parallel (each would train alone and write the same files)")

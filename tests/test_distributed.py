@@ -240,11 +240,14 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
     assert a["meta"]["config"]["data_parallel"] == {"ranks": 2, "local_batch": 1,
                                                      "threads_per_rank": 1}
     assert (a["meta"]["global_step"], a["meta"]["rng"]) == (b["meta"]["global_step"], b["meta"]["rng"])
+    # float32 through the whole AlexNet, and the serial run's BLAS uses 2 threads where each
+    # rank uses 1, so sums run in other orders: up to ~1e-4 of the largest entry where two
+    # images cancel (a real error is of order 1; the small-model test holds 1e-5)
     for name, w in b["model"].items():
         rel = np.abs(a["model"][name] - w).max() / max(np.abs(w).max(), 1e-30)
-        assert rel < 1e-5, f"{name}: relative difference {rel:.2e}"
+        assert rel < 2e-4, f"{name}: relative difference {rel:.2e}"
     for i, (va, vb) in enumerate(zip(a["velocity"], b["velocity"])):
-        assert np.abs(va - vb).max() <= 1e-5 * max(np.abs(vb).max(), 1e-30), f"velocity {i}"
+        assert np.abs(va - vb).max() <= 2e-4 * max(np.abs(vb).max(), 1e-30), f"velocity {i}"
     with open(dp_dir / "metrics.jsonl") as f_dp, open(serial_dir / "metrics.jsonl") as f_s:
         evals = [[json.loads(line) for line in f if '"eval"' in line] for f in (f_dp, f_s)]
     assert [(e["top1_err"], e["top5_err"]) for e in evals[0]] == \

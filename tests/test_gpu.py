@@ -126,3 +126,43 @@ def test_a_few_training_steps_on_the_gpu(cp):
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses))
+
+
+def test_two_towers_on_one_gpu_match_one_device(cp):
+    """TINYNET_DEVICES=0,0: both towers on GPU 0, one stream each, against the grouped model
+    on the same GPU (float64, so only summation order can differ)."""
+    from tinynet.models import AlexNet
+
+    grouped = AlexNet(10, bias_init="caffe", seed=7, dtype=np.float64).eval()
+    split = AlexNet(10, bias_init="caffe", seed=7, dtype=np.float64,
+                    towers=tn.backend.tower_devices("cuda", "0,0")).eval()
+    grouped.to("cuda:0")
+    x = cp.asarray(np.random.default_rng(5).standard_normal((2, 3, 227, 227)))
+    labels = cp.asarray(np.array([3, 8]))
+    loss_g = F.cross_entropy(grouped(tn.tensor(x)), labels)
+    loss_s = F.cross_entropy(split(tn.tensor(x)), labels)
+    assert abs(loss_g.item() - loss_s.item()) <= 1e-10 * abs(loss_g.item())
+    loss_g.backward()
+    loss_s.backward()
+    joined = {k: np.concatenate([cp.asnumpy(a.grad), cp.asnumpy(b.grad)])
+              for (k, a), (_, b) in zip(split.tower0.named_parameters(), split.tower1.named_parameters())}
+    for name, p in grouped.named_parameters():
+        g = cp.asnumpy(p.grad)
+        np.testing.assert_allclose(joined[name], g, rtol=1e-8, atol=1e-12 * np.abs(g).max(), err_msg=name)
+    assert split.traffic.forward_bytes > 0 and split.traffic.backward_bytes > 0
+
+
+@pytest.mark.parametrize("towers", ["1", "2"])
+def test_training_program_on_the_gpu(cp, tmp_path, towers, monkeypatch):
+    import importlib.util
+    import os
+
+    monkeypatch.setenv("TINYNET_DEVICES", "0,0")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "alexnet_train.py")
+    spec = importlib.util.spec_from_file_location("alexnet_train_gpu", path)
+    prog = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prog)
+    result = prog.main(["--preset", "demo", "--max-train-images", "16", "--max-val-images", "8",
+                        "--batch-size", "4", "--device", "cuda", "--towers", towers,
+                        "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert 0.0 <= result["top1_err"] <= 1.0

@@ -11,7 +11,7 @@ convolutional networks work, on NumPy (CPU) and CuPy (GPU).
 from . import functional, nn, optim  # noqa: F401
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .backend import Device, device, get_array_module  # noqa: F401
-from .ops.cpu_kernels import get_num_threads, set_num_threads  # noqa: F401
+from .ops.cpu_kernels import get_num_threads, reuse_freed_memory, set_num_threads  # noqa: F401
 from .ops.math import concat, split  # noqa: F401
 from .random import get_rng_state, manual_seed, set_rng_state  # noqa: F401
 from .tracing import trace  # noqa: F401  (with tn.trace(): ... prints every op)

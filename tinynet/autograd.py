@@ -18,13 +18,14 @@ import threading
 
 import numpy as np
 
-from .backend import device_of, get_array_module, on_device
+from .backend import current_stream_of, get_array_module, on_device
 
 # ----------------------------------------------------------------------------
 # Grad mode: ``with no_grad():`` runs ops without recording a graph.
 # ----------------------------------------------------------------------------
 
 _state = threading.local()
+_no_context = contextlib.nullcontext()
 
 
 def is_grad_enabled():
@@ -138,6 +139,8 @@ class Function:
         record = is_grad_enabled() and any(fn.needs_input_grad)
         outputs = tuple(Tensor(d, requires_grad=record) for d in outputs_data)
         if record:
+            # on a GPU, remember the device and stream this op ran on: its backward runs there
+            fn.place = current_stream_of(outputs_data[0])
             fn.inputs = tensors
             fn.generation = max(t.generation for t in tensors) + 1
             fn.num_outputs = len(outputs)
@@ -396,7 +399,8 @@ def run_backward(root, grad, retain_graph=False):
                 xp.zeros(shape, dtype) if s is None else s
                 for s, (shape, dtype) in zip(slots, fn.output_meta)
             ]
-        with on_device(device_of(slots[0])):  # a GPU op's backward runs on its own device
+        place = getattr(fn, "place", None)
+        with on_device(place[0], stream=place[1]) if place else _no_context:  # GPU: same device, same stream
             input_grads = fn.backward(*slots)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)

@@ -125,29 +125,40 @@ def to_device(t, dev):
 _streams = {}
 
 
-def stream_for(dev):
-    """The non-blocking CUDA stream tinynet uses on device ``dev`` (one per
-    device, created on first use), so that two towers' work can overlap."""
+def stream_for(dev, lane=0):
+    """The CUDA stream tinynet uses for ``lane`` on device ``dev`` (created on
+    first use).  Each tower is a lane, so two towers on one GPU still get two
+    streams and can overlap.
+
+    The streams are *blocking* streams on purpose: CUDA orders them against
+    the legacy default stream, where everything outside a tower runs (the
+    crossings' concatenations and copies, the loss, the optimiser).  So a
+    tower's work always sees finished inputs without explicit waits, and
+    the towers overlap with each other between crossings."""
     dev = Device(dev)
-    if dev.index not in _streams:
+    key = (dev.index, lane)
+    if key not in _streams:
         cp = require_cupy(dev)
         with cp.cuda.Device(dev.index):
-            _streams[dev.index] = cp.cuda.Stream(non_blocking=True)
-    return _streams[dev.index]
+            _streams[key] = cp.cuda.Stream(non_blocking=False)
+    return _streams[key]
 
 
 class on_device:
-    """``with on_device(dev):`` makes ``dev`` (and its stream) current for
-    the CuPy calls inside; on the CPU it does nothing."""
+    """``with on_device(dev, lane):`` makes ``dev`` and its lane's stream
+    current for the CuPy calls inside; on the CPU it does nothing.
+    ``stream=`` uses a given stream instead of a lane's (backward runs an op
+    on the stream its forward ran on)."""
 
-    def __init__(self, dev):
-        self.dev = Device(dev)
+    def __init__(self, dev, lane=0, stream=None):
+        self.dev, self.lane, self.stream = Device(dev), lane, stream
         self._contexts = []
 
     def __enter__(self):
         if self.dev.kind == "cuda":
             cp = require_cupy(self.dev)
-            self._contexts = [cp.cuda.Device(self.dev.index), stream_for(self.dev)]
+            stream = self.stream if self.stream is not None else stream_for(self.dev, self.lane)
+            self._contexts = [cp.cuda.Device(self.dev.index), stream]
             for c in self._contexts:
                 c.__enter__()
         return self.dev
@@ -159,30 +170,41 @@ class on_device:
         return False
 
 
+def current_stream_of(array):
+    """(Device, the CuPy stream current now) for a GPU array; None on the CPU."""
+    if isinstance(array, np.ndarray):
+        return None
+    cp = cupy_or_none()
+    if cp is None or not isinstance(array, cp.ndarray):
+        return None
+    return Device(f"cuda:{array.device.id}"), cp.cuda.get_current_stream()
+
+
 def copy_to_device(array, dev):
     """An explicit copy of ``array`` onto device ``dev``.
 
-    GPU to GPU goes through ``cudaMemcpyPeerAsync`` on the destination's
-    stream, after an event recorded on the source's stream (so the copy
-    waits for the data to be ready, and no kernel ever reads the other
-    device's memory).  CPU to CPU returns the array itself: tinynet's ops
-    never modify their inputs, so sharing is safe."""
+    GPU to GPU: ``cudaMemcpyPeerAsync`` (CuPy's ``copy_from_device_async``)
+    on the destination's current stream, after an event recorded on the
+    source's current stream, so the copy waits for the data and no kernel
+    ever reads the other device's memory.  CPU to CPU returns the array
+    itself: tinynet's ops never modify their inputs, so sharing is safe."""
     dev = Device(dev)
     src = device_of(array)
     if src == dev:
         return array
+    cp = cupy_or_none()
     if dev.kind == "cpu":
-        with on_device(src):
-            return cupy_or_none().asnumpy(array, stream=stream_for(src))
+        with cp.cuda.Device(src.index):
+            return cp.asnumpy(array)
     cp = require_cupy(dev)
     if src.kind == "cpu":
-        with on_device(dev):
+        with cp.cuda.Device(dev.index):
             return cp.asarray(array)
     ready = cp.cuda.Event(disable_timing=True)
-    with on_device(src):
-        ready.record(stream_for(src))
-    with on_device(dev):
-        stream = stream_for(dev)
+    with cp.cuda.Device(src.index):
+        ready.record(cp.cuda.get_current_stream())
+    with cp.cuda.Device(dev.index):
+        stream = cp.cuda.get_current_stream()
         stream.wait_event(ready)
         out = cp.empty(array.shape, array.dtype)
         out.data.copy_from_device_async(array.data, array.nbytes, stream)

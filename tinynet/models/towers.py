@@ -169,7 +169,7 @@ class TwoTowerAlexNet(nn.Module):
     def _per_tower(self, fn, inputs):
         outs = []
         for t, tower in enumerate((self.tower0, self.tower1)):
-            with on_device(self.devices[t]):  # queued on this tower's stream: towers overlap
+            with on_device(self.devices[t], lane=t):  # this tower's own stream: towers overlap
                 outs.append(fn(tower, inputs[t], t))
         return outs
 
