@@ -17,3 +17,15 @@ def shuffled_linspace(shape, rng, lo=-1.0, hi=1.0):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def load_example(name):
+    """examples/<name>.py imported as a module (the examples are scripts, not a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

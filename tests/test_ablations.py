@@ -1,18 +1,17 @@
 """examples/ablations.py runs end to end on tiny settings and reports every arm."""
 
-import importlib.util
 import os
 
 import pytest
+
+from conftest import load_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_ablations_tiny_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("ablations", os.path.join(ROOT, "examples", "ablations.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("ablations")
     out = tmp_path / "abl"
     results = module.main(["--steps", "2", "--batch-size", "4", "--train-per-class", "1", "--val-per-class", "1",
                            "--arms", "baseline", "tanh", "pool-2/2", "no-lrn", "no-dropout",

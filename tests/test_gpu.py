@@ -12,6 +12,8 @@ import tinynet.functional as F
 from tinynet.backend import cupy_or_none
 from tinynet.ops import cpu_kernels
 
+from conftest import load_example
+
 
 def _gpu_reason():
     cp = cupy_or_none()
@@ -154,14 +156,8 @@ def test_two_towers_on_one_gpu_match_one_device(cp):
 
 @pytest.mark.parametrize("towers", ["1", "2"])
 def test_training_program_on_the_gpu(cp, tmp_path, towers, monkeypatch):
-    import importlib.util
-    import os
-
     monkeypatch.setenv("TINYNET_DEVICES", "0,0")
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "alexnet_train.py")
-    spec = importlib.util.spec_from_file_location("alexnet_train_gpu", path)
-    prog = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prog)
+    prog = load_example("alexnet_train")
     result = prog.main(["--preset", "demo", "--max-train-images", "16", "--max-val-images", "8",
                         "--batch-size", "4", "--device", "cuda", "--towers", towers,
                         "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])

@@ -1,7 +1,6 @@
 """The teaching programs run: examples/im2col_walkthrough.py (all its checks pass) and
 examples/visualize_filters.py (the PNGs have the paper's tower layout)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from PIL import Image
 
 from tinynet import nn
 from tinynet.checkpoint import save_checkpoint
+
+from conftest import load_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,11 +29,7 @@ def test_im2col_walkthrough_runs_and_every_check_passes():
 
 @pytest.fixture(scope="module")
 def viz():
-    path = os.path.join(ROOT, "examples", "visualize_filters.py")
-    spec = importlib.util.spec_from_file_location("visualize_filters", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("visualize_filters")
 
 
 def tile_origin(viz, index, tile_side):

@@ -1,7 +1,6 @@
 """tn.trace(): what it prints forward and backward, that it changes no result, that it is
 switched off afterwards, and the training program's --trace."""
 
-import importlib.util
 import io
 import os
 
@@ -11,6 +10,8 @@ import pytest
 import tinynet as tn
 import tinynet.functional as F
 from tinynet import autograd, nn
+
+from conftest import load_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,10 +106,7 @@ def test_details_off_and_matmul():
 
 
 def test_training_program_traces_one_step(tmp_path, capsys):
-    path = os.path.join(ROOT, "examples", "alexnet_train.py")
-    spec = importlib.util.spec_from_file_location("alexnet_train_for_trace", path)
-    prog = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prog)
+    prog = load_example("alexnet_train")
     out = tmp_path / "run"
     prog.main(["--preset", "demo", "--max-train-images", "4", "--max-val-images", "4",
                "--batch-size", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),

@@ -6,7 +6,6 @@ demo preset's shapes set, batch 2 (two steps per epoch). The shapes set is gener
 module into a shared cache.
 """
 
-import importlib.util
 import json
 import os
 
@@ -16,6 +15,8 @@ from PIL import Image
 
 from tinynet.checkpoint import load_checkpoint, save_checkpoint
 
+from conftest import load_example
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "alexnet_train.py: error:"
 
@@ -23,11 +24,7 @@ PREFIX = "alexnet_train.py: error:"
 @pytest.fixture(scope="module")
 def prog():
     """examples/alexnet_train.py as a module."""
-    path = os.path.join(ROOT, "examples", "alexnet_train.py")
-    spec = importlib.util.spec_from_file_location("alexnet_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("alexnet_train")
 
 
 @pytest.fixture(scope="module")

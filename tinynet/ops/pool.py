@@ -68,7 +68,7 @@ def max_pool2d_naive(x, kernel_size, stride, padding=(0, 0)):
 
 def max_pool2d_backward_naive(x, gy, kernel_size, stride, padding=(0, 0)):
     """Reference gradient: each output adds its gradient at its argmax."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    (_, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     _, arg = max_pool2d_naive(x, kernel_size, stride, padding)
     N, C, H, W = x.shape
     gx = np.zeros((N, C, H + 2 * ph, W + 2 * pw), gy.dtype)
