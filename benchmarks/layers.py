@@ -104,6 +104,7 @@ def main():
     if args.quick:
         args.batch, args.repeat = 8, 2
     n, r = args.batch, args.repeat
+    tn.reuse_freed_memory()  # as the training program does: freed pages are reused, not re-faulted
     rng = np.random.default_rng(0)
     rate = measure_gemm_rate(r)
     print(f"sgemm rate (2048^3): {rate / 1e9:.1f} GFLOP/s; batch {n}; threads {tn.get_num_threads()}")

@@ -152,3 +152,29 @@ def test_conv2d_errors():
         F.conv2d(x.astype(np.int32), np.zeros((2, 4, 3, 3), np.float32))
     with pytest.raises(ValueError, match=r"col2im: cols must have shape \(36, 36\)"):
         F.col2im(np.zeros((5, 5)), (1, 4, 8, 8), 3)
+
+
+@pytest.mark.parametrize("keep", [0, 10**9])
+def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
+    x = rng.standard_normal((3, 4, 9, 9))
+    w = rng.standard_normal((6, 2, 3, 3))
+    gy = rng.standard_normal((3, 6, 9, 9))
+
+    def run():
+        xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, padding=1, groups=2)
+        saved = len(y._creator.saved)
+        y.backward(gy)
+        return saved, xt.grad, wt.grad
+
+    old = F.set_conv_keep_columns(keep)
+    try:
+        saved, gx, gw = run()
+    finally:
+        F.set_conv_keep_columns(old)
+    assert saved == (3 if keep else 2)  # x, weight (+ the columns when kept)
+    ref_gx, ref_gw, _ = conv2d_backward_naive(x, w, gy, (1, 1), (1, 1), 2)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="set_conv_keep_columns: nbytes must be an int >= 0"):
+        F.set_conv_keep_columns(-1)

@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from ..autograd import Function
+from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
 from . import cpu_kernels
 
@@ -35,7 +35,7 @@ from . import cpu_kernels
 # Workspace budget for the column matrix
 # ----------------------------------------------------------------------------
 
-_workspace = {"bytes": 192 * 2**20, "peak": 0}
+_workspace = {"bytes": 192 * 2**20, "peak": 0, "keep": 64 * 2**20}
 
 
 def set_conv_workspace(nbytes):
@@ -45,6 +45,19 @@ def set_conv_workspace(nbytes):
         raise ValueError(f"set_conv_workspace: nbytes must be a positive int, got {nbytes!r}")
     old = _workspace["bytes"]
     _workspace["bytes"] = int(nbytes)
+    return old
+
+
+def set_conv_keep_columns(nbytes):
+    """Largest column matrix (whole batch) a convolution may keep from forward
+    for its backward instead of rebuilding it, in bytes; 0 always rebuilds.
+    Default 64 MiB: at batch 32 AlexNet's conv3-conv5 keep theirs (about
+    125 MB in all, saving one im2col each); conv1, conv2 and everything at
+    batch 128 rebuild.  Returns the previous value."""
+    if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+        raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
+    old = _workspace["keep"]
+    _workspace["keep"] = int(nbytes)
     return old
 
 
@@ -144,8 +157,9 @@ class Conv2d(Function):
 
     x: (N, C, H, W); weight: (O, C/G, KH, KW); bias: (O,) or absent;
     y: (N, O, OH, OW).
-    Saves x and weight; backward rebuilds the columns chunk by chunk
-    instead of keeping them (memory over time, as Caffe).
+    Saves x and weight.  Backward rebuilds the columns chunk by chunk (memory
+    over time, as Caffe), except when the whole batch's columns fit the small
+    keep budget (``set_conv_keep_columns``): then forward's are kept.
     """
 
     def forward(self, x, weight, *bias, stride=(1, 1), padding=(0, 0), groups=1):
@@ -159,10 +173,16 @@ class Conv2d(Function):
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias = bool(bias)
         self.save_for_backward(x, weight)
+        # keep the columns for backward if they are small enough (and backward will come)
+        cols_bytes = C * KH * KW * N * OH * OW * x.itemsize
+        keep = (is_grad_enabled() and any(self.needs_input_grad)
+                and cols_bytes <= min(_workspace["keep"], _workspace["bytes"]))
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
-        for n0, n1, cols in self._column_chunks(x):
+        for n0, n1, cols in self._column_chunks(x, fresh=keep):
+            if keep:
+                self.save_for_backward(x, weight, cols)
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
             prod = _scratch("prod", (G, O // G, n * OH * OW), x.dtype, xp)
@@ -175,15 +195,25 @@ class Conv2d(Function):
                 y[n0:n1] = prod
         return y.reshape(N, O, OH, OW)
 
-    def _column_chunks(self, x):
+    def _column_chunks(self, x, fresh=False):
         """Yield (n0, n1, cols) for chunks of images x[n0:n1] whose columns
-        fit the workspace.  cols: (C*KH*KW, (n1-n0)*OH*OW)."""
+        fit the workspace.  cols: (C*KH*KW, (n1-n0)*OH*OW).
+
+        ``fresh``: the whole batch in one chunk, in a new array (not the
+        shared scratch buffer), to be kept for backward.  In backward, kept
+        columns are used as they are."""
         KH, KW, stride, padding, G, OH, OW = self.geometry
         N, C = x.shape[:2]
+        xp = get_array_module(x)
+        if len(self.saved) == 3:  # backward, columns kept from forward
+            yield 0, N, self.saved[2]
+            return
+        if fresh:
+            yield 0, N, im2col(x, KH, KW, stride, padding)
+            return
         per_image = (C * KH * KW + self.saved[1].shape[0]) * OH * OW * x.itemsize
         step = _chunk_images(N, per_image)
         _workspace["peak"] = max(_workspace["peak"], step * per_image)
-        xp = get_array_module(x)
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
             buf = _scratch("cols", (C * KH * KW, (n1 - n0) * OH * OW), x.dtype, xp)
@@ -215,7 +245,7 @@ class Conv2d(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        x, weight = self.saved
+        x, weight = self.saved[:2]
         KH, KW, stride, padding, G, OH, OW = self.geometry
         N, C, H, W = x.shape
         O, Cg = weight.shape[:2]
