@@ -33,10 +33,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.common import machine, ms, save  # noqa: E402
-
-CONVS = [(3, 227, 96, 11, 4, 0, 1), (96, 27, 256, 5, 1, 2, 2), (256, 13, 384, 3, 1, 1, 1),
-         (384, 13, 384, 3, 1, 1, 2), (384, 13, 256, 3, 1, 1, 2)]
-FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
+from benchmarks.layers import CONVS, FCS  # noqa: E402  the layer shapes, one table for both scripts
 
 
 # ----------------------------------------------------------------------------
@@ -175,7 +172,7 @@ def gemm_floor(batch, repeat):
     conv1 has no input gradient), each on ready operands, whole batch at once."""
     rng = np.random.default_rng(0)
     products = []
-    for c, h, o, k, s, p, g in CONVS:
+    for _, (c, h, _), o, k, s, p, g in CONVS:
         oh = (h + 2 * p - k) // s + 1
         kk, cols = c // g * k * k, batch * oh * oh
         w = rng.standard_normal((g, o // g, kk)).astype(np.float32)
@@ -184,7 +181,7 @@ def gemm_floor(batch, repeat):
         products += [(w, col), (gr, col.transpose(0, 2, 1))]
         if c != 3:
             products.append((w.transpose(0, 2, 1), gr))
-    for fin, fout in FCS:
+    for _, fin, fout in FCS:
         x = rng.standard_normal((batch, fin)).astype(np.float32)
         w = rng.standard_normal((fout, fin)).astype(np.float32)
         gy = rng.standard_normal((batch, fout)).astype(np.float32)

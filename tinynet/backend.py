@@ -109,13 +109,9 @@ def to_device(t, dev):
     dev = Device(dev)
     if t.device == dev:
         return t
-    if dev.kind == "cpu":
-        data = t.numpy()
-    else:
-        cp = require_cupy(dev)
-        with cp.cuda.Device(dev.index):
-            data = cp.asarray(t.data if isinstance(t.data, np.ndarray) else t.numpy())
-    return Tensor(data, requires_grad=t.requires_grad)
+    if dev.kind == "cuda":
+        require_cupy(dev)  # a clear error without CuPy or without that GPU
+    return Tensor(copy_to_device(t.data, dev), requires_grad=t.requires_grad)
 
 
 # ----------------------------------------------------------------------------
