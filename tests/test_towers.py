@@ -15,7 +15,7 @@ def pair():
     # float64: the split and grouped GEMMs sum in different orders, so float32 would
     # differ by rounding; in float64 the two must agree to ~1e-10
     grouped = AlexNet(10, bias_init="caffe", seed=3, dtype=np.float64)
-    split = AlexNet(10, bias_init="caffe", seed=3, dtype=np.float64, towers=("cpu", "cpu"))
+    split = AlexNet(10, bias_init="caffe", seed=3, dtype=np.float64, towers=("cpu:0", "cpu:1"))
     return grouped, split
 
 

@@ -272,7 +272,7 @@ def test_two_towers_train_like_the_grouped_model(prog, cache_dir, tmp_path, caps
     prog.main(tiny_args(out_t, cache_dir, "--stop-after-steps", "1", "--towers", "2"))
     printed = capsys.readouterr().out
     with open(os.path.join(out_t, "config.json")) as f:
-        assert json.load(f)["tower_devices"] == ["cpu", "cpu"]
+        assert json.load(f)["tower_devices"] == ["cpu", "cpu:1"]  # two virtual CPU devices
     g = load_checkpoint(os.path.join(out_g, "latest.npz"))
     t = load_checkpoint(os.path.join(out_t, "latest.npz"))
     assert list(g["model"]) == list(t["model"])  # same keys and layouts: checkpoints move freely

@@ -10,6 +10,14 @@ leaves, newest generation first, without recursion, summing gradients where a
 tensor fed several ops.
 
 Arrays may be NumPy or CuPy: nothing in this file assumes which.
+
+Devices.  Every tensor knows its device (``tensor.device``: ``cpu``, ``cpu:1``,
+``cuda:0``...).  The device rule lives here, in two places: ``Function.apply``
+runs each op under the device of its inputs (and refuses inputs from two
+devices, naming both), and ``run_backward`` runs each op's backward, and
+every gradient sum, under that op's device.  Outputs, gradients and
+temporaries are therefore allocated where the inputs are; only an explicit
+copy (``Tensor.to``, or an op that declares ``crosses_devices``) moves data.
 """
 
 import contextlib
@@ -18,7 +26,8 @@ import threading
 
 import numpy as np
 
-from .backend import current_stream_of, get_array_module, on_device
+from .backend import (CPU, Device, copy_to_device, current_stream, device_guard,
+                      device_of_array, get_array_module, is_gpu_array, on_device, require_cupy)
 
 # ----------------------------------------------------------------------------
 # Grad mode: ``with no_grad():`` runs ops without recording a graph.
@@ -105,7 +114,13 @@ class Function:
     Positional arguments of ``apply`` are the differentiable inputs
     (tensors, arrays or Python numbers); keyword arguments are fixed
     parameters (stride, axis, ...) passed to ``forward`` unchanged.
+
+    An op runs on the device of its tensor inputs; they must all be on one
+    device.  The one kind of op that moves data sets ``crosses_devices =
+    True`` and takes a ``device=`` parameter: its output lives there.
     """
+
+    crosses_devices = False
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
@@ -129,22 +144,28 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **params):
         fn = cls()
-        tensors = [x if isinstance(x, Tensor) else Tensor(x) for x in inputs]
+        dev = _op_device(cls.__name__, inputs)
+        tensors = [x if isinstance(x, Tensor) else _wrap_raw(cls.__name__, x, dev) for x in inputs]
         fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
         fn.saved = ()
-        raw = fn.forward(*[t.data for t in tensors], **params)
+        fn.device = dev  # where forward (and later backward) runs
+        with device_guard(dev):  # the op guard: everything forward allocates lands on dev
+            raw = fn.forward(*[t.data for t in tensors], **params)
+            # on a GPU, remember the stream this op ran on: its backward runs there too
+            stream = current_stream(dev) if dev.kind == "cuda" else None
 
         multiple = isinstance(raw, tuple)
         outputs_data = raw if multiple else (raw,)
+        out_dev = Device(params["device"]) if cls.crosses_devices else dev
         record = is_grad_enabled() and any(fn.needs_input_grad)
-        outputs = tuple(Tensor(d, requires_grad=record) for d in outputs_data)
+        outputs = tuple(Tensor(d, requires_grad=record, device=out_dev) for d in outputs_data)
         if record:
-            # on a GPU, remember the device and stream this op ran on: its backward runs there
-            fn.place = current_stream_of(outputs_data[0])
+            fn.stream = stream
             fn.inputs = tensors
+            fn.input_versions = [t._version for t in tensors]
             fn.generation = max(t.generation for t in tensors) + 1
             fn.num_outputs = len(outputs)
-            fn.output_meta = [(o.shape, o.dtype) for o in outputs]
+            fn.output_meta = [(o.shape, o.dtype, o.device) for o in outputs]
             for i, out in enumerate(outputs):
                 out._creator = fn
                 out._out_index = i
@@ -156,6 +177,46 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__} generation={getattr(self, 'generation', '-')}>"
+
+
+def _op_device(opname, inputs):
+    """The device an op runs on: the one device of its tensor inputs (raw
+    CuPy arrays count with their GPU; numbers and NumPy arrays follow the
+    tensors).  Two devices are refused, as PyTorch refuses them."""
+    dev = None
+    for x in inputs:
+        if isinstance(x, Tensor):
+            d = x._device
+        elif is_gpu_array(x):
+            d = device_of_array(x)
+        else:
+            continue
+        if dev is None:
+            dev = d
+        elif d != dev:
+            raise RuntimeError(
+                f"{opname}: expected all tensors to be on the same device, but found at least two "
+                f"devices, {dev} and {d}; move one with .to(device) first"
+            )
+    return CPU if dev is None else dev
+
+
+def _wrap_raw(opname, x, dev):
+    """A raw op input (number or array) as a tensor on the op's device."""
+    if dev.kind == "cuda" and not is_gpu_array(x):
+        if np.ndim(x) != 0:
+            raise RuntimeError(
+                f"{opname}: got a host (NumPy) array of shape {np.shape(x)} for an op on {dev}; "
+                f"move it first, e.g. tn.tensor(x).to('{dev}')"
+            )
+        with device_guard(dev):
+            return Tensor(require_cupy(dev).asarray(x), device=dev)
+    return Tensor(x, device=dev)
+
+
+def _guard(dev):
+    """device_guard on a GPU; no work at all on the CPU (the hot path)."""
+    return _no_context if dev.kind == "cpu" else device_guard(dev)
 
 
 # ----------------------------------------------------------------------------
@@ -188,16 +249,20 @@ class Tensor:
 
     __array_priority__ = 1000  # ndarray (op) Tensor -> Tensor's reflected op
 
-    def __init__(self, data, requires_grad=False, dtype=None):
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        if device is None and isinstance(data, Tensor):
+            device = data._device
         self.data = _as_array(data, dtype)
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(
                 f"tensor: only floating-point tensors can require grad, got dtype {self.data.dtype}"
             )
+        self._device = _device_for(self.data, device)
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._creator = None
         self._out_index = 0
+        self._version = 0  # bumped by in-place updates (SGD.step, load_state_dict)
 
     # ---- array-like properties -------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -215,15 +280,29 @@ class Tensor:
 
     @property
     def device(self):
-        from .backend import device_of
+        """Where the data lives: ``cpu`` (= ``cpu:0``), ``cpu:1``, ``cuda:0``..."""
+        return self._device
 
-        return device_of(self.data)
+    def _bump_version(self):
+        """Record an in-place change of ``data``: a graph that saved the old
+        values refuses to run backward (see run_backward)."""
+        self._version += 1
 
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError(
+                f"Tensor: the truth value of a tensor with {self.size} elements is ambiguous "
+                "(use .any() or .all() on .numpy())"
+            )
+        return bool(self.item())
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
+        if self._device != CPU:
+            grad = f", device='{self._device}'" + grad
         body = np.array2string(self.numpy(), precision=4, threshold=20, prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}{grad})"
 
@@ -238,8 +317,8 @@ class Tensor:
         return self.numpy().reshape(()).item()
 
     def detach(self):
-        """A new leaf tensor sharing this data, cut from the graph."""
-        return Tensor(self.data)
+        """A new leaf tensor sharing this data (and device), cut from the graph."""
+        return Tensor(self.data, device=self._device)
 
     def requires_grad_(self, flag=True):
         if flag and self.dtype.kind != "f":
@@ -262,29 +341,47 @@ class Tensor:
                 "that made it requires grad, or it was computed under no_grad())"
             )
         xp = get_array_module(self.data)
-        if grad is None:
-            if self.size != 1:
-                raise RuntimeError(
-                    f"Tensor.backward: grad can be omitted only for a tensor with one element, "
-                    f"this one has shape {self.shape}; pass grad= of the same shape"
-                )
-            grad = xp.ones_like(self.data)
-        else:
-            grad = _as_array(grad)
-            if grad.shape != self.shape:
-                raise ValueError(
-                    f"Tensor.backward: grad must have shape {self.shape}, got {grad.shape}"
-                )
-            if grad.dtype != self.dtype:
-                grad = grad.astype(self.dtype)
-        if self._creator is None:
-            self._accumulate_leaf(grad)
-            return
+        with _guard(self._device):
+            if grad is None:
+                if self.size != 1:
+                    raise RuntimeError(
+                        f"Tensor.backward: grad can be omitted only for a tensor with one element, "
+                        f"this one has shape {self.shape}; pass grad= of the same shape"
+                    )
+                grad = xp.ones_like(self.data)
+            else:
+                grad = grad.data if isinstance(grad, Tensor) else grad
+                if is_gpu_array(grad) != is_gpu_array(self.data):
+                    grad = copy_to_device(grad, device_of_array(grad), self._device)
+                grad = _as_array(grad).copy()  # the caller's array is never handed out as a .grad
+                if grad.shape != self.shape:
+                    raise ValueError(
+                        f"Tensor.backward: grad must have shape {self.shape}, got {grad.shape}"
+                    )
+                if grad.dtype != self.dtype:
+                    grad = grad.astype(self.dtype)
+            if self._creator is None:
+                self._accumulate_leaf(grad, set())
+                return
         run_backward(self, grad, retain_graph)
 
-    def _accumulate_leaf(self, g):
-        # out of place: g may be an array that an op passed straight through
-        self.grad = g if self.grad is None else self.grad + g
+    def _accumulate_leaf(self, g, handed):
+        """Add ``g`` into ``self.grad``.  The first gradient is kept only if it
+        owns its memory and no other leaf got the same array in this pass
+        (``handed``: ids of arrays already given out); otherwise it is copied,
+        as PyTorch's accumulate-grad does.  So ``.grad`` is always a writeable
+        array of its own: clipping or scaling it in place touches nothing else
+        (``a + b`` passes one array back to both a and b; ``sum`` a read-only
+        broadcast view)."""
+        if isinstance(g, np.generic):
+            g = np.asarray(g)
+        if self.grad is None:
+            owned = (g.flags.owndata and getattr(g.flags, "writeable", True)
+                     and g.flags.c_contiguous and id(g) not in handed)
+            self.grad = g if owned else g.copy()
+            handed.add(id(self.grad))
+        else:
+            self.grad += g  # .grad is always an array of its own (above), so in place is safe
 
     # ---- operators (implemented in tinynet.ops.math) ------------------------
     def __add__(self, other):
@@ -353,9 +450,57 @@ class Tensor:
         return _math.log(self)
 
     def to(self, device):
-        from .backend import to_device
+        """This tensor on ``device`` ('cpu', 'cpu:1', 'cuda:0'): itself if it is
+        there already, else an explicit copy (a new leaf: the copy is not part
+        of the graph; the two-tower model's crossings are ops that are)."""
+        dev = Device(device)
+        if dev == self._device:
+            return self
+        if dev.kind == "cuda":
+            require_cupy(dev)  # a clear error without CuPy or without that GPU
+        return Tensor(copy_to_device(self.data, self._device, dev),
+                      requires_grad=self.requires_grad, device=dev)
 
-        return to_device(self, device)
+
+def _device_for(data, device):
+    """The device of a new tensor holding ``data``: a CuPy array's own GPU (a
+    ``device`` argument must agree); for host data ``device`` if given (a CPU
+    device), else cpu:0."""
+    if is_gpu_array(data):
+        actual = device_of_array(data)
+        if device is not None and Device(device) != actual:
+            raise ValueError(f"tensor: the data is on {actual}, but device={device} was given")
+        return actual
+    if device is None:
+        return CPU
+    device = Device(device)
+    if device.kind != "cpu":
+        raise ValueError(f"tensor: host (NumPy) data cannot be tagged {device}; use .to('{device}')")
+    return device
+
+
+def _checked_grad(fn, i, tensor, g):
+    """The gradient op ``fn`` returned for its input ``i``, checked against
+    that input: same shape, same dtype, same device.  A mismatch is a bug in
+    the op's backward, reported here rather than as a wrong number later."""
+    if isinstance(g, np.generic):  # NumPy reductions of 0-d arrays give scalars
+        g = np.asarray(g)
+    name = type(fn).__name__
+    if g.shape != tensor.shape:
+        raise RuntimeError(
+            f"{name}.backward: gradient shape {g.shape} does not match input {i}'s shape {tensor.shape}"
+        )
+    if g.dtype != tensor.dtype:
+        raise RuntimeError(
+            f"{name}.backward: gradient dtype {g.dtype} does not match input {i}'s dtype {tensor.dtype}"
+        )
+    on = device_of_array(g, default=tensor._device)
+    if on != tensor._device or (tensor._device.kind == "cuda") != is_gpu_array(g):
+        raise RuntimeError(
+            f"{name}.backward: gradient for input {i} is on {on if is_gpu_array(g) else 'the host'}, "
+            f"but that input is on {tensor._device}"
+        )
+    return g
 
 
 def run_backward(root, grad, retain_graph=False):
@@ -371,6 +516,7 @@ def run_backward(root, grad, retain_graph=False):
     grads = {}
     heap = []
     seen = set()
+    handed = set()  # ids of arrays given to leaves as their .grad in this pass
 
     def push(fn):
         if id(fn) not in seen:
@@ -392,15 +538,23 @@ def run_backward(root, grad, retain_graph=False):
                 f"Tensor.backward: part of the graph ({type(fn).__name__}) was already freed by "
                 "an earlier backward(); use retain_graph=True there"
             )
+        for i, (t, version) in enumerate(zip(fn.inputs, fn.input_versions)):
+            if t._version != version:
+                raise RuntimeError(
+                    f"{type(fn).__name__}.backward: input {i} (shape {t.shape}) was modified in place "
+                    f"after forward (version {version} -> {t._version}, e.g. by SGD.step or "
+                    "load_state_dict); its gradient would be computed from the new values. "
+                    "Run forward again after changing weights"
+                )
         slots = grads.pop(fn)
-        if any(s is None for s in slots):  # an output nobody used: its grad is zero
-            xp = get_array_module(next(s for s in slots if s is not None))
-            slots = [
-                xp.zeros(shape, dtype) if s is None else s
-                for s, (shape, dtype) in zip(slots, fn.output_meta)
-            ]
-        place = getattr(fn, "place", None)
-        with on_device(place[0], stream=place[1]) if place else _no_context:  # GPU: same device, same stream
+        # the op guard again: backward runs on the op's device (on a GPU, on its forward's stream)
+        with on_device(fn.device, stream=fn.stream) if fn.stream is not None else _guard(fn.device):
+            if any(s is None for s in slots):  # an output nobody used: its grad is zero
+                xp = get_array_module(next(s for s in slots if s is not None))
+                slots = [
+                    xp.zeros(shape, dtype) if s is None else s
+                    for s, (shape, dtype, _) in zip(slots, fn.output_meta)
+                ]
             input_grads = fn.backward(*slots)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
@@ -411,31 +565,35 @@ def run_backward(root, grad, retain_graph=False):
                 f"{type(fn).__name__}.backward returned {len(input_grads)} gradients "
                 f"for {len(fn.inputs)} inputs"
             )
-        for tensor, g, needed in zip(fn.inputs, input_grads, fn.needs_input_grad):
+        for i, (tensor, g, needed) in enumerate(zip(fn.inputs, input_grads, fn.needs_input_grad)):
             if not needed or g is None:
                 continue
-            if g.shape != tensor.shape:
-                raise RuntimeError(
-                    f"{type(fn).__name__}.backward: gradient shape {g.shape} does not match "
-                    f"input shape {tensor.shape}"
-                )
-            if tensor._creator is None:
-                tensor._accumulate_leaf(g)
-            else:
-                add_grad(tensor._creator, tensor._out_index, g)
-                push(tensor._creator)
+            g = _checked_grad(fn, i, tensor, g)
+            with _guard(tensor._device):  # sums land on the tensor's own device
+                if tensor._creator is None:
+                    tensor._accumulate_leaf(g, handed)
+                else:
+                    add_grad(tensor._creator, tensor._out_index, g)
+                    push(tensor._creator)
         if not retain_graph:  # free what this function held, as soon as it is done
             fn.saved = ()
             fn.inputs = None
 
 
-def tensor(data, requires_grad=False, dtype=None):
-    """Make a leaf ``Tensor`` from an array, list or number.
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """Make a leaf ``Tensor`` from an array, list or number, on ``device``
+    (default: where the data is; host data goes to cpu:0, or is copied to
+    the device given).
 
     float16 and complex are rejected; float32 stays float32 (the fast path);
     other floats become float64.
     """
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+    t = Tensor(data, requires_grad=requires_grad, dtype=dtype)
+    if device is not None and Device(device) != t.device:
+        if t.device.kind == "cpu" and Device(device).kind == "cpu" and not isinstance(data, Tensor):
+            return Tensor(t.data, requires_grad=requires_grad, device=device)  # fresh host data: tag it
+        t = t.to(device)
+    return t
 
 
 from .ops import math as _math  # noqa: E402  (operators above are defined there)

@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from .autograd import Function, Tensor, is_grad_enabled
-from .backend import get_array_module
+from .backend import copy_to_device, device_guard, device_of_array, get_array_module, is_gpu_array
 from .ops import activation, conv, linear as _linear, loss, lrn, pool
 from .ops.conv import conv_output_size, conv_workspace_peak, set_conv_keep_columns, set_conv_workspace  # noqa: F401
 from .ops.math import concat, split  # noqa: F401
@@ -363,11 +363,13 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
         mask = dropout_mask(x.shape, p, x.dtype, rng)
     elif tuple(mask.shape) != x.shape:
         raise ValueError(f"{fn}: mask must have the shape of x {x.shape}, got {tuple(mask.shape)}")
-    xp = get_array_module(x.data)
-    if xp is not np:
-        mask = xp.asarray(mask)
+    mask = mask.data if isinstance(mask, Tensor) else mask
+    if x.device.kind == "cuda":
+        with device_guard(x.device):  # a host mask goes to x's GPU, not to the current one
+            mask = x.device.xp.asarray(mask)
     if not is_grad_enabled():
-        return Tensor(x.data * mask)
+        with device_guard(x.device):
+            return Tensor(x.data * mask, device=x.device)
     return activation.Dropout.apply(x, mask=mask)
 
 
@@ -437,7 +439,11 @@ def cross_entropy(logits, labels):
     logits = _as_tensor(fn, "logits", logits, ndim=2)
     lab = labels.data if isinstance(labels, Tensor) else labels
     xp = get_array_module(logits.data)
-    lab = xp.asarray(lab)
+    if isinstance(labels, Tensor) or is_gpu_array(lab):  # explicit copy from wherever they are
+        src = labels.device if isinstance(labels, Tensor) else device_of_array(lab)
+        lab = copy_to_device(lab, src, logits.device)
+    with device_guard(logits.device):  # host labels go to the logits' device
+        lab = xp.asarray(lab)
     if lab.ndim != 1 or lab.shape[0] != logits.shape[0]:
         raise ValueError(f"{fn}: labels must have shape ({logits.shape[0]},), got {lab.shape}")
     if lab.dtype.kind not in "iu":

@@ -14,7 +14,7 @@ import numpy as np
 from . import autograd as _autograd
 from . import functional as F
 from .autograd import Tensor
-from .backend import Device, get_array_module
+from .backend import Device, copy_to_device, device_guard, device_of_array, is_gpu_array
 from .random import default_generator
 
 
@@ -65,17 +65,31 @@ class Module:
             tracer.exit_module(self, output)
 
     # ---- traversal ------------------------------------------------------------
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix="", _seen=None):
+        """(dotted name, module) for this module and every sub-module, each
+        module once (a module registered twice is reached by its first name)."""
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
     def children(self):
         return iter(self._modules.values())
 
     def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) for every parameter, each once: a module
+        registered twice (``Sequential(lin, ReLU(), lin)``) shares its
+        weights, so they are listed, counted and updated once, under the
+        first name they were reached by (as PyTorch does)."""
+        seen = set()
         for mod_name, m in self.named_modules(prefix):
             for name, p in m._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
@@ -107,9 +121,10 @@ class Module:
         return out
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters.  With ``strict`` every key must
-        match; shapes must always match.  dtypes are converted to the
-        parameter's."""
+        """Copy arrays into the parameters, in place and on each parameter's
+        device (the Parameter objects stay: an optimiser built before keeps
+        training them).  With ``strict`` every key must match; shapes must
+        always match.  dtypes are converted to the parameter's."""
         own = OrderedDict(self.named_parameters())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -121,23 +136,26 @@ class Module:
             if name not in state:
                 continue
             value = state[name]
-            value = value.numpy() if isinstance(value, Tensor) else value
+            value = value.data if isinstance(value, Tensor) else value
             if tuple(value.shape) != p.shape:
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: {name} has shape {tuple(value.shape)} "
                     f"in the state dict, the model expects {p.shape}"
                 )
-            xp = get_array_module(p.data)
-            p.data = xp.asarray(value, dtype=p.dtype).copy() if xp is np else xp.asarray(value).astype(p.dtype)
+            _copy_into(p, value)
         return self
 
     def to(self, device):
-        """Move every parameter to ``device`` ('cpu', 'cuda:0'), in place."""
+        """Move every parameter to ``device`` ('cpu', 'cpu:1', 'cuda:0'), in
+        place: the Parameter objects stay the same (an optimiser built
+        before keeps holding them; its state must then be moved too:
+        build the optimiser after moving the model, as in PyTorch)."""
         dev = Device(device)
-        for m in (m for _, m in self.named_modules()):
-            for name, p in list(m._parameters.items()):
-                if p.device != dev:
-                    setattr(m, name, Parameter(p.to(dev).data, requires_grad=p.requires_grad))
+        for p in self.parameters():
+            if p.device != dev:
+                moved = p.to(dev)
+                p.data, p._device, p.grad = moved.data, moved.device, None
+                p._bump_version()
         return self
 
     def extra_repr(self):
@@ -149,6 +167,23 @@ class Module:
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + ("\n)" if self._modules else ")")
+
+
+def _copy_into(p, value):
+    """Copy host or device array ``value`` into parameter ``p`` in place, on
+    p's device and in p's dtype: the Parameter object (held by optimisers)
+    and its memory stay the same; graphs built before refuse backward."""
+    dev = p.device
+    with device_guard(dev):
+        if dev.kind == "cuda":
+            cp = dev.xp
+            src = cp.asarray(value) if not is_gpu_array(value) else copy_to_device(
+                value, device_of_array(value), dev)
+            p.data[...] = src.astype(p.dtype, copy=False)
+        else:
+            host = value if not is_gpu_array(value) else copy_to_device(value, device_of_array(value), dev)
+            np.copyto(p.data, np.asarray(host), casting="unsafe")
+    p._bump_version()
 
 
 def _uniform_init(shape, fan_in, dtype, rng):

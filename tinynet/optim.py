@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .autograd import no_grad
-from .backend import get_array_module
+from .backend import copy_to_device, device_guard, device_of_array, is_gpu_array
 from .ops.cpu_kernels import parallel_chunks
 
 
@@ -38,7 +38,8 @@ class SGD:
                 raise ValueError(f"SGD: {name} must be a finite number >= 0, got {v!r}")
         self.params = _check_params(params)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
-        self.velocity = [get_array_module(p.data).zeros_like(p.data) for p in self.params]
+        self.velocity = [_zeros_beside(p) for p in self.params]
+        self.velocity_devices = [p.device for p in self.params]
 
     def zero_grad(self):
         for p in self.params:
@@ -47,26 +48,36 @@ class SGD:
     @no_grad()
     def step(self):
         lr, m, wd = self.lr, self.momentum, self.weight_decay
-        for p, v in zip(self.params, self.velocity):
+        for i, (p, v) in enumerate(zip(self.params, self.velocity)):
             if p.grad is None:
                 continue
+            if p.device != self.velocity_devices[i]:
+                raise RuntimeError(
+                    f"SGD: parameter {i} is on {p.device} but its momentum buffer on "
+                    f"{self.velocity_devices[i]}; move the model before building the optimiser"
+                )
             w, g = p.data, p.grad
-            if get_array_module(w) is np and w.size > 1 << 20:
-                # big layers (fc6: 38M weights): run the passes on cache-sized
-                # pieces in parallel; same arithmetic, same result
-                wf, gf, vf = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+            with device_guard(p.device):  # each update runs on its parameter's device
+                if not is_gpu_array(w) and w.size > 1 << 20 and w.flags.c_contiguous:
+                    # big layers (fc6: 38M weights): run the passes on cache-sized
+                    # pieces in parallel; same arithmetic, same result.  Only for a
+                    # C-contiguous weight: reshape(-1) of any other layout is a copy,
+                    # and an update of a copy would be lost
+                    wf, vf = w.reshape(-1), v.reshape(-1)
+                    gf = g.reshape(-1)  # read only: a copy would do no harm
 
-                def update(i0, i1, wf=wf, gf=gf, vf=vf):
-                    _update(wf[i0:i1], gf[i0:i1], vf[i0:i1], lr, m, wd)
+                    def update(i0, i1, wf=wf, gf=gf, vf=vf):
+                        _update(wf[i0:i1], gf[i0:i1], vf[i0:i1], lr, m, wd)
 
-                parallel_chunks(update, wf.size, wf.itemsize * 3, target_bytes=1 << 20)
-            else:
-                _update(w, g, v, lr, m, wd)
+                    parallel_chunks(update, wf.size, wf.itemsize * 3, target_bytes=1 << 20)
+                else:
+                    _update(w, g, v, lr, m, wd)
+            p._bump_version()
 
     def state_dict(self):
         return {
             "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-            "velocity": [v.copy() if isinstance(v, np.ndarray) else get_array_module(v).asnumpy(v)
+            "velocity": [v.copy() if isinstance(v, np.ndarray) else copy_to_device(v, device_of_array(v), "cpu")
                          for v in self.velocity],
         }
 
@@ -79,7 +90,18 @@ class SGD:
                 raise ValueError(f"SGD.load_state_dict: velocity {i} has shape {tuple(v.shape)}, parameter has {p.shape}")
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])
-        self.velocity = [get_array_module(p.data).asarray(v, dtype=p.dtype).copy() for p, v in zip(self.params, vel)]
+        self.velocity = [_zeros_beside(p) for p in self.params]
+        self.velocity_devices = [p.device for p in self.params]
+        for buf, p, v in zip(self.velocity, self.params, vel):
+            with device_guard(p.device):
+                buf[...] = p.device.xp.asarray(v)  # host -> the parameter's device, its dtype
+
+
+def _zeros_beside(p):
+    """A zero buffer for parameter ``p``: its shape and dtype, C-contiguous
+    whatever p's layout, allocated on p's device."""
+    with device_guard(p.device):
+        return p.device.xp.zeros(p.shape, p.dtype)
 
 
 def _update(w, g, v, lr, m, wd):

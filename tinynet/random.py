@@ -3,6 +3,12 @@
 ``manual_seed(s)`` makes runs repeatable.  Its state can be saved and
 restored (``get_rng_state``/``set_rng_state``) so that a resumed training
 run draws exactly the numbers an uninterrupted one would.
+
+All of tinynet's random numbers are drawn on the host, from this one NumPy
+generator, even for GPU tensors (dropout masks are copied to the device).
+So seeding never touches CuPy: seeding CuPy's generator would create a CUDA
+context (hundreds of MB of GPU memory) on GPU 0 in every process, CPU runs
+and every MPI rank included.
 """
 
 import numpy as np
@@ -11,17 +17,9 @@ _generator = np.random.default_rng(0)
 
 
 def manual_seed(seed):
-    """Reseed the global generator (and, if a GPU is in use, CuPy's)."""
+    """Reseed the global generator (the only one tinynet draws from)."""
     global _generator
     _generator = np.random.default_rng(seed)
-    from .backend import cupy_or_none
-
-    cp = cupy_or_none()
-    if cp is not None:
-        try:
-            cp.random.seed(seed)
-        except Exception:  # CuPy present but no usable device
-            pass
     return _generator
 
 

@@ -38,7 +38,6 @@ import sys
 import numpy as np
 
 from .autograd import Tensor, no_grad, set_tracer
-from .backend import get_array_module
 from .nn import Module, Parameter
 from .tracing import Tracer
 
@@ -122,11 +121,10 @@ def collect_summary(model, input_shape, towers=None):
 
     # one image of zeros, with the dtype and on the device of the first parameter
     params = model.parameters()
+    dtype = params[0].dtype if params else np.float32
+    x = Tensor(np.zeros((1,) + input_shape, dtype=dtype))
     if params:
-        xp, dtype = get_array_module(params[0].data), params[0].dtype
-    else:
-        xp, dtype = np, np.float32
-    x = Tensor(xp.zeros((1,) + input_shape, dtype=dtype))
+        x = x.to(params[0].device)
 
     modes = [(m, m.training) for _, m in model.named_modules()]
     recorder = _Recorder()

@@ -31,7 +31,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import Function
-from ..backend import Device, copy_to_device, device_of, on_device
+from ..backend import Device, copy_to_device, on_device
 from ..ops.math import concat
 from .alexnet import CONV_LAYERS, AlexNet
 
@@ -61,17 +61,21 @@ class Traffic:
 
 class CrossTower(Function):
     """Copy an activation to the other tower's device; backward copies its
-    gradient back.  Both directions are counted, even between two CPU
-    'devices', so the traffic a split costs can be measured anywhere."""
+    gradient back.  The only op allowed to cross devices (``crosses_devices``:
+    its output lives on ``device``, its input where it came from).  Both
+    directions are counted, also between two CPU devices, so the traffic a
+    split costs can be measured anywhere."""
+
+    crosses_devices = True
 
     def forward(self, x, device=None, layer="", traffic=None):
-        self.source, self.layer, self.traffic = device_of(x), layer, traffic
+        self.target, self.layer, self.traffic = Device(device), layer, traffic
         traffic.add(layer, "forward", x.nbytes)
-        return copy_to_device(x, device)
+        return copy_to_device(x, self.device, self.target)  # self.device: where x is
 
     def backward(self, g):
         self.traffic.add(self.layer, "backward", g.nbytes)
-        return copy_to_device(g, self.source)
+        return copy_to_device(g, self.target, self.device)
 
 
 def _halves(n):
@@ -99,7 +103,8 @@ class Tower(nn.Module):
 
 class TwoTowerAlexNet(nn.Module):
     """AlexNet with every layer's filters split across ``towers``, a pair of
-    devices such as ("cuda:0", "cuda:1"), ("cuda:0", "cuda:0") or ("cpu", "cpu").
+    devices such as ("cuda:0", "cuda:1"), ("cuda:0", "cuda:0"), ("cpu:0", "cpu:1")
+    (two virtual CPU devices: the same rules as two GPUs) or ("cpu", "cpu").
     Other arguments as ``AlexNet``; the initial weights are exactly those of
     ``AlexNet`` with the same arguments and seed."""
 
@@ -117,8 +122,8 @@ class TwoTowerAlexNet(nn.Module):
         self.pool_kernel, self.pool_stride = grouped.pool_kernel, grouped.pool_stride
         self.dropout_p = grouped.drop6.p
         self.class_split = _halves(num_classes)
-        self.tower0 = Tower(self.class_split[0][1] - self.class_split[0][0], dtype)
-        self.tower1 = Tower(self.class_split[1][1] - self.class_split[1][0], dtype)
+        self.tower0 = Tower(self.class_split[0][1] - self.class_split[0][0], dtype).to(self.devices[0])
+        self.tower1 = Tower(self.class_split[1][1] - self.class_split[1][0], dtype).to(self.devices[1])
         self.traffic = Traffic()
         self.load_state_dict(grouped.state_dict())
 
@@ -149,8 +154,7 @@ class TwoTowerAlexNet(nn.Module):
             for t, (lo, hi) in enumerate(self._splits(layer, value.shape[0])):
                 halves[t][key] = value[lo:hi]
         for t, tower in enumerate((self.tower0, self.tower1)):
-            tower.load_state_dict(halves[t], strict=strict)
-            tower.to(self.devices[t])
+            tower.load_state_dict(halves[t], strict=strict)  # in place, on the tower's device
         return self
 
     def to(self, device):

@@ -29,36 +29,91 @@ def unbroadcast(grad, shape):
     return grad
 
 
-def _operands(opname, a, b):
-    """Turn the two operands of a binary op into tensors of one dtype.
+def result_dtype(opname, a, b, true_divide=False):
+    """The dtype of a binary op's result: tinynet's one dtype rule.
 
-    A Python number takes the other operand's dtype; two arrays of different
-    floating dtypes are an error (float32 with float64 is usually a bug that
-    silently doubles memory and time)."""
-    if _is_number(a):
-        a = _scalar_like(a, b)
-    if _is_number(b):
-        b = _scalar_like(b, a)
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
-    if a.dtype != b.dtype:
+    * A number (Python or NumPy scalar) is *weak*: it takes the tensor's
+      dtype if that is floating (float32 * 0.5 stays float32, and so does
+      float32 ** np.float64(2)); with an integer tensor, a float number
+      gives float64 (int * 0.5 -> 0.5, never a silent 0) and an integer
+      number keeps the tensor's dtype.
+    * Two tensors: the same dtype stays; an integer (or bool) one next to a
+      floating one takes the floating dtype; two integer ones promote as
+      NumPy does.  float32 with float64 is an error: that is usually a bug
+      that silently doubles memory and time, so convert one explicitly.
+    * True division of integers gives float64.
+    """
+    da = None if _is_number(a) else _dtype_of(a)
+    db = None if _is_number(b) else _dtype_of(b)
+    if da is None and db is None:
+        dt = np.result_type(type(a), type(b))
+    elif da is None or db is None:
+        dt, number = (db, a) if da is None else (da, b)
+        if dt.kind not in "f":
+            if isinstance(number, (float, np.floating)):
+                dt = np.dtype(np.float64)
+            elif dt.kind == "b":
+                dt = np.dtype(np.int64)
+    elif da == db:
+        dt = da
+    elif da.kind == "f" and db.kind == "f":
         raise TypeError(
-            f"{opname}: operands have different dtypes {a.dtype} and {b.dtype}; "
+            f"{opname}: operands have different dtypes {da} and {db}; "
             "convert one explicitly (e.g. x.data.astype(np.float32))"
         )
-    return a, b
+    elif da.kind == "f" or db.kind == "f":
+        dt = da if da.kind == "f" else db
+    else:
+        dt = np.result_type(da, db)
+    dt = np.dtype(dt)
+    if true_divide and dt.kind != "f":
+        dt = np.dtype(np.float64)
+    return dt
+
+
+def _dtype_of(x):
+    dtype = getattr(x, "dtype", None)  # a Tensor or an array
+    return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
+
+
+def _operands(opname, a, b, true_divide=False):
+    """The two operands of a binary op as tensors of the result's dtype
+    (``result_dtype``), on one device: a number becomes a 0-d tensor on the
+    other operand's device."""
+    dt = result_dtype(opname, a, b, true_divide)
+    if _is_number(a):
+        a = _scalar_like(a, b, dt)
+    if _is_number(b):
+        b = _scalar_like(b, a, dt)
+    return _cast(a, dt), _cast(b, dt)
+
+
+def _cast(x, dt):
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if x.dtype == dt:
+        return x
+    # only operands that need no gradient are cast (integers, or a float with
+    # an integer one); a cast of a tensor that requires grad would cut the graph
+    if x.requires_grad:
+        raise TypeError(f"cannot convert a tensor that requires grad from {x.dtype} to {dt}")
+    return Tensor(x.data.astype(dt), device=x.device)
 
 
 def _is_number(x):
-    return isinstance(x, numbers.Number) and not isinstance(x, bool)
+    """A Python or NumPy scalar number (a bool is not one)."""
+    return isinstance(x, numbers.Number) and not isinstance(x, (bool, np.bool_))
 
 
-def _scalar_like(value, other):
-    """A 0-d tensor holding ``value`` in ``other``'s dtype and array module."""
-    data = other.data if isinstance(other, Tensor) else other
-    xp = get_array_module(data)
-    dtype = getattr(data, "dtype", np.float64)
-    return Tensor(xp.asarray(value, dtype=dtype))
+def _scalar_like(value, other, dtype):
+    """A 0-d tensor holding ``value`` with ``dtype``, on ``other``'s device
+    (created there, under its device guard)."""
+    dev = other.device if isinstance(other, Tensor) else None
+    if dev is not None and dev.kind == "cuda":
+        from ..backend import device_guard
+
+        with device_guard(dev):
+            return Tensor(dev.xp.asarray(value, dtype=dtype), device=dev)
+    return Tensor(np.asarray(value, dtype=dtype), device=dev)
 
 
 # ---- elementwise binary ------------------------------------------------------
@@ -115,16 +170,20 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """a ** p for a constant exponent p."""
+    """a ** p for a constant exponent p (a Python number: the result keeps
+    a's dtype)."""
 
     def forward(self, a, exponent):
         self.save_for_backward(a)
         self.exponent = exponent
-        return a ** exponent
+        return (a ** exponent).astype(a.dtype, copy=False)
 
     def backward(self, g):
         (a,) = self.saved
-        return g * self.exponent * a ** (self.exponent - 1)
+        p = self.exponent
+        if p == 0:  # d(a**0)/da = 0 everywhere, also at a = 0 (never 0 * inf)
+            return get_array_module(g).zeros_like(a)
+        return (g * p * a ** (p - 1)).astype(a.dtype, copy=False)
 
 
 class Exp(Function):
@@ -308,7 +367,7 @@ def mul(a, b):
 
 
 def div(a, b):
-    return Div.apply(*_operands("div", a, b))
+    return Div.apply(*_operands("div", a, b, true_divide=True))
 
 
 def neg(a):
@@ -316,8 +375,13 @@ def neg(a):
 
 
 def pow(a, exponent):
-    if not isinstance(exponent, numbers.Number):
-        raise TypeError(f"pow: exponent must be a number, got {type(exponent).__name__}")
+    if not isinstance(exponent, numbers.Number) or isinstance(exponent, (bool, complex)):
+        raise TypeError(f"pow: exponent must be a real number, got {type(exponent).__name__}")
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    if a.dtype.kind != "f" and not float(exponent).is_integer():
+        raise TypeError(f"pow: a fractional exponent needs a floating tensor, got dtype {a.dtype}")
+    # a NumPy scalar exponent (np.float64(2)) must not promote a float32 tensor
+    exponent = exponent.item() if isinstance(exponent, np.generic) else exponent
     return Pow.apply(a, exponent=exponent)
 
 
