@@ -108,7 +108,7 @@ class TwoTowerAlexNet(nn.Module):
     Other arguments as ``AlexNet``; the initial weights are exactly those of
     ``AlexNet`` with the same arguments and seed."""
 
-    def __init__(self, num_classes=1000, towers=("cpu", "cpu"), dtype=np.float32, **kwargs):
+    def __init__(self, num_classes=1000, towers=("cpu:0", "cpu:1"), dtype=np.float32, **kwargs):
         super().__init__()
         if len(towers) != 2:
             raise ValueError(f"AlexNet: towers must be a pair of devices, got {towers!r}")
