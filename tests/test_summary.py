@@ -122,6 +122,9 @@ def test_small_sequential_by_hand(capsys):
     assert s["macs"] == 13_824 + 1_280
     assert s["rows"][0]["info"]["cols"] == (27, 64)
     text = tn.summary(model, (3, 8, 8))
+    assert capsys.readouterr().out == ""                            # returned, not printed ...
+    assert repr(text) == str(text)                                  # ... and a REPL shows the table once
+    tn.summary(model, (3, 8, 8), show=True)
     assert capsys.readouterr().out.strip() == text.strip()
     assert "per tower" not in text                                  # one tower: no such column
     assert "W [8 x 27] @ cols [27 x 64]" in text and "15,104" in text
@@ -181,3 +184,15 @@ def test_errors():
     with pytest.raises(ValueError, match="linear"):
         tn.summary(model, (5,), show=False)
     assert tn.autograd.get_tracer() is None
+
+
+def test_summary_defaults_to_the_models_input_shape_and_models_need_no_extra_import():
+    import subprocess
+    import sys
+
+    code = ("import tinynet as tn; m = tn.models.AlexNet(10, seed=0); s = tn.summary(m); "
+            "assert 'conv1' in s and '55x55' in s; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(ValueError, match="declares no input_shape"):
+        tn.summary(nn.Sequential(nn.Linear(2, 2)))

@@ -1,8 +1,13 @@
 """Small line charts drawn with Pillow (no plotting library needed).
 
 ``line_chart(path, panels)`` draws one panel per entry, stacked vertically;
-each panel is (title, {series name: (xs, ys)}).  Enough for training curves.
+each panel is (title, {series name: (xs, ys)}) or (title, series, labels)
+with ``labels = dict(x="step", y="error (%)")`` for the axis labels (give
+the units).  Ticks fall on round values (1, 2 or 5 x 10^k apart) and the
+legend sits inside the plot.  Enough for training curves.
 """
+
+import math
 
 from PIL import Image, ImageDraw
 
@@ -10,41 +15,68 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 
 
 def _ticks(lo, hi, n=5):
+    """Evenly spaced values between lo and hi (for bar heights)."""
     if hi <= lo:
         hi = lo + 1.0
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
+def nice_ticks(lo, hi, n=5):
+    """About ``n`` round tick values covering [lo, hi]: a step of 1, 2 or 5
+    times a power of ten, the first tick at or below lo and the last at or
+    above hi, so the axis can run from the first to the last tick.
+    nice_ticks(0.13, 0.87) -> [0, 0.2, 0.4, 0.6, 0.8, 1]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"nice_ticks: limits must be finite, got {lo}, {hi}")
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(n - 1, 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
+
+
+def _label(v):
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:.6g}"
+
+
 def line_chart(path, panels, width=800, panel_height=300):
-    margin_l, margin_r, margin_t, margin_b = 70, 150, 30, 40
+    margin_l, margin_r, margin_t, margin_b = 80, 30, 30, 55
     img = Image.new("RGB", (width, panel_height * len(panels)), "white")
     draw = ImageDraw.Draw(img)
-    for p, (title, series) in enumerate(panels):
+    for p, panel in enumerate(panels):
+        title, series = panel[0], panel[1]
+        labels = panel[2] if len(panel) > 2 else {}
         top = p * panel_height
         x0, y0 = margin_l, top + margin_t
         x1, y1 = width - margin_r, top + panel_height - margin_b
         points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if y == y]  # drop NaN
         draw.text((x0, top + 8), title, fill="black")
         draw.rectangle([x0, y0, x1, y1], outline=(120, 120, 120))
+        if labels.get("x"):
+            draw.text(((x0 + x1) / 2 - 3 * len(labels["x"]), y1 + 30), labels["x"], fill="black")
+        if labels.get("y"):
+            draw.text((5, y0 - 22), labels["y"], fill="black")
         if not points:
             continue
-        xmin, xmax = min(x for x, _ in points), max(x for x, _ in points)
-        ymin, ymax = min(y for _, y in points), max(y for _, y in points)
-        xmax = xmax if xmax > xmin else xmin + 1
-        ymax = ymax if ymax > ymin else ymin + 1
+        xticks = nice_ticks(min(x for x, _ in points), max(x for x, _ in points))
+        yticks = nice_ticks(min(y for _, y in points), max(y for _, y in points))
+        xmin, xmax, ymin, ymax = xticks[0], xticks[-1], yticks[0], yticks[-1]
 
         def to_px(x, y):
             return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0),
                     y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
-        for v in _ticks(ymin, ymax):
+        for v in yticks:
             _, py = to_px(xmin, v)
             draw.line([x0 - 4, py, x0, py], fill="black")
-            draw.text((5, py - 6), f"{v:.3g}", fill="black")
-        for v in _ticks(xmin, xmax):
+            draw.line([x0 + 1, py, x1 - 1, py], fill=(235, 235, 235))  # light grid
+            draw.text((5, py - 6), _label(v), fill="black")
+        for v in xticks:
             px, _ = to_px(v, ymin)
             draw.line([px, y1, px, y1 + 4], fill="black")
-            draw.text((px - 10, y1 + 8), f"{v:.3g}", fill="black")
+            draw.text((px - 3 * len(_label(v)), y1 + 8), _label(v), fill="black")
         for i, (name, (xs, ys)) in enumerate(series.items()):
             colour = COLOURS[i % len(COLOURS)]
             pts = [to_px(x, y) for x, y in zip(xs, ys) if y == y]
@@ -52,7 +84,15 @@ def line_chart(path, panels, width=800, panel_height=300):
                 draw.line(pts, fill=colour, width=2)
             for px, py in pts if len(pts) < 40 else []:
                 draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-            draw.text((x1 + 10, y0 + 16 * i), name, fill=colour)
+        # the legend, inside the plot's top-right corner, on a white box
+        names = list(series)
+        box_w = 14 + 7 * max(len(n) for n in names)
+        lx, ly = x1 - box_w - 8, y0 + 8
+        draw.rectangle([lx, ly, x1 - 8, ly + 16 * len(names) + 4], fill="white", outline=(180, 180, 180))
+        for i, name in enumerate(names):
+            colour = COLOURS[i % len(COLOURS)]
+            draw.line([lx + 4, ly + 10 + 16 * i, lx + 12, ly + 10 + 16 * i], fill=colour, width=3)
+            draw.text((lx + 16, ly + 4 + 16 * i), name, fill=colour)
     img.save(path)
     return path
 

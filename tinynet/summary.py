@@ -298,17 +298,33 @@ def format_summary(s):
     return "\n".join(lines)
 
 
-def summary(model, input_shape, towers=None, file=None, show=True):
-    """Print and return a table of ``model``'s layers for one input of
-    ``input_shape`` (without the batch axis, e.g. (3, 227, 227)): output
-    shapes, per-tower shapes, parameters, multiply-adds, im2col and GEMM
-    shapes, activation bytes, and totals.
+class Summary(str):
+    """The summary table as text.  Its repr is the table itself, so typing
+    ``tn.summary(model)`` in a REPL or notebook shows it once, laid out;
+    ``print(...)`` and string methods work as on any str."""
+
+    def __repr__(self):
+        return str(self)
+
+
+def summary(model, input_shape=None, towers=None, file=None, show=False):
+    """A table of ``model``'s layers for one input of ``input_shape``
+    (without the batch axis, e.g. (3, 227, 227); default: the model's
+    ``input_shape`` attribute, which AlexNet declares): output shapes,
+    per-tower shapes, parameters, multiply-adds, im2col and GEMM shapes,
+    activation bytes, and totals.  Returns a ``Summary`` (a str whose repr
+    is the table), printing nothing unless asked.
 
     towers: towers per layer for the per-tower columns (default: the
-    model's ``num_towers`` attribute, else 1).  file: stream to print to
-    (default sys.stdout).  show=False: return the text without printing.
+    model's ``num_towers`` attribute, else 1).  file: a stream to print the
+    table to as well; show=True: print it to sys.stdout.
     """
-    text = format_summary(collect_summary(model, input_shape, towers))
-    if show:
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError(f"summary: {type(model).__name__} declares no input_shape; pass one "
+                             "image's shape without the batch axis, e.g. (3, 227, 227)")
+    text = Summary(format_summary(collect_summary(model, input_shape, towers)))
+    if file is not None or show:
         print(text, file=file if file is not None else sys.stdout)
     return text

@@ -70,6 +70,7 @@ class AlexNet(nn.Module):
     # the paper's two GPUs: every layer's filters are split in halves over two
     # towers (tinynet.summary shows each layer's share per tower)
     num_towers = 2
+    input_shape = (3, 227, 227)  # one image, as tn.summary(model) assumes
 
     def __new__(cls, *args, towers=None, **kwargs):
         # AlexNet(..., towers=(a, b)) builds the split model; its weights and

@@ -108,6 +108,8 @@ class TwoTowerAlexNet(nn.Module):
     Other arguments as ``AlexNet``; the initial weights are exactly those of
     ``AlexNet`` with the same arguments and seed."""
 
+    input_shape = AlexNet.input_shape
+
     def __init__(self, num_classes=1000, towers=("cpu:0", "cpu:1"), dtype=np.float32, **kwargs):
         super().__init__()
         if len(towers) != 2:
