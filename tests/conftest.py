@@ -19,29 +19,30 @@ settings.register_profile("explore", max_examples=400, deadline=None, derandomiz
                           print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The two code paths of the convolution, pooling and LRN kernels (see conv_path).
-PATHS = ["whole", "chunked"]
+# The code paths of the convolution, pooling and LRN kernels (see conv_path).
+PATHS = ["whole", "chunked", "threaded"]
 
 
 @contextlib.contextmanager
 def conv_path(path):
-    """Run the ops inside down one of their two code paths, whatever the batch size.
+    """Run the ops inside down one of their code paths, whatever the batch size.
 
-    "whole": the whole batch in one column chunk, the convolution keeps forward's columns for
-        backward, and every pass runs on the calling thread (what small batches meet);
-    "chunked": one image per column chunk (a workspace budget of 1 byte), columns rebuilt in
-        backward (none kept), and im2col, col2im, pooling and LRN cut into one-image pieces
-        on 3 threads (what large batches meet in training).
-    The previous settings come back on exit.
+    "whole":    the whole batch in one column chunk, the convolution keeps forward's columns
+                for backward, every pass runs on the calling thread (what small batches meet);
+    "chunked":  one image per column chunk (a workspace budget of 1 byte) and columns rebuilt
+                in backward (none kept), on the calling thread;
+    "threaded": the whole batch in one column chunk, columns rebuilt in backward, and im2col,
+                col2im, pooling and LRN cut into one-image pieces on 3 threads.
+    Training at batch 128 combines the last two: chunks of many images, each cut into pieces
+    for the threads.  The previous settings come back on exit.
     """
     if path not in PATHS:
         raise ValueError(f"conv_path: path must be one of {PATHS}, got {path!r}")
-    whole = path == "whole"
     old_threads = cpu_kernels.get_num_threads()
-    old_budget = F.set_conv_workspace(2**30 if whole else 1)
-    old_keep = F.set_conv_keep_columns(2**30 if whole else 0)
-    old_chunk = cpu_kernels.set_chunk_bytes(2**30 if whole else 1)
-    cpu_kernels.set_num_threads(1 if whole else 3)
+    old_budget = F.set_conv_workspace(1 if path == "chunked" else 2**30)
+    old_keep = F.set_conv_keep_columns(2**30 if path == "whole" else 0)
+    old_chunk = cpu_kernels.set_chunk_bytes(1 if path == "threaded" else 2**30)
+    cpu_kernels.set_num_threads(3 if path == "threaded" else 1)
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ import tinynet as tn
 import tinynet.functional as F
 from tinynet import nn
 
-from conftest import conv_path
+from conftest import PATHS, conv_path
 
 
 def run(op, x_shape, *params, dtype=np.float64):
@@ -33,7 +33,7 @@ def check_empty(y, gx, x_shape, y_tail, dtype=np.float64):
     assert gx.shape == x_shape and gx.dtype == dtype
 
 
-@pytest.mark.parametrize("path", ["whole", "chunked"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv2d_on_an_empty_batch(path, dtype):
     w = np.ones((4, 1, 3, 3))
@@ -46,7 +46,7 @@ def test_conv2d_on_an_empty_batch(path, dtype):
     assert gb.shape == b.shape and not gb.any()
 
 
-@pytest.mark.parametrize("path", ["whole", "chunked"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("padding", [0, 1])
 def test_max_pool_on_an_empty_batch(path, padding):
     with conv_path(path):
@@ -54,7 +54,7 @@ def test_max_pool_on_an_empty_batch(path, padding):
     check_empty(y, gx, (0, 3, 7, 7), (3, 3 + padding, 3 + padding))
 
 
-@pytest.mark.parametrize("path", ["whole", "chunked"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("groups", [1, 2])
 def test_lrn_on_an_empty_batch(path, groups):
     with conv_path(path):
@@ -101,7 +101,7 @@ def test_im2col_and_col2im_on_an_empty_batch():
     assert F.col2im(cols, (0, 2, 5, 5), 3).shape == (0, 2, 5, 5)
 
 
-@pytest.mark.parametrize("path", ["whole", "chunked"])
+@pytest.mark.parametrize("path", PATHS)
 def test_a_network_step_on_an_empty_batch_gives_zero_parameter_gradients(path):
     """What a data-parallel rank without samples does: forward, loss, backward. Every parameter
     gets a gradient of zeros (finite, the parameter's shape and dtype): it adds nothing to the
