@@ -201,6 +201,8 @@ def _install_failure_hooks():
       * sys.exit(status) with a failing status (not None or 0): the SystemExit it raises
         unwinds the program without reaching the excepthook, so sys.exit notes the status
         and an atexit handler, which runs before mpi4py's MPI_Finalize, aborts with it.
+        (So a program that catches the SystemExit of a failing sys.exit and then ends
+        normally still ends with the abort: on an MPI job, call sys.exit only to leave.)
     """
     previous_hook, previous_exit = sys.excepthook, sys.exit
 
