@@ -1,4 +1,4 @@
-"""The CPU kernels (tinynet/ops/cpu_kernels.py): the thread pool, the conv_path test setting, glibc memory reuse."""
+"""The CPU kernels (tinynet/ops/cpu_kernels.py): thread pool, conv_path setting, glibc memory reuse."""
 
 import os
 import threading
