@@ -1,10 +1,55 @@
+import contextlib
+import os
+
 import numpy as np
 import pytest
 from hypothesis import settings
 
-# heavy ops draw few examples; the whole suite should stay within a few minutes on 2 cores
-settings.register_profile("default", max_examples=25, deadline=None, derandomize=True)
-settings.load_profile("default")
+import tinynet.functional as F
+from tinynet.ops import cpu_kernels
+
+# Two hypothesis profiles, chosen by HYPOTHESIS_PROFILE:
+#   ci (default)  the same 25 examples every run (derandomized): heavy ops draw few examples,
+#                 and the whole suite stays within a few minutes on 2 cores;
+#   explore       fresh random examples every run, 400 per test: run it now and then, e.g.
+#                 HYPOTHESIS_PROFILE=explore python -m pytest -q tests/test_conv.py
+#                 (a failure prints the example and a @reproduce_failure blob).
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("explore", max_examples=400, deadline=None, derandomize=False,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The code paths of the convolution, pooling and LRN kernels (see conv_path).
+PATHS = ["whole", "chunked", "threaded"]
+
+
+@contextlib.contextmanager
+def conv_path(path):
+    """Run the ops inside down one of their code paths, whatever the batch size.
+
+    "whole":    the whole batch in one column chunk, the convolution keeps forward's columns
+                for backward, every pass runs on the calling thread (what small batches meet);
+    "chunked":  one image per column chunk (a workspace budget of 1 byte) and columns rebuilt
+                in backward (none kept), on the calling thread;
+    "threaded": the whole batch in one column chunk, columns rebuilt in backward, and im2col,
+                col2im, pooling and LRN cut into one-image pieces on 3 threads.
+    Training at batch 128 combines the last two: chunks of many images, each cut into pieces
+    for the threads.  The previous settings come back on exit.
+    """
+    if path not in PATHS:
+        raise ValueError(f"conv_path: path must be one of {PATHS}, got {path!r}")
+    old_threads = cpu_kernels.get_num_threads()
+    old_budget = F.set_conv_workspace(1 if path == "chunked" else 2**30)
+    old_keep = F.set_conv_keep_columns(2**30 if path == "whole" else 0)
+    old_chunk = cpu_kernels.set_chunk_bytes(1 if path == "threaded" else 2**30)
+    cpu_kernels.set_num_threads(3 if path == "threaded" else 1)
+    try:
+        yield
+    finally:
+        F.set_conv_workspace(old_budget)
+        F.set_conv_keep_columns(old_keep)
+        cpu_kernels.set_chunk_bytes(old_chunk)
+        cpu_kernels.set_num_threads(old_threads)
 
 
 def shuffled_linspace(shape, rng, lo=-1.0, hi=1.0):

@@ -4,6 +4,8 @@
     mpiexec -n 2 python tests/mpi_programs.py exact OUT.npz  # the same steps, data-parallel
     mpiexec -n 2 python tests/mpi_programs.py raise          # rank 1 raises at step 2
     mpiexec -n 2 python tests/mpi_programs.py nan            # rank 1's loss is NaN at step 2
+    mpiexec -n 2 python tests/mpi_programs.py exit           # rank 1 calls sys.exit(3) at step 2
+    mpiexec -n 2 python tests/mpi_programs.py exit0          # all ranks train, then sys.exit(0)
 
 The model is a tiny conv net WITH dropout (so the test also covers the masks), trained on
 24 random 8x8 RGB images in global batches of 8: each of 2 ranks takes 4 images per step.
@@ -53,8 +55,8 @@ def to_input(images):
 def train_steps(fail=None):
     """STEPS steps of SGD over the global batches; returns (state_dict, global mean losses).
 
-    fail: None, or ("raise" | "nan", rank): that rank fails at step 2 (the others are by then
-    waiting for it in the gradient Allreduce).
+    fail: None, or ("raise" | "nan" | "exit", rank): that rank fails at step 2 (the others are
+    by then waiting for it in the gradient Allreduce).
     """
     if dist.init() > 1:
         dist.set_threads_per_rank()     # 2 ranks on 2 cores: 1 thread each
@@ -73,6 +75,8 @@ def train_steps(fail=None):
         if fail is not None and step == 2 and dist.rank() == fail[1]:
             if fail[0] == "raise":
                 raise RuntimeError("an error injected by the test")
+            if fail[0] == "exit":
+                sys.exit(3)
             x[0, 0, 0, 0] = np.nan
         with dist.dropout_rows(GLOBAL_BATCH):
             loss = F.cross_entropy(model(tn.tensor(x)), labels)
@@ -104,8 +108,11 @@ def main(argv):
         if dist.is_main():
             np.savez(argv[1], losses=np.array(losses), spread=np.array(spread),
                      world_size=np.array(dist.world_size()), **state)
-    elif mode in ("raise", "nan"):
+    elif mode in ("raise", "nan", "exit"):
         train_steps(fail=(mode, 1))
+    elif mode == "exit0":
+        train_steps()
+        sys.exit(0)
     else:
         raise SystemExit(f"mpi_programs.py: unknown mode {mode!r}")
 

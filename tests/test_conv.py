@@ -1,3 +1,6 @@
+import gc
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
@@ -5,7 +8,9 @@ from hypothesis import assume, given, strategies as st
 import tinynet as tn
 import tinynet.functional as F
 from tinynet.gradcheck import gradcheck
-from tinynet.ops.conv import conv2d_backward_naive, conv2d_naive
+from tinynet.ops.conv import conv2d_backward_naive, conv2d_naive, release_workspace
+
+from conftest import PATHS, conv_path
 
 
 @st.composite
@@ -48,42 +53,63 @@ def im2col_by_definition(x, kh, kw, s, p):
     return cols
 
 
+# Each hypothesis test runs down every code path (conftest.conv_path): "whole" (one chunk,
+# columns kept for backward, one thread), "chunked" (one image per chunk, columns rebuilt) and
+# "threaded" (im2col and col2im cut into one-image pieces on 3 threads), the last two being
+# what large batches take in training.
+
+
+@pytest.mark.parametrize("path", PATHS)
 @given(conv_geometry())
-def test_im2col_matches_definition_and_col2im_is_its_adjoint(g):
+def test_im2col_matches_definition_and_col2im_is_its_adjoint(path, g):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"]))
     k, s, p = (g["kh"], g["kw"]), (g["sh"], g["sw"]), (g["ph"], g["pw"])
-    cols = F.im2col(x, k, s, p).data
-    assert np.array_equal(cols, im2col_by_definition(x, *k, s, p))
-    # <im2col(x), c> == <x, col2im(c)>: col2im is the transpose of im2col
-    c = rng.standard_normal(cols.shape)
-    folded = F.col2im(c, x.shape, k, s, p).data
+    with conv_path(path):
+        cols = F.im2col(x, k, s, p).data
+        assert np.array_equal(cols, im2col_by_definition(x, *k, s, p))
+        # <im2col(x), c> == <x, col2im(c)>: col2im is the transpose of im2col
+        c = rng.standard_normal(cols.shape)
+        folded = F.col2im(c, x.shape, k, s, p).data
     assert np.isclose((cols * c).sum(), (x * folded).sum())
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(conv_geometry(), st.booleans())
-def test_conv2d_fast_matches_naive_forward_and_backward(g, with_bias):
+def test_conv2d_fast_matches_naive_forward_and_backward(path, g, with_bias):
     rng = np.random.default_rng(1)
     x, w, b = make(g, rng)
     s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
     xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
     bt = tn.tensor(b, requires_grad=True) if with_bias else None
-    y = F.conv2d(xt, wt, bt, s, p, g["groups"])
-    assert np.allclose(y.data, conv2d_naive(x, w, b if with_bias else None, s, p, g["groups"]))
-    gy = rng.standard_normal(y.shape)
-    y.backward(gy)
+    with conv_path(path):
+        F.conv_workspace_peak(reset=True)
+        y = F.conv2d(xt, wt, bt, s, p, g["groups"])
+        kept = len(y._creator.saved) == 3
+        assert np.allclose(y.data, conv2d_naive(x, w, b if with_bias else None, s, p, g["groups"]))
+        gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+        peak = F.conv_workspace_peak(by_role=True)
+    # the path taken is the one asked for
+    assert kept == (path == "whole")
+    one_image = x.shape[1] * g["kh"] * g["kw"] * y.shape[2] * y.shape[3] * x.itemsize
+    assert peak == ({"kept_columns": one_image * g["n"]} if path == "whole" else
+                    {"columns": one_image * (1 if path == "chunked" else g["n"])}) | \
+        {role: peak[role] for role in ("gemm_output", "column_grad")}
     gx, gw, gb = conv2d_backward_naive(x, w, gy, s, p, g["groups"])
     assert np.allclose(xt.grad, gx) and np.allclose(wt.grad, gw)
     if with_bias:
         assert np.allclose(bt.grad, gb)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @given(conv_geometry())
-def test_conv2d_gradcheck_float64(g):
+def test_conv2d_gradcheck_float64(path, g):
     rng = np.random.default_rng(2)
     x, w, b = make(g, rng)
     s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
-    gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"]), [x, w, b], max_checks=60)
+    with conv_path(path):
+        gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"]), [x, w, b], max_checks=60)
 
 
 def test_conv2d_float32_against_float64(rng):
@@ -178,3 +204,73 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="set_conv_keep_columns: nbytes must be an int >= 0"):
         F.set_conv_keep_columns(-1)
+
+
+# tracemalloc also counts the Python objects made along the way (a few KB)
+PYTHON_OBJECTS = 32 * 2**10
+
+
+def held_after_a_step(x, w, workspace, keep=64 * 2**20):
+    """Run forward and backward within a workspace budget; return (columns kept from forward?,
+    the peak pass by role, bytes still held once every output is dropped: the reused buffers)."""
+    old_budget, old_keep = F.set_conv_workspace(workspace), F.set_conv_keep_columns(keep)
+    tracemalloc.start()  # NumPy reports its arrays to tracemalloc
+    try:
+        release_workspace()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        F.conv_workspace_peak(reset=True)
+        xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt)
+        kept = len(y._creator.saved) == 3
+        y.backward(np.ones(y.shape))
+        np.testing.assert_allclose(xt.grad, conv2d_backward_naive(x, w, np.ones(y.shape))[0], rtol=1e-12)
+        del y, xt, wt
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        release_workspace()
+        F.set_conv_workspace(old_budget)
+        F.set_conv_keep_columns(old_keep)
+    return kept, F.conv_workspace_peak(by_role=True), held
+
+
+def test_the_gemm_output_is_inside_the_workspace_budget():
+    """A 1x1 convolution with many filters (as 64 -> 2048 at batch 32 on 56x56, whose columns
+    are 26 MB and whose GEMM output is 822 MB): small columns, a huge GEMM output. Here, scaled
+    down: 64 KB of columns, 4 MB of GEMM output, a 1 MiB budget. The output must be cut into
+    chunks like the columns (not kept whole for backward with its columns), counted in the
+    peak, and the buffers held between calls must stay within the budget."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((8, 4, 16, 16)), rng.standard_normal((256, 4, 1, 1))
+    budget = 2**20
+    kept, roles, held = held_after_a_step(x, w, budget)
+    assert not kept                      # the whole batch's GEMM output would not fit
+    assert set(roles) == {"columns", "gemm_output", "column_grad"}
+    assert roles["gemm_output"] == 256 * 16 * 16 * 8   # one image per chunk: 524,288 bytes
+    assert 0 < sum(roles.values()) <= budget
+    assert held <= budget + PYTHON_OBJECTS, f"{held} bytes held between calls, budget {budget}"
+
+
+def test_kept_columns_count_in_the_workspace_and_backward_fits_it():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((5, 3, 3, 3))
+    cols, out = 3 * 9 * 2 * 16 * 8, 5 * 2 * 16 * 8           # whole batch: 6,912 and 1,280 bytes
+    kept, roles, _ = held_after_a_step(x, w, workspace=2 * cols + out)   # backward pass fits
+    assert kept and roles == {"kept_columns": cols, "gemm_output": out, "column_grad": cols}
+    kept, roles, _ = held_after_a_step(x, w, workspace=2 * cols + out - 1)
+    assert not kept and "kept_columns" not in roles and sum(roles.values()) <= 2 * cols + out - 1
+    kept, _, _ = held_after_a_step(x, w, workspace=10**9, keep=cols - 1)  # over the keep cap
+    assert not kept
+
+
+def test_a_pass_over_the_budget_is_reported_and_not_held():
+    """One image alone needs more than the budget: the pass still runs (one image per chunk),
+    the peak shows it, and its buffer is freed afterwards instead of held."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((3, 2, 10, 10)), rng.standard_normal((4, 2, 3, 3))
+    kept, roles, held = held_after_a_step(x, w, workspace=1000)
+    one_image = (2 * 9 * 2 + 4) * 64 * 8                       # columns, column grad, GEMM output
+    assert not kept and sum(roles.values()) == one_image > 1000
+    assert held < min(one_image, PYTHON_OBJECTS)

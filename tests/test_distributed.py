@@ -184,6 +184,23 @@ def test_failure_on_one_rank_aborts_all(mode, words):
 
 
 @needs_mpi
+def test_sys_exit_on_one_rank_aborts_all():
+    """Rank 1 calls sys.exit(3) while rank 0 waits for it in the Allreduce. SystemExit never
+    reaches the excepthook; without the exit hook rank 1 would wait in MPI_Finalize and rank 0
+    in the Allreduce, for ever."""
+    job = run_mpi(2, [PROGRAMS, "exit"], timeout=30)
+    assert job.returncode != 0
+    assert "rank 1 of 2: sys.exit(3)" in job.stderr, job.stderr
+
+
+@needs_mpi
+def test_sys_exit_zero_on_every_rank_ends_the_job_cleanly():
+    job = run_mpi(2, [PROGRAMS, "exit0"], timeout=30)
+    assert job.returncode == 0, job.stderr
+    assert "aborting" not in job.stderr, job.stderr
+
+
+@needs_mpi
 def test_training_program_rejects_an_uneven_global_batch(tmp_path):
     job = run_mpi(2, [os.path.join(ROOT, "examples", "alexnet_train.py"), "--data-parallel",
                       "--preset", "demo", "--batch-size", "3", "--out", str(tmp_path / "out"),

@@ -142,11 +142,3 @@ def test_training_reduces_loss_on_a_tiny_problem():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
-
-def test_reuse_freed_memory_is_safe_to_call():
-    # glibc accepts it (True) or, elsewhere, it does nothing (False); either way the
-    # process keeps working and numbers do not change
-    assert tn.reuse_freed_memory() in (True, False)
-    a = np.ones((5000, 2000), np.float32)  # 40 MB: above glibc's default mmap threshold
-    del a
-    assert np.ones((5000, 2000), np.float32).sum() == 1e7

@@ -8,12 +8,12 @@ from tinynet.gradcheck import gradcheck
 from tinynet.ops.lrn import local_response_norm_naive
 from tinynet.ops.pool import max_pool2d_backward_naive, max_pool2d_naive
 
-from conftest import shuffled_linspace
+from conftest import conv_path, shuffled_linspace
 
 
 @st.composite
 def pool_geometry(draw):
-    g = dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)),
+    g = dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)),
              h=draw(st.integers(1, 10)), w=draw(st.integers(1, 10)),
              kh=draw(st.integers(1, 4)), kw=draw(st.integers(1, 4)),
              sh=draw(st.integers(1, 5)), sw=draw(st.integers(1, 5)),
@@ -23,19 +23,27 @@ def pool_geometry(draw):
     return g
 
 
+# Each hypothesis test runs down both code paths of pooling and LRN (conftest.conv_path):
+# "whole", the batch in one piece on the calling thread, and "threaded", one-image pieces on
+# 3 threads (what large batches take).  ("chunked" cuts only the convolution's columns.)
+POOL_PATHS = ["whole", "threaded"]
+
+
+@pytest.mark.parametrize("path", POOL_PATHS)
 @given(pool_geometry())
-def test_max_pool_matches_naive_and_gradcheck(g):
+def test_max_pool_matches_naive_and_gradcheck(path, g):
     rng = np.random.default_rng(0)
     x = shuffled_linspace((g["n"], g["c"], g["h"], g["w"]), rng)  # tie-free
     k, s, p = (g["kh"], g["kw"]), (g["sh"], g["sw"]), (g["p"], g["p"])
     xt = tn.tensor(x, requires_grad=True)
-    y = F.max_pool2d(xt, k, s, p)
-    ref, _ = max_pool2d_naive(x, k, s, p)
-    assert np.array_equal(y.data, ref)
-    gy = rng.standard_normal(y.shape)
-    y.backward(gy)
-    assert np.allclose(xt.grad, max_pool2d_backward_naive(x, gy, k, s, p))
-    gradcheck(lambda t: F.max_pool2d(t, k, s, p), [x], eps=1e-7)
+    with conv_path(path):
+        y = F.max_pool2d(xt, k, s, p)
+        ref, _ = max_pool2d_naive(x, k, s, p)
+        assert np.array_equal(y.data, ref)
+        gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+        assert np.allclose(xt.grad, max_pool2d_backward_naive(x, gy, k, s, p))
+        gradcheck(lambda t: F.max_pool2d(t, k, s, p), [x], eps=1e-7)
 
 
 def test_overlapping_pool_gradient_adds_where_windows_share_the_max():
@@ -79,22 +87,24 @@ def test_pool_errors():
 @st.composite
 def lrn_case(draw):
     groups = draw(st.integers(1, 3))
-    return dict(shape=(draw(st.integers(1, 2)), groups * draw(st.integers(1, 4)), draw(st.integers(1, 3)),
+    return dict(shape=(draw(st.integers(1, 3)), groups * draw(st.integers(1, 4)), draw(st.integers(1, 3)),
                        draw(st.integers(1, 3))),
                 size=draw(st.integers(1, 7)), alpha=draw(st.sampled_from([1e-4, 0.5, 1.0, 2.0])),
                 beta=draw(st.sampled_from([0.75, 0.5, 1.3])), k=draw(st.sampled_from([2.0, 1.0, 0.5])),
                 groups=groups)
 
 
+@pytest.mark.parametrize("path", POOL_PATHS)
 @given(lrn_case())
-def test_lrn_matches_naive_and_gradcheck(c):
+def test_lrn_matches_naive_and_gradcheck(path, c):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(c["shape"])
     args = (c["size"], c["alpha"], c["beta"], c["k"])
     g = c["groups"]
-    y = F.local_response_norm(x, *args, groups=g)
-    assert np.allclose(y.data, local_response_norm_naive(x, *args, groups=g), rtol=1e-12)
-    gradcheck(lambda t: F.local_response_norm(t, *args, groups=g), [x])
+    with conv_path(path):
+        y = F.local_response_norm(x, *args, groups=g)
+        assert np.allclose(y.data, local_response_norm_naive(x, *args, groups=g), rtol=1e-12)
+        gradcheck(lambda t: F.local_response_norm(t, *args, groups=g), [x])
 
 
 def test_lrn_groups_never_reach_across_the_tower_boundary():

@@ -29,11 +29,17 @@ Rules every rank must follow (or the job hangs in a collective call until aborte
     on every rank;
   * decide "stop now" together (allreduce_sum a flag), never from a rank's own clock alone.
 A rank that fails calls abort(): it prints the reason with its rank and MPI_Abort kills every
-rank. init() also installs an excepthook that does this for any uncaught exception.
+rank. init() arranges the same for the other ways a rank can fail: an uncaught exception (an
+excepthook), and sys.exit with a failing status, argparse's errors included (SystemExit never
+reaches the excepthook: sys.exit notes the status, and at exit a failing one aborts the job
+instead of waiting in MPI_Finalize for ranks that wait for this one). ``raise SystemExit(n)``
+written out bypasses sys.exit: call sys.exit or abort() in a data-parallel program.
 """
 
+import atexit
 import os
 import sys
+import threading
 import time
 import traceback
 from contextlib import nullcontext
@@ -54,6 +60,7 @@ _state = {
     "local_rank": 0,
     "local_size": 1,
     "buffers": {},      # (count, dtype) -> the reusable host buffer of allreduce_gradients
+    "exit_status": None,  # the status of the main thread's last sys.exit call
 }
 
 
@@ -114,7 +121,7 @@ def init():
             local_rank, local_size = node.Get_rank(), node.Get_size()
             node.Free()
         _state.update(local_rank=local_rank, local_size=local_size)
-        _install_excepthook()
+        _install_failure_hooks()
     _state["initialized"] = True
     return size
 
@@ -185,18 +192,44 @@ def abort(message, code=1, everywhere=False, grace=5.0):
     os._exit(code)
 
 
-def _install_excepthook():
-    """Make an uncaught exception on any rank abort the job (instead of leaving the other ranks
-    blocked in their next collective call)."""
-    previous = sys.excepthook
+def _install_failure_hooks():
+    """Make a failing rank abort the job, instead of leaving the other ranks blocked in their
+    next collective call (and itself in MPI_Finalize, which waits for them).
+
+    Two ways out of a Python program never call abort() by themselves:
+      * an uncaught exception: the excepthook aborts (after the finally blocks have run);
+      * sys.exit(status) with a failing status (not None or 0): the SystemExit it raises
+        unwinds the program without reaching the excepthook, so sys.exit notes the status
+        and an atexit handler, which runs before mpi4py's MPI_Finalize, aborts with it.
+        (So a program that catches the SystemExit of a failing sys.exit and then ends
+        normally still ends with the abort: on an MPI job, call sys.exit only to leave.)
+    """
+    previous_hook, previous_exit = sys.excepthook, sys.exit
 
     def excepthook(kind, value, tb):
         if issubclass(kind, KeyboardInterrupt):
-            return previous(kind, value, tb)
+            return previous_hook(kind, value, tb)
         text = "".join(traceback.format_exception(kind, value, tb)).rstrip()
         abort(f"uncaught exception, aborting all ranks:\n{text}")
 
-    sys.excepthook = excepthook
+    def exit(status=None):
+        if threading.current_thread() is threading.main_thread():  # elsewhere it ends a thread
+            _state["exit_status"] = status
+        previous_exit(status)
+
+    sys.excepthook, sys.exit = excepthook, exit
+    atexit.register(_abort_if_exit_failed)   # registered after mpi4py's: runs before it
+
+
+def _abort_if_exit_failed():
+    """At exit: if the program ends through sys.exit with a failing status, abort the job."""
+    status = _state["exit_status"]
+    if status is None or status == 0:
+        return
+    if isinstance(status, int):
+        abort(f"sys.exit({status}), aborting all ranks", code=status)
+    # sys.exit("message"): Python has printed the message and exits with 1
+    abort(f"sys.exit({status!r}), aborting all ranks", code=1)
 
 
 # ----------------------------------------------------------------------------

@@ -407,7 +407,8 @@ def flatten(x, start_dim=1):
     x = _as_tensor("flatten", "x", x)
     if not 0 <= start_dim < max(x.ndim, 1):
         raise ValueError(f"flatten: start_dim must be in [0, {x.ndim}), got {start_dim}")
-    return x.reshape(x.shape[:start_dim] + (-1,))
+    # the merged length spelled out, not -1: NumPy cannot infer it for an empty batch (N = 0)
+    return x.reshape(x.shape[:start_dim] + (int(np.prod(x.shape[start_dim:])),))
 
 
 def softmax(x, axis=-1):
@@ -433,6 +434,8 @@ def cross_entropy(logits, labels):
     labels: (N,) integers in [0, K), the true class of each sample.
     Returns a scalar tensor (shape ()): -mean_n log softmax(logits)[n, labels[n]].
     Its gradient w.r.t. logits is (softmax(logits) - onehot(labels)) / N.
+    An empty batch (N = 0, e.g. a data-parallel rank left without samples)
+    gives 0 and a zero gradient, so that rank adds nothing to the all-reduce.
     Naive twin: tinynet.ops.loss.cross_entropy_naive.
     """
     fn = "cross_entropy"
@@ -448,13 +451,13 @@ def cross_entropy(logits, labels):
         raise ValueError(f"{fn}: labels must have shape ({logits.shape[0]},), got {lab.shape}")
     if lab.dtype.kind not in "iu":
         raise TypeError(f"{fn}: labels must be integers, got dtype {lab.dtype}")
-    if lab.size:
+    if logits.shape[1] == 0:
+        raise ValueError(f"{fn}: logits must have at least one class, got shape {logits.shape}")
+    if lab.size:  # an empty batch is allowed: loss 0, zero gradient (see ops/loss.py)
         lo, hi = int(lab.min()), int(lab.max())
         if lo < 0 or hi >= logits.shape[1]:
             raise ValueError(
                 f"{fn}: labels must be in [0, {logits.shape[1]}) for {logits.shape[1]} classes, "
                 f"got values in [{lo}, {hi}]"
             )
-    else:
-        raise ValueError(f"{fn}: empty batch (0 samples)")
     return loss.CrossEntropy.apply(logits, labels=lab)

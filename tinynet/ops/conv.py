@@ -16,9 +16,10 @@ are each cut into G blocks, and one batched matmul does the G products:
 
 The column matrix is (KH*KW / stride^2) times larger than the input: for
 AlexNet's conv1 at batch 128 it would be 560 MB.  So the batch is processed
-in chunks of images whose columns fit in a fixed workspace budget
-(``set_conv_workspace``), as Caffe builds its columns one image at a time.
-The results do not depend on the chunk size.
+in chunks of images whose columns, GEMM output (and, in backward, column
+gradient) fit in a fixed workspace budget (``set_conv_workspace``), as Caffe
+builds its columns one image at a time.  The results do not depend on the
+chunk size.
 
 OH = (H + 2*ph - KH) // sh + 1 and OW likewise (floor rounding, as Caffe).
 """
@@ -32,15 +33,40 @@ from ..backend import get_array_module
 from . import cpu_kernels
 
 # ----------------------------------------------------------------------------
-# Workspace budget for the column matrix
+# The workspace: every big buffer a convolution needs, under one budget
 # ----------------------------------------------------------------------------
+#
+# A chunk of n images needs up to three matrices with one column per output
+# position, n*OH*OW columns each.  These are the workspace's *roles*:
+#
+#   columns      (C*KH*KW, n*OH*OW)   im2col of the chunk
+#   gemm_output  (O, n*OH*OW)         forward's GEMM result; backward's gradient rows
+#   column_grad  (C*KH*KW, n*OH*OW)   backward's W^T @ gradient rows, before col2im
+#
+# and, when forward keeps the whole batch's columns for backward, a fourth:
+#
+#   kept_columns (C*KH*KW, N*OH*OW)   made in forward, used and dropped in backward
+#
+# One budget (set_conv_workspace) bounds all of them: a pass (forward, or
+# backward) takes as many images per chunk as its roles fit in the budget,
+# and forward keeps its columns only when backward's whole-batch pass (kept
+# columns, gradient rows, column gradient) fits it in one chunk.  The scratch
+# roles are carved out of one byte buffer per thread, reused between calls
+# (no fresh pages to fault in for every layer and step) and never larger than
+# the budget.  conv_workspace_peak() reports the largest pass, role by role.
 
-_workspace = {"bytes": 192 * 2**20, "peak": 0, "keep": 64 * 2**20}
+_workspace = {"bytes": 192 * 2**20, "keep": 64 * 2**20, "peak": 0, "peak_roles": {}}
+_peak_lock = threading.Lock()
 
 
 def set_conv_workspace(nbytes):
-    """Largest column matrix (plus its GEMM output) one convolution chunk may
-    allocate, in bytes.  Default 192 MiB.  Returns the previous value."""
+    """The workspace budget, in bytes: the most one convolution pass may hold
+    in its columns, GEMM output, column gradient and kept columns together.
+    Default 192 MiB.  Returns the previous value.
+
+    A chunk holds at least one image, so when one image alone needs more
+    than the budget, that pass goes over it (conv_workspace_peak shows by
+    how much) and its buffer is freed after the pass instead of kept."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
         raise ValueError(f"set_conv_workspace: nbytes must be a positive int, got {nbytes!r}")
     old = _workspace["bytes"]
@@ -51,9 +77,13 @@ def set_conv_workspace(nbytes):
 def set_conv_keep_columns(nbytes):
     """Largest column matrix (whole batch) a convolution may keep from forward
     for its backward instead of rebuilding it, in bytes; 0 always rebuilds.
-    Default 64 MiB: at batch 32 AlexNet's conv3-conv5 keep theirs (about
-    125 MB in all, saving one im2col each); conv1, conv2 and everything at
-    batch 128 rebuild.  Returns the previous value."""
+    Kept columns are part of the workspace: they are kept only when backward's
+    whole-batch pass (kept columns, gradient rows, column gradient) also fits
+    the budget of set_conv_workspace.  They live from forward to backward, so
+    this cap bounds what each convolution holds across the step.
+    Default 64 MiB: at batch 32 on one device AlexNet's conv3 keeps its 50 MB
+    (saving one im2col); the other layers, and everything at batch 128, rebuild.
+    Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
     old = _workspace["keep"]
@@ -61,39 +91,54 @@ def set_conv_keep_columns(nbytes):
     return old
 
 
-def conv_workspace_peak(reset=False):
-    """Bytes of the largest column chunk allocated so far (for reports)."""
-    peak = _workspace["peak"]
-    if reset:
-        _workspace["peak"] = 0
-    return peak
+def conv_workspace_peak(reset=False, by_role=False):
+    """Bytes of the largest convolution pass so far: its columns, GEMM output,
+    column gradient and kept columns together (for reports).  ``by_role``:
+    the same pass as a dict role -> bytes instead.  ``reset``: start again."""
+    with _peak_lock:
+        peak, roles = _workspace["peak"], dict(_workspace["peak_roles"])
+        if reset:
+            _workspace["peak"], _workspace["peak_roles"] = 0, {}
+    return roles if by_role else peak
+
+
+def _note_pass(roles):
+    """Record one pass's bytes per role if it is the largest so far."""
+    total = sum(roles.values())
+    with _peak_lock:
+        if total > _workspace["peak"]:
+            _workspace["peak"], _workspace["peak_roles"] = total, dict(roles)
 
 
 _buffers = threading.local()
 
 
-def _scratch(name, shape, dtype, xp):
-    """A reusable CPU buffer for one role (columns, their gradient, the GEMM
-    output), grown when needed and kept between calls, so that big arrays
-    are not allocated (and page-faulted) afresh for every layer and step.
-    Per thread, so that two towers on two CPU threads never share one.
-    On the GPU, CuPy's memory pool already does this: plain allocation."""
+def _scratch(shapes, dtype, xp):
+    """Arrays of the given shapes, carved one after another out of this
+    thread's workspace buffer (grown when needed, kept between calls, never
+    beyond the budget).  Per thread, so that two towers on two CPU threads
+    never share one.  On the GPU, CuPy's memory pool already reuses memory:
+    plain allocation."""
     if xp is not np:
-        return xp.empty(shape, dtype)
-    size = int(np.prod(shape))
-    store = getattr(_buffers, "arrays", None)
-    if store is None:
-        store = _buffers.arrays = {}
-    key = (name, np.dtype(dtype).str)
-    buf = store.get(key)
-    if buf is None or buf.size < size:
-        buf = store[key] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
+        return [xp.empty(shape, dtype) for shape in shapes]
+    itemsize = np.dtype(dtype).itemsize
+    sizes = [int(np.prod(shape)) * itemsize for shape in shapes]
+    starts, need = [], 0
+    for size in sizes:
+        starts.append(need)
+        need += -(-size // 64) * 64  # the next array starts on a 64-byte cache line
+    limit = _workspace["bytes"] + 64 * len(shapes)  # the budget, plus the alignment padding
+    buf = getattr(_buffers, "arena", None)
+    if need > limit:  # one image needs more than the budget: a buffer for this pass only
+        buf = np.empty(need, np.uint8)
+    elif buf is None or buf.size < need or buf.size > limit:
+        buf = _buffers.arena = np.empty(need, np.uint8)
+    return [buf[i:i + size].view(dtype).reshape(shape) for i, size, shape in zip(starts, sizes, shapes)]
 
 
 def release_workspace():
-    """Free this thread's reusable convolution buffers."""
-    _buffers.arrays = {}
+    """Free this thread's reusable convolution buffer."""
+    _buffers.arena = None
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -101,10 +146,9 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _chunk_images(n, per_image_bytes, budget=None):
-    """How many images one chunk may hold within the workspace budget."""
-    budget = _workspace["bytes"] if budget is None else budget
-    return int(max(1, min(n, budget // max(per_image_bytes, 1))))
+def _chunk_images(n, per_image_bytes):
+    """How many images one chunk may hold within the workspace budget (at least one)."""
+    return int(max(1, min(n, _workspace["bytes"] // max(per_image_bytes, 1))))
 
 
 # ----------------------------------------------------------------------------
@@ -158,8 +202,9 @@ class Conv2d(Function):
     x: (N, C, H, W); weight: (O, C/G, KH, KW); bias: (O,) or absent;
     y: (N, O, OH, OW).
     Saves x and weight.  Backward rebuilds the columns chunk by chunk (memory
-    over time, as Caffe), except when the whole batch's columns fit the small
-    keep budget (``set_conv_keep_columns``): then forward's are kept.
+    over time, as Caffe), except when the whole batch's columns fit the keep
+    cap (``set_conv_keep_columns``) and backward's whole-batch pass fits the
+    workspace: then forward's are kept.
     """
 
     def forward(self, x, weight, *bias, stride=(1, 1), padding=(0, 0), groups=1):
@@ -173,19 +218,17 @@ class Conv2d(Function):
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias = bool(bias)
         self.save_for_backward(x, weight)
-        # keep the columns for backward if they are small enough (and backward will come)
-        cols_bytes = C * KH * KW * N * OH * OW * x.itemsize
-        keep = (is_grad_enabled() and any(self.needs_input_grad)
-                and cols_bytes <= min(_workspace["keep"], _workspace["bytes"]))
+        # keep the columns for backward if backward will come and its whole-batch pass fits
+        keep = is_grad_enabled() and any(self.needs_input_grad) and self._can_keep_columns(N)
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
-        for n0, n1, cols in self._column_chunks(x, fresh=keep):
+        for n0, n1, cols, prod in self._chunks(x, {"gemm_output": O}, keep=keep):
             if keep:
                 self.save_for_backward(x, weight, cols)
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
-            prod = _scratch("prod", (G, O // G, n * OH * OW), x.dtype, xp)
+            prod = prod.reshape(G, O // G, n * OH * OW)
             xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
             # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias in the same pass
             prod = prod.reshape(O, n, OH * OW).transpose(1, 0, 2)
@@ -195,29 +238,49 @@ class Conv2d(Function):
                 y[n0:n1] = prod
         return y.reshape(N, O, OH, OW)
 
-    def _column_chunks(self, x, fresh=False):
-        """Yield (n0, n1, cols) for chunks of images x[n0:n1] whose columns
-        fit the workspace.  cols: (C*KH*KW, (n1-n0)*OH*OW).
+    def _can_keep_columns(self, N):
+        """Whether forward may keep the whole batch's columns: they fit the keep cap, and
+        backward's whole-batch pass (kept columns, gradient rows and, if the input needs a
+        gradient, the column gradient) fits the workspace budget."""
+        (_, C, _, _), (O, _, KH, KW), itemsize = self.shapes
+        OH, OW = self.geometry[5:]
+        image_bytes = OH * OW * itemsize  # one row of a role's matrix, for one image
+        backward_rows = C * KH * KW * (2 if self.needs_input_grad[0] else 1) + O
+        return (C * KH * KW * N * image_bytes <= _workspace["keep"]
+                and backward_rows * N * image_bytes <= _workspace["bytes"])
 
-        ``fresh``: the whole batch in one chunk, in a new array (not the
-        shared scratch buffer), to be kept for backward.  In backward, kept
-        columns are used as they are."""
+    def _chunks(self, x, roles, keep=False):
+        """Cut the batch into chunks of images x[n0:n1] whose buffers fit the workspace and
+        yield (n0, n1, cols, *scratch) for each:
+
+          cols      (C*KH*KW, n*OH*OW), the chunk's columns, filled by im2col; in backward
+                    after a forward that kept them, the whole batch's kept columns;
+          scratch   one (rows, n*OH*OW) matrix for each role -> rows in ``roles``, in
+                    order, for the caller to fill.
+
+        ``keep``: the whole batch in one chunk, its columns in a new array (not the shared
+        buffer), to be kept for backward."""
         KH, KW, stride, padding, G, OH, OW = self.geometry
-        N, C = x.shape[:2]
         xp = get_array_module(x)
-        if len(self.saved) == 3:  # backward, columns kept from forward
-            yield 0, N, self.saved[2]
+        N, C = x.shape[:2]
+        col_rows, image_bytes = C * KH * KW, OH * OW * x.itemsize
+
+        def bytes_of(n):  # each role's bytes for a chunk of n images
+            return {role: rows * n * image_bytes for role, rows in roles.items()}
+
+        kept = self.saved[2] if len(self.saved) == 3 else None
+        if keep or kept is not None:
+            _note_pass({"kept_columns": col_rows * N * image_bytes, **bytes_of(N)})
+            cols = kept if kept is not None else im2col(x, KH, KW, stride, padding)
+            yield (0, N, cols, *_scratch([(rows, N * OH * OW) for rows in roles.values()], x.dtype, xp))
             return
-        if fresh:
-            yield 0, N, im2col(x, KH, KW, stride, padding)
-            return
-        per_image = (C * KH * KW + self.saved[1].shape[0]) * OH * OW * x.itemsize
-        step = _chunk_images(N, per_image)
-        _workspace["peak"] = max(_workspace["peak"], step * per_image)
+        step = _chunk_images(N, (col_rows + sum(roles.values())) * image_bytes)
+        _note_pass({"columns": col_rows * min(step, N) * image_bytes, **bytes_of(min(step, N))})
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
-            buf = _scratch("cols", (C * KH * KW, (n1 - n0) * OH * OW), x.dtype, xp)
-            yield n0, n1, im2col(x[n0:n1], KH, KW, stride, padding, out=buf)
+            shapes = [(rows, (n1 - n0) * OH * OW) for rows in (col_rows, *roles.values())]
+            cols, *scratch = _scratch(shapes, x.dtype, xp)
+            yield (n0, n1, im2col(x[n0:n1], KH, KW, stride, padding, out=cols), *scratch)
 
     def describe(self):
         """The im2col and GEMM shapes of the last forward (whole batch), for
@@ -255,10 +318,11 @@ class Conv2d(Function):
         gx = xp.empty_like(x) if need_x else None
         gw = xp.zeros((G, O // G, Cg * KH * KW), dtype=weight.dtype) if need_w else None
         w_groups_t = weight.reshape(G, O // G, Cg * KH * KW).transpose(0, 2, 1)
-        for n0, n1, cols in self._column_chunks(x):
+        roles = {"gemm_output": O, "column_grad": C * KH * KW} if need_x else {"gemm_output": O}
+        for n0, n1, cols, g_rows, *gcols in self._chunks(x, roles):
             n = n1 - n0
             # gradient rows per filter: (n, O, OH*OW) -> (G, O/G, n*OH*OW)
-            g_rows = _scratch("prod", (O, n, OH * OW), gy.dtype, xp)
+            g_rows = g_rows.reshape(O, n, OH * OW)
             g_rows[...] = gy[n0:n1].transpose(1, 0, 2)
             g_rows = g_rows.reshape(G, O // G, n * OH * OW)
             if need_w:
@@ -266,7 +330,7 @@ class Conv2d(Function):
                 gw += xp.matmul(g_rows, cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1))
             if need_x:
                 # (G, C/G*KH*KW, n*OH*OW) = (G, C/G*KH*KW, O/G) @ (G, O/G, n*OH*OW)
-                gcols = _scratch("gcols", (G, Cg * KH * KW, n * OH * OW), gy.dtype, xp)
+                gcols = gcols[0].reshape(G, Cg * KH * KW, n * OH * OW)
                 xp.matmul(w_groups_t, g_rows, out=gcols)
                 col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride, padding,
                        out=gx[n0:n1])

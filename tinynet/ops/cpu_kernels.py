@@ -12,7 +12,8 @@ its loops).  The numbers do not depend on the chunking.
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -20,40 +21,82 @@ import numpy as np
 # Threads for memory-bound passes
 # ----------------------------------------------------------------------------
 
-_pool = {"threads": None, "executor": None}
+# The pool is made on first use.  Several threads may get there at once (the
+# data loader's prefetch thread and the training loop, or two towers), so
+# making it, and replacing it in set_num_threads, happen under a lock: never
+# two pools.
+_pool = {"threads": None, "executor": None, "chunk_bytes": 2 * 2**20}
+_pool_lock = threading.Lock()
 
 
 def set_num_threads(n):
     """Threads used by the CPU kernels' elementwise passes (default: the
-    number of cores).  BLAS threads are set separately (OPENBLAS_NUM_THREADS)."""
+    number of cores).  BLAS threads are set separately (OPENBLAS_NUM_THREADS).
+    Call it between steps: a pass running in another thread at that moment
+    may find its pool shut down."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
-    if _pool["executor"] is not None:
-        _pool["executor"].shutdown(wait=True)
-    _pool["threads"], _pool["executor"] = n, None
+    with _pool_lock:
+        old = _pool["executor"]
+        _pool["threads"], _pool["executor"] = n, None
+    if old is not None:
+        old.shutdown(wait=True)
 
 
 def get_num_threads():
-    if _pool["threads"] is None:
-        _pool["threads"] = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    return _pool["threads"]
+    with _pool_lock:
+        if _pool["threads"] is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            _pool["threads"] = max(1, cores or 1)
+        return _pool["threads"]
 
 
-def parallel_chunks(fn, n, bytes_per_item, target_bytes=2 * 2**20):
+def set_chunk_bytes(nbytes):
+    """Working set of one piece of a parallel pass, in bytes (default 2 MiB,
+    about one core's share of the cache).  Returns the previous value.  At
+    1 byte every image is its own piece: tests use that to run even tiny
+    batches on several threads."""
+    if not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"set_chunk_bytes: nbytes must be a positive int, got {nbytes!r}")
+    old, _pool["chunk_bytes"] = _pool["chunk_bytes"], nbytes
+    return old
+
+
+def _executor(threads):
+    """The shared thread pool, created by whichever thread needs it first."""
+    with _pool_lock:
+        if _pool["executor"] is None:
+            _pool["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="tinynet-cpu")
+        return _pool["executor"]
+
+
+def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
     """Call ``fn(i0, i1)`` over [0, n) cut into pieces of about
-    ``target_bytes`` working set each, on the thread pool.  ``fn`` must write
-    only to its own slice."""
+    ``target_bytes`` working set each (default: ``set_chunk_bytes``), on the
+    thread pool.  ``fn`` must write
+    only to its own slice.  n = 0 (an empty batch) calls nothing.
+
+    Returns only when every piece has finished, also when one raised: the
+    caller may reuse its buffers as soon as this returns or raises, and no
+    piece still running could write into them."""
+    target_bytes = _pool["chunk_bytes"] if target_bytes is None else target_bytes
     step = int(max(1, min(n, target_bytes // max(bytes_per_item, 1))))
     ranges = [(i, min(n, i + step)) for i in range(0, n, step)]
     threads = get_num_threads()
-    if threads == 1 or len(ranges) == 1:
+    if threads == 1 or len(ranges) <= 1:
         for i0, i1 in ranges:
             fn(i0, i1)
         return
-    if _pool["executor"] is None:
-        _pool["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="tinynet-cpu")
-    for future in [_pool["executor"].submit(fn, i0, i1) for i0, i1 in ranges]:
-        future.result()  # re-raises a worker's exception here
+    executor = _executor(threads)
+    futures = [executor.submit(fn, i0, i1) for i0, i1 in ranges]
+    wait(futures)  # all of them, even after one has raised
+    for future in futures:
+        future.result()  # re-raises the first failed piece's exception
+
+
+def _image_bytes(x):
+    """Bytes of one item along the batch axis of x (N, ...); also for N = 0."""
+    return x.itemsize * int(np.prod(x.shape[1:]))
 
 
 # ----------------------------------------------------------------------------
@@ -150,7 +193,7 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
                 if ky or kx:
                     np.maximum(ys, xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)], out=ys)
 
-    parallel_chunks(run, N, x[0].nbytes)
+    parallel_chunks(run, N, _image_bytes(x))
     return y
 
 
@@ -179,7 +222,7 @@ def maxpool_backward(x, y, gy, kh, kw, sh, sw):
                 gxs[:, :, rows, cols] += share          # one offset: no two outputs share a pixel
                 pending ^= hit
 
-    parallel_chunks(run, N, x[0].nbytes)
+    parallel_chunks(run, N, _image_bytes(x))
     return gx
 
 
@@ -225,7 +268,7 @@ def lrn_forward(x, size, alpha, beta, k):
         power_neg_beta(ss, beta, out=ys)                 # s^-beta
         ys *= xs                                         # y = x * s^-beta
 
-    parallel_chunks(run, N, 4 * x[0].nbytes)
+    parallel_chunks(run, N, 4 * _image_bytes(x))
     return y, scale
 
 
@@ -266,7 +309,7 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
         u *= gys
         np.add(u, t, out=gxs)
 
-    parallel_chunks(run, N, 6 * x[0].nbytes)
+    parallel_chunks(run, N, 6 * _image_bytes(x))
     return gx
 
 

@@ -6,6 +6,13 @@ overflow: softmax(z) = softmax(z - max(z)).
     logits: (N, K) for N samples and K classes; labels: (N,) ints in [0, K)
     cross_entropy = -mean_n log_softmax(logits)[n, labels[n]]
     its gradient  = (softmax(logits) - onehot(labels)) / N
+
+An empty batch (N = 0) has loss 0 and an empty gradient: the sum over no
+samples, divided by max(N, 1).  In data-parallel training the last, smaller
+global batch may leave a rank with no samples; that rank still runs the step
+and its parameters' gradients come out zero, so it adds nothing to the
+all-reduced sum (the mean of an empty batch, 0/0, would be NaN and poison
+every rank).
 """
 
 import numpy as np
@@ -53,7 +60,7 @@ class CrossEntropy(Function):
         logp = _log_softmax(logits, axis=1)
         n = logits.shape[0]
         self.save_for_backward(logp, labels)
-        return -logp[xp.arange(n), labels].mean()
+        return -logp[xp.arange(n), labels].sum() / max(n, 1)
 
     def backward(self, g):
         logp, labels = self.saved
@@ -61,7 +68,7 @@ class CrossEntropy(Function):
         n = logp.shape[0]
         grad = xp.exp(logp)                 # softmax
         grad[xp.arange(n), labels] -= 1     # minus one-hot
-        grad *= g / n
+        grad *= g / max(n, 1)
         return grad
 
 

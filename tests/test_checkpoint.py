@@ -1,0 +1,129 @@
+"""Checkpoint files on disk: durable renames, ordinary permissions, no leftovers after a kill.
+
+(What a checkpoint holds, and atomicity when a write fails, are tested in test_alexnet.py.)
+"""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import tinynet.checkpoint as ckpt
+from tinynet import nn
+from tinynet.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for the test; the old one comes back afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_has_the_permissions_the_umask_gives(tmp_path, umask, mask, mode):
+    umask(mask)
+    path = tmp_path / "latest.npz"
+    save_checkpoint(str(path), nn.Linear(3, 2))
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a folder is fsynced on POSIX only")
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    """The rename lives in the folder: until the folder is flushed, a power loss can bring back
+    the old checkpoint (or none) although save_checkpoint has returned."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd")
+                       else fd, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "latest.npz"
+    save_checkpoint(str(path), nn.Linear(3, 2))
+    kinds = [e[0] for e in events]
+    assert "replace" in kinds
+    after = events[kinds.index("replace") + 1:]
+    folder_syncs = [e for e in after if e[0] == "fsync" and e[2]]
+    assert folder_syncs, f"no fsync of the folder after the rename: {events}"
+    if os.path.exists("/proc/self/fd"):
+        assert folder_syncs[0][1] == os.path.realpath(tmp_path)
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    import tinynet.checkpoint as ckpt
+    from tinynet import nn
+
+    def stuck(f, **arrays):          # half a file written, then the process is killed
+        f.write(b"PK\\x03\\x04 half a zip file")
+        f.flush()
+        print("writing", flush=True)
+        time.sleep(120)
+
+    ckpt.np.savez = stuck
+    ckpt.save_checkpoint({path!r}, nn.Linear(3, 2))
+""")
+
+
+def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "latest.npz"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.format(root=ROOT, path=str(path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".latest.npz.tmp-")]
+        assert len(leftovers) == 1 and f"-{writer.pid}-" in leftovers[0]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+    assert os.listdir(tmp_path) == leftovers                 # SIGKILL: nothing could clean up
+    with pytest.warns(UserWarning, match=r"removed 1 temporary file\(s\).*" + leftovers[0]):
+        save_checkpoint(str(path), nn.Linear(3, 2), meta={"run": 2})
+    assert os.listdir(tmp_path) == ["latest.npz"]
+    assert load_checkpoint(str(path))["meta"]["run"] == 2
+
+
+def test_temp_files_of_live_writers_and_other_files_are_kept(tmp_path):
+    host = ckpt._host()
+    live = f".latest.npz.tmp-{host}-{os.getpid()}-0123abcd"          # this process: alive
+    fresh_foreign = ".latest.npz.tmp-elsewhere-7-89abcdef"            # another host, just written
+    old_foreign = ".best.npz.tmp-elsewhere-8-00000000"                # another host, a day old
+    unrelated = [".tmp-notes", "latest.npz.tmp-x-1-0000000g", "data.npz"]
+    for name in [live, fresh_foreign, old_foreign, *unrelated]:
+        (tmp_path / name).write_bytes(b"x")
+    day_ago = time.time() - ckpt._FOREIGN_TEMP_AGE - 60
+    os.utime(tmp_path / old_foreign, (day_ago, day_ago))
+    with pytest.warns(UserWarning, match="removed 1 temporary file"):
+        assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [old_foreign]
+    assert sorted(os.listdir(tmp_path)) == sorted([live, fresh_foreign, *unrelated])
+
+
+def test_a_temp_file_of_a_finished_process_on_this_host_is_removed(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    name = f".latest.npz.tmp-{ckpt._host()}-{int(done.stdout)}-0123abcd"
+    (tmp_path / name).write_bytes(np.zeros(3).tobytes())
+    with pytest.warns(UserWarning, match="removed 1 temporary file"):
+        assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [name]
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,167 @@
+"""The CPU kernels (tinynet/ops/cpu_kernels.py): thread pool, conv_path setting, glibc memory reuse."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tinynet.ops import cpu_kernels
+
+
+@pytest.fixture
+def threads():
+    """Three pool threads for the test, a fresh pool; the old count comes back afterwards."""
+    old = cpu_kernels.get_num_threads()
+    cpu_kernels.set_num_threads(3)
+    yield 3
+    cpu_kernels.set_num_threads(old)
+
+
+def test_pieces_cover_the_range_once(threads):
+    seen = np.zeros(10, int)
+
+    def fn(i0, i1):
+        seen[i0:i1] += 1
+
+    cpu_kernels.parallel_chunks(fn, 10, bytes_per_item=1, target_bytes=3)  # pieces of 3 items
+    assert seen.tolist() == [1] * 10
+    cpu_kernels.parallel_chunks(fn, 0, bytes_per_item=1)                  # empty: nothing runs
+    assert seen.tolist() == [1] * 10
+
+
+def test_a_failing_piece_is_raised_only_after_every_piece_has_finished(threads):
+    """The caller reuses its scratch buffers as soon as parallel_chunks returns or raises; a
+    piece still running then would write into a buffer that already holds something else."""
+    finished = []
+
+    def fn(i0, i1):
+        if i0 == 0:
+            raise RuntimeError("piece 0 failed")
+        time.sleep(0.2)          # still writing when piece 0's error arrives
+        finished.append(i0)
+
+    with pytest.raises(RuntimeError, match="piece 0 failed"):
+        cpu_kernels.parallel_chunks(fn, 3, bytes_per_item=1, target_bytes=1)
+    assert sorted(finished) == [1, 2]
+
+
+def test_two_threads_starting_the_pool_at_once_make_one_pool(threads, monkeypatch):
+    """The loader's prefetch thread and the training loop may both be first to need the pool."""
+    made = []
+    real = cpu_kernels.ThreadPoolExecutor
+
+    class SlowToMake(real):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            time.sleep(0.2)      # widen the window between "no pool yet" and "pool stored"
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_kernels, "ThreadPoolExecutor", SlowToMake)
+    start = threading.Barrier(2)
+
+    def work():
+        start.wait()
+        cpu_kernels.parallel_chunks(lambda i0, i1: None, 4, bytes_per_item=1, target_bytes=1)
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("path", ["whole", "chunked", "threaded"])
+def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
+    """conftest.conv_path must take the path it names: the hypothesis tests of convolution,
+    pooling and LRN rely on it to cover every path."""
+    import tinynet as tn
+    import tinynet.functional as F
+    from conftest import conv_path
+
+    pieces = []   # (kernel, thread name, images) of every piece
+    real = cpu_kernels.parallel_chunks
+
+    def spy(fn, n, bytes_per_item, target_bytes=None):
+        kernel = fn.__qualname__.split(".")[0]
+
+        def traced(i0, i1):
+            pieces.append((kernel, threading.current_thread().name, i1 - i0))
+            return fn(i0, i1)
+
+        return real(traced, n, bytes_per_item, target_bytes)
+
+    monkeypatch.setattr(cpu_kernels, "parallel_chunks", spy)
+    x = tn.tensor(np.random.default_rng(0).standard_normal((3, 4, 8, 8)), requires_grad=True)
+    with conv_path(path):
+        y = F.conv2d(x, np.ones((4, 4, 3, 3)), padding=1)
+        kept = len(y._creator.saved) == 3
+        y = F.max_pool2d(F.local_response_norm(y), 2)
+        y.sum().backward()
+    assert {k for k, _, _ in pieces} == {"im2col", "col2im", "maxpool_forward", "maxpool_backward",
+                                         "lrn_forward", "lrn_backward"}
+    im2col_images = [n for k, _, n in pieces if k == "im2col"]
+    assert kept == (path == "whole")
+    main = threading.current_thread().name
+    if path == "threaded":
+        assert all(name.startswith("tinynet-cpu") and n == 1 for _, name, n in pieces)
+    else:
+        assert all(name == main for _, name, _ in pieces)
+        assert all(n == 3 for k, _, n in pieces if k not in ("im2col", "col2im"))
+    # whole: one im2col of 3 images (kept); chunked: one per image, twice (rebuilt)
+    assert im2col_images == {"whole": [3], "chunked": [1] * 6, "threaded": [1] * 6}[path]
+
+
+# Run in a fresh process (the setting is process-wide): allocate and free 40 MB, and ask glibc
+# (mallinfo2) where it lived: in its own mmap'd block, or in the heap, kept after the free.
+MALLOC_PROBE = """
+import ctypes, sys
+import numpy as np
+import tinynet as tn
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+accepted = tn.reuse_freed_memory() if sys.argv[1] == "reuse" else None
+mmapped_before = libc.mallinfo2().hblkhd
+a = np.ones((5000, 2000), np.float32)         # 40 MB: above glibc's mmap threshold
+mmapped = libc.mallinfo2().hblkhd - mmapped_before
+del a
+kept = libc.mallinfo2().fordblks              # free bytes glibc keeps for reuse
+assert np.ones((5000, 2000), np.float32).sum() == 1e7
+print(accepted, mmapped, kept)
+"""
+
+
+def test_reuse_freed_memory_keeps_big_blocks_for_reuse():
+    import ctypes
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        import tinynet as tn
+
+        assert tn.reuse_freed_memory() is False   # not glibc: nothing to do, and it says so
+        pytest.skip(f"reuse_freed_memory acts on glibc only; this is {platform.libc_ver()}")
+    if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+        pytest.skip("glibc older than 2.33 has no mallinfo2 to look inside malloc")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True,
+                             text=True, cwd=root, timeout=120, check=True)
+        accepted, mmapped, kept = out.stdout.split()
+        return accepted, int(mmapped), int(kept)
+
+    accepted, mmapped, kept = probe("default")
+    assert mmapped >= 40e6 and kept < 40e6        # glibc's default: its own block, unmapped at free
+    accepted, mmapped, kept = probe("reuse")
+    assert accepted == "True"
+    assert mmapped == 0 and kept >= 40e6          # now: from the heap, and kept after the free
