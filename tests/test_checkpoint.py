@@ -127,3 +127,14 @@ def test_a_temp_file_of_a_finished_process_on_this_host_is_removed(tmp_path):
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [name]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_in_our_words(tmp_path):
+    from tinynet.checkpoint import load_checkpoint
+
+    for name, content in (("notes.txt", b"hello\n"), ("empty.npz", b""), ("fake.npz", b"\x93NUMPY")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="is not a tinynet checkpoint") as info:
+            load_checkpoint(str(path))
+        assert "pickle" not in str(info.value)

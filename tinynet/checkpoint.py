@@ -130,6 +130,12 @@ def load_checkpoint(path):
     """Read a checkpoint: returns dict(model=state_dict, velocity=[...], meta=dict)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # every .npz is a zip archive, and every zip starts so
+        kind = "an empty file" if not head else f"a file that starts with {head!r}"
+        raise ValueError(f"load_checkpoint: {path} is not a tinynet checkpoint: it is {kind}, "
+                         "not the .npz archive that training writes (latest.npz or best.npz)")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array, not an archive
