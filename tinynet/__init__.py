@@ -15,6 +15,7 @@ from .ops.cpu_kernels import get_num_threads, reuse_freed_memory, set_num_thread
 from .ops.math import concat, split  # noqa: F401
 from .random import get_rng_state, manual_seed, set_rng_state  # noqa: F401
 from .tracing import trace  # noqa: F401  (with tn.trace(): ... prints every op)
+from .profile import profile  # noqa: F401  (with tn.profile() as p: ... ms per kind of work)
 from .summary import summary  # noqa: F401,E402  (tn.summary(model, (3, 227, 227)))
 from . import models  # noqa: F401,E402  (tn.models.AlexNet after a plain `import tinynet as tn`)
 

@@ -17,6 +17,7 @@ import numpy as np
 from .autograd import no_grad
 from .backend import copy_to_device, device_guard, device_of_array, is_gpu_array
 from .ops.cpu_kernels import parallel_chunks
+from .profile import section
 
 
 def _check_params(params):
@@ -47,6 +48,10 @@ class SGD:
 
     @no_grad()
     def step(self):
+        with section("SGD update"):
+            self._step()
+
+    def _step(self):
         lr, m, wd = self.lr, self.momentum, self.weight_decay
         for i, (p, v) in enumerate(zip(self.params, self.velocity)):
             if p.grad is None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
+from ..profile import section
 from . import cpu_kernels
 
 # ----------------------------------------------------------------------------
@@ -229,13 +230,15 @@ class Conv2d(Function):
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
             prod = prod.reshape(G, O // G, n * OH * OW)
-            xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
+            with section("GEMM"):
+                xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
             # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias in the same pass
             prod = prod.reshape(O, n, OH * OW).transpose(1, 0, 2)
-            if bias:
-                xp.add(prod, bias[0][None, :, None], out=y[n0:n1])
-            else:
-                y[n0:n1] = prod
+            with section("conv transposes + bias"):
+                if bias:
+                    xp.add(prod, bias[0][None, :, None], out=y[n0:n1])
+                else:
+                    y[n0:n1] = prod
         return y.reshape(N, O, OH, OW)
 
     def _can_keep_columns(self, N):
@@ -271,7 +274,11 @@ class Conv2d(Function):
         kept = self.saved[2] if len(self.saved) == 3 else None
         if keep or kept is not None:
             _note_pass({"kept_columns": col_rows * N * image_bytes, **bytes_of(N)})
-            cols = kept if kept is not None else im2col(x, KH, KW, stride, padding)
+            if kept is not None:
+                cols = kept
+            else:
+                with section("im2col"):
+                    cols = im2col(x, KH, KW, stride, padding)
             yield (0, N, cols, *_scratch([(rows, N * OH * OW) for rows in roles.values()], x.dtype, xp))
             return
         step = _chunk_images(N, (col_rows + sum(roles.values())) * image_bytes)
@@ -280,7 +287,9 @@ class Conv2d(Function):
             n1 = min(N, n0 + step)
             shapes = [(rows, (n1 - n0) * OH * OW) for rows in (col_rows, *roles.values())]
             cols, *scratch = _scratch(shapes, x.dtype, xp)
-            yield (n0, n1, im2col(x[n0:n1], KH, KW, stride, padding, out=cols), *scratch)
+            with section("im2col"):
+                im2col(x[n0:n1], KH, KW, stride, padding, out=cols)
+            yield (n0, n1, cols, *scratch)
 
     def describe(self):
         """The im2col and GEMM shapes of the last forward (whole batch), for
@@ -323,20 +332,25 @@ class Conv2d(Function):
             n = n1 - n0
             # gradient rows per filter: (n, O, OH*OW) -> (G, O/G, n*OH*OW)
             g_rows = g_rows.reshape(O, n, OH * OW)
-            g_rows[...] = gy[n0:n1].transpose(1, 0, 2)
+            with section("conv transposes + bias"):
+                g_rows[...] = gy[n0:n1].transpose(1, 0, 2)
             g_rows = g_rows.reshape(G, O // G, n * OH * OW)
             if need_w:
                 # (G, O/G, C/G*KH*KW) += (G, O/G, n*OH*OW) @ (G, n*OH*OW, C/G*KH*KW)
-                gw += xp.matmul(g_rows, cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1))
+                with section("GEMM"):
+                    gw += xp.matmul(g_rows, cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1))
             if need_x:
                 # (G, C/G*KH*KW, n*OH*OW) = (G, C/G*KH*KW, O/G) @ (G, O/G, n*OH*OW)
                 gcols = gcols[0].reshape(G, Cg * KH * KW, n * OH * OW)
-                xp.matmul(w_groups_t, g_rows, out=gcols)
-                col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride, padding,
-                       out=gx[n0:n1])
+                with section("GEMM"):
+                    xp.matmul(w_groups_t, g_rows, out=gcols)
+                with section("col2im"):
+                    col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride,
+                           padding, out=gx[n0:n1])
         grads = [gx, gw.reshape(weight.shape) if need_w else None]
         if self.has_bias:
-            grads.append(gy.sum(axis=(0, 2)) if self.needs_input_grad[2] else None)
+            with section("conv transposes + bias"):
+                grads.append(gy.sum(axis=(0, 2)) if self.needs_input_grad[2] else None)
         return tuple(grads)
 
 

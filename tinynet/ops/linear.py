@@ -6,6 +6,7 @@ Backward: gx = gy @ weight; gw = gy.T @ x; gb = gy summed over the batch.
 """
 
 from ..autograd import Function
+from ..profile import section
 
 
 class Linear(Function):
@@ -14,7 +15,8 @@ class Linear(Function):
         self.has_bias = bool(bias)
         self.x_shape, self.out_features = x.shape, weight.shape[0]  # for describe()
         # (N, out) = (N, in) @ (in, out)
-        y = x @ weight.T
+        with section("GEMM"):
+            y = x @ weight.T
         if bias:
             y += bias[0]
         return y
@@ -28,8 +30,9 @@ class Linear(Function):
 
     def backward(self, gy):
         x, weight = self.saved
-        gx = gy @ weight if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
-        gw = gy.T @ x if self.needs_input_grad[1] else None      # (out, in) = (out, N) @ (N, in)
+        with section("GEMM"):
+            gx = gy @ weight if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
+            gw = gy.T @ x if self.needs_input_grad[1] else None      # (out, in) = (out, N) @ (N, in)
         if not self.has_bias:
             return gx, gw
         gb = gy.sum(axis=0) if self.needs_input_grad[2] else None

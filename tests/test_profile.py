@@ -1,0 +1,42 @@
+"""tn.profile: the step's time by kind of work, adding up to the whole."""
+
+import time
+
+import numpy as np
+import pytest
+
+import tinynet as tn
+import tinynet.functional as F
+from tinynet import nn
+from tinynet.optim import SGD
+from tinynet.profile import section
+
+
+def test_profile_splits_a_step_into_kinds_that_add_up():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 5, rng=rng))
+    opt = SGD(model.parameters(), lr=0.1)
+    x = tn.tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32), requires_grad=True)  # col2im too
+    t0 = time.perf_counter()
+    with tn.profile() as prof:
+        loss = F.cross_entropy(model(x), np.arange(4) % 5)
+        loss.backward()
+        opt.step()
+    wall = time.perf_counter() - t0
+    kinds = prof.by_kind()
+    for kind in ("GEMM", "im2col", "col2im", "SGD update", "MaxPool2d forward (rest)",
+                 "ReLU backward (rest)", "CrossEntropy forward (rest)"):
+        assert kind in kinds, kind
+    assert prof.calls["GEMM"] == 1 + 2 + 1 + 1  # conv forward, backward (weights, input); linear forward, backward
+    assert 0 < prof.total() <= wall
+    assert "profiled total" in prof.table(wall_seconds=wall)
+
+
+def test_sections_cost_nothing_without_a_profile_and_profiles_do_not_nest():
+    with section("GEMM"):
+        pass  # no profile running: nothing recorded, no error
+    with tn.profile():
+        with pytest.raises(RuntimeError, match="already running"):
+            with tn.profile():
+                pass
