@@ -61,6 +61,17 @@ def _flags(sanitize):
     return ["-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra"] + flags
 
 
+def build_folder(cxx, flags):
+    """The cache folder for this compiler, these flags and these sources: named by a hash of
+    all of them, so that any change to a kernel, the header or the launcher rebuilds."""
+    digest = hashlib.sha256(" ".join([cxx] + flags).encode())
+    for name in _SOURCES:
+        with open(kernel_path(name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "tinynet", "cuda-emulation", digest.hexdigest()[:16])
+
+
 def library_path(sanitize=None):
     """Build the emulation library if needed and return its path.
 
@@ -71,12 +82,7 @@ def library_path(sanitize=None):
         raise RuntimeError("tinynet.cuda.emulate: no C++ compiler found (set CXX, or install g++ or clang++)")
     launcher = kernel_path("host/launcher.cpp")
     flags = _flags(sanitize)
-    digest = hashlib.sha256(" ".join([cxx] + flags).encode())
-    for name in _SOURCES:
-        with open(kernel_path(name), "rb") as f:
-            digest.update(name.encode() + b"\0" + f.read())
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(cache, "tinynet", "cuda-emulation", digest.hexdigest()[:16])
+    folder = build_folder(cxx, flags)
     path = os.path.join(folder, "kernels.so")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
