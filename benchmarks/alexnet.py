@@ -85,7 +85,10 @@ def worker_tinynet(batch, mode, repeat, device, towers):
         with tn.no_grad():
             model(x)
 
-    return timed(train_step if mode == "train" else infer, repeat, device, model.eval if mode != "train" else None)
+    devices = None
+    if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
+        devices = sorted({p.data.device.id for p in model.parameters()})
+    return timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -147,10 +150,12 @@ def worker_torch(batch, mode, repeat, device):
 GPU_WARMUP = 3  # untimed steps on a GPU: kernel compilation, cuBLAS/cuDNN set-up, the pool's first cudaMallocs
 
 
-def timed(fn, repeat, device, prepare=None):
+def timed(fn, repeat, devices, prepare=None):
+    """Times of ``repeat`` calls of fn after warm-up, and peak memory.  ``devices``: None on
+    the CPU, else the ids of the GPUs the model is on."""
     if prepare is not None:
         prepare()
-    if device == "cpu":
+    if devices is None:
         fn()  # warm-up
         times = []
         for _ in range(repeat):
@@ -158,37 +163,39 @@ def timed(fn, repeat, device, prepare=None):
             fn()
             times.append(time.perf_counter() - t0)
         return dict(times=times, peak_bytes=peak_rss_bytes())
-    import cupy as cp  # CUDA events time the device, not the Python calls
+    import cupy as cp
+
+    def synchronize():  # every stream of every device in use: the step's work is done
+        for d in devices:
+            cp.cuda.Device(d).synchronize()
 
     # Warm-up steps, and the pool keeps what they allocated: a timed step that had to
     # cudaMalloc its buffers again would measure the allocator, not the network.
     for _ in range(GPU_WARMUP):
         fn()
-    cp.cuda.Device().synchronize()
+    synchronize()
     times = []
-    for _ in range(repeat):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
+    for _ in range(repeat):  # as PyTorch's worker: synchronize, clock, step, synchronize, clock
+        t0 = time.perf_counter()
         fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    return dict(times=times, peak_bytes=peak_used_bytes_gpu(fn),
-                peak_reserved_bytes=pool_bytes_all_devices(lambda pool: pool.total_bytes()))
+        synchronize()
+        times.append(time.perf_counter() - t0)
+    return dict(times=times, peak_bytes=peak_used_bytes_gpu(fn, devices, synchronize),
+                peak_reserved_bytes=pool_bytes(devices, lambda pool: pool.total_bytes()))
 
 
-def pool_bytes_all_devices(what):
-    """Sum of what(pool) over the visible devices (CuPy's pool answers per current device)."""
+def pool_bytes(devices, what):
+    """Sum of what(pool) over the given GPUs (CuPy's pool answers for the current device)."""
     import cupy as cp
 
     pool, total = cp.get_default_memory_pool(), 0
-    for d in range(cp.cuda.runtime.getDeviceCount()):
+    for d in devices:
         with cp.cuda.Device(d):
             total += int(what(pool))
     return total
 
 
-def peak_used_bytes_gpu(fn):
+def peak_used_bytes_gpu(fn, devices, synchronize):
     """The most bytes in use by arrays during one more step, summed over devices: the twin of
     PyTorch's max_memory_allocated.  CuPy keeps no peak, so for this untimed step every
     allocation goes through a wrapper that notes the pool's used bytes on its device.  The
@@ -204,13 +211,14 @@ def peak_used_bytes_gpu(fn):
         peaks[device] = max(peaks.get(device, 0), pool.used_bytes())
         return memory
 
-    start = pool_bytes_all_devices(lambda p: p.used_bytes())  # parameters, inputs, optimiser state
-    cp.cuda.set_allocator(malloc)
+    start = pool_bytes(devices, lambda p: p.used_bytes())  # parameters, inputs, optimiser state
+    previous = cp.cuda.get_allocator()
+    cp.cuda.set_allocator(malloc)  # process-wide (using_allocator would cover this thread only)
     try:
         fn()
-        cp.cuda.Device().synchronize()
+        synchronize()
     finally:
-        cp.cuda.set_allocator(pool.malloc)
+        cp.cuda.set_allocator(previous)
     return max(start, sum(peaks.values()))
 
 
