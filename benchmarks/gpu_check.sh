@@ -140,6 +140,8 @@ SANITIZER=$(command -v compute-sanitizer || true)
 for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
     [ -z "$SANITIZER" ] && [ -x "$candidate" ] && SANITIZER=$candidate
 done
+# memcheck: accesses outside an allocation; racecheck: shared-memory hazards (our kernels use
+# no shared memory, so it must find none); initcheck: reads of memory never written.
 for tool in memcheck racecheck initcheck; do
     if [ -z "$SANITIZER" ]; then
         skip "sanitizer_$tool" "compute-sanitizer not found (it comes with the CUDA toolkit)"
@@ -150,6 +152,16 @@ for tool in memcheck racecheck initcheck; do
     step "sanitizer_$tool" 60 "$SANITIZER" --tool "$tool" --error-exitcode 1 "$PY" -c \
         'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k", "match_numpy"]))'
 done
+
+# --- the numbers worth a glance, appended to the summary ----------------------
+{
+    for towers in 1 2; do
+        log="$OUT/train_cuda_towers$towers.log"
+        [ -f "$log" ] && printf '\ntrain_cuda_towers%s, last lines of its log:\n%s\n' "$towers" "$(tail -n 4 "$log")"
+    done
+    # peak memory there: used / reserved for both engines alike
+    [ -f "$OUT/alexnet_cuda.md" ] && printf '\n%s\n' "$(cat "$OUT/alexnet_cuda.md")"
+} >> "$SUMMARY"
 
 echo "results: $OUT"
 echo "summary: $SUMMARY"
