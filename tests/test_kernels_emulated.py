@@ -255,6 +255,20 @@ def test_one_thread_of_a_grid_stride_loop_writes_every_stride_th_element():
         assert np.array_equal(cols[0, written], written)
 
 
+def test_thread_numbers_follow_cuda_numbering_in_three_dimensions():
+    grid, block = (2, 3, 2), (4, 2, 3)
+    seen = set()
+    for t in range(12 * 24):
+        (bx, by, bz), (tx, ty, tz) = emulate.thread_position(grid, block, t)
+        assert bx < 2 and by < 3 and bz < 2 and tx < 4 and ty < 2 and tz < 3
+        block_number = (bz * 3 + by) * 2 + bx          # x fastest, then y, then z
+        assert t == block_number * 24 + (tz * 2 + ty) * 4 + tx
+        seen.add((bx, by, bz, tx, ty, tz))
+    assert len(seen) == 12 * 24
+    with pytest.raises(ValueError, match="not in a grid"):
+        emulate.thread_position(grid, block, 12 * 24)
+
+
 def test_thread_orders():
     assert emulate.thread_order("forward", 5) is None
     assert emulate.thread_order("reversed", 4).tolist() == [3, 2, 1, 0]

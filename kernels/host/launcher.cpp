@@ -76,10 +76,28 @@ static const Kernel* find(const char* name) {
     return nullptr;
 }
 
+// Thread number t -> its blockIdx and threadIdx: x varies fastest, then y, then z,
+// for blocks in the grid as for threads in a block (CUDA's numbering).
+static void position(const dim3& grid, const dim3& block, long long t, uint3& b, uint3& th) {
+    const long long per_block = (long long)block.x * block.y * block.z;
+    const long long nb = t / per_block, nt = t % per_block;
+    b = {unsigned(nb % grid.x), unsigned(nb / grid.x % grid.y), unsigned(nb / grid.x / grid.y)};
+    th = {unsigned(nt % block.x), unsigned(nt / block.x % block.y), unsigned(nt / block.x / block.y)};
+}
+
 // ---------------------------------------------------------------------------
 // The C interface used from Python.
 
 extern "C" {
+
+// Where thread number t sits: out = blockIdx.x, .y, .z, threadIdx.x, .y, .z.
+void emu_thread_position(const unsigned int grid[3], const unsigned int block[3], long long t,
+                         unsigned int out[6]) {
+    uint3 b, th;
+    position({grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]}, t, b, th);
+    const unsigned int values[6] = {b.x, b.y, b.z, th.x, th.y, th.z};
+    for (int k = 0; k < 6; ++k) out[k] = values[k];
+}
 
 // The kernel's argument letters, or NULL if there is no such kernel.
 const char* emu_signature(const char* name) {
@@ -95,15 +113,12 @@ int emu_launch(const char* name, const unsigned int grid[3], const unsigned int 
     if (!k) return -1;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
-    const long long per_block = (long long)block[0] * block[1] * block[2];
-    const long long threads = (long long)grid[0] * grid[1] * grid[2] * per_block;
+    const long long threads = (long long)grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2];
     const long long n = order ? n_order : threads;
     for (long long step = 0; step < n; ++step) {
         const long long t = order ? order[step] : step;
         if (t < 0 || t >= threads) return -2;
-        const long long b = t / per_block, r = t % per_block;  // block number, thread in block
-        blockIdx = {(unsigned)(b % grid[0]), (unsigned)(b / grid[0] % grid[1]), (unsigned)(b / grid[0] / grid[1])};
-        threadIdx = {(unsigned)(r % block[0]), (unsigned)(r / block[0] % block[1]), (unsigned)(r / block[0] / block[1])};
+        position(gridDim, blockDim, t, blockIdx, threadIdx);
         k->run_one_thread(args);  // one CUDA thread, start to finish
     }
     return 0;

@@ -104,6 +104,9 @@ def library(sanitize=None):
         lib = ctypes.CDLL(library_path(sanitize))
         lib.emu_signature.restype = ctypes.c_char_p
         lib.emu_signature.argtypes = [ctypes.c_char_p]
+        lib.emu_thread_position.restype = None
+        lib.emu_thread_position.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                                            ctypes.c_longlong, ctypes.POINTER(ctypes.c_uint)]
         lib.emu_launch.restype = ctypes.c_int
         lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                    ctypes.POINTER(ctypes.c_longlong), ctypes.c_longlong,
@@ -122,6 +125,18 @@ def _dim3(shape, what):
     if not 1 <= len(shape) <= 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
         raise ValueError(f"launch: {what} must be 1 to 3 positive ints (x, y, z), got {shape!r}")
     return (ctypes.c_uint * 3)(*(tuple(int(s) for s in shape) + (1, 1))[:3])
+
+
+def thread_position(grid, block, t):
+    """Where thread number ``t`` of a launch sits: ((blockIdx.x, .y, .z), (threadIdx.x, .y, .z)),
+    as the launcher sets them (x fastest, then y, then z)."""
+    grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+    if not 0 <= t < np.prod(list(grid3), dtype=np.int64) * np.prod(list(block3), dtype=np.int64):
+        raise ValueError(f"thread_position: thread {t} is not in a grid of {tuple(grid3)} blocks of "
+                         f"{tuple(block3)} threads")
+    out = (ctypes.c_uint * 6)()
+    library().emu_thread_position(grid3, block3, t, out)
+    return tuple(out[:3]), tuple(out[3:])
 
 
 def thread_order(order, threads, seed=0):
