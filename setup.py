@@ -1,7 +1,8 @@
 """Packaging: metadata is in setup.cfg.  This file only copies the CUDA
 sources (kernels/*.cu, kept at the top of the repository where readers look
-for them) into the installed package as tinynet/kernels/, so that a
-non-editable ``pip install .`` finds them too."""
+for them, and kernels/host/, which builds them for the CPU) into the
+installed package as tinynet/kernels/, so that a non-editable
+``pip install .`` finds them too."""
 
 import glob
 import os
@@ -16,8 +17,12 @@ class BuildWithKernels(build_py):
         super().run()
         target = os.path.join(self.build_lib, "tinynet", "kernels")
         os.makedirs(target, exist_ok=True)
-        for path in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "*.cu")):
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+        for path in glob.glob(os.path.join(source, "*.cu")):
             shutil.copy(path, target)
+        os.makedirs(os.path.join(target, "host"), exist_ok=True)
+        for path in glob.glob(os.path.join(source, "host", "*")):
+            shutil.copy(path, os.path.join(target, "host"))
 
 
 setup(cmdclass={"build_py": BuildWithKernels})

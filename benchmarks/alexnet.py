@@ -2,10 +2,12 @@
 
 For each batch size (1, 8, 32, 128): a training step (forward, loss, backward,
 SGD) and an inference pass (forward only, no graph), float32, 1000 classes:
-images/s, time per step (median, min, max over repetitions after a warm-up)
-and peak memory (the process's peak RSS on the CPU; the memory pool's peak on
-a GPU).  Every (engine, batch, mode) runs in a fresh subprocess so that each
-peak-memory number is its own.
+images/s, time per step (median, min, max over repetitions after warm-up
+steps) and peak memory.  On the CPU: the process's peak RSS.  On a GPU, like
+with like: the peak bytes in use by arrays (CuPy pool's used bytes, PyTorch's
+max_memory_allocated) and the peak the allocator holds from the device (CuPy
+pool's total bytes, PyTorch's max_memory_reserved).  Every (engine, batch,
+mode) runs in a fresh subprocess so that each peak-memory number is its own.
 
 Beside tinynet, where importable, the same paper AlexNet in PyTorch (groups 2,
 LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
@@ -83,7 +85,10 @@ def worker_tinynet(batch, mode, repeat, device, towers):
         with tn.no_grad():
             model(x)
 
-    return timed(train_step if mode == "train" else infer, repeat, device, model.eval if mode != "train" else None)
+    devices = None
+    if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
+        devices = sorted({p.data.device.id for p in model.parameters()})
+    return timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -125,21 +130,32 @@ def worker_torch(batch, mode, repeat, device):
     if mode != "train":
         model.eval()
     times = []
-    infer() if mode != "train" else train_step()
+    for _ in range(1 if device == "cpu" else GPU_WARMUP):
+        infer() if mode != "train" else train_step()
+    sync()
+    if device != "cpu":  # peaks of the timed steps only (cuDNN's autotuning tries are warm-up)
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(repeat):
         sync()
         t0 = time.perf_counter()
         train_step() if mode == "train" else infer()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device != "cpu" else peak_rss_bytes()
-    return dict(times=times, peak_bytes=peak, version=torch.__version__)
+    if device == "cpu":
+        return dict(times=times, peak_bytes=peak_rss_bytes(), version=torch.__version__)
+    return dict(times=times, peak_bytes=torch.cuda.max_memory_allocated(),
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(), version=torch.__version__)
 
 
-def timed(fn, repeat, device, prepare=None):
+GPU_WARMUP = 3  # untimed steps on a GPU: kernel compilation, cuBLAS/cuDNN set-up, the pool's first cudaMallocs
+
+
+def timed(fn, repeat, devices, prepare=None):
+    """Times of ``repeat`` calls of fn after warm-up, and peak memory.  ``devices``: None on
+    the CPU, else the ids of the GPUs the model is on."""
     if prepare is not None:
         prepare()
-    if device == "cpu":
+    if devices is None:
         fn()  # warm-up
         times = []
         for _ in range(repeat):
@@ -147,20 +163,63 @@ def timed(fn, repeat, device, prepare=None):
             fn()
             times.append(time.perf_counter() - t0)
         return dict(times=times, peak_bytes=peak_rss_bytes())
-    import cupy as cp  # CUDA events time the device, not the Python calls
+    import cupy as cp
 
-    fn()
-    cp.cuda.Device().synchronize()
-    cp.get_default_memory_pool().free_all_blocks()
-    times = []
-    for _ in range(repeat):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
+    def synchronize():  # every stream of every device in use: the step's work is done
+        for d in devices:
+            cp.cuda.Device(d).synchronize()
+
+    # Warm-up steps, and the pool keeps what they allocated: a timed step that had to
+    # cudaMalloc its buffers again would measure the allocator, not the network.
+    for _ in range(GPU_WARMUP):
         fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    return dict(times=times, peak_bytes=int(cp.get_default_memory_pool().total_bytes()))
+    synchronize()
+    times = []
+    for _ in range(repeat):  # as PyTorch's worker: synchronize, clock, step, synchronize, clock
+        t0 = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - t0)
+    return dict(times=times, peak_bytes=peak_used_bytes_gpu(fn, devices, synchronize),
+                peak_reserved_bytes=pool_bytes(devices, lambda pool: pool.total_bytes()))
+
+
+def pool_bytes(devices, what):
+    """Sum of what(pool) over the given GPUs (CuPy's pool answers for the current device)."""
+    import cupy as cp
+
+    pool, total = cp.get_default_memory_pool(), 0
+    for d in devices:
+        with cp.cuda.Device(d):
+            total += int(what(pool))
+    return total
+
+
+def peak_used_bytes_gpu(fn, devices, synchronize):
+    """The most bytes in use by arrays during one more step, summed over devices: the twin of
+    PyTorch's max_memory_allocated.  CuPy keeps no peak, so for this untimed step every
+    allocation goes through a wrapper that notes the pool's used bytes on its device.  The
+    pool is never freed during the run, so its total bytes are the peak reserved."""
+    import cupy as cp
+
+    pool = cp.get_default_memory_pool()
+    peaks = {}
+
+    def malloc(nbytes):
+        memory = pool.malloc(nbytes)
+        device = cp.cuda.Device().id
+        peaks[device] = max(peaks.get(device, 0), pool.used_bytes())
+        return memory
+
+    start = pool_bytes(devices, lambda p: p.used_bytes())  # parameters, inputs, optimiser state
+    previous = cp.cuda.get_allocator()
+    cp.cuda.set_allocator(malloc)  # process-wide (using_allocator would cover this thread only)
+    try:
+        fn()
+        synchronize()
+    finally:
+        cp.cuda.set_allocator(previous)
+    return max(start, sum(peaks.values()))
 
 
 # ----------------------------------------------------------------------------
@@ -223,7 +282,16 @@ def summarise(result, batch):
         return result
     t = sorted(result["times"])
     med = t[len(t) // 2]
-    return dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"])
+    return dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"],
+                peak_reserved_bytes=result.get("peak_reserved_bytes"))
+
+
+def memory_cell(result):
+    """CPU: peak RSS MB.  GPU: peak MB in use / peak MB reserved from the device."""
+    used = f"{result['peak_bytes'] / 2**20:.0f}"
+    if result.get("peak_reserved_bytes") is None:
+        return used
+    return f"{used} / {result['peak_reserved_bytes'] / 2**20:.0f}"
 
 
 def main():
@@ -269,6 +337,10 @@ def main():
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
              f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}\n",
+             ("Peak MB: the process's peak RSS\n" if args.device == "cpu" else
+              "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
+              "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
+              "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),
              "| batch | mode | tinynet img/s | ms/step (min-max) | peak MB | GEMM floor ms | tinynet / floor | "
              "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -282,12 +354,12 @@ def main():
         tt = row.get("torch")
         torch_cols = "| | |"
         if tt and "error" not in tt:
-            torch_cols = (f"| {tt['images_per_s']:.1f} | {tt['peak_bytes'] / 2**20:.0f} | "
+            torch_cols = (f"| {tt['images_per_s']:.1f} | {memory_cell(tt)} | "
                           f"{t['images_per_s'] / tt['images_per_s']:.2f} |")
         elif tt:
             torch_cols = f"| error: {tt['error']} | | |"
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
-                     f"({ms(t['min'])}-{ms(t['max'])}) | {t['peak_bytes'] / 2**20:.0f} | "
+                     f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
                      f"{ms(floor) if floor else ''} | {ratio} {torch_cols}")
     md = "\n".join(lines) + "\n"
     print(md)

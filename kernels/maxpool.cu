@@ -2,11 +2,13 @@
 // tinynet/ops/cpu_kernels.py: maxpool_forward, maxpool_backward.
 //
 // forward : one thread per output element (N*C*OH*OW threads); it scans its
-//           KH x KW window and writes the maximum.
+//           KH x KW window and writes the maximum.  A NaN in the window wins, as in
+//           NumPy and PyTorch (a plain v > best would skip it: every comparison with
+//           NaN is false), so a diverging network shows NaN here as on the CPU.
 // backward: one thread per input pixel (N*C*H*W threads).  For every window that
 //           covers the pixel it finds that window's first maximum (row-major scan,
-//           comparing x with the saved output y) and, if that is this pixel, adds
-//           the window's gradient.  A gather: no argmax array, no atomics, and ties
+//           comparing x with the saved output y; if y is NaN, the window's first
+//           NaN) and, if that is this pixel, adds the window's gradient.  A gather: no argmax array, no atomics, and ties
 //           go to the first maximum exactly as on the CPU.
 // 64-bit linear indices throughout.
 
@@ -25,7 +27,7 @@ __global__ void maxpool_forward_kernel(const T* __restrict__ x, T* __restrict__ 
         for (int ky = 0; ky < KH; ++ky)
             for (int kx = 0; kx < KW; ++kx) {
                 const T v = plane[(oy * SH + ky) * W + ox * SW + kx];
-                best = v > best ? v : best;
+                best = (v > best || isnan(v)) ? v : best;  // once best is NaN it stays NaN
             }
         y[i] = best;
     }
@@ -52,12 +54,13 @@ __global__ void maxpool_backward_kernel(const T* __restrict__ x, const T* __rest
             for (long long ox = ox_lo; ox <= ox_hi; ++ox) {
                 const long long o = (nc * OH + oy) * OW + ox;
                 const T m = y[o];
-                // the window's first maximum, row-major
+                const bool m_nan = isnan(m);
+                // the window's first maximum (first NaN if the maximum is NaN), row-major
                 long long first = -1;
                 for (int ky = 0; ky < KH && first < 0; ++ky)
                     for (int kx = 0; kx < KW; ++kx) {
                         const long long p = (oy * SH + ky) * W + ox * SW + kx;
-                        if (plane[p] == m) { first = p; break; }
+                        if (plane[p] == m || (m_nan && isnan(plane[p]))) { first = p; break; }
                     }
                 if (first == h * W + w) sum += gy[o];
             }

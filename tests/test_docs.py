@@ -50,7 +50,7 @@ def test_block_extraction():
 def test_the_tour_is_there():
     names = [p.name for p in sorted((DOCS / "tour").glob("*.md"))]
     assert names == ["01-autograd.md", "02-im2col-gemm.md", "03-pooling.md", "04-lrn.md",
-                     "05-towers.md", "06-optimiser.md"]
+                     "05-towers.md", "06-optimiser.md", "07-cuda-on-the-cpu.md"]
     for name in names:
         assert python_blocks((DOCS / "tour" / name).read_text(encoding="utf-8")), f"{name} has no code"
 

@@ -70,6 +70,29 @@ def test_max_pool_ties_send_gradient_to_first_maximum():
     assert xt.grad[0, 0, 0, 1] == 1 and xt.grad.sum() == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_nan_wins_and_takes_the_gradient(dtype):
+    """A NaN anywhere in a window makes that window's output NaN (as NumPy and PyTorch),
+    and the window's gradient goes to its first NaN (row-major), as np.argmax picks it:
+    the fast path and the naive twin agree on both."""
+    rng = np.random.default_rng(3)
+    x = shuffled_linspace((2, 2, 7, 7), rng).astype(dtype)
+    x[0, 0, 2, 2] = np.nan          # shared by four 3x3/stride-2 windows, last in two of them
+    x[0, 1, 6, 5] = x[0, 1, 5, 6] = np.nan  # two NaN in one window: the first one (row 5) wins
+    x[1, 1, 0, 0] = np.nan          # first in its window
+    xt = tn.tensor(x, requires_grad=True)
+    y = F.max_pool2d(xt, 3, 2)
+    ref, _ = max_pool2d_naive(x, (3, 3), (2, 2))
+    assert np.array_equal(y.data, ref, equal_nan=True)
+    assert np.isnan(y.data[0, 0, :2, :2]).all() and np.isnan(y.data[0, 1, 2, 2]) and np.isnan(y.data[1, 1, 0, 0])
+    assert np.isnan(y.data).sum() == 6
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(gy)
+    np.testing.assert_allclose(xt.grad, max_pool2d_backward_naive(x, gy, (3, 3), (2, 2)), rtol=1e-6)
+    assert xt.grad[0, 0, 2, 2] == pytest.approx(gy[0, 0, :2, :2].sum(), rel=1e-6)
+    assert xt.grad[0, 1, 5, 6] == gy[0, 1, 2, 2] and xt.grad[0, 1, 6, 5] == 0
+
+
 def test_alexnet_pool_sizes():
     for size, out in ((55, 27), (27, 13), (13, 6)):
         assert F.max_pool2d(np.zeros((1, 1, size, size), np.float32), 3, 2).shape[-1] == out

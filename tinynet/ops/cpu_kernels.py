@@ -203,7 +203,9 @@ def maxpool_backward(x, y, gy, kh, kw, sh, sw):
 
     x: (N, C, H, W), y, gy: (N, C, OH, OW) -> gx: (N, C, H, W).
     Offsets are visited in row-major order; ``pending`` marks outputs whose
-    maximum has not been found yet, so a later tie never takes it.
+    maximum has not been found yet, so a later tie never takes it.  A window
+    whose maximum is NaN (forward lets NaN win, as NumPy does) sends its
+    gradient to its first NaN, as np.argmax would pick it.
     """
     N, C, oh, ow = gy.shape
     gx = np.zeros(x.shape, dtype=gy.dtype)
@@ -213,10 +215,15 @@ def maxpool_backward(x, y, gy, kh, kw, sh, sw):
         pending = np.ones(ys.shape, dtype=bool)
         hit = np.empty(ys.shape, dtype=bool)
         share = np.empty(ys.shape, dtype=gy.dtype)
+        nan_max = np.isnan(ys)                          # NaN == NaN is False: look for NaN apart
+        if not nan_max.any():
+            nan_max = None
         for ky in range(kh):
             for kx in range(kw):
                 rows, cols = _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)
                 np.equal(xs[:, :, rows, cols], ys, out=hit)
+                if nan_max is not None:
+                    hit |= nan_max & np.isnan(xs[:, :, rows, cols])
                 hit &= pending                          # first maximum only
                 np.multiply(gys, hit, out=share)
                 gxs[:, :, rows, cols] += share          # one offset: no two outputs share a pixel

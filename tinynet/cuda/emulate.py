@@ -1,0 +1,284 @@
+"""The CUDA kernels of ``kernels/*.cu`` run on the CPU, for tests and for learning.
+
+The ``.cu`` files are compiled unchanged by the host C++ compiler (g++ or clang++)
+through ``kernels/host/cuda_host.h``, which defines the CUDA built-ins they use,
+and ``kernels/host/launcher.cpp``, which runs a grid as a loop over blocks and
+threads.  The shared library is built on first use into a cache folder named by
+a hash of the sources and flags, so it is rebuilt whenever a kernel changes:
+
+    ~/.cache/tinynet/cuda-emulation/<hash>/kernels.so   (or $XDG_CACHE_HOME/...)
+
+Two levels:
+
+* ``launch(name, args, grid, block, order)``: one kernel launch, as
+  ``cupy.RawKernel`` would make it: ``args`` are NumPy arrays (passed as
+  pointers) and NumPy scalars of the kernel's exact types (np.int64 for
+  ``long long``, np.int32 for ``int``, np.float32/np.float64).  ``order``
+  says in which order the threads run: "forward", "reversed", "shuffled"
+  (with ``seed``), or an explicit sequence of thread numbers (a subset runs
+  only those threads).
+* ``im2col``, ``col2im``, ``maxpool_forward``, ... : the same names and
+  arguments as ``tinynet.cuda.kernels`` and ``tinynet.ops.cpu_kernels``,
+  on NumPy arrays, launched as the GPU module launches them.
+
+Set ``TINYNET_EMULATION_DEBUG=1`` to build without optimisation and with full
+debug information, for stepping through a thread in gdb (see docs/tour).
+"""
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from .kernels import kernel_path
+
+THREADS = 256  # threads per block in the default launch, as tinynet.cuda.kernels
+_SOURCES = ("host/cuda_host.h", "host/launcher.cpp", "im2col.cu", "lrn.cu", "maxpool.cu")
+_libraries = {}
+
+
+def compiler():
+    """The host C++ compiler: $CXX, else g++, c++ or clang++ on PATH; None if there is none."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    for name in ("g++", "c++", "clang++"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _flags(sanitize):
+    if os.environ.get("TINYNET_EMULATION_DEBUG"):
+        flags = ["-O0", "-g3"]
+    else:
+        flags = ["-O2", "-g"]
+    if sanitize:
+        flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
+    return ["-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra"] + flags
+
+
+def build_folder(cxx, flags):
+    """The cache folder for this compiler, these flags and these sources: named by a hash of
+    all of them, so that any change to a kernel, the header or the launcher rebuilds."""
+    digest = hashlib.sha256(" ".join([cxx] + flags).encode())
+    for name in _SOURCES:
+        with open(kernel_path(name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "tinynet", "cuda-emulation", digest.hexdigest()[:16])
+
+
+def library_path(sanitize=None):
+    """Build the emulation library if needed and return its path.
+
+    ``sanitize="address"`` builds it with AddressSanitizer (it can then only be
+    loaded by a process started with libasan preloaded; see tests)."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("tinynet.cuda.emulate: no C++ compiler found (set CXX, or install g++ or clang++)")
+    launcher = kernel_path("host/launcher.cpp")
+    flags = _flags(sanitize)
+    folder = build_folder(cxx, flags)
+    path = os.path.join(folder, "kernels.so")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)  # build aside, then rename: atomic
+        os.close(fd)
+        result = subprocess.run([cxx] + flags + [launcher, "-o", tmp], capture_output=True, text=True)
+        if result.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"tinynet.cuda.emulate: {os.path.basename(cxx)} failed on {launcher}:\n"
+                               f"{result.stderr}")
+        os.replace(tmp, path)
+    return path
+
+
+def library(sanitize=None):
+    """The loaded library (built on first use, then cached in this process)."""
+    lib = _libraries.get(sanitize)
+    if lib is None:
+        lib = ctypes.CDLL(library_path(sanitize))
+        lib.emu_signature.restype = ctypes.c_char_p
+        lib.emu_signature.argtypes = [ctypes.c_char_p]
+        lib.emu_thread_position.restype = None
+        lib.emu_thread_position.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                                            ctypes.c_longlong, ctypes.POINTER(ctypes.c_uint)]
+        lib.emu_launch.restype = ctypes.c_int
+        lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                                   ctypes.POINTER(ctypes.c_longlong), ctypes.c_longlong,
+                                   ctypes.POINTER(ctypes.c_void_p)]
+        _libraries[sanitize] = lib
+    return lib
+
+
+# a kernel argument letter -> the NumPy scalar type it must be given as
+_SCALARS = {"i": (np.int32, ctypes.c_int), "q": (np.int64, ctypes.c_longlong),
+            "f": (np.float32, ctypes.c_float), "d": (np.float64, ctypes.c_double)}
+
+
+def _dim3(shape, what):
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    if not 1 <= len(shape) <= 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
+        raise ValueError(f"launch: {what} must be 1 to 3 positive ints (x, y, z), got {shape!r}")
+    return (ctypes.c_uint * 3)(*(tuple(int(s) for s in shape) + (1, 1))[:3])
+
+
+def thread_position(grid, block, t):
+    """Where thread number ``t`` of a launch sits: ((blockIdx.x, .y, .z), (threadIdx.x, .y, .z)),
+    as the launcher sets them (x fastest, then y, then z)."""
+    grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+    if not 0 <= t < np.prod(list(grid3), dtype=np.int64) * np.prod(list(block3), dtype=np.int64):
+        raise ValueError(f"thread_position: thread {t} is not in a grid of {tuple(grid3)} blocks of "
+                         f"{tuple(block3)} threads")
+    out = (ctypes.c_uint * 6)()
+    library().emu_thread_position(grid3, block3, t, out)
+    return tuple(out[:3]), tuple(out[3:])
+
+
+def thread_order(order, threads, seed=0):
+    """Thread numbers 0 .. threads-1 in the order named ("forward", "reversed",
+    "shuffled" with ``seed``), or the given sequence, checked."""
+    if isinstance(order, str):
+        if order == "forward":
+            return None  # the launcher's own loop
+        if order == "reversed":
+            return np.arange(threads - 1, -1, -1, dtype=np.int64)
+        if order == "shuffled":
+            return np.random.default_rng(seed).permutation(threads).astype(np.int64)
+        raise ValueError(f"launch: order must be 'forward', 'reversed', 'shuffled' or a sequence of "
+                         f"thread numbers, got {order!r}")
+    ids = np.ascontiguousarray(order, dtype=np.int64).ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= threads):
+        raise ValueError(f"launch: thread numbers must lie in [0, {threads}) for this grid, "
+                         f"got {ids.min()} .. {ids.max()}")
+    return ids
+
+
+def launch(name, args, grid, block, order="forward", seed=0, sanitize=None):
+    """Run kernel ``name`` (e.g. "im2col_kernel<float>") over ``grid`` blocks of
+    ``block`` threads on the CPU, the threads one after another in ``order``.
+
+    ``args`` as for CuPy: C-contiguous NumPy arrays for pointers, NumPy scalars of
+    the exact C types for the rest; a mismatch is refused before the kernel runs."""
+    lib = library(sanitize)
+    signature = lib.emu_signature(name.encode())
+    if signature is None:
+        raise ValueError(f"launch: no kernel named {name!r} in kernels/*.cu")
+    signature = signature.decode()
+    if len(args) != len(signature):
+        raise ValueError(f"launch: {name} takes {len(signature)} arguments, got {len(args)}")
+    keep, pointers = [], (ctypes.c_void_p * len(args))()
+    for i, (letter, a) in enumerate(zip(signature, args)):
+        if letter == "p":
+            if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+                raise TypeError(f"launch: {name} argument {i} must be a C-contiguous NumPy array, "
+                                f"got {type(a).__name__}")
+            value = ctypes.c_void_p(a.ctypes.data)
+        else:
+            want, ctype = _SCALARS[letter]
+            if type(a) is not want:
+                raise TypeError(f"launch: {name} argument {i} must be {want.__name__}, got {type(a).__name__}")
+            value = ctype(a.item())
+        keep.append(value)
+        pointers[i] = ctypes.cast(ctypes.pointer(value), ctypes.c_void_p)
+    grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+    threads = int(np.prod(list(grid3), dtype=np.int64) * np.prod(list(block3), dtype=np.int64))
+    ids = thread_order(order, threads, seed)
+    ids_ptr = None if ids is None else ids.ctypes.data_as(ctypes.POINTER(ctypes.c_longlong))
+    rc = lib.emu_launch(name.encode(), grid3, block3, ids_ptr, 0 if ids is None else ids.size, pointers)
+    if rc != 0:
+        raise RuntimeError(f"launch: {name} failed in the launcher (code {rc})")
+
+
+# ----------------------------------------------------------------------------
+# The twins of tinynet.cuda.kernels, on NumPy arrays
+# ----------------------------------------------------------------------------
+
+def _ctype(dtype):
+    names = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+    if np.dtype(dtype) not in names:
+        raise TypeError(f"tinynet.cuda.emulate: the kernels take float32 or float64, got {np.dtype(dtype)}")
+    return names[np.dtype(dtype)]
+
+
+def _default_launch(name, dtype, total, args):
+    blocks = int(min(max((total + THREADS - 1) // THREADS, 1), 65535 * 8))
+    launch(f"{name}<{_ctype(dtype)}>", args, (blocks,), (THREADS,))
+
+
+def _i(v):
+    return np.int64(v)
+
+
+def im2col(x, kh, kw, stride, padding, out=None):
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if out is None:
+        out = np.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
+    _default_launch("im2col_kernel", x.dtype, out.size,
+                    (x, out, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                     np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
+    return out
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
+    cols = np.ascontiguousarray(cols)
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    target = np.empty((N, C, H, W), dtype=cols.dtype) if out is None or not out.flags.c_contiguous else out
+    _default_launch("col2im_kernel", cols.dtype, target.size,
+                    (cols, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                     np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
+    if out is not None and target is not out:
+        out[...] = target
+        return out
+    return target
+
+
+def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
+    _default_launch("maxpool_forward_kernel", x.dtype, y.size,
+                    (x, y, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                     np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
+    return y
+
+
+def maxpool_backward(x, y, gy, kh, kw, sh, sw):
+    x, y, gy = (np.ascontiguousarray(a) for a in (x, y, gy))
+    N, C, H, W = x.shape
+    gx = np.empty_like(x)
+    _default_launch("maxpool_backward_kernel", x.dtype, gx.size,
+                    (x, y, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                     np.int32(sh), np.int32(sw), _i(gy.shape[2]), _i(gy.shape[3])))
+    return gx
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    y, scale = np.empty_like(x), np.empty_like(x)
+    t = x.dtype.type
+    _default_launch("lrn_forward_kernel", x.dtype, x.size,
+                    (x, y, scale, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                     np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
+    return y, scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    x, y, scale, gy = (np.ascontiguousarray(a) for a in (x, y, scale, gy))
+    N, C, H, W = x.shape
+    gx = np.empty_like(x)
+    t = x.dtype.type
+    _default_launch("lrn_backward_kernel", x.dtype, x.size,
+                    (x, y, scale, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                     np.int32((size - 1) // 2), t(alpha), t(beta)))
+    return gx
