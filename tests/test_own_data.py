@@ -347,7 +347,7 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     text = " ".join(str(w.message) for w in caught)
     assert "broken.png" in text and "gone.png" in text
     out = capsys.readouterr().out
-    assert "using 6 of 13 training images, every class's share kept (per class: 2, 2, 2)" in out
+    assert "using 6 of 12 training images, every class's share kept (per class: 2, 2, 2)" in out
     assert "using 3 of" not in out                                # 3 held out already: all used
     assert "2 file(s) skipped" in out
     assert "top-5" not in out and set(result) == {"top1_err", "loss"}
