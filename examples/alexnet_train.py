@@ -77,10 +77,18 @@ RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "d
 DATA_DEFAULTS = dict(dataset="shapes", val_fraction=0.1, num_classes=10)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except where the help text says it (options whose default
+    is None: the preset's, or the data's)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Train the paper's AlexNet with tinynet.", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="short",
                     help="training recipe: 'short' (default, ~15 min on 2 CPU cores), 'paper' "
                          "(the paper's recipe), 'demo' (REDUCED: ~2 min classroom demo)")
@@ -105,9 +113,11 @@ def parse_args(argv=None):
                          "included: training stops early enough to finish the final evaluation "
                          "in time (0: none; default: the preset's)")
     ap.add_argument("--max-train-images", type=int, default=0,
-                    help="use only this many training images (0: all)")
+                    help="use only this many training images, every class keeping its share "
+                         "(0: all)")
     ap.add_argument("--max-val-images", type=int, default=0,
-                    help="use only this many validation images (0: all)")
+                    help="use only this many validation images, every class keeping its share "
+                         "(0: all)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed for the initial weights, dropout, shuffling and augmentation")
     ap.add_argument("--data-seed", type=int, default=0,
@@ -115,7 +125,8 @@ def parse_args(argv=None):
                          "--data folder and --max-*-images subsets (kept apart from --seed, so "
                          "runs with different seeds are scored on the same images)")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
-    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (latest.npz)")
+    ap.add_argument("--resume", metavar="PATH",
+                    help="continue a run from its checkpoint (RUN/latest.npz), in its own folder")
     ap.add_argument("--out", metavar="DIR",
                     help="run folder, new or empty (default: a new runs/alexnet/version_N); "
                          "with --resume: the checkpoint's own folder, or a new one to branch into")
