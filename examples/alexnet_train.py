@@ -4,14 +4,16 @@
     python examples/alexnet_train.py --preset demo      # REDUCED classroom demo, about 2 minutes
     python examples/alexnet_train.py --preset paper     # the paper's own recipe (needs days and real data)
     python examples/alexnet_train.py --data DIR         # your own image folders: DIR/train/<class>/*.jpg, DIR/val/...
-    python examples/alexnet_train.py --resume runs/alexnet/latest.npz
+    python examples/alexnet_train.py --resume runs/alexnet/version_0/latest.npz
     python examples/alexnet_train.py --preset demo --batch-size 1 --trace   # print every op of ONE step, exit
     mpiexec -n 2 python examples/alexnet_train.py --data-parallel   # 2 processes, docs/distributed.md
 
 The network is always the full AlexNet of the paper (60.97M parameters at
 1000 classes); presets change only the training recipe and the data.  Each
-run writes to --out: config.json (everything that ran, including which
-preset), metrics.jsonl, curves.png, latest.npz and best.npz.
+run writes to a folder of its own (tinynet/runs.py): a new runs/alexnet/version_N,
+or --out, which must be new or empty: config.json (everything that ran,
+including which preset), metrics.jsonl, curves.png, latest.npz and best.npz.
+--resume continues a run in its own folder.
 """
 
 import argparse
@@ -29,6 +31,7 @@ import tinynet as tn  # noqa: E402
 import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
+from tinynet import runs  # noqa: E402
 from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
 from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
@@ -63,21 +66,41 @@ class ConfigError(Exception):
     """A bad option or data set: reported as one line, no traceback."""
 
 
+# Options that choose the recipe or the data: a resumed run keeps its own, so they are refused
+# with --resume (only the run's length, --epochs and --time-budget, may change).
+RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "difficulty",
+                  "batch_size", "lr", "momentum", "weight_decay", "max_train_images",
+                  "max_val_images", "seed", "data_seed")
+
+# Built-in defaults of the options whose default depends on the data (None in argparse, so
+# that an option the user gave can be told from one left alone).
+DATA_DEFAULTS = dict(dataset="shapes", val_fraction=0.1, num_classes=10)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except where the help text says it (options whose default
+    is None: the preset's, or the data's)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        description="Train the paper's AlexNet with tinynet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train the paper's AlexNet with tinynet.", allow_abbrev=False,
+        formatter_class=HelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="short",
                     help="training recipe: 'short' (default, ~15 min on 2 CPU cores), 'paper' "
                          "(the paper's recipe), 'demo' (REDUCED: ~2 min classroom demo)")
     ap.add_argument("--data", metavar="DIR",
                     help="image folders: DIR/train/<class>/*.jpg and DIR/val/<class>/*, or one "
                          "DIR/<class>/* tree split by --val-fraction; default: built-in shapes")
-    ap.add_argument("--dataset", choices=["shapes", "fashion-mnist"], default="shapes",
-                    help="built-in data when --data is not given")
-    ap.add_argument("--val-fraction", type=float, default=0.1,
-                    help="held-out fraction when --data has no train/val split")
-    ap.add_argument("--num-classes", type=int, default=10, help="classes of the shapes set (2-16)")
+    ap.add_argument("--dataset", choices=["shapes", "fashion-mnist"],
+                    help="built-in data when --data is not given (default: shapes)")
+    ap.add_argument("--val-fraction", type=float,
+                    help="held-out fraction when --data has no held-out folder (default: 0.1)")
+    ap.add_argument("--num-classes", type=int,
+                    help=f"classes of the shapes set, 2-{len(tdata.SHAPE_CLASSES)} (default: 10)")
     ap.add_argument("--difficulty", choices=["easy", "standard", "hard"],
                     help="difficulty of the shapes set (default: the preset's)")
     ap.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
@@ -90,13 +113,23 @@ def parse_args(argv=None):
                          "included: training stops early enough to finish the final evaluation "
                          "in time (0: none; default: the preset's)")
     ap.add_argument("--max-train-images", type=int, default=0,
-                    help="use only this many training images (0: all)")
+                    help="use only this many training images, every class keeping its share "
+                         "(0: all)")
     ap.add_argument("--max-val-images", type=int, default=0,
-                    help="use only this many validation images (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed for data, initial weights and dropout")
+                    help="use only this many validation images, every class keeping its share "
+                         "(0: all)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed for the initial weights, dropout, shuffling and augmentation")
+    ap.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the data itself: the shapes set, the held-out split of a "
+                         "--data folder and --max-*-images subsets (kept apart from --seed, so "
+                         "runs with different seeds are scored on the same images)")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
-    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint (latest.npz)")
-    ap.add_argument("--out", default="runs/alexnet", help="run folder")
+    ap.add_argument("--resume", metavar="PATH",
+                    help="continue a run from its checkpoint (RUN/latest.npz), in its own folder")
+    ap.add_argument("--out", metavar="DIR",
+                    help="run folder, new or empty (default: a new runs/alexnet/version_N); "
+                         "with --resume: the checkpoint's own folder, or a new one to branch into")
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"),
                     help="where built-in data sets and decoded image caches are kept")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
@@ -116,21 +149,93 @@ def parse_args(argv=None):
     ap.add_argument("--trace", action="store_true",
                     help="print every op of ONE training step (forward and backward: shapes, and for "
                          "convolutions the im2col and GEMM shapes and cost), then exit without "
-                         "updating the weights or writing a checkpoint; --batch-size 1 gives "
+                         "updating the weights or writing any file; --batch-size 1 gives "
                          "per-image numbers")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # the options written on the command line (abbreviations are off, so each is spelt in full)
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    args.given = {a.dest for a in ap._actions
+                  if any(t == o or t.startswith(o + "=") for o in a.option_strings for t in tokens)}
+    return args
+
+
+def check_options(args):
+    """Refuse option values that cannot be right, naming the option (ConfigError)."""
+    def bad(option, expected, value):
+        raise ConfigError(f"{option} must be {expected}, got {value}")
+
+    for name in ("seed", "data_seed", "stop_after_steps"):
+        if getattr(args, name) < 0:
+            bad("--" + name.replace("_", "-"), ">= 0", getattr(args, name))
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
+        bad("--time-budget", "seconds >= 0 (0: no budget)", args.time_budget)
+    if args.num_classes is not None and not 2 <= args.num_classes <= len(tdata.SHAPE_CLASSES):
+        bad("--num-classes", f"in 2..{len(tdata.SHAPE_CLASSES)} (the shapes set's classes)",
+            args.num_classes)
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        bad("--val-fraction", "strictly between 0 and 1", args.val_fraction)
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            bad("--" + name.replace("_", "-"), "a finite number >= 0", value)
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the run")
+
+
+def check_applicable(args):
+    """Refuse options that the chosen data or --resume would not use (ConfigError): an option
+    given is an option honoured, never one recorded as if it had been."""
+    given = args.given
+    if args.resume:
+        ignored = [o for o in RECIPE_OPTIONS if o in given]
+        if ignored:
+            raise ConfigError(
+                f"--resume continues a run with its own recipe and data, so "
+                f"{', '.join('--' + o.replace('_', '-') for o in ignored)} cannot change; only "
+                f"--epochs and --time-budget can (to train something else, start a new run)")
+        return
+    if args.data:
+        unused = [o for o in ("dataset", "num_classes", "difficulty") if o in given]
+        if unused:
+            raise ConfigError(f"{', '.join('--' + o.replace('_', '-') for o in unused)} "
+                              f"describe(s) the built-in data; with --data DIR the classes are "
+                              f"DIR's folders")
+        if "val_fraction" in given and os.path.isdir(args.data):
+            try:
+                held_out = tdata.find_layout(args.data, "--data")["val"]
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if held_out is not None:
+                raise ConfigError(f"--val-fraction splits a folder without held-out images, but "
+                                  f"{held_out} holds them; leave --val-fraction out")
+        return
+    if "val_fraction" in given:
+        raise ConfigError("--val-fraction splits a --data folder; the built-in sets come with "
+                          "their own held-out images")
+    if args.dataset == "fashion-mnist":
+        unused = [o for o in ("num_classes", "difficulty") if o in given]
+        if unused:
+            raise ConfigError(f"{', '.join('--' + o.replace('_', '-') for o in unused)} "
+                              f"describe(s) the shapes set, not fashion-mnist")
 
 
 def build_config(args):
+    """The configuration of a new run: the preset, overridden by the options given. Settings
+    that do not apply to the chosen data are recorded as None (load_data fills in the rest)."""
     cfg = dict(PRESETS[args.preset])
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
-    cfg.update(preset=args.preset, data=args.data, dataset=args.dataset, seed=args.seed,
-               device=args.device, num_classes=args.num_classes, val_fraction=args.val_fraction,
+    dataset = None if args.data else (args.dataset or DATA_DEFAULTS["dataset"])
+    cfg.update(preset=args.preset, data=args.data, dataset=dataset, seed=args.seed,
+               data_seed=args.data_seed, device=args.device,
+               num_classes=(args.num_classes or DATA_DEFAULTS["num_classes"]) if dataset == "shapes" else None,
+               val_fraction=args.val_fraction,   # None: the default 0.1, if a split is made
                max_train_images=args.max_train_images, max_val_images=args.max_val_images,
                ten_crop=args.ten_crop)
+    if dataset != "shapes":
+        cfg["difficulty"] = cfg["train_per_class"] = cfg["val_per_class"] = None
     if args.preset == "demo":
         cfg["note"] = "REDUCED configuration (classroom demo): few, easy images; not the default run"
     for key in ("epochs", "batch_size"):
@@ -150,30 +255,94 @@ def build_config(args):
 # ----------------------------------------------------------------------------
 
 
-def load_data(cfg, cache_dir):
+def decoding_progress(quiet):
+    """A progress callback for decoding an image folder: a line at most every 10 s on a
+    terminal (every 60 s otherwise), and one at the end."""
+    state = {"last": time.time()}
+
+    def report(done, total):
+        now = time.time()
+        if quiet or (done < total and now - state["last"] < (10 if sys.stderr.isatty() else 60)):
+            return
+        state["last"] = now
+        sys.stderr.write(f"decoding images into the cache: {done}/{total}\n")
+    return report
+
+
+def load_image_data(cfg, cache_dir, say, quiet=False, retry_unreadable=True):
+    """--data DIR: the training and held-out sets of the folder, the layout said out loud."""
+    data = cfg["data"]
+    if not os.path.isdir(data):
+        raise ConfigError(f"--data: no folder at {data}")
+    layout = tdata.find_layout(data, "--data")
+    if layout["val"] is not None:
+        cfg["val_fraction"] = None          # nothing is split
+        say(f"data: training images from {layout['train']}, held-out images from {layout['val']}"
+              + (f" ({', '.join(layout['unused'])} not used)" if layout["unused"] else ""))
+    else:
+        if cfg["val_fraction"] is None:
+            cfg["val_fraction"] = DATA_DEFAULTS["val_fraction"]
+        say(f"data: {layout['train']} has no held-out folder ({'/, '.join(tdata.HELD_OUT_NAMES)}/"
+              f"); {cfg['val_fraction']:g} of each class is held out (split seed "
+              f"--data-seed {cfg['data_seed']})")
+    train, val = tdata.load_image_folders(data, val_fraction=cfg["val_fraction"] or 0.1,
+                                          seed=cfg["data_seed"], cache_dir=cache_dir,
+                                          progress=decoding_progress(quiet),
+                                          retry_unreadable=retry_unreadable)
+    if train.skipped:
+        say(f"data: {len(train.skipped)} file(s) skipped (not readable as images; see the "
+              f"warnings): {', '.join(train.skipped[:3])}" + (" ..." if len(train.skipped) > 3 else ""))
+    if val.skipped and val.skipped != train.skipped:
+        say(f"data: {len(val.skipped)} held-out file(s) skipped: {', '.join(val.skipped[:3])}"
+              + (" ..." if len(val.skipped) > 3 else ""))
+    return train, val
+
+
+def take_subset(dataset, count, seed, what, say):
+    """--max-train-images / --max-val-images: a stratified subset (every class keeps its share),
+    said out loud with the count per class."""
+    if not count or count >= len(dataset):
+        return dataset
+    keep = tdata.stratified_subset_indices(dataset.labels, count, seed)
+    subset = dataset.subset(keep)
+    per_class = np.bincount(subset.labels, minlength=dataset.num_classes)
+    say(f"using {len(subset)} of {len(dataset)} {what} images, every class's share kept "
+          f"(per class: {', '.join(str(int(k)) for k in per_class)})")
+    missing = [dataset.classes[k] for k in np.flatnonzero(per_class == 0)
+               if np.any(dataset.labels == k)]
+    if missing:
+        say(f"warning: {count} {what} images cannot cover all {dataset.num_classes} classes; "
+              f"no {what} image of {', '.join(missing)}")
+    return subset
+
+
+def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True):
+    """The training and held-out sets the configuration names, checked before any training.
+    say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
     if cfg["data"]:
-        if not os.path.isdir(cfg["data"]):
-            raise ConfigError(f"--data: no folder at {cfg['data']}")
-        train, val = tdata.load_image_folders(cfg["data"], val_fraction=cfg["val_fraction"],
-                                              seed=cfg["seed"], cache_dir=cache_dir)
+        train, val = load_image_data(cfg, cache_dir, say, quiet, retry_unreadable)
     elif cfg["dataset"] == "fashion-mnist":
         train, val = tdata.load_fashion_mnist()
     else:
         root = os.path.join(cache_dir, f"shapes-{cfg['difficulty']}-{cfg['num_classes']}c-"
-                                       f"{cfg['train_per_class']}x{cfg['val_per_class']}-s{cfg['seed']}")
+                                       f"{cfg['train_per_class']}x{cfg['val_per_class']}-s{cfg['data_seed']}")
         t0 = time.time()
         train, val = tdata.make_shapes(root, num_classes=cfg["num_classes"],
                                        train_per_class=cfg["train_per_class"],
-                                       val_per_class=cfg["val_per_class"], seed=cfg["seed"],
+                                       val_per_class=cfg["val_per_class"], seed=cfg["data_seed"],
                                        difficulty=cfg["difficulty"])
         if time.time() - t0 > 2:
-            print(f"generated the shapes set in {time.time() - t0:.0f} s (cached in {root})")
-    if cfg["max_train_images"]:
-        train = train.subset(np.arange(min(cfg["max_train_images"], len(train))))
-    if cfg["max_val_images"]:
-        val = val.subset(np.arange(min(cfg["max_val_images"], len(val))))
+            say(f"generated the shapes set in {time.time() - t0:.0f} s (cached in {root})")
+    train = take_subset(train, cfg["max_train_images"], cfg["data_seed"], "training", say)
+    val = take_subset(val, cfg["max_val_images"], cfg["data_seed"], "held-out", say)
+    cfg["num_classes"] = train.num_classes     # what ran, whatever the data
     if train.num_classes < 2:
         raise ConfigError("the training data has only one class; need at least two")
+    if len(val) == 0:
+        raise ConfigError(f"the held-out set is empty ({len(train)} training images in "
+                          f"{train.num_classes} classes, 0 held out): a class needs at least two "
+                          f"readable images for one to be held out; add images or a held-out "
+                          f"folder (DIR/val/<class>/...)")
     if cfg["batch_size"] > len(train):
         raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the training set ({len(train)} images)")
     return train, val
@@ -220,7 +389,8 @@ def build_model(cfg, num_classes, device="cpu"):
 
 
 def evaluate(model, dataset, transform, batch_size, device="cpu"):
-    """Top-1 and top-5 error and mean loss over ``dataset``.
+    """Top-1 error, top-5 error (only with more than 5 classes: with 5 or fewer every label is
+    among the top 5) and mean loss over ``dataset``: dict(top1_err, [top5_err,] loss).
 
     Data parallel: rank r of n evaluates its own contiguous shard (about len/n images, in
     batches of batch_size/n) and the wrong-counts and loss sums are added over the ranks
@@ -250,7 +420,10 @@ def evaluate(model, dataset, transform, batch_size, device="cpu"):
     wrong1, wrong5, total_loss = dist.allreduce_sum([wrong1, wrong5, total_loss])  # over ranks
     model.train()
     n = len(dataset)
-    return dict(top1_err=int(wrong1) / n, top5_err=int(wrong5) / n, loss=float(total_loss) / n)
+    result = dict(top1_err=int(wrong1) / n, top5_err=int(wrong5) / n, loss=float(total_loss) / n)
+    if dataset.num_classes <= 5:
+        del result["top5_err"]
+    return result
 
 
 def trace_one_step(model, loader, device="cpu"):
@@ -258,8 +431,8 @@ def trace_one_step(model, loader, device="cpu"):
     tinynet.trace(), which prints every op as the data flows forward and the gradients flow
     back -- shapes, and for convolutions the im2col matrix, the GEMM and its cost (conv1 at
     --batch-size 1: cols [363 x 3025], W [96 x 363]).  Then the program stops: the weights
-    are not updated and no checkpoint or metrics are written (config.json is); it is a look
-    inside, not part of a run."""
+    are not updated and no file is written (no run folder is made); it is a look inside, not
+    part of a run."""
     batches = loader.epoch_batches(0)
     x, y, _ = next(batches)
     batches.close()  # stops the loader's background thread
@@ -317,10 +490,52 @@ def write_plot(out, metrics):
     panels = [("training loss (mean of every 20 steps) against step",
                {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])})]
     if evals:
-        panels.append(("validation error against epoch", {
-            "top-1": ([m["epoch"] + 1 for m in evals], [m["top1_err"] for m in evals]),
-            "top-5": ([m["epoch"] + 1 for m in evals], [m["top5_err"] for m in evals])}))
+        epochs = [m["epoch"] + 1 for m in evals]
+        curves = {"top-1": (epochs, [m["top1_err"] for m in evals])}
+        if all("top5_err" in m for m in evals):
+            curves["top-5"] = (epochs, [m["top5_err"] for m in evals])
+        panels.append(("validation error against epoch", curves))
     line_chart(os.path.join(out, "curves.png"), panels)
+
+
+DEFAULT_RUNS = os.path.join("runs", "alexnet")
+
+
+def checkpoint_step(path):
+    """The global step saved in the checkpoint `path` (read from its meta entry alone), or None
+    if there is no such file or it is no checkpoint of this program."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(bytes(z["meta"]).decode("utf-8")).get("global_step")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def choose_run_folder(args, ckpt, create):
+    """The folder this run writes to, by the rules of tinynet/runs.py.
+
+    New run: --out (new, or empty of run files) or a new runs/alexnet/version_N.
+    Resumed run: the checkpoint's own folder, its metrics cut back to the checkpoint's step; or,
+    with --out naming another folder, a new run there whose metrics start with the checkpoint's
+    history (the first run's folder is never written). Branching copies rather than refusing,
+    so that training on from a best.npz, or trying a longer schedule, keeps the original intact.
+
+    create: False only checks (before the data is prepared, so a refusal costs nothing).
+    Returns (folder, metrics so far, branched) when create is True.
+    """
+    if ckpt is None:
+        if args.out is None:
+            return (runs.next_version_dir(DEFAULT_RUNS) if create else None), [], False
+        return runs.claim_new_run_dir(args.out, create=create), [], False
+    step = ckpt["meta"]["global_step"]
+    home = os.path.dirname(os.path.abspath(args.resume))
+    latest = os.path.join(home, "latest.npz")
+    latest_step = None
+    if os.path.exists(latest) and not os.path.samefile(latest, args.resume):
+        latest_step = checkpoint_step(latest)
+    folder, branched = runs.resume_target(args.resume, step, latest_step, args.out, create=create)
+    history = runs.keep_metrics_upto(runs.read_metrics(os.path.join(home, "metrics.jsonl")), step)
+    return folder, history, branched
 
 
 def train(args):
@@ -329,8 +544,11 @@ def train(args):
     if not args.data_parallel and dist.launched_size() > 1:
         raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
                           "--data-parallel (each would train alone and write the same files)")
+    check_options(args)
+    check_applicable(args)
+    if args.eval_only and not args.resume:
+        raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
     cfg = build_config(args)
-    os.makedirs(args.out, exist_ok=True)
     tn.manual_seed(cfg["seed"])
     ckpt = None
     if args.resume:
@@ -348,6 +566,11 @@ def train(args):
         for key in ("epochs", "time_budget"):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)
+        cfg.setdefault("data_seed", cfg["seed"])      # checkpoints of older versions
+        if ckpt["meta"]["epoch"] >= cfg["epochs"] and not args.eval_only:
+            raise ConfigError(f"--resume: the run of {args.resume} is complete ({cfg['epochs']} "
+                              f"epoch(s) trained); to train it further, add --epochs N with "
+                              f"N > {cfg['epochs']}")
 
     # Data parallelism (docs/distributed.md): rank r of n takes images r*B/n..(r+1)*B/n-1 of
     # every global batch of B; only rank 0 prints and writes files. Serially: 1 rank of 1.
@@ -362,9 +585,17 @@ def train(args):
         threads = dist.set_threads_per_rank()     # the ranks share the cores
         cfg["data_parallel"] = dict(ranks=ranks, local_batch=local_batch, threads_per_rank=threads)
 
+    # the run folder (tinynet/runs.py): only rank 0 writes files, so only rank 0 chooses it;
+    # checked now, made once the data and the model are ready (--trace and --eval-only write none)
+    writes_files = main_rank and not args.trace and not args.eval_only
+    if writes_files:
+        choose_run_folder(args, ckpt, create=False)
+
     if not main_rank:
         dist.barrier()     # rank 0 prepares the data (generates, decodes, caches) first ...
-    train_set, val_set = load_data(cfg, args.cache_dir)
+    # (the other ranks read rank 0's cache as it is, so all ranks train on the same images)
+    train_set, val_set = load_data(cfg, args.cache_dir, print if main_rank else (lambda *a: None),
+                                   args.quiet or not main_rank, retry_unreadable=main_rank)
     if main_rank:
         dist.barrier()     # ... then the others read its cache
     train_tf, eval_tf = make_transforms(cfg, train_set)
@@ -395,9 +626,18 @@ def train(args):
 
     cfg["classes"] = list(train_set.classes)
     cfg["train_images"], cfg["val_images"] = len(train_set), len(val_set)
-    if main_rank:
-        with open(os.path.join(args.out, "config.json"), "w") as f:
+    out, metrics = None, []
+    if writes_files:
+        out, metrics, branched = choose_run_folder(args, ckpt, create=True)
+        if branched:
+            cfg["resumed_from"] = os.path.abspath(args.resume)
+        with open(os.path.join(out, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
+        runs.write_metrics(os.path.join(out, "metrics.jsonl"), metrics)
+        if ckpt is None:
+            print(f"run folder: {out}")
+        elif branched:
+            print(f"run folder: {out} (a new run, starting from {args.resume} and its history)")
     if ranks > 1 and main_rank:
         print(f"data parallel: {ranks} ranks, {local_batch} image(s) each = global batch "
               f"{cfg['batch_size']}; {threads} thread(s) per rank")
@@ -409,11 +649,10 @@ def train(args):
                 f"init {cfg['init']}, bias {cfg['bias_init']}")
 
     if args.eval_only:
-        if ckpt is None:
-            raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
         result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)
         if main_rank:
-            print(f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}")
+            print(f"top-1 error {result['top1_err']:.4f}" + (
+                f", top-5 error {result['top5_err']:.4f}" if "top5_err" in result else ""))
         return result
 
     # each rank iterates over its own slice of the same global batches (same seed everywhere)
@@ -423,13 +662,7 @@ def train(args):
         if ranks > 1:
             raise ConfigError("--trace traces one process: run it without mpiexec")
         return trace_one_step(model, loader, device)
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    metrics = []
-    if ckpt is not None and os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            metrics = [json.loads(line) for line in f if line.strip()]
-    elif main_rank:
-        open(metrics_path, "w").close()
+    metrics_path = None if out is None else os.path.join(out, "metrics.jsonl")
 
     stop = {"signal": None}
 
@@ -439,8 +672,11 @@ def train(args):
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint_meta(epoch, step):
+        # running_loss and run_time: a resumed run continues the half-filled average of the
+        # training loss and the clock, so its metrics are those of an uninterrupted run
         return dict(config=cfg, epoch=epoch, step=step, global_step=global_step, best_err=best_err,
-                    base_lr=base_lr, scheduler=scheduler.state_dict(), rng=tn.get_rng_state())
+                    base_lr=base_lr, scheduler=scheduler.state_dict(), rng=tn.get_rng_state(),
+                    running_loss=[running, count], run_time=time.time() - run_start)
 
     def log(entry):
         metrics.append(entry)
@@ -451,14 +687,16 @@ def train(args):
     # the rate after warmup (during warmup optimizer.lr is only a fraction of it)
     base_lr = optimizer.lr if ckpt is None else ckpt["meta"]["base_lr"]
     first_step = global_step
-    run_start = time.time()
+    # the clock of the run: a resumed run continues from the time its checkpoint was saved
+    run_start = time.time() - (ckpt["meta"].get("run_time", 0.0) if ckpt is not None else 0.0)
+    running, count = (ckpt["meta"].get("running_loss", [0.0, 0]) if ckpt is not None else [0.0, 0])
     deadline = program_start + cfg["time_budget"] if cfg["time_budget"] else 0
     eval_seconds = 0.05 * len(val_set) * (10 if cfg["ten_crop"] else 1)  # a guess until measured
     result = None
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             bar = Progress(len(loader), epoch, args.quiet or not main_rank)
-            seen, running, count = 0, 0.0, 0
+            seen = 0
             step = start_step if epoch == start_epoch else 0
             first_step_of_epoch = step
             out_of_time = False
@@ -478,7 +716,7 @@ def train(args):
                 if not math.isfinite(value):
                     raise FloatingPointError(
                         f"loss became {value} at epoch {epoch}, step {step} (global step {global_step}); "
-                        f"the last good checkpoint is {os.path.join(args.out, 'latest.npz')}. "
+                        f"the last good checkpoint is {os.path.join(out or 'the run folder', 'latest.npz')}. "
                         "Try a smaller --lr.")
                 optimizer.zero_grad()
                 loss.backward()
@@ -510,12 +748,13 @@ def train(args):
             bar.close()
             if stop["signal"]:
                 if main_rank:   # only rank 0 writes files: every rank holds the same weights
-                    save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
+                    save_checkpoint(os.path.join(out, "latest.npz"), model, optimizer,
                                     checkpoint_meta(epoch, step))
                     launch = (f"mpiexec -n {ranks} python examples/alexnet_train.py --data-parallel"
                               if ranks > 1 else "python examples/alexnet_train.py")
-                    print(f"\n{stop['signal']}: saved {args.out}/latest.npz at epoch {epoch}, step {step}. "
-                          f"Continue with: {launch} --resume {args.out}/latest.npz --out {args.out}")
+                    latest = os.path.join(out, "latest.npz")
+                    print(f"\n{stop['signal']}: saved {latest} at epoch {epoch}, step {step}. "
+                          f"Continue with: {launch} --resume {latest}")
                 return None
             crossing = None
             if traffic is not None and step > first_step_of_epoch:
@@ -533,8 +772,9 @@ def train(args):
                 result["cross_tower_bytes_per_step"] = crossing
             log(dict(kind="eval", epoch=epoch, step=global_step, time=elapsed, **result))
             if main_rank:
+                top5 = f"top-5 error {result['top5_err']:.3f}, " if "top5_err" in result else ""
                 print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, "
-                      f"top-5 error {result['top5_err']:.3f}, val loss {result['loss']:.3f} "
+                      f"{top5}val loss {result['loss']:.3f} "
                       f"({elapsed:.0f} s)")
             # every rank has the same result, so every rank's scheduler makes the same decision
             if scheduler.step(result["top1_err"]):
@@ -545,12 +785,12 @@ def train(args):
             if result["top1_err"] < best_err:
                 best_err = result["top1_err"]
                 if main_rank:
-                    save_checkpoint(os.path.join(args.out, "best.npz"), model, optimizer,
+                    save_checkpoint(os.path.join(out, "best.npz"), model, optimizer,
                                     checkpoint_meta(next_epoch, next_step))
             if main_rank:
-                save_checkpoint(os.path.join(args.out, "latest.npz"), model, optimizer,
+                save_checkpoint(os.path.join(out, "latest.npz"), model, optimizer,
                                 checkpoint_meta(next_epoch, next_step))
-                write_plot(args.out, metrics)
+                write_plot(out, metrics)
             start_step = 0
             if out_of_time:
                 if main_rank:
@@ -564,8 +804,9 @@ def train(args):
     total = time.time() - program_start
     if result is not None and main_rank:
         print(f"done in {total:.0f} s: top-1 error {result['top1_err']:.3f} "
-              f"(accuracy {1 - result['top1_err']:.1%}), top-5 error {result['top5_err']:.3f}; "
-              f"best top-1 error {best_err:.3f}; run folder {args.out}")
+              f"(accuracy {1 - result['top1_err']:.1%}), "
+              + (f"top-5 error {result['top5_err']:.3f}; " if "top5_err" in result else "") +
+              f"best top-1 error {best_err:.3f}; run folder {out}")
     return result
 
 
@@ -573,8 +814,13 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return train(args)
-    except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError,
-            RuntimeError) as e:
+    except KeyboardInterrupt:
+        # Ctrl-C before training started (while the data is prepared): nothing to save; a
+        # half-built data cache is removed by the data loader itself
+        print("alexnet_train.py: interrupted (Ctrl-C) before training started; no checkpoint "
+              "was written", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, OSError, ValueError, FloatingPointError, RuntimeError) as e:
         message = f"alexnet_train.py: error: {e}"
         if dist.active():
             # data parallel: end every rank (the others may wait for this one in an Allreduce);

@@ -15,6 +15,7 @@ result against the convolution written as loops (tinynet.ops.conv.conv2d_naive).
 The script exits with status 1 if any check fails.
 """
 
+import argparse
 import os
 import sys
 
@@ -24,6 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet.ops.conv import conv2d_backward_naive, conv2d_naive  # noqa: E402
+
+# The lesson takes no options; --help shows the outline above and exits without running it.
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        usage="python examples/im2col_walkthrough.py").parse_args()
 
 np.set_printoptions(linewidth=120, precision=2, suppress=True)
 failures = []

@@ -2,8 +2,8 @@
 feature maps they make of one image.
 
     python examples/visualize_filters.py                                   # a fresh (random) AlexNet
-    python examples/visualize_filters.py --checkpoint runs/alexnet/best.npz
-    python examples/visualize_filters.py --checkpoint runs/alexnet/best.npz --image photo.jpg
+    python examples/visualize_filters.py --checkpoint runs/alexnet/version_0/best.npz
+    python examples/visualize_filters.py --checkpoint runs/alexnet/version_0/best.npz --image photo.jpg
     python examples/visualize_filters.py --shape star                      # which built-in shape to show
 
 Writes two PNG files into --out (default runs/filters):

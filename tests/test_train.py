@@ -145,6 +145,15 @@ def test_resume_is_exact(prog, run_a, cache_dir, tmp_path, capsys):
         return [(m["epoch"], m["step"], m["top1_err"], m["top5_err"], m["loss"])
                 for m in read_metrics(folder) if m["kind"] == "eval"]
     assert evals(out_b) == evals(out_a)
+    # the curves continue: the training-loss average that the interruption cut in half holds
+    # the steps before and after it, as in the uninterrupted run, and the clock goes on
+    def trains(folder):
+        return [(m["epoch"], m["step"], m["loss"], m["lr"])
+                for m in read_metrics(folder) if m["kind"] == "train"]
+    assert trains(out_b) == trains(out_a)
+    times = [m["time"] for m in read_metrics(out_b)]
+    assert times == sorted(times) and times[0] > 0
+    assert stopped["meta"]["run_time"] <= times[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -213,7 +222,7 @@ def test_error_resume_checkpoint_with_other_class_count(prog, run_a, cache_dir, 
     np.savez(path, **arrays)
     assert load_checkpoint(str(path))["model"]["fc8.weight"].shape == (3, 4096)
     msg = run_error(prog, capsys, ["--resume", str(path), "--out", str(tmp_path / "out"),
-                                   "--cache-dir", cache_dir, "--quiet"])
+                                   "--cache-dir", cache_dir, "--quiet", "--epochs", "3"])
     assert "fc8" in msg
 
 
@@ -292,3 +301,87 @@ def test_two_towers_report_their_traffic(prog, cache_dir, tmp_path, capsys):
     # fc7 and fc8, each way; plus tower 1's half of the logits (5 of 10 classes) gathered on tower 0
     per_image = 2 * 4 * (128 * 13 * 13 + 4608 + 2048 + 2048) + 4 * 5
     assert f"cross-tower traffic per step: {2 * per_image:,} B forward, {2 * per_image:,} B backward" in printed
+
+
+# ------------------------------------------------------------------------------------------
+# Run folders: a run never writes into another run's folder
+# ------------------------------------------------------------------------------------------
+
+def folder_state(folder):
+    """{name: bytes} of every file in a run folder, to show it was left alone."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.slow
+def test_new_run_refuses_a_folder_holding_a_run(prog, run_a, cache_dir, capsys):
+    out_a, _ = run_a
+    before = folder_state(out_a)
+    msg = run_error(prog, capsys, tiny_args(out_a, cache_dir))
+    assert "already holds a run" in msg and f"--resume {os.path.join(out_a, 'latest.npz')}" in msg
+    assert "another --out" in msg
+    assert folder_state(out_a) == before
+
+
+@pytest.mark.slow
+def test_resume_of_a_complete_run_says_how_to_extend_it(prog, run_a, cache_dir, capsys):
+    out_a, _ = run_a
+    before = folder_state(out_a)
+    msg = run_error(prog, capsys, ["--resume", os.path.join(out_a, "latest.npz"),
+                                   "--cache-dir", cache_dir, "--quiet"])
+    assert "is complete (2 epoch(s) trained)" in msg and "--epochs N with N > 2" in msg
+    assert folder_state(out_a) == before
+
+
+@pytest.mark.slow
+def test_resume_into_another_folder_starts_a_new_run_there(prog, run_a, cache_dir, tmp_path, capsys):
+    """--resume A/latest.npz --out B: B is a new run that begins with A's history; A is untouched."""
+    out_a, _ = run_a
+    before = folder_state(out_a)
+    out_b = tmp_path / "branch"
+    prog.main(["--resume", os.path.join(out_a, "latest.npz"), "--out", str(out_b), "--epochs", "3",
+               "--stop-after-steps", "1", "--cache-dir", cache_dir, "--quiet"])
+    printed = capsys.readouterr().out
+    assert f"run folder: {out_b} (a new run" in printed
+    assert folder_state(out_a) == before
+    history = read_metrics(out_a)
+    assert read_metrics(out_b) == history        # A's curves (B's one step is not logged yet)
+    assert load_checkpoint(str(out_b / "latest.npz"))["meta"]["global_step"] == 5
+    with open(out_b / "config.json") as f:
+        assert json.load(f)["resumed_from"] == os.path.join(out_a, "latest.npz")
+    # B now holds a run: a second branch into it is refused
+    msg = run_error(prog, capsys, ["--resume", os.path.join(out_a, "latest.npz"), "--out", str(out_b),
+                                   "--epochs", "3", "--cache-dir", cache_dir, "--quiet"])
+    assert "already holds a run" in msg
+
+
+@pytest.mark.slow
+def test_trace_writes_no_file(prog, run_a, cache_dir, tmp_path, monkeypatch, capsys):
+    """--trace pointed at a finished run leaves it alone (it used to rewrite config.json), and
+    makes no run folder of its own."""
+    out_a, _ = run_a
+    before = folder_state(out_a)
+    monkeypatch.chdir(tmp_path)
+    prog.main(["--preset", "demo", "--max-train-images", "2", "--max-val-images", "2",
+               "--batch-size", "1", "--trace", "--out", out_a, "--cache-dir", cache_dir, "--quiet"])
+    assert "--trace: traced one training step" in capsys.readouterr().out
+    assert folder_state(out_a) == before
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_each_run_gets_its_own_folder_by_default(prog, cache_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "runs" / "alexnet" / "version_0"         # an earlier run's folder
+    earlier.mkdir(parents=True)
+    (earlier / "config.json").write_text("{}")
+    prog.main(["--preset", "demo", "--max-train-images", "2", "--max-val-images", "2",
+               "--batch-size", "2", "--stop-after-steps", "1", "--cache-dir", cache_dir, "--quiet"])
+    printed = capsys.readouterr().out
+    base = os.path.join("runs", "alexnet")
+    assert sorted(os.listdir(base)) == ["version_0", "version_1"]
+    assert (earlier / "config.json").read_text() == "{}"
+    assert f"run folder: {os.path.join(base, 'version_1')}" in printed
+    # the message after an interruption names the run's own checkpoint
+    assert f"--resume {os.path.join(base, 'version_1', 'latest.npz')}" in printed
+    assert sorted(os.listdir(os.path.join(base, "version_1"))) == ["config.json", "latest.npz",
+                                                                   "metrics.jsonl"]

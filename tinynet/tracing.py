@@ -139,8 +139,10 @@ def describe_backward(info):
         each = f"{G} groups, each: " if G > 1 else ""
         lines, macs = [], 0
         if len(need) > 1 and need[1]:
+            where = ("columns kept from the forward" if info.get("columns_kept")
+                     else "columns rebuilt by im2col, too big to keep from the forward")
             lines.append(f"GEMM    grad W = {each}gY {_mat(Og, P)} @ cols^T {_mat(P, K)} -> {_mat(Og, K)}"
-                         "  (columns rebuilt by im2col, not kept from the forward)")
+                         f"  ({where})")
             macs += info["macs"]
         if need and need[0]:
             lines.append(f"GEMM    grad cols = {each}W^T {_mat(K, Og)} @ gY {_mat(Og, P)} -> {_mat(K, P)}")

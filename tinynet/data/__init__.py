@@ -5,6 +5,7 @@ Data sets (all return ArrayDataset: images (N, H, W, C) uint8 0..255, labels (N,
     load_image_folder(s)   root/<class>/*.jpg, decoded once to a memory-mapped .npy cache
     load_fashion_mnist     Debian's dataset-fashion-mnist, kept at 28×28 grey
     split_dataset          stratified train/validation split
+    stratified_subset_indices  a smaller set with every class's share kept
 
 Transforms (uint8 NHWC batch -> float32 NCHW network input, pixel units 0..255 minus the mean):
     TrainTransform         random 227 crop, mirror, PCA lighting; randomness keyed by
@@ -15,18 +16,21 @@ DataLoader                 reproducible, resumable, shardable batches, prepared 
                            background thread
 """
 
-from .dataset import ArrayDataset, split_dataset, stratified_split_indices
+from .dataset import (ArrayDataset, split_dataset, stratified_split_indices,
+                      stratified_subset_indices)
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
-from .folder import IMAGE_EXTENSIONS, decode_image, load_image_folder, load_image_folders
+from .folder import (HELD_OUT_NAMES, IMAGE_EXTENSIONS, decode_image, find_layout,
+                     load_image_folder, load_image_folders)
 from .loader import DataLoader
 from .shapes import DIFFICULTIES, SHAPE_CLASSES, make_shapes, render_shape_image, shapes_class_names
 from .transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, EvalTransform,
                          TrainTransform, resize_nearest)
 
 __all__ = [
-    "ArrayDataset", "split_dataset", "stratified_split_indices",
+    "ArrayDataset", "split_dataset", "stratified_split_indices", "stratified_subset_indices",
     "make_shapes", "shapes_class_names", "render_shape_image", "SHAPE_CLASSES", "DIFFICULTIES",
-    "load_image_folder", "load_image_folders", "decode_image", "IMAGE_EXTENSIONS",
+    "load_image_folder", "load_image_folders", "decode_image", "find_layout",
+    "IMAGE_EXTENSIONS", "HELD_OUT_NAMES",
     "load_fashion_mnist", "read_idx", "FASHION_MNIST_CLASSES",
     "TrainTransform", "EvalTransform", "resize_nearest",
     "IMAGENET_MEAN", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",

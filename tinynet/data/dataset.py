@@ -285,6 +285,41 @@ def stratified_split_indices(labels, val_fraction, seed, func="split_dataset"):
     return np.flatnonzero(~is_val).astype(np.int64), val_idx.astype(np.int64)
 
 
+def stratified_subset_indices(labels, count, seed=0, func="stratified_subset_indices"):
+    """Choose `count` of the samples so that every class keeps its share.
+
+    Args:
+        labels: (N,) integer labels.
+        count: int >= 1, how many samples to keep (count >= N keeps them all).
+        seed: int >= 0; which samples of a class are kept is drawn from it.
+
+    Class c with n_c of the N samples gets floor(count · n_c / N) places; the places left over go
+    to the classes with the largest remainders. When count is at least the number of classes,
+    every class keeps at least one sample (the place is taken from the class with the most).
+    So a subset of a sorted folder (all cats, then all dogs, ...) is not all cats.
+
+    Returns: sorted (K,) int64 indices, K = min(count, N).
+    """
+    count = check_int(func, "count", count, minimum=1)
+    seed = check_int(func, "seed", seed, minimum=0)
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = count * sizes / len(labels)
+    quota = np.floor(exact).astype(np.int64)
+    # largest remainders first; ties to the lower label (a stable sort keeps label order)
+    for k in np.argsort(-(exact - quota), kind="stable")[:count - quota.sum()]:
+        quota[k] += 1
+    if count >= len(classes):
+        for k in np.flatnonzero(quota == 0):
+            quota[np.argmax(quota)] -= 1
+            quota[k] = 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 def split_dataset(dataset, val_fraction=0.1, seed=0):
     """Split an ArrayDataset into (train, val), stratified per class.
 

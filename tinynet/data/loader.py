@@ -5,6 +5,10 @@
         for x, y, idx in loader.epoch_batches(epoch, start_step=0):
             ...   # x (128, 3, 227, 227) float32, y (128,) int64, idx (128,) int64
 
+Two ways to iterate: `loader.epoch_batches(epoch)` names the epoch (what a resumable training
+loop wants); `for x, y, idx in loader` takes the next epoch each pass (0, 1, 2, ...; set_epoch
+chooses where to continue), so the order and the augmentations change from pass to pass.
+
 Reproducibility: the order of epoch e is a permutation drawn from (seed, epoch) only, and the
 transform draws each sample's augmentation from (seed, epoch, sample index) only. So batch k of
 epoch e is the same whether the run started at epoch 0 or resumed at (e, k), and whatever
@@ -181,8 +185,13 @@ class DataLoader:
             worker.join()
 
     def set_epoch(self, epoch):
-        """Choose the epoch that `for batch in loader` iterates over (default 0)."""
+        """Choose the epoch that the next `for batch in loader` iterates over (default 0)."""
         self.epoch = check_int("DataLoader.set_epoch", "epoch", epoch, minimum=0)
 
     def __iter__(self):
-        return self.epoch_batches(self.epoch)
+        """`for x, y, idx in loader`: the batches of epoch `self.epoch`, after which the next
+        pass is the next epoch (a new order and new augmentations), as in a training loop
+        that never names its epochs. set_epoch(e) chooses the epoch of the next pass."""
+        epoch = self.epoch
+        self.epoch += 1
+        return self.epoch_batches(epoch)

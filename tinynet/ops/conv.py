@@ -221,6 +221,7 @@ class Conv2d(Function):
         self.save_for_backward(x, weight)
         # keep the columns for backward if backward will come and its whole-batch pass fits
         keep = is_grad_enabled() and any(self.needs_input_grad) and self._can_keep_columns(N)
+        self.kept_columns = keep  # for describe(): backward reuses them, or rebuilds them
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
@@ -303,6 +304,8 @@ class Conv2d(Function):
             macs          G * O/G * K * P     multiply-adds (bias adds not counted)
             col_bytes     bytes of the whole column matrix (the forward builds it
                           in chunks of images, see set_conv_workspace)
+            columns_kept  True if forward kept the columns for backward (they fit
+                          set_conv_keep_columns), False if backward rebuilds them
         """
         (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
         _, _, stride, padding, G, OH, OW = self.geometry
@@ -313,6 +316,7 @@ class Conv2d(Function):
             "cols": (C * KH * KW, P), "weight_matrix": (O, K), "gemm": (G, O // G, K, P),
             "macs": G * (O // G) * K * P, "col_bytes": C * KH * KW * P * itemsize,
             "needs_input_grad": self.needs_input_grad,
+            "columns_kept": getattr(self, "kept_columns", False),
         }
 
     def backward(self, gy):
