@@ -36,10 +36,7 @@ import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet.checkpoint import load_checkpoint  # noqa: E402
 from tinynet.models import AlexNet  # noqa: E402
-
-TILE_COLUMNS = 16   # 48 filters per tower = 3 rows of 16
-GAP = 2             # pixels between tiles
-LABEL_HEIGHT = 14   # pixels for a line of text
+from tinynet.plot import GAP, LABEL_HEIGHT, TILE_COLUMNS, filter_picture, stretch, tower_grid  # noqa: E402,F401
 
 
 def parse_args(argv=None):
@@ -93,45 +90,10 @@ def load_image(path, shape, seed):
 # ----------------------------------------------------------------------------
 
 
-def stretch(a, constant=128):
-    """Map an array's own minimum to 0 and maximum to 255 (uint8); a constant array becomes
-    ``constant`` everywhere (grey for a filter; black for a ReLU map that is all zero)."""
-    lo, hi = float(a.min()), float(a.max())
-    if hi - lo < 1e-12:
-        return np.full(a.shape, constant, np.uint8)
-    return np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
-
-
-def tower_grid(tiles, title):
-    """Lay out 96 tiles (each an (h, w) or (h, w, 3) uint8 array) as the paper's Figure 3:
-    tiles 0-47 (tower 0) in 3 rows of 16 on top, tiles 48-95 (tower 1) below, each block
-    under a label.  Returns a Pillow RGB image."""
-    h, w = tiles[0].shape[:2]
-    per_tower = len(tiles) // 2
-    rows = -(-per_tower // TILE_COLUMNS)                  # ceiling division
-    block_w = TILE_COLUMNS * (w + GAP) + GAP
-    block_h = LABEL_HEIGHT + rows * (h + GAP) + GAP
-    canvas = Image.new("RGB", (block_w, LABEL_HEIGHT + 2 * block_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((GAP, 1), title, fill="black")
-    for tower in range(2):
-        top = LABEL_HEIGHT + tower * block_h
-        first = tower * per_tower
-        draw.text((GAP, top + 1), f"tower {tower}: filters {first}-{first + per_tower - 1}", fill="black")
-        for i in range(per_tower):
-            r, c = divmod(i, TILE_COLUMNS)
-            tile = Image.fromarray(tiles[first + i]).convert("RGB")
-            canvas.paste(tile, (GAP + c * (w + GAP), top + LABEL_HEIGHT + r * (h + GAP)))
-    return canvas
-
-
 def draw_filters(weight, scale, source):
-    """The 96 filters as colour tiles: weight (96, 3, 11, 11) -> tiles (11*scale, 11*scale, 3)."""
-    tiles = []
-    for f in weight:                                   # f: (3, 11, 11), channels R, G, B
-        rgb = stretch(f.transpose(1, 2, 0))            # (11, 11, 3): an image of the filter
-        tiles.append(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)))  # enlarge, nearest neighbour
-    return tower_grid(tiles, f"conv1 filters (96 x 3x11x11) of {source}")
+    """The 96 filters as colour tiles: weight (96, 3, 11, 11) -> tiles (11*scale, 11*scale, 3),
+    tower 0 on top (tinynet.plot.filter_picture)."""
+    return filter_picture(weight, f"conv1 filters (96 x 3x11x11) of {source}", scale=scale)
 
 
 def draw_feature_maps(image_crop, maps, source):

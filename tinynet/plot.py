@@ -127,3 +127,62 @@ def bar_chart(path, title, labels, series, width=900, height=420):
         draw.text((x1 + 10, y0 + 16 * j), name, fill=COLOURS[j % len(COLOURS)])
     img.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------
+# Filters as pictures, in tower layout (the paper's Figure 3)
+# ----------------------------------------------------------------------------
+
+TILE_COLUMNS = 16   # 48 filters per tower = 3 rows of 16
+GAP = 2             # pixels between tiles
+LABEL_HEIGHT = 14   # pixels for a line of text
+
+
+def stretch(a, constant=128):
+    """Map an array's own minimum to 0 and maximum to 255 (uint8); a constant array becomes
+    ``constant`` everywhere (grey for a filter; black for a ReLU map that is all zero)."""
+    import numpy as np
+
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo < 1e-12:
+        return np.full(a.shape, constant, np.uint8)
+    return np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def tower_grid(tiles, title, towers=2):
+    """Lay out tiles (each an (h, w) or (h, w, 3) uint8 array) as the paper's Figure 3: the
+    first tower's tiles in rows of 16 on top, the next tower's below, each block under a
+    label.  Returns a Pillow RGB image."""
+    h, w = tiles[0].shape[:2]
+    per_tower = -(-len(tiles) // towers)
+    rows = -(-per_tower // TILE_COLUMNS)                  # ceiling division
+    block_w = TILE_COLUMNS * (w + GAP) + GAP
+    block_h = LABEL_HEIGHT + rows * (h + GAP) + GAP
+    canvas = Image.new("RGB", (max(block_w, 8 * len(title) + 2 * GAP), LABEL_HEIGHT + towers * block_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((GAP, 1), title, fill="black")
+    for tower in range(towers):
+        top = LABEL_HEIGHT + tower * block_h
+        first, last = tower * per_tower, min(len(tiles), (tower + 1) * per_tower)
+        label = f"tower {tower}: filters {first}-{last - 1}" if towers > 1 else f"filters {first}-{last - 1}"
+        draw.text((GAP, top + 1), label, fill="black")
+        for i in range(last - first):
+            r, c = divmod(i, TILE_COLUMNS)
+            tile = Image.fromarray(tiles[first + i]).convert("RGB")
+            canvas.paste(tile, (GAP + c * (w + GAP), top + LABEL_HEIGHT + r * (h + GAP)))
+    return canvas
+
+
+def filter_picture(weight, title, scale=4, towers=2):
+    """First-layer filters as colour tiles in tower layout: weight (O, C, KH, KW) with C = 3
+    (RGB) or 1 (grey) -> a Pillow image; each filter stretched to 0..255 on its own and
+    enlarged ``scale`` times (nearest neighbour)."""
+    import numpy as np
+
+    tiles = []
+    for f in np.asarray(weight):                       # f: (C, KH, KW)
+        rgb = stretch(f.transpose(1, 2, 0))            # (KH, KW, C): an image of the filter
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        tiles.append(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)))
+    return tower_grid(tiles, title, towers)
