@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -35,7 +34,8 @@ from tinynet import runs  # noqa: E402
 from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
 from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
-from tinynet.plot import line_chart  # noqa: E402
+from tinynet.plot import filter_picture, line_chart  # noqa: E402
+from tinynet.training import RateMeter, StopOnSignal, TimeBudget, budget_lr  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Recipes.  Architecture never changes; these are training hyper-parameters.
@@ -47,18 +47,21 @@ PRESETS = {
     "paper": dict(batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90,
                   warmup_steps=0, bias_init="paper", init="paper", dropout=0.5,
                   input_std=False, lighting_std=0.1, difficulty="standard",
-                  train_per_class=500, val_per_class=100, patience=2, time_budget=0),
+                  train_per_class=500, val_per_class=100, patience=2, time_budget=0,
+                  lr_schedule="plateau"),
     # The short recipe: the default run, found by measurement to learn inside ~15 minutes
     # on a 2-core CPU (see docs/training.md for the runs behind it).
     "short": dict(batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
                   warmup_steps=100, bias_init="zero", init="he", dropout=0.5,
                   input_std=True, lighting_std=0.1, difficulty="easy",
-                  train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60),
+                  train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60,
+                  lr_schedule="budget"),
     # REDUCED: a classroom demo of about two minutes (fewer, easier images).
     "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
                  warmup_steps=30, bias_init="zero", init="he", dropout=0.5,
                  input_std=True, lighting_std=0.1, difficulty="easy",
-                 train_per_class=200, val_per_class=20, patience=1, time_budget=120),
+                 train_per_class=200, val_per_class=20, patience=1, time_budget=120,
+                 lr_schedule="plateau"),
 }
 
 
@@ -70,7 +73,9 @@ class ConfigError(Exception):
 # with --resume (only the run's length, --epochs and --time-budget, may change).
 RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "difficulty",
                   "batch_size", "lr", "momentum", "weight_decay", "max_train_images",
-                  "max_val_images", "seed", "data_seed")
+                  "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps")
+# ... except that --eval-only may choose how the weights are scored
+EVAL_OPTIONS = ("max_val_images", "batch_size")
 
 # Built-in defaults of the options whose default depends on the data (None in argparse, so
 # that an option the user gave can be told from one left alone).
@@ -106,6 +111,12 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
     ap.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
     ap.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
+    ap.add_argument("--warmup-steps", type=int,
+                    help="steps over which the rate ramps up linearly to --lr (default: the preset's)")
+    ap.add_argument("--lr-schedule", choices=["plateau", "budget"],
+                    help="after warm-up: 'plateau' divides the rate by 10 when the held-out error "
+                         "stops improving (the paper); 'budget' decays it linearly to zero at the "
+                         "end of --time-budget (default: the preset's)")
     ap.add_argument("--momentum", type=float, help="momentum (default: the preset's)")
     ap.add_argument("--weight-decay", type=float, help="weight decay (default: the preset's)")
     ap.add_argument("--time-budget", type=float,
@@ -164,6 +175,8 @@ def check_options(args):
     def bad(option, expected, value):
         raise ConfigError(f"{option} must be {expected}, got {value}")
 
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     for name in ("seed", "data_seed", "stop_after_steps"):
         if getattr(args, name) < 0:
             bad("--" + name.replace("_", "-"), ">= 0", getattr(args, name))
@@ -187,7 +200,7 @@ def check_applicable(args):
     given is an option honoured, never one recorded as if it had been."""
     given = args.given
     if args.resume:
-        ignored = [o for o in RECIPE_OPTIONS if o in given]
+        ignored = [o for o in RECIPE_OPTIONS if o in given and not (args.eval_only and o in EVAL_OPTIONS)]
         if ignored:
             raise ConfigError(
                 f"--resume continues a run with its own recipe and data, so "
@@ -223,7 +236,8 @@ def build_config(args):
     """The configuration of a new run: the preset, overridden by the options given. Settings
     that do not apply to the chosen data are recorded as None (load_data fills in the rest)."""
     cfg = dict(PRESETS[args.preset])
-    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty"):
+    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty",
+                "lr_schedule", "warmup_steps"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -246,6 +260,10 @@ def build_config(args):
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: all), got {cfg[key]}")
     if not cfg["lr"] > 0:
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg["lr_schedule"] == "budget" and not cfg["time_budget"]:
+        raise ConfigError("--lr-schedule budget decays the rate to zero at the end of the time "
+                          "budget, and this run has none: give --time-budget SECONDS, or use "
+                          "--lr-schedule plateau")
     cfg["towers"] = args.towers
     return cfg
 
@@ -274,6 +292,10 @@ def load_image_data(cfg, cache_dir, say, quiet=False, retry_unreadable=True):
     data = cfg["data"]
     if not os.path.isdir(data):
         raise ConfigError(f"--data: no folder at {data}")
+    if tdata.has_fashion_mnist_files(data):  # the four IDX files (gzip or not), not class folders
+        cfg["val_fraction"] = None
+        say(f"data: Fashion-MNIST's IDX files in {data} (the 10,000 test images are held out)")
+        return tdata.load_fashion_mnist(search_dirs=[data])
     layout = tdata.find_layout(data, "--data")
     if layout["val"] is not None:
         cfg["val_fraction"] = None          # nothing is split
@@ -316,7 +338,7 @@ def take_subset(dataset, count, seed, what, say):
     return subset
 
 
-def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True):
+def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, training=True):
     """The training and held-out sets the configuration names, checked before any training.
     say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
     if cfg["data"]:
@@ -343,7 +365,7 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True):
                           f"{train.num_classes} classes, 0 held out): a class needs at least two "
                           f"readable images for one to be held out; add images or a held-out "
                           f"folder (DIR/val/<class>/...)")
-    if cfg["batch_size"] > len(train):
+    if training and cfg["batch_size"] > len(train):
         raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the training set ({len(train)} images)")
     return train, val
 
@@ -483,22 +505,34 @@ class Progress:
 
 
 def write_plot(out, metrics):
+    """curves.png: the training loss, and the held-out error and accuracy (in percent), against
+    the step; the final evaluation of the whole held-out set is marked apart."""
     steps = [m for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]
     if not steps:
         return
-    panels = [("training loss (mean of every 20 steps) against step",
-               {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])})]
+    panels = [("training loss (mean of every 20 steps)",
+               {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])},
+               dict(x="step", y="loss (nats)"))]
     if evals:
-        epochs = [m["epoch"] + 1 for m in evals]
-        curves = {"top-1": (epochs, [m["top1_err"] for m in evals])}
+        at = [m["step"] for m in evals]
+        curves = {"top-1 error %": (at, [100 * m["top1_err"] for m in evals]),
+                  "top-1 accuracy %": (at, [100 * (1 - m["top1_err"]) for m in evals])}
         if all("top5_err" in m for m in evals):
-            curves["top-5"] = (epochs, [m["top5_err"] for m in evals])
-        panels.append(("validation error against epoch", curves))
+            curves["top-5 error %"] = (at, [100 * m["top5_err"] for m in evals])
+        panels.append(("held-out images", curves, dict(x="step", y="%")))
     line_chart(os.path.join(out, "curves.png"), panels)
 
 
+def write_filters(out, model):
+    """conv1_filters.png: what the first layer learnt, one panel per tower (the paper's Figure 3)."""
+    weight = model.state_dict()["conv1.weight"]                 # (96, 3, 11, 11), towers joined
+    filter_picture(weight, "conv1 filters (96 x 3x11x11): tower 0 on top, tower 1 below").save(
+        os.path.join(out, "conv1_filters.png"))
+
+
 DEFAULT_RUNS = os.path.join("runs", "alexnet")
+_state = {}  # {"training": True} once the loop has started (for the Ctrl-C message)
 
 
 def checkpoint_step(path):
@@ -538,20 +572,142 @@ def choose_run_folder(args, ckpt, create):
     return folder, history, branched
 
 
+# ----------------------------------------------------------------------------
+# The training loop (the paper, section 5), and the machinery it calls
+# ----------------------------------------------------------------------------
+
+
 def train(args):
-    program_start = time.time()
-    tn.reuse_freed_memory()  # big activations are freed and reallocated every step: reuse the pages
-    if not args.data_parallel and dist.launched_size() > 1:
-        raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
-                          "--data-parallel (each would train alone and write the same files)")
-    check_options(args)
-    check_applicable(args)
-    if args.eval_only and not args.resume:
-        raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
-    cfg = build_config(args)
-    tn.manual_seed(cfg["seed"])
-    ckpt = None
-    if args.resume:
+    """Train AlexNet as the paper's section 5 describes: for each batch, forward, loss,
+    backward, update; at each epoch's end, evaluate, schedule the learning rate, checkpoint.
+    Everything else (options, data, the run folder, the time budget, data parallelism,
+    signals) lives in Run, below."""
+    _state["training"] = False
+    run = Run(args)                          # configuration, data, model, optimiser, run folder
+    if args.eval_only:
+        return run.evaluate_only()
+    if args.trace:
+        return run.trace_one_step()
+    model, optimizer, device = run.model, run.optimizer, run.device
+    _state["training"] = True
+    with StopOnSignal() as stop:             # Ctrl-C / SIGTERM: finish the step, save, stop
+        for epoch in range(run.start_epoch, run.cfg["epochs"]):
+            for x, y in run.batches(epoch):
+                optimizer.lr = run.learning_rate()                   # warm-up, then the schedule
+                with dist.dropout_rows(run.cfg["batch_size"]):      # (data parallel: my rows' masks)
+                    loss = F.cross_entropy(model(tn.tensor(x).to(device)), y)   # forward, loss
+                optimizer.zero_grad()
+                loss.backward()                                      # backward
+                dist.allreduce_gradients(model.parameters())         # (data parallel: mean over ranks)
+                optimizer.step()                                     # update
+                run.step_done(loss.item(), stop)                     # log; clock; agree on stopping
+                if stop.requested or run.out_of_time:
+                    break
+                if run.evaluation_due():                             # a long epoch under a budget
+                    run.evaluate(epoch, epoch_end=False)
+            if stop.requested:
+                return run.save_and_stop(epoch, stop.requested)
+            if run.out_of_time:
+                break
+            run.evaluate(epoch, epoch_end=True)                      # evaluate, schedule, checkpoint
+    return run.finish()                                              # the whole held-out set, pictures
+
+
+INTERIM_IMAGES = 1000   # held-out images scored during training: a fixed stratified subset
+INTERIM_EVALS = 4       # under a time budget, evaluate at least every budget/4 seconds
+FINAL_SHARE = 0.15      # the most of a time budget the final evaluation may take
+
+
+class Run:
+    """One training run's state and machinery: configuration, data, model, optimiser,
+    scheduler, the run folder and its files, the learning-rate schedule, the time budget,
+    evaluations and checkpoints.  train() above is the loop; these are the parts it calls."""
+
+    # ---- setting up ---------------------------------------------------------------------
+    def __init__(self, args):
+        self.args = args
+        self.clock = TimeBudget(None, clock=time.time)   # replaced by the real budget below
+        program_start = self.clock.start
+        tn.reuse_freed_memory()  # big activations are freed and reallocated every step: reuse pages
+        if not args.data_parallel and dist.launched_size() > 1:
+            raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
+                              "--data-parallel (each would train alone and write the same files)")
+        check_options(args)
+        check_applicable(args)
+        if args.eval_only and not args.resume:
+            raise ConfigError("--eval-only needs --resume PATH (the weights to evaluate)")
+        cfg = build_config(args)
+        tn.manual_seed(cfg["seed"])
+        ckpt = self._load_checkpoint(args) if args.resume else None
+        if ckpt is not None:
+            cfg = self._resumed_config(args, ckpt)
+        self.cfg, self.ckpt = cfg, ckpt
+
+        # Data parallelism (docs/distributed.md): rank r of n takes images r*B/n..(r+1)*B/n-1 of
+        # every global batch of B; only rank 0 prints and writes files. Serially: 1 rank of 1.
+        self.ranks, self.main_rank = dist.world_size(), dist.is_main()
+        try:
+            self.local_batch = dist.local_batch_size(cfg["batch_size"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.device = dist.device_for_rank(cfg["device"])   # 'cuda' -> this rank's own GPU
+        cfg.pop("data_parallel", None)                      # (a resumed run may use another count)
+        if self.ranks > 1:
+            threads = dist.set_threads_per_rank()           # the ranks share the cores
+            cfg["data_parallel"] = dict(ranks=self.ranks, local_batch=self.local_batch,
+                                        threads_per_rank=threads)
+        if cfg.get("towers", 1) == 2 and self.ranks > 1:
+            raise ConfigError("--towers 2 and --data-parallel cannot be combined yet")
+
+        # the run folder (tinynet/runs.py): only rank 0 writes files, so only rank 0 chooses it;
+        # checked now, made once the data and the model are ready (--trace, --eval-only: none)
+        self.writes_files = self.main_rank and not args.trace and not args.eval_only
+        if self.writes_files:
+            choose_run_folder(args, ckpt, create=False)
+        self.say = print if self.main_rank else (lambda *a, **k: None)
+
+        if not self.main_rank:
+            dist.barrier()     # rank 0 prepares the data (generates, decodes, caches) first ...
+        # (the other ranks read rank 0's cache as it is, so all ranks train on the same images)
+        self.train_set, self.val_set = load_data(cfg, args.cache_dir, self.say,
+                                                 args.quiet or not self.main_rank,
+                                                 retry_unreadable=self.main_rank,
+                                                 training=not args.eval_only)
+        if self.main_rank:
+            dist.barrier()     # ... then the others read its cache
+        self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set)
+        self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(
+            tdata.stratified_subset_indices(self.val_set.labels, INTERIM_IMAGES, cfg["data_seed"])))
+
+        self.model = build_model(cfg, self.train_set.num_classes, self.device)
+        self.optimizer = SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                             weight_decay=cfg["weight_decay"])
+        self.scheduler = ReduceLROnPlateau(self.optimizer, patience=cfg["patience"])
+        self._restore_state(ckpt)
+        # every rank starts from rank 0's weights (and, resuming, its momentum): equal copies stay
+        # equal, because every rank then applies the same averaged gradient
+        dist.broadcast_parameters(self.model)
+        if ckpt is not None:
+            dist.broadcast_arrays(self.optimizer.velocity)
+        cfg["classes"] = list(self.train_set.classes)
+        cfg["train_images"], cfg["val_images"] = len(self.train_set), len(self.val_set)
+        self._make_run_folder()
+        self._announce()
+
+        # the clock: the budget counts from the program's start (data preparation included)
+        self.clock = TimeBudget(cfg["time_budget"] or None, start=program_start, clock=time.time)
+        self.epoch, self.step = self.start_epoch, self.start_step
+        self.eval_rate = RateMeter()          # seconds per evaluated image, measured
+        self.save_seconds = RateMeter()       # seconds per checkpoint written, measured
+        self.out_of_time = False
+        self.last_eval_time = time.time()
+        self.last_eval = None                 # (global step, images, result) of the newest evaluation
+        self.loader = None if args.eval_only else tdata.DataLoader(
+            self.train_set, cfg["batch_size"], self.train_tf, shuffle=True, seed=cfg["seed"],
+            rank=dist.rank(), world_size=self.ranks)
+
+    @staticmethod
+    def _load_checkpoint(args):
         try:
             ckpt = load_checkpoint(args.resume)
         except (FileNotFoundError, ValueError) as e:
@@ -561,253 +717,337 @@ def train(args):
         if missing:
             raise ConfigError(f"--resume: {args.resume} is not a checkpoint of this program "
                               f"(its meta has no {', '.join(missing)})")
-        # the run continues with its own configuration; only its length may change
+        return ckpt
+
+    @staticmethod
+    def _resumed_config(args, ckpt):
+        """A resumed run continues with its own configuration: only its length (--epochs,
+        --time-budget) and how it is evaluated (--ten-crop; with --eval-only also
+        --max-val-images and --batch-size) may change, and what changes is recorded."""
         cfg = dict(ckpt["meta"]["config"])
         for key in ("epochs", "time_budget"):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)
+        if args.ten_crop:
+            cfg["ten_crop"] = True
+        if args.eval_only:
+            if "max_val_images" in args.given:
+                cfg["max_val_images"] = args.max_val_images
+            if args.batch_size is not None:
+                cfg["batch_size"] = args.batch_size
         cfg.setdefault("data_seed", cfg["seed"])      # checkpoints of older versions
+        cfg.setdefault("lr_schedule", "plateau")
         if ckpt["meta"]["epoch"] >= cfg["epochs"] and not args.eval_only:
             raise ConfigError(f"--resume: the run of {args.resume} is complete ({cfg['epochs']} "
                               f"epoch(s) trained); to train it further, add --epochs N with "
                               f"N > {cfg['epochs']}")
+        return cfg
 
-    # Data parallelism (docs/distributed.md): rank r of n takes images r*B/n..(r+1)*B/n-1 of
-    # every global batch of B; only rank 0 prints and writes files. Serially: 1 rank of 1.
-    ranks, main_rank = dist.world_size(), dist.is_main()
-    try:
-        local_batch = dist.local_batch_size(cfg["batch_size"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    device = dist.device_for_rank(cfg["device"])   # 'cuda' -> this rank's own GPU
-    cfg.pop("data_parallel", None)                 # (a resumed run may use another rank count)
-    if ranks > 1:
-        threads = dist.set_threads_per_rank()     # the ranks share the cores
-        cfg["data_parallel"] = dict(ranks=ranks, local_batch=local_batch, threads_per_rank=threads)
-
-    # the run folder (tinynet/runs.py): only rank 0 writes files, so only rank 0 chooses it;
-    # checked now, made once the data and the model are ready (--trace and --eval-only write none)
-    writes_files = main_rank and not args.trace and not args.eval_only
-    if writes_files:
-        choose_run_folder(args, ckpt, create=False)
-
-    if not main_rank:
-        dist.barrier()     # rank 0 prepares the data (generates, decodes, caches) first ...
-    # (the other ranks read rank 0's cache as it is, so all ranks train on the same images)
-    train_set, val_set = load_data(cfg, args.cache_dir, print if main_rank else (lambda *a: None),
-                                   args.quiet or not main_rank, retry_unreadable=main_rank)
-    if main_rank:
-        dist.barrier()     # ... then the others read its cache
-    train_tf, eval_tf = make_transforms(cfg, train_set)
-    if cfg.get("towers", 1) == 2 and ranks > 1:
-        raise ConfigError("--towers 2 and --data-parallel cannot be combined yet")
-    model = build_model(cfg, train_set.num_classes, device)
-    optimizer = SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                    weight_decay=cfg["weight_decay"])
-    scheduler = ReduceLROnPlateau(optimizer, patience=cfg["patience"])
-    start_epoch = start_step = global_step = 0
-    best_err = float("inf")
-    if ckpt is not None:
+    def _restore_state(self, ckpt):
+        self.start_epoch = self.start_step = self.global_step = 0
+        self.best_err = float("inf")
+        self.base_lr = self.optimizer.lr      # the rate after warm-up, before any schedule
+        self.horizon = None                   # budget schedule: the step where lr reaches zero
+        self.running, self.count = 0.0, 0     # the training loss's running average
+        self.run_time = 0.0                   # the run's clock before this invocation
+        if ckpt is None:
+            return
         try:
-            meta = restore(ckpt, model, optimizer)
+            meta = restore(ckpt, self.model, self.optimizer)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"--resume: the checkpoint does not fit this model: {e}") from None
-        scheduler.load_state_dict(meta["scheduler"])
+        self.scheduler.load_state_dict(meta["scheduler"])
         tn.set_rng_state(meta["rng"])
-        start_epoch, start_step, global_step = meta["epoch"], meta["step"], meta["global_step"]
-        best_err = meta.get("best_err", best_err)
-        if main_rank:
-            print(f"resumed from {args.resume} at epoch {start_epoch}, step {start_step}")
-    # every rank starts from rank 0's weights (and, resuming, its momentum): equal copies stay
-    # equal, because every rank then applies the same averaged gradient
-    dist.broadcast_parameters(model)
-    if ckpt is not None:
-        dist.broadcast_arrays(optimizer.velocity)
+        self.start_epoch, self.start_step, self.global_step = meta["epoch"], meta["step"], meta["global_step"]
+        self.best_err = meta.get("best_err", self.best_err)
+        self.base_lr = meta["base_lr"]
+        self.horizon = meta.get("lr_horizon")
+        self.running, self.count = meta.get("running_loss", [0.0, 0])
+        self.run_time = meta.get("run_time", 0.0)
+        self.say(f"resumed from {self.args.resume} at epoch {self.start_epoch}, step {self.start_step}")
 
-    cfg["classes"] = list(train_set.classes)
-    cfg["train_images"], cfg["val_images"] = len(train_set), len(val_set)
-    out, metrics = None, []
-    if writes_files:
-        out, metrics, branched = choose_run_folder(args, ckpt, create=True)
+    def _make_run_folder(self):
+        self.out, self.metrics = None, []
+        if not self.writes_files:
+            return
+        args, cfg = self.args, self.cfg
+        self.out, self.metrics, branched = choose_run_folder(args, self.ckpt, create=True)
         if branched:
             cfg["resumed_from"] = os.path.abspath(args.resume)
-        with open(os.path.join(out, "config.json"), "w") as f:
+        with open(os.path.join(self.out, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
-        runs.write_metrics(os.path.join(out, "metrics.jsonl"), metrics)
-        if ckpt is None:
-            print(f"run folder: {out}")
+        runs.write_metrics(os.path.join(self.out, "metrics.jsonl"), self.metrics)
+        if self.ckpt is None:
+            print(f"run folder: {self.out}")
         elif branched:
-            print(f"run folder: {out} (a new run, starting from {args.resume} and its history)")
-    if ranks > 1 and main_rank:
-        print(f"data parallel: {ranks} ranks, {local_batch} image(s) each = global batch "
-              f"{cfg['batch_size']}; {threads} thread(s) per rank")
-    if main_rank:
-        print(f"AlexNet ({model.num_parameters():,} parameters), preset '{cfg['preset']}'"
-              + (f" -- {cfg['note']}" if cfg.get("note") else "")
-              + f"; {len(train_set)} training / {len(val_set)} validation images, "
-                f"{train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']}, "
-                f"init {cfg['init']}, bias {cfg['bias_init']}")
+            print(f"run folder: {self.out} (a new run, starting from {args.resume} and its history)")
 
-    if args.eval_only:
-        result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)
-        if main_rank:
-            print(f"top-1 error {result['top1_err']:.4f}" + (
-                f", top-5 error {result['top5_err']:.4f}" if "top5_err" in result else ""))
+    def _announce(self):
+        cfg = self.cfg
+        if self.ranks > 1:
+            self.say(f"data parallel: {self.ranks} ranks, {self.local_batch} image(s) each = global "
+                     f"batch {cfg['batch_size']}; {cfg['data_parallel']['threads_per_rank']} "
+                     "thread(s) per rank")
+        self.say(f"AlexNet ({self.model.num_parameters():,} parameters), preset '{cfg['preset']}'"
+                 + (f" -- {cfg['note']}" if cfg.get("note") else "")
+                 + f"; {len(self.train_set)} training / {len(self.val_set)} validation images, "
+                   f"{self.train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']} "
+                   f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}")
+
+    # ---- the loop's parts ---------------------------------------------------------------
+    def batches(self, epoch):
+        """This epoch's (images, labels) batches, from where a resumed run stopped."""
+        self.epoch = epoch
+        self.step = self.start_step if epoch == self.start_epoch else 0
+        self.first_step_of_epoch = self.step
+        self.first_global_step = getattr(self, "first_global_step", self.global_step)
+        self.bar = Progress(len(self.loader), epoch, self.args.quiet or not self.main_rank)
+        self.seen = 0
+        self.traffic = getattr(self.model, "traffic", None)  # two towers: bytes between them
+        if self.traffic is not None:
+            self.traffic.reset()
+        try:
+            for x, y, _ in self.loader.epoch_batches(epoch, start_step=self.step):
+                self.clock.step_started()
+                yield x, y
+        finally:
+            self.bar.close()
+
+    def learning_rate(self):
+        """Warm-up: a linear ramp to the base rate over warmup_steps. Then, by the recipe's
+        lr_schedule: "plateau" keeps the base rate, divided by 10 when the held-out error stops
+        improving (the paper); "budget" decays it linearly to zero at the step where the time
+        budget is predicted to run out (its horizon, re-measured at every evaluation)."""
+        cfg, s = self.cfg, self.global_step
+        warmup = cfg["warmup_steps"]
+        if warmup and s < warmup:
+            return self.base_lr * (s + 1) / warmup
+        if cfg["lr_schedule"] == "budget" and self.horizon:
+            return budget_lr(self.base_lr, (s - warmup) / max(self.horizon - warmup, 1))
+        return self.base_lr
+
+    def step_done(self, value, stop):
+        """After an update: check the loss, count, log every 20 steps, keep the clock, and
+        (data parallel) let every rank agree on the loss and on stopping."""
+        cfg = self.cfg
+        if not math.isfinite(value):
+            latest = os.path.join(self.out, "latest.npz") if self.out else None
+            saved = (f"the last good checkpoint is {latest}" if latest and os.path.exists(latest)
+                     else "no checkpoint was written before it")
+            raise FloatingPointError(
+                f"loss became {value} at epoch {self.epoch}, step {self.step} (global step "
+                f"{self.global_step}); {saved}. Try a smaller --lr or more --warmup-steps.")
+        self.step += 1
+        self.global_step += 1
+        self.clock.step_done()
+        if self.horizon is None and self.global_step >= max(cfg["warmup_steps"], 10):
+            self._measure_horizon()
+        self.out_of_time = self.clock.should_stop(self._final_reserve())
+        if self.args.stop_after_steps and self.global_step - self.first_global_step >= self.args.stop_after_steps:
+            stop.request("stop-after-steps")
+        if self.ranks > 1:
+            # the ranks agree on the loss to report (the mean over the global batch) and on
+            # stopping: one rank's signal or clock stops all of them at this step
+            total = dist.allreduce_sum([value, bool(stop.requested), self.out_of_time])
+            value, self.out_of_time = float(total[0]) / self.ranks, bool(total[2])
+            if total[1]:
+                stop.request("stop requested on another rank")
+        self.seen += cfg["batch_size"]
+        self.running += value
+        self.count += 1
+        self.bar.update(self.step, self.seen, value, self.optimizer.lr)
+        if self.count == 20 or self.step == len(self.loader):
+            self.log(dict(kind="train", epoch=self.epoch, step=self.global_step,
+                          loss=self.running / self.count, lr=self.optimizer.lr, time=self.elapsed()))
+            self.running, self.count = 0.0, 0
+
+    def evaluation_due(self):
+        """Under a time budget an epoch may outlast the run: evaluate at least every
+        budget/INTERIM_EVALS seconds, when there is time left for it (all ranks agree)."""
+        if not self.cfg["time_budget"]:
+            return False
+        due = (time.time() - self.last_eval_time >= self.cfg["time_budget"] / INTERIM_EVALS
+               and self.clock.remaining() > self._final_reserve() + self._eval_seconds(len(self.interim_set)))
+        if self.ranks > 1:
+            due = bool(dist.allreduce_sum([due])[0])
+        return due
+
+    def evaluate(self, epoch, epoch_end):
+        """Score the held-out subset; at an epoch's end also step the plateau schedule; save
+        latest.npz (and best.npz when the error is the lowest yet) and the curves."""
+        crossing = self._traffic_per_step()        # (before the evaluation's own crossings)
+        result = self._score(self.interim_set)
+        if self.traffic is not None:               # count training steps only from here on
+            self.traffic.reset()
+            self.first_step_of_epoch = self.step
+        if crossing is not None:
+            result["cross_tower_bytes_per_step"] = crossing
+        self.log(dict(kind="eval", epoch=epoch, step=self.global_step, time=self.elapsed(),
+                      images=len(self.interim_set), **result))
+        top5 = f"top-5 error {result['top5_err']:.3f}, " if "top5_err" in result else ""
+        where = f"epoch {epoch}" if epoch_end else f"epoch {epoch}, step {self.step}"
+        self.say(f"{where}: top-1 error {result['top1_err']:.3f}, {top5}val loss {result['loss']:.3f} "
+                 f"on {len(self.interim_set)} held-out images ({self.elapsed():.0f} s)")
+        # every rank has the same result, so every rank's scheduler makes the same decision;
+        # only at an epoch's end, so that the schedule never depends on the clock
+        if epoch_end and self.cfg["lr_schedule"] == "plateau" and self.scheduler.step(result["top1_err"]):
+            self.base_lr *= self.scheduler.factor  # not optimizer.lr: during warm-up that is lower
+            self.say(f"validation error stopped improving: lr -> {self.base_lr:g}")
+        if self.cfg["lr_schedule"] == "budget" and self.cfg["time_budget"]:
+            self._measure_horizon()
+        at = (epoch + 1, 0) if self.step >= len(self.loader) else (epoch, self.step)
+        if result["top1_err"] < self.best_err:
+            self.best_err = result["top1_err"]
+            self.save("best.npz", *at)
+        self.save("latest.npz", *at)
+        if self.main_rank and self.out:
+            write_plot(self.out, self.metrics)
+
+    def save_and_stop(self, epoch, reason):
+        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
+        self.save("latest.npz", epoch, self.step)
+        if self.main_rank:
+            launch = (f"mpiexec -n {self.ranks} python examples/alexnet_train.py --data-parallel"
+                      if self.ranks > 1 else "python examples/alexnet_train.py")
+            latest = os.path.join(self.out, "latest.npz")
+            print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
+                  f"Continue with: {launch} --resume {latest}")
+        return None
+
+    def finish(self):
+        """The end of training: the final evaluation on the whole held-out set (or, if a time
+        budget cannot pay for all of it, the largest stratified subset it can, said out loud),
+        then latest.npz, the curves and conv1's filters."""
+        cfg = self.cfg
+        if self.count:  # the last steps' training loss, so the curve reaches the end
+            self.log(dict(kind="train", epoch=self.epoch, step=self.global_step,
+                          loss=self.running / self.count, lr=self.optimizer.lr, time=self.elapsed()))
+            self.running, self.count = 0.0, 0
+        if self.out_of_time:
+            self.say(f"time budget of {cfg['time_budget']:.0f} s: training stopped at epoch "
+                     f"{self.epoch}, step {self.step} of {len(self.loader)} ({self.elapsed():.0f} s)")
+        final_set = self._final_set()
+        if self.last_eval is not None and self.last_eval[:2] == (self.global_step, len(final_set)):
+            result = self.last_eval[2]  # these weights were just scored on these images, and saved
+        else:
+            result = self._score(final_set)
+            self.log(dict(kind="eval", epoch=self.epoch, step=self.global_step, time=self.elapsed(),
+                          images=len(final_set), final=True, **result))
+            at = (self.epoch + 1, 0) if self.step >= len(self.loader) else (self.epoch, self.step)
+            if result["top1_err"] < self.best_err:
+                self.best_err = result["top1_err"]
+                self.save("best.npz", *at)
+            self.save("latest.npz", *at)
+        if self.main_rank and self.out:
+            write_plot(self.out, self.metrics)
+            write_filters(self.out, self.model)
+        top5 = f"top-5 error {result['top5_err']:.3f}; " if "top5_err" in result else ""
+        self.say(f"done in {time.time() - self.clock.start:.0f} s: top-1 error {result['top1_err']:.3f} "
+                 f"(accuracy {1 - result['top1_err']:.1%}) on {len(final_set)} held-out images, {top5}"
+                 f"best top-1 error {self.best_err:.3f}; run folder {self.out}")
         return result
 
-    # each rank iterates over its own slice of the same global batches (same seed everywhere)
-    loader = tdata.DataLoader(train_set, cfg["batch_size"], train_tf, shuffle=True, seed=cfg["seed"],
-                              rank=dist.rank(), world_size=ranks)
-    if args.trace:  # print every op of one training step, then stop (see trace_one_step)
-        if ranks > 1:
+    def evaluate_only(self):
+        """--eval-only: score --resume's weights on the held-out set, as configured now."""
+        result = self._score(self.val_set)
+        self.say(f"top-1 error {result['top1_err']:.4f}" + (
+            f", top-5 error {result['top5_err']:.4f}" if "top5_err" in result else "")
+            + f" on {len(self.val_set)} held-out images" + (" (ten crops)" if self.cfg["ten_crop"] else ""))
+        return result
+
+    def trace_one_step(self):
+        if self.ranks > 1:
             raise ConfigError("--trace traces one process: run it without mpiexec")
-        return trace_one_step(model, loader, device)
-    metrics_path = None if out is None else os.path.join(out, "metrics.jsonl")
+        return trace_one_step(self.model, self.loader, self.device)
 
-    stop = {"signal": None}
+    # ---- machinery ----------------------------------------------------------------------
+    def elapsed(self):
+        """The run's clock: a resumed run continues from the time its checkpoint was saved."""
+        return self.run_time + (time.time() - self.clock.start)
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def checkpoint_meta(epoch, step):
-        # running_loss and run_time: a resumed run continues the half-filled average of the
-        # training loss and the clock, so its metrics are those of an uninterrupted run
-        return dict(config=cfg, epoch=epoch, step=step, global_step=global_step, best_err=best_err,
-                    base_lr=base_lr, scheduler=scheduler.state_dict(), rng=tn.get_rng_state(),
-                    running_loss=[running, count], run_time=time.time() - run_start)
-
-    def log(entry):
-        metrics.append(entry)
-        if main_rank:
-            with open(metrics_path, "a") as f:
+    def log(self, entry):
+        self.metrics.append(entry)
+        if self.main_rank and self.out:
+            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    # the rate after warmup (during warmup optimizer.lr is only a fraction of it)
-    base_lr = optimizer.lr if ckpt is None else ckpt["meta"]["base_lr"]
-    first_step = global_step
-    # the clock of the run: a resumed run continues from the time its checkpoint was saved
-    run_start = time.time() - (ckpt["meta"].get("run_time", 0.0) if ckpt is not None else 0.0)
-    running, count = (ckpt["meta"].get("running_loss", [0.0, 0]) if ckpt is not None else [0.0, 0])
-    deadline = program_start + cfg["time_budget"] if cfg["time_budget"] else 0
-    eval_seconds = 0.05 * len(val_set) * (10 if cfg["ten_crop"] else 1)  # a guess until measured
-    result = None
-    try:
-        for epoch in range(start_epoch, cfg["epochs"]):
-            bar = Progress(len(loader), epoch, args.quiet or not main_rank)
-            seen = 0
-            step = start_step if epoch == start_epoch else 0
-            first_step_of_epoch = step
-            out_of_time = False
-            traffic = getattr(model, "traffic", None)  # two towers: bytes copied between them
-            if traffic is not None:
-                traffic.reset()
-            for x, y, _ in loader.epoch_batches(epoch, start_step=step):
-                if cfg["warmup_steps"] and global_step < cfg["warmup_steps"]:
-                    optimizer.lr = base_lr * (global_step + 1) / cfg["warmup_steps"]
-                elif cfg["warmup_steps"] and global_step == cfg["warmup_steps"]:
-                    optimizer.lr = base_lr
-                # dropout masks are drawn for the whole global batch, of which this rank takes
-                # its rows: the same masks as in one process, whatever the number of ranks
-                with dist.dropout_rows(cfg["batch_size"]):
-                    loss = F.cross_entropy(model(tn.tensor(x).to(device)), y)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"loss became {value} at epoch {epoch}, step {step} (global step {global_step}); "
-                        f"the last good checkpoint is {os.path.join(out or 'the run folder', 'latest.npz')}. "
-                        "Try a smaller --lr.")
-                optimizer.zero_grad()
-                loss.backward()
-                dist.allreduce_gradients(model.parameters())  # data parallel: mean over ranks
-                optimizer.step()
-                step += 1
-                global_step += 1
-                # stop when the rest of the budget is only enough for the final evaluation
-                out_of_time = bool(deadline) and time.time() + eval_seconds > deadline
-                if args.stop_after_steps and global_step - first_step >= args.stop_after_steps:
-                    stop["signal"] = "stop-after-steps"
-                if ranks > 1:
-                    # the ranks agree on the loss to report (the mean over the global batch) and
-                    # on stopping: one rank's signal or clock stops all of them at this step
-                    total = dist.allreduce_sum([value, bool(stop["signal"]), out_of_time])
-                    value, out_of_time = float(total[0]) / ranks, bool(total[2])
-                    if total[1] and not stop["signal"]:
-                        stop["signal"] = "stop requested on another rank"
-                seen += len(y) * ranks
-                running += value
-                count += 1
-                bar.update(step, seen, value, optimizer.lr)
-                if count == 20 or step == len(loader):
-                    log(dict(kind="train", epoch=epoch, step=global_step, loss=running / count,
-                             lr=optimizer.lr, time=time.time() - run_start))
-                    running, count = 0.0, 0
-                if stop["signal"] or out_of_time:
-                    break
-            bar.close()
-            if stop["signal"]:
-                if main_rank:   # only rank 0 writes files: every rank holds the same weights
-                    save_checkpoint(os.path.join(out, "latest.npz"), model, optimizer,
-                                    checkpoint_meta(epoch, step))
-                    launch = (f"mpiexec -n {ranks} python examples/alexnet_train.py --data-parallel"
-                              if ranks > 1 else "python examples/alexnet_train.py")
-                    latest = os.path.join(out, "latest.npz")
-                    print(f"\n{stop['signal']}: saved {latest} at epoch {epoch}, step {step}. "
-                          f"Continue with: {launch} --resume {latest}")
-                return None
-            crossing = None
-            if traffic is not None and step > first_step_of_epoch:
-                steps_done = step - first_step_of_epoch
-                crossing = dict(forward=traffic.forward_bytes // steps_done,
-                                backward=traffic.backward_bytes // steps_done)
-                if main_rank:
-                    print(f"cross-tower traffic per step: {crossing['forward']:,} B forward, "
-                          f"{crossing['backward']:,} B backward")
-            t_eval = time.time()
-            result = evaluate(model, val_set, eval_tf, cfg["batch_size"], device)  # all ranks' sums
-            eval_seconds = time.time() - t_eval
-            elapsed = time.time() - run_start
-            if crossing is not None:
-                result["cross_tower_bytes_per_step"] = crossing
-            log(dict(kind="eval", epoch=epoch, step=global_step, time=elapsed, **result))
-            if main_rank:
-                top5 = f"top-5 error {result['top5_err']:.3f}, " if "top5_err" in result else ""
-                print(f"epoch {epoch}: top-1 error {result['top1_err']:.3f}, "
-                      f"{top5}val loss {result['loss']:.3f} "
-                      f"({elapsed:.0f} s)")
-            # every rank has the same result, so every rank's scheduler makes the same decision
-            if scheduler.step(result["top1_err"]):
-                base_lr *= scheduler.factor  # not optimizer.lr: during warmup that is below base_lr
-                if main_rank:
-                    print(f"validation error stopped improving: lr -> {optimizer.lr:g}")
-            next_epoch, next_step = (epoch + 1, 0) if step >= len(loader) else (epoch, step)
-            if result["top1_err"] < best_err:
-                best_err = result["top1_err"]
-                if main_rank:
-                    save_checkpoint(os.path.join(out, "best.npz"), model, optimizer,
-                                    checkpoint_meta(next_epoch, next_step))
-            if main_rank:
-                save_checkpoint(os.path.join(out, "latest.npz"), model, optimizer,
-                                checkpoint_meta(next_epoch, next_step))
-                write_plot(out, metrics)
-            start_step = 0
-            if out_of_time:
-                if main_rank:
-                    print(f"time budget of {cfg['time_budget']:.0f} s reached: training stopped at "
-                          f"epoch {epoch}, step {step} of {len(loader)}")
-                break
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+    def save(self, name, epoch, step):
+        if not (self.main_rank and self.out):   # only rank 0 writes: every rank holds the same weights
+            return
+        # running_loss and run_time: a resumed run continues the half-filled average of the
+        # training loss and the clock, so its metrics are those of an uninterrupted run
+        meta = dict(config=self.cfg, epoch=epoch, step=step, global_step=self.global_step,
+                    best_err=self.best_err, base_lr=self.base_lr, lr_horizon=self.horizon,
+                    scheduler=self.scheduler.state_dict(), rng=tn.get_rng_state(),
+                    running_loss=[self.running, self.count], run_time=self.elapsed())
+        t0 = time.time()
+        save_checkpoint(os.path.join(self.out, name), self.model, self.optimizer, meta)
+        self.save_seconds.add(time.time() - t0)
 
-    total = time.time() - program_start
-    if result is not None and main_rank:
-        print(f"done in {total:.0f} s: top-1 error {result['top1_err']:.3f} "
-              f"(accuracy {1 - result['top1_err']:.1%}), "
-              + (f"top-5 error {result['top5_err']:.3f}; " if "top5_err" in result else "") +
-              f"best top-1 error {best_err:.3f}; run folder {out}")
-    return result
+    def _score(self, dataset):
+        t0 = time.time()
+        result = evaluate(self.model, dataset, self.eval_tf, self.cfg["batch_size"], self.device)
+        crops = 10 if self.cfg["ten_crop"] else 1
+        self.eval_rate.add(time.time() - t0, len(dataset) * crops)
+        self.last_eval_time = time.time()
+        self.last_eval = (self.global_step, len(dataset), result)
+        return result
+
+    def _eval_seconds(self, images):
+        """Predicted seconds to evaluate `images` held-out images: measured once an evaluation
+        ran; before that, from the training step (a forward pass is about a third of a step)."""
+        crops = 10 if self.cfg["ten_crop"] else 1
+        step = self.clock.steps.per_unit or 0.0
+        guess = 0.5 * step / self.cfg["batch_size"]
+        return self.eval_rate.predict(images * crops, default=guess * images * crops)
+
+    def _final_set(self):
+        """The images of the final evaluation: all held-out images, unless a time budget
+        cannot pay for them (more than FINAL_SHARE of it): then the largest stratified subset
+        it can, said out loud."""
+        budget = self.cfg["time_budget"]
+        if not budget or self._eval_seconds(len(self.val_set)) <= FINAL_SHARE * budget:
+            return self.val_set
+        per_image = self._eval_seconds(1)
+        n = max(len(self.interim_set), int(FINAL_SHARE * budget / max(per_image, 1e-9)))
+        if n >= len(self.val_set):
+            return self.val_set
+        self.say(f"final evaluation on {n} of {len(self.val_set)} held-out images (every class's "
+                 f"share kept): all of them would take about {self._eval_seconds(len(self.val_set)):.0f} s, "
+                 f"more than {FINAL_SHARE:.0%} of the {budget:.0f} s budget; score the rest with "
+                 f"--resume RUN/latest.npz --eval-only")
+        return self.val_set.subset(tdata.stratified_subset_indices(self.val_set.labels, n, self.cfg["data_seed"]))
+
+    def _final_reserve(self):
+        """Seconds to keep for the work after training: the final evaluation and checkpoints."""
+        if not self.cfg["time_budget"]:
+            return 0.0
+        n = min(len(self.val_set), max(len(self.interim_set), int(FINAL_SHARE * self.cfg["time_budget"]
+                                       / max(self._eval_seconds(1), 1e-9))))
+        saves = 2 * self.save_seconds.predict(1, default=3.0)
+        return self._eval_seconds(n) + saves + 5.0
+
+    def _measure_horizon(self):
+        """The budget schedule's horizon: the step at which the time left (less the reserve for
+        the final work and the evaluations still due) runs out at the measured step rate."""
+        step_seconds = self.clock.steps.per_unit
+        if self.cfg["lr_schedule"] != "budget" or not self.cfg["time_budget"] or not step_seconds:
+            return
+        left = self.clock.remaining() - self._final_reserve()
+        evals_left = max(0.0, left / (self.cfg["time_budget"] / INTERIM_EVALS))
+        left -= evals_left * self._eval_seconds(len(self.interim_set))
+        self.horizon = self.global_step + max(int(left / step_seconds), 1)
+
+    def _traffic_per_step(self):
+        """Two towers: bytes copied between them per training step since the epoch began."""
+        if self.traffic is None or self.step <= self.first_step_of_epoch:
+            return None
+        steps = self.step - self.first_step_of_epoch
+        crossing = dict(forward=self.traffic.forward_bytes // steps,
+                        backward=self.traffic.backward_bytes // steps)
+        self.say(f"cross-tower traffic per step: {crossing['forward']:,} B forward, "
+                 f"{crossing['backward']:,} B backward")
+        return crossing
 
 
 def main(argv=None):
@@ -816,9 +1056,13 @@ def main(argv=None):
         return train(args)
     except KeyboardInterrupt:
         # Ctrl-C before training started (while the data is prepared): nothing to save; a
-        # half-built data cache is removed by the data loader itself
-        print("alexnet_train.py: interrupted (Ctrl-C) before training started; no checkpoint "
-              "was written", file=sys.stderr)
+        # half-built data cache is removed by the data loader itself.  During training the
+        # first Ctrl-C saves and stops after the step; only a second one lands here.
+        started = _state.get("training")
+        print("alexnet_train.py: interrupted (Ctrl-C) " + (
+            "a second time: stopped at once; latest.npz in the run folder is from its last "
+            "evaluation" if started else "before training started; no checkpoint was written"),
+            file=sys.stderr)
         sys.exit(130)
     except (ConfigError, OSError, ValueError, FloatingPointError, RuntimeError) as e:
         message = f"alexnet_train.py: error: {e}"

@@ -109,8 +109,8 @@ def test_demo_run_writes_its_files(run_a):
     assert len(latest["velocity"]) == len(latest["model"]) == 16
     assert best["meta"]["best_err"] == min(m["top1_err"] for m in evals)
     # no temporary files left in the run folder
-    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "curves.png", "latest.npz",
-                                       "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "conv1_filters.png", "curves.png",
+                                       "latest.npz", "metrics.jsonl"]
 
 
 @pytest.mark.slow

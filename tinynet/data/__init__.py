@@ -18,7 +18,7 @@ DataLoader                 reproducible, resumable, shardable batches, prepared 
 
 from .dataset import (ArrayDataset, split_dataset, stratified_split_indices,
                       stratified_subset_indices)
-from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from .fashion_mnist import FASHION_MNIST_CLASSES, has_fashion_mnist_files, load_fashion_mnist, read_idx
 from .folder import (HELD_OUT_NAMES, IMAGE_EXTENSIONS, decode_image, find_layout,
                      load_image_folder, load_image_folders)
 from .loader import DataLoader
@@ -31,7 +31,7 @@ __all__ = [
     "make_shapes", "shapes_class_names", "render_shape_image", "SHAPE_CLASSES", "DIFFICULTIES",
     "load_image_folder", "load_image_folders", "decode_image", "find_layout",
     "IMAGE_EXTENSIONS", "HELD_OUT_NAMES",
-    "load_fashion_mnist", "read_idx", "FASHION_MNIST_CLASSES",
+    "load_fashion_mnist", "has_fashion_mnist_files", "read_idx", "FASHION_MNIST_CLASSES",
     "TrainTransform", "EvalTransform", "resize_nearest",
     "IMAGENET_MEAN", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",
     "DataLoader",

@@ -84,6 +84,11 @@ def _find(name, dirs):
     return None
 
 
+def has_fashion_mnist_files(folder):
+    """True if ``folder`` holds the four Fashion-MNIST IDX files (each plain or .gz)."""
+    return all(_find(name, [os.fspath(folder)]) is not None for pair in _FILES.values() for name in pair)
+
+
 def load_fashion_mnist(limit_per_class=None, size=None, search_dirs=None):
     """Load Fashion-MNIST as (train, val) ArrayDatasets; val is the official 10,000 test images.
 

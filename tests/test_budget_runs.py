@@ -1,0 +1,121 @@
+"""The training program under a time budget, on each kind of data (the shapes, Fashion-MNIST's
+IDX files in a folder, an image folder): it stops training by the budget, keeps time for the
+final evaluation of the whole held-out set, and ends near the budget; evaluation options apply
+to a resumed --eval-only; the budget learning-rate schedule decays after warm-up.
+
+The bounds on time are loose (the machines are shared): they check the rule, not speed."""
+
+import gzip
+import json
+import os
+import struct
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_example
+
+PREFIX = "alexnet_train.py: error:"
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return load_example("alexnet_train")
+
+
+def write_idx(path, array, compress):
+    """An IDX file (the MNIST format): magic (0, 0, 0x08 = uint8, ndim), big-endian sizes, data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+        f.write(data)
+
+
+def make_idx_folder(root, n_train=40, n_test=20):
+    """Fashion-MNIST-shaped IDX files: 28x28 grey images whose brightness says the class."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, compress in (("train", n_train, True), ("t10k", n_test, False)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, (n, 28, 28)) + (labels * 20)[:, None, None]
+        suffix = ".gz" if compress else ""
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", labels, compress)
+    return root
+
+
+def make_folder(root):
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 6), ("val", 3)):
+        for c, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+                pixels[..., c] = 250
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def metrics(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+BUDGET = 60.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["shapes", "idx", "folder"])
+def test_a_budgeted_run_stops_in_time_and_scores_the_whole_held_out_set(prog, tmp_path, capsys, data):
+    if data == "shapes":
+        extra = ["--max-train-images", "40", "--max-val-images", "20"]
+    elif data == "idx":
+        extra = ["--data", str(make_idx_folder(tmp_path / "idx"))]
+    else:
+        extra = ["--data", str(make_folder(tmp_path / "imgs"))]
+    out = tmp_path / "run"
+    start = time.time()
+    result = prog.main(["--preset", "demo", "--batch-size", "2", "--epochs", "1000",
+                        "--lr", "0.002", "--lr-schedule", "budget", "--warmup-steps", "2", "--time-budget", str(BUDGET),
+                        "--out", str(out),
+                        "--cache-dir", str(tmp_path / "cache"), "--quiet", *extra])
+    took = time.time() - start
+    printed = capsys.readouterr().out
+    assert f"time budget of {BUDGET:.0f} s: training stopped" in printed
+    entries = metrics(out)
+    final = [m for m in entries if m["kind"] == "eval"][-1]
+    config = json.load(open(out / "config.json"))
+    assert final["images"] == config["val_images"]             # the whole held-out set at the end
+    assert final["top1_err"] == result["top1_err"]
+    train = [m for m in entries if m["kind"] == "train"]
+    assert train and train[-1]["lr"] < 0.002                    # the budget schedule decayed from --lr
+    assert took < BUDGET + 30                                   # ended near the budget, not far after
+    assert os.path.exists(out / "conv1_filters.png") and os.path.exists(out / "curves.png")
+
+
+def test_budget_schedule_needs_a_budget(prog, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prog.main(["--preset", "demo", "--lr-schedule", "budget", "--time-budget", "0",
+                   "--out", str(tmp_path / "r"), "--quiet"])
+    assert "--lr-schedule budget decays the rate to zero" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluation_options_apply_to_a_resumed_eval_only(prog, tmp_path, capsys):
+    data = make_idx_folder(tmp_path / "idx")
+    out = tmp_path / "run"
+    prog.main(["--preset", "demo", "--data", str(data), "--batch-size", "2", "--epochs", "1",
+               "--max-train-images", "4", "--time-budget", "0", "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    capsys.readouterr()
+    result = prog.main(["--resume", str(out / "latest.npz"), "--eval-only", "--ten-crop",
+                        "--max-val-images", "10", "--batch-size", "5", "--quiet"])
+    printed = capsys.readouterr().out
+    assert "on 10 held-out images (ten crops)" in printed and "top1_err" in result
+    # options that would change the run itself stay refused
+    with pytest.raises(SystemExit):
+        prog.main(["--resume", str(out / "latest.npz"), "--max-val-images", "10", "--quiet"])
+    assert "--max-val-images cannot change" in capsys.readouterr().err
