@@ -605,11 +605,15 @@ def train(args):
                     break
                 if run.evaluation_due():                             # a long epoch under a budget
                     run.evaluate(epoch, epoch_end=False)
+                    if run.out_of_time:
+                        break
             if stop.requested:
                 return run.save_and_stop(epoch, stop.requested)
             if run.out_of_time:
                 break
             run.evaluate(epoch, epoch_end=True)                      # evaluate, schedule, checkpoint
+            if run.out_of_time:
+                break
     return run.finish()                                              # the whole held-out set, pictures
 
 
@@ -895,6 +899,10 @@ class Run:
             self.say(f"validation error stopped improving: lr -> {self.base_lr:g}")
         if self.cfg["lr_schedule"] == "budget" and self.cfg["time_budget"]:
             self._measure_horizon()
+        # the evaluation took time: is there still room for another step? (all ranks agree)
+        self.out_of_time = self.clock.should_stop(self._final_reserve())
+        if self.ranks > 1:
+            self.out_of_time = bool(dist.allreduce_sum([self.out_of_time])[0])
         at = (epoch + 1, 0) if self.step >= len(self.loader) else (epoch, self.step)
         if result["top1_err"] < self.best_err:
             self.best_err = result["top1_err"]
@@ -1025,7 +1033,7 @@ class Run:
         n = min(len(self.val_set), max(len(self.interim_set), int(FINAL_SHARE * self.cfg["time_budget"]
                                        / max(self._eval_seconds(1), 1e-9))))
         saves = 2 * self.save_seconds.predict(1, default=3.0)
-        return self._eval_seconds(n) + saves + 5.0
+        return 1.2 * self._eval_seconds(n) + saves + 5.0  # 20% and 5 s for a machine's moods
 
     def _measure_horizon(self):
         """The budget schedule's horizon: the step at which the time left (less the reserve for
