@@ -252,7 +252,7 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
 
     dp_dir, serial_dir = tmp_path / "dp", tmp_path / "serial"
     assert sorted(os.listdir(dp_dir)) == sorted(os.listdir(serial_dir)) == [
-        "best.npz", "config.json", "curves.png", "latest.npz", "metrics.jsonl"]
+        "best.npz", "config.json", "conv1_filters.png", "curves.png", "latest.npz", "metrics.jsonl"]
     a, b = load_checkpoint(str(dp_dir / "latest.npz")), load_checkpoint(str(serial_dir / "latest.npz"))
     assert a["meta"]["config"]["data_parallel"] == {"ranks": 2, "local_batch": 1,
                                                      "threads_per_rank": 1}
