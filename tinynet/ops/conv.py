@@ -325,7 +325,9 @@ class Conv2d(Function):
         gy = gy.reshape(N, O, OH * OW)
 
         gx = xp.empty_like(x) if need_x else None
-        gw = xp.zeros((G, O // G, Cg * KH * KW), dtype=weight.dtype) if need_w else None
+        gw = None
+        if need_w:  # written by the first chunk's GEMM; an empty batch has none: zeros
+            gw = (xp.empty if N else xp.zeros)((G, O // G, Cg * KH * KW), dtype=weight.dtype)
         w_groups_t = weight.reshape(G, O // G, Cg * KH * KW).transpose(0, 2, 1)
         roles = {"gemm_output": O, "column_grad": C * KH * KW} if need_x else {"gemm_output": O}
         for n0, n1, cols, g_rows, *gcols in self._chunks(x, roles):
@@ -337,8 +339,12 @@ class Conv2d(Function):
             g_rows = g_rows.reshape(G, O // G, n * OH * OW)
             if need_w:
                 # (G, O/G, C/G*KH*KW) += (G, O/G, n*OH*OW) @ (G, n*OH*OW, C/G*KH*KW)
+                cols_t = cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1)
                 with section("GEMM"):
-                    gw += xp.matmul(g_rows, cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1))
+                    if n0 == 0:  # the first chunk writes gw, later ones add to it
+                        xp.matmul(g_rows, cols_t, out=gw)
+                    else:
+                        gw += xp.matmul(g_rows, cols_t)
             if need_x:
                 # (G, C/G*KH*KW, n*OH*OW) = (G, C/G*KH*KW, O/G) @ (G, O/G, n*OH*OW)
                 gcols = gcols[0].reshape(G, Cg * KH * KW, n * OH * OW)
