@@ -331,12 +331,14 @@ def profile_table(rows):
     names = list(profile_groups({}))
     lines = ["", "Where a training step's time goes (tn.profile(), one extra step after the timed ones; "
              "ms and share of the profiled step):", "",
-             "| batch | " + " | ".join(names) + " | total |", "|---" * (len(names) + 2) + "|"]
+             "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together |",
+             "|---" * (len(names) + 3) + "|"]
     for r in rows:
         groups = profile_groups(r["tinynet"]["profile_ms"])
         total = sum(groups.values())
         cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
-        lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} |")
+        rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
+        lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} |")
     return lines
 
 
