@@ -14,6 +14,11 @@ LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
 1e-4), interleaved with ours in the same run: PyTorch is a yardstick, never a
 dependency; without it the column says so.
 
+After its timed steps, each tinynet training worker profiles one more step
+(tn.profile()): the table under the results gives ms per kind of work (GEMM,
+im2col, col2im, the conv layout passes, LRN, max-pool, ReLU, SGD, and the rest:
+Python glue and allocation), so the gap to the floor is visible.
+
 The floor: the GEMMs of one training step alone (the same matrix products the
 engine does, operands ready, timed in this run), and the engine's time as a
 ratio to it.
@@ -88,7 +93,12 @@ def worker_tinynet(batch, mode, repeat, device, towers):
     devices = None
     if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
         devices = sorted({p.data.device.id for p in model.parameters()})
-    return timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
+    result = timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
+    if mode == "train" and device == "cpu":  # one more step, profiled: where its time goes
+        with tn.profile() as prof:
+            train_step()
+        result["profile_ms"] = dict(prof.by_kind())
+    return result
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -282,8 +292,54 @@ def summarise(result, batch):
         return result
     t = sorted(result["times"])
     med = t[len(t) // 2]
-    return dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"],
-                peak_reserved_bytes=result.get("peak_reserved_bytes"))
+    out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"],
+               peak_reserved_bytes=result.get("peak_reserved_bytes"))
+    if "profile_ms" in result:
+        out["profile_ms"] = result["profile_ms"]
+    return out
+
+
+# The profile's kinds, grouped into the columns of the breakdown table: ops by name,
+# a convolution's and a linear layer's own sections by theirs.
+PROFILE_GROUPS = [
+    ("GEMM", ("GEMM",)), ("im2col", ("im2col",)), ("col2im", ("col2im",)),
+    ("conv transposes + bias", ("conv transposes + bias",)), ("LRN", ("LocalResponseNorm",)),
+    ("max-pool", ("MaxPool2d",)), ("ReLU", ("ReLU",)), ("dropout", ("Dropout",)),
+    ("loss", ("CrossEntropy",)), ("SGD update", ("SGD update",)),
+]
+
+
+def profile_groups(profile_ms):
+    """ms per group of kinds (PROFILE_GROUPS), the rest as 'other (glue, allocation)'."""
+    groups = {name: 0.0 for name, _ in PROFILE_GROUPS}
+    groups["other (glue, allocation)"] = 0.0
+    for kind, value in profile_ms.items():
+        for name, prefixes in PROFILE_GROUPS:
+            if kind.startswith(prefixes):
+                groups[name] += value
+                break
+        else:
+            groups["other (glue, allocation)"] += value
+    return groups
+
+
+def profile_table(rows):
+    """Markdown: one profiled training step per batch, ms per group and share of the step."""
+    rows = [r for r in rows if r["mode"] == "train" and "profile_ms" in r.get("tinynet", {})]
+    if not rows:
+        return []
+    names = list(profile_groups({}))
+    lines = ["", "Where a training step's time goes (tn.profile(), one extra step after the timed ones; "
+             "ms and share of the profiled step):", "",
+             "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together |",
+             "|---" * (len(names) + 3) + "|"]
+    for r in rows:
+        groups = profile_groups(r["tinynet"]["profile_ms"])
+        total = sum(groups.values())
+        cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
+        rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
+        lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} |")
+    return lines
 
 
 def memory_cell(result):
@@ -361,6 +417,7 @@ def main():
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
                      f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
                      f"{ms(floor) if floor else ''} | {ratio} {torch_cols}")
+    lines += profile_table(rows)
     md = "\n".join(lines) + "\n"
     print(md)
     save(name, dict(machine=info, device=args.device, towers=args.towers, rows=rows), md)
