@@ -903,13 +903,18 @@ class Run:
         self.out_of_time = self.clock.should_stop(self._final_reserve())
         if self.ranks > 1:
             self.out_of_time = bool(dist.allreduce_sum([self.out_of_time])[0])
+        self._save_after_evaluation(epoch, result)
+        if self.main_rank and self.out:
+            write_plot(self.out, self.metrics)
+
+    def _save_after_evaluation(self, epoch, result):
+        """latest.npz, and best.npz when this is the lowest held-out error yet; a checkpoint at
+        an epoch's end resumes at the next epoch's start."""
         at = (epoch + 1, 0) if self.step >= len(self.loader) else (epoch, self.step)
         if result["top1_err"] < self.best_err:
             self.best_err = result["top1_err"]
             self.save("best.npz", *at)
         self.save("latest.npz", *at)
-        if self.main_rank and self.out:
-            write_plot(self.out, self.metrics)
 
     def save_and_stop(self, epoch, reason):
         """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
@@ -941,11 +946,7 @@ class Run:
             result = self._score(final_set)
             self.log(dict(kind="eval", epoch=self.epoch, step=self.global_step, time=self.elapsed(),
                           images=len(final_set), final=True, **result))
-            at = (self.epoch + 1, 0) if self.step >= len(self.loader) else (self.epoch, self.step)
-            if result["top1_err"] < self.best_err:
-                self.best_err = result["top1_err"]
-                self.save("best.npz", *at)
-            self.save("latest.npz", *at)
+            self._save_after_evaluation(self.epoch, result)
         if self.main_rank and self.out:
             write_plot(self.out, self.metrics)
             write_filters(self.out, self.model)
