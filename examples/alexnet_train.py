@@ -630,8 +630,7 @@ class Run:
     # ---- setting up ---------------------------------------------------------------------
     def __init__(self, args):
         self.args = args
-        self.clock = TimeBudget(None, clock=time.time)   # replaced by the real budget below
-        program_start = self.clock.start
+        program_start = time.time()   # the time budget counts from here, data preparation included
         tn.reuse_freed_memory()  # big activations are freed and reallocated every step: reuse pages
         if not args.data_parallel and dist.launched_size() > 1:
             raise ConfigError(f"started by mpiexec as {dist.launched_size()} processes without "
@@ -700,6 +699,7 @@ class Run:
 
         # the clock: the budget counts from the program's start (data preparation included)
         self.clock = TimeBudget(cfg["time_budget"] or None, start=program_start, clock=time.time)
+        self.first_global_step = self.global_step   # --stop-after-steps counts from here
         self.epoch, self.step = self.start_epoch, self.start_step
         self.eval_rate = RateMeter()          # seconds per evaluated image, measured
         self.save_seconds = RateMeter()       # seconds per checkpoint written, measured
@@ -804,7 +804,6 @@ class Run:
         self.epoch = epoch
         self.step = self.start_step if epoch == self.start_epoch else 0
         self.first_step_of_epoch = self.step
-        self.first_global_step = getattr(self, "first_global_step", self.global_step)
         self.bar = Progress(len(self.loader), epoch, self.args.quiet or not self.main_rank)
         self.seen = 0
         self.traffic = getattr(self.model, "traffic", None)  # two towers: bytes between them
@@ -1010,31 +1009,34 @@ class Run:
         guess = 0.5 * step / self.cfg["batch_size"]
         return self.eval_rate.predict(images * crops, default=guess * images * crops)
 
+    def _final_count(self):
+        """How many held-out images the final evaluation scores: all of them, unless a time
+        budget cannot pay for them (more than FINAL_SHARE of it); then as many as it can,
+        never fewer than the subset scored during training."""
+        budget, total = self.cfg["time_budget"], len(self.val_set)
+        if not budget:
+            return total
+        affordable = int(FINAL_SHARE * budget / max(self._eval_seconds(1), 1e-9))
+        return min(total, max(len(self.interim_set), affordable))
+
     def _final_set(self):
-        """The images of the final evaluation: all held-out images, unless a time budget
-        cannot pay for them (more than FINAL_SHARE of it): then the largest stratified subset
-        it can, said out loud."""
-        budget = self.cfg["time_budget"]
-        if not budget or self._eval_seconds(len(self.val_set)) <= FINAL_SHARE * budget:
-            return self.val_set
-        per_image = self._eval_seconds(1)
-        n = max(len(self.interim_set), int(FINAL_SHARE * budget / max(per_image, 1e-9)))
+        """The images of the final evaluation: all held-out images, or the largest stratified
+        subset the budget can pay for (_final_count), said out loud."""
+        n = self._final_count()
         if n >= len(self.val_set):
             return self.val_set
         self.say(f"final evaluation on {n} of {len(self.val_set)} held-out images (every class's "
                  f"share kept): all of them would take about {self._eval_seconds(len(self.val_set)):.0f} s, "
-                 f"more than {FINAL_SHARE:.0%} of the {budget:.0f} s budget; score the rest with "
-                 f"--resume RUN/latest.npz --eval-only")
+                 f"more than {FINAL_SHARE:.0%} of the {self.cfg['time_budget']:.0f} s budget; score the "
+                 f"rest with --resume RUN/latest.npz --eval-only")
         return self.val_set.subset(tdata.stratified_subset_indices(self.val_set.labels, n, self.cfg["data_seed"]))
 
     def _final_reserve(self):
         """Seconds to keep for the work after training: the final evaluation and checkpoints."""
         if not self.cfg["time_budget"]:
             return 0.0
-        n = min(len(self.val_set), max(len(self.interim_set), int(FINAL_SHARE * self.cfg["time_budget"]
-                                       / max(self._eval_seconds(1), 1e-9))))
         saves = 2 * self.save_seconds.predict(1, default=3.0)
-        return 1.2 * self._eval_seconds(n) + saves + 5.0  # 20% and 5 s for a machine's moods
+        return 1.2 * self._eval_seconds(self._final_count()) + saves + 5.0  # 20% and 5 s for a machine's moods
 
     def _measure_horizon(self):
         """The budget schedule's horizon: the step at which the time left (less the reserve for

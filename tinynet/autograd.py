@@ -588,12 +588,11 @@ def tensor(data, requires_grad=False, dtype=None, device=None):
     float16 and complex are rejected; float32 stays float32 (the fast path);
     other floats become float64.
     """
+    host_data = not isinstance(data, Tensor) and not is_gpu_array(data)
+    if device is not None and host_data and Device(device).kind == "cpu":
+        return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)  # tag it
     t = Tensor(data, requires_grad=requires_grad, dtype=dtype)
-    if device is not None and Device(device) != t.device:
-        if t.device.kind == "cpu" and Device(device).kind == "cpu" and not isinstance(data, Tensor):
-            return Tensor(t.data, requires_grad=requires_grad, device=device)  # fresh host data: tag it
-        t = t.to(device)
-    return t
+    return t if device is None else t.to(device)
 
 
 from .ops import math as _math  # noqa: E402  (operators above are defined there)
