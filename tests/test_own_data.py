@@ -343,7 +343,7 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     os.symlink(tmp_path / "gone.png", data / "cat" / "gone.png")
     with pytest.warns(UserWarning) as caught:
         result = prog.main(folder_argv(data, tmp_path, "--max-train-images", "6",
-                                       "--max-val-images", "3"))
+                                       "--max-val-images", "3", "--dropout", "0.25"))
     text = " ".join(str(w.message) for w in caught)
     assert "broken.png" in text and "gone.png" in text
     out = capsys.readouterr().out
@@ -356,6 +356,10 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     assert cfg["num_classes"] == 3 and cfg["classes"] == ["cat", "dog", "fox"]
     assert (cfg["train_images"], cfg["val_images"]) == (6, 3)
     assert cfg["val_fraction"] == 0.1 and cfg["difficulty"] is None and cfg["dataset"] is None
+    assert cfg["dropout"] == 0.25
+    # PCA lighting along the training pixels' own colour axes: three eigenvalues, largest first
+    assert cfg["lighting_pca"] == "data" and len(cfg["lighting_eigval"]) == 3
+    assert cfg["lighting_eigval"] == sorted(cfg["lighting_eigval"], reverse=True)
     evals = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")
              if '"eval"' in line]
     assert len(evals) == 1 and "top5_err" not in evals[0]
@@ -418,6 +422,7 @@ def test_options_that_do_not_apply_to_a_folder_are_refused(prog, tmp_path, capsy
     (["--dataset", "fashion-mnist", "--num-classes", "3"], "--num-classes describe(s) the shapes set"),
     (["--resume", "x.npz", "--lr", "0.1"], "--lr cannot change"),
     (["--resume", "x.npz", "--seed", "3", "--preset", "demo"], "--preset, --seed cannot change"),
+    (["--resume", "x.npz", "--dropout", "0"], "--dropout cannot change"),
     (["--eval-only"], "--eval-only needs --resume"),
 ])
 def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv, words):
@@ -433,6 +438,8 @@ def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv,
     (["--num-classes", "17"], "--num-classes must be in 2..16"),
     (["--momentum", "-0.5"], "--momentum must be a finite number >= 0"),
     (["--stop-after-steps", "-1"], "--stop-after-steps must be >= 0"),
+    (["--dropout", "1"], "--dropout must be a probability in [0, 1), got 1.0"),
+    (["--dropout", "nan"], "--dropout must be a probability in [0, 1)"),
 ])
 def test_argument_checks_name_the_option(prog, tmp_path, capsys, argv, words):
     assert words in run_error(prog, capsys, argv + ["--out", str(tmp_path / "o")])
