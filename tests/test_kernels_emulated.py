@@ -320,6 +320,8 @@ def test_emulated_module_has_the_gpu_module_functions_and_agrees_with_numpy():
 
     for name in ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "lrn_forward", "lrn_backward"):
         assert inspect.signature(getattr(emulate, name)) == inspect.signature(getattr(kernels, name)), name
+        # one host code for both: the argument lists tested here are the ones a GPU gets
+        assert getattr(emulate, name).__func__ is getattr(kernels, name).__func__, name
     # AlexNet's pool1 and LRN geometry, launched as the GPU module launches them
     x = values((2, 96, 55, 55), np.float32, 0)
     y = emulate.maxpool_forward(x, 3, 3, 2, 2, 27, 27)

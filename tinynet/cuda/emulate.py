@@ -34,9 +34,7 @@ import tempfile
 
 import numpy as np
 
-from .kernels import kernel_path
-
-THREADS = 256  # threads per block in the default launch, as tinynet.cuda.kernels
+from .kernels import THREADS, Kernels, blocks_for, ctype_of, kernel_path
 _SOURCES = ("host/cuda_host.h", "host/launcher.cpp", "im2col.cu", "lrn.cu", "maxpool.cu")
 _libraries = {}
 
@@ -198,87 +196,15 @@ def launch(name, args, grid, block, order="forward", seed=0, sanitize=None):
 # The twins of tinynet.cuda.kernels, on NumPy arrays
 # ----------------------------------------------------------------------------
 
-def _ctype(dtype):
-    names = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-    if np.dtype(dtype) not in names:
-        raise TypeError(f"tinynet.cuda.emulate: the kernels take float32 or float64, got {np.dtype(dtype)}")
-    return names[np.dtype(dtype)]
+def _run_emulated(filename, name, dtype, total, args):
+    """One launch on the emulated grid, as tinynet.cuda.kernels launches it on a GPU (all the
+    kernels are in one library, so the file name is not needed)."""
+    launch(f"{name}<{ctype_of(dtype)}>", args, (blocks_for(total),), (THREADS,))
 
 
-def _default_launch(name, dtype, total, args):
-    blocks = int(min(max((total + THREADS - 1) // THREADS, 1), 65535 * 8))
-    launch(f"{name}<{_ctype(dtype)}>", args, (blocks,), (THREADS,))
-
-
-def _i(v):
-    return np.int64(v)
-
-
-def im2col(x, kh, kw, stride, padding, out=None):
-    x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    if out is None:
-        out = np.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-    _default_launch("im2col_kernel", x.dtype, out.size,
-                    (x, out, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                     np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-    return out
-
-
-def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
-    cols = np.ascontiguousarray(cols)
-    N, C, H, W = x_shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    target = np.empty((N, C, H, W), dtype=cols.dtype) if out is None or not out.flags.c_contiguous else out
-    _default_launch("col2im_kernel", cols.dtype, target.size,
-                    (cols, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                     np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-    if out is not None and target is not out:
-        out[...] = target
-        return out
-    return target
-
-
-def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
-    x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    y = np.empty((N, C, oh, ow), dtype=x.dtype)
-    _default_launch("maxpool_forward_kernel", x.dtype, y.size,
-                    (x, y, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                     np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
-    return y
-
-
-def maxpool_backward(x, y, gy, kh, kw, sh, sw):
-    x, y, gy = (np.ascontiguousarray(a) for a in (x, y, gy))
-    N, C, H, W = x.shape
-    gx = np.empty_like(x)
-    _default_launch("maxpool_backward_kernel", x.dtype, gx.size,
-                    (x, y, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                     np.int32(sh), np.int32(sw), _i(gy.shape[2]), _i(gy.shape[3])))
-    return gx
-
-
-def lrn_forward(x, size, alpha, beta, k):
-    x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    y, scale = np.empty_like(x), np.empty_like(x)
-    t = x.dtype.type
-    _default_launch("lrn_forward_kernel", x.dtype, x.size,
-                    (x, y, scale, _i(N), _i(C), _i(H * W), np.int32(size // 2),
-                     np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
-    return y, scale
-
-
-def lrn_backward(x, y, scale, gy, size, alpha, beta):
-    x, y, scale, gy = (np.ascontiguousarray(a) for a in (x, y, scale, gy))
-    N, C, H, W = x.shape
-    gx = np.empty_like(x)
-    t = x.dtype.type
-    _default_launch("lrn_backward_kernel", x.dtype, x.size,
-                    (x, y, scale, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
-                     np.int32((size - 1) // 2), t(alpha), t(beta)))
-    return gx
+# The same names and arguments as tinynet.cuda.kernels, on NumPy arrays: the same host code
+# (tinynet.cuda.kernels.Kernels), launched on the emulated grid.
+_emulated = Kernels(lambda: np, _run_emulated)
+im2col, col2im = _emulated.im2col, _emulated.col2im
+maxpool_forward, maxpool_backward = _emulated.maxpool_forward, _emulated.maxpool_backward
+lrn_forward, lrn_backward = _emulated.lrn_forward, _emulated.lrn_backward

@@ -6,6 +6,12 @@ current device, and cached per (file, device); ``get_function`` picks the
 float or double instantiation.  GEMMs are not here: they go through
 ``cupy.matmul`` (cuBLAS).
 
+The host side of every kernel (the shapes, the output buffers and the exact
+argument list of the launch) is written once, in ``Kernels``, for both ways
+of running the ``.cu`` files: on a GPU through CuPy (this module's
+functions), and on the CPU through the emulated grid of
+``tinynet.cuda.emulate``, which the tests run on machines without a GPU.
+
 Every launch uses a grid-stride loop, so any grid size covers any array.
 """
 
@@ -16,7 +22,7 @@ import numpy as np
 from ..backend import cupy_or_none
 
 _modules = {}
-_THREADS = 256
+THREADS = 256  # threads per block of every launch
 
 
 def kernel_path(filename):
@@ -30,6 +36,19 @@ def kernel_path(filename):
     raise FileNotFoundError(f"tinynet.cuda: kernel source {filename} not found next to the package")
 
 
+def ctype_of(dtype):
+    """The C++ type a kernel template is instantiated with for ``dtype``."""
+    names = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+    if np.dtype(dtype) not in names:
+        raise TypeError(f"tinynet.cuda: the kernels take float32 or float64, got {np.dtype(dtype)}")
+    return names[np.dtype(dtype)]
+
+
+def blocks_for(total):
+    """Blocks of THREADS threads for ``total`` elements (a grid-stride loop covers the rest)."""
+    return int(min(max((total + THREADS - 1) // THREADS, 1), 65535 * 8))
+
+
 def _function(filename, name, dtype):
     cp = cupy_or_none()
     device = cp.cuda.Device().id
@@ -41,8 +60,7 @@ def _function(filename, name, dtype):
         names = [f"{base}<{t}>" for base in _KERNELS[filename] for t in ("float", "double")]
         module = cp.RawModule(code=code, options=("-std=c++14",), name_expressions=names)
         _modules[key] = module
-    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
-    return module.get_function(f"{name}<{ctype}>")
+    return module.get_function(f"{name}<{ctype_of(dtype)}>")
 
 
 _KERNELS = {
@@ -52,86 +70,101 @@ _KERNELS = {
 }
 
 
-def _launch(fn, total, args):
-    blocks = int(min(max((total + _THREADS - 1) // _THREADS, 1), 65535 * 8))
-    fn((blocks,), (_THREADS,), args)
-
-
 def _i(v):
     return np.int64(v)
 
 
-def im2col(x, kh, kw, stride, padding, out=None):
-    cp = cupy_or_none()
-    x = cp.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    if out is None:
-        out = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-    fn = _function("im2col.cu", "im2col_kernel", x.dtype)
-    _launch(fn, out.size, (x, out, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                           np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-    return out
+class Kernels:
+    """The host side of kernels/*.cu: for each op, the output buffers and the launch's
+    arguments, exactly as the kernel declares them (``long long`` -> np.int64, ``int`` ->
+    np.int32, ``T`` -> the array's dtype).
 
+    xp: a function returning the array module (cupy, or numpy for the emulated grid).
+    run(filename, name, dtype, total, args): launch kernel ``name<T>`` of ``kernels/filename``
+        with ``total`` threads' worth of work.
+    """
 
-def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
-    cp = cupy_or_none()
-    cols = cp.ascontiguousarray(cols)
-    N, C, H, W = x_shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    target = cp.empty((N, C, H, W), dtype=cols.dtype) if out is None or not out.flags.c_contiguous else out
-    fn = _function("im2col.cu", "col2im_kernel", cols.dtype)
-    _launch(fn, target.size, (cols, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                              np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-    if out is not None and target is not out:
-        out[...] = target
+    def __init__(self, xp, run):
+        self.xp, self.run = xp, run
+
+    def im2col(self, x, kh, kw, stride, padding, out=None):
+        xp = self.xp()
+        x = xp.ascontiguousarray(x)
+        N, C, H, W = x.shape
+        (sh, sw), (ph, pw) = stride, padding
+        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        if out is None:
+            out = xp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
+        self.run("im2col.cu", "im2col_kernel", x.dtype, out.size,
+                 (x, out, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                  np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
         return out
-    return target
+
+    def col2im(self, cols, x_shape, kh, kw, stride, padding, out=None):
+        xp = self.xp()
+        cols = xp.ascontiguousarray(cols)
+        N, C, H, W = x_shape
+        (sh, sw), (ph, pw) = stride, padding
+        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        target = xp.empty((N, C, H, W), dtype=cols.dtype) if out is None or not out.flags.c_contiguous else out
+        self.run("im2col.cu", "col2im_kernel", cols.dtype, target.size,
+                 (cols, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                  np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
+        if out is not None and target is not out:
+            out[...] = target
+            return out
+        return target
+
+    def maxpool_forward(self, x, kh, kw, sh, sw, oh, ow):
+        xp = self.xp()
+        x = xp.ascontiguousarray(x)
+        N, C, H, W = x.shape
+        y = xp.empty((N, C, oh, ow), dtype=x.dtype)
+        self.run("maxpool.cu", "maxpool_forward_kernel", x.dtype, y.size,
+                 (x, y, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                  np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
+        return y
+
+    def maxpool_backward(self, x, y, gy, kh, kw, sh, sw):
+        xp = self.xp()
+        x, y, gy = (xp.ascontiguousarray(a) for a in (x, y, gy))
+        N, C, H, W = x.shape
+        gx = xp.empty_like(x)
+        self.run("maxpool.cu", "maxpool_backward_kernel", x.dtype, gx.size,
+                 (x, y, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                  np.int32(sh), np.int32(sw), _i(gy.shape[2]), _i(gy.shape[3])))
+        return gx
+
+    def lrn_forward(self, x, size, alpha, beta, k):
+        xp = self.xp()
+        x = xp.ascontiguousarray(x)
+        N, C, H, W = x.shape
+        y, scale = xp.empty_like(x), xp.empty_like(x)
+        t = x.dtype.type
+        self.run("lrn.cu", "lrn_forward_kernel", x.dtype, x.size,
+                 (x, y, scale, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                  np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
+        return y, scale
+
+    def lrn_backward(self, x, y, scale, gy, size, alpha, beta):
+        xp = self.xp()
+        x, y, scale, gy = (xp.ascontiguousarray(a) for a in (x, y, scale, gy))
+        N, C, H, W = x.shape
+        gx = xp.empty_like(x)
+        t = x.dtype.type
+        self.run("lrn.cu", "lrn_backward_kernel", x.dtype, x.size,
+                 (x, y, scale, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                  np.int32((size - 1) // 2), t(alpha), t(beta)))
+        return gx
 
 
-def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
-    cp = cupy_or_none()
-    x = cp.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    y = cp.empty((N, C, oh, ow), dtype=x.dtype)
-    fn = _function("maxpool.cu", "maxpool_forward_kernel", x.dtype)
-    _launch(fn, y.size, (x, y, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                         np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
-    return y
+def _run_on_gpu(filename, name, dtype, total, args):
+    """One launch on the current GPU, as CuPy's RawKernel takes it."""
+    _function(filename, name, dtype)((blocks_for(total),), (THREADS,), args)
 
 
-def maxpool_backward(x, y, gy, kh, kw, sh, sw):
-    cp = cupy_or_none()
-    x, y, gy = (cp.ascontiguousarray(a) for a in (x, y, gy))
-    N, C, H, W = x.shape
-    gx = cp.empty_like(x)
-    fn = _function("maxpool.cu", "maxpool_backward_kernel", x.dtype)
-    _launch(fn, gx.size, (x, y, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
-                          np.int32(sh), np.int32(sw), _i(gy.shape[2]), _i(gy.shape[3])))
-    return gx
-
-
-def lrn_forward(x, size, alpha, beta, k):
-    cp = cupy_or_none()
-    x = cp.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    y, scale = cp.empty_like(x), cp.empty_like(x)
-    t = x.dtype.type
-    fn = _function("lrn.cu", "lrn_forward_kernel", x.dtype)
-    _launch(fn, x.size, (x, y, scale, _i(N), _i(C), _i(H * W), np.int32(size // 2),
-                         np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
-    return y, scale
-
-
-def lrn_backward(x, y, scale, gy, size, alpha, beta):
-    cp = cupy_or_none()
-    x, y, scale, gy = (cp.ascontiguousarray(a) for a in (x, y, scale, gy))
-    N, C, H, W = x.shape
-    gx = cp.empty_like(x)
-    t = x.dtype.type
-    fn = _function("lrn.cu", "lrn_backward_kernel", x.dtype)
-    _launch(fn, x.size, (x, y, scale, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
-                         np.int32((size - 1) // 2), t(alpha), t(beta)))
-    return gx
+# This module's functions: the kernels on the current GPU (CuPy arrays in, CuPy arrays out).
+_gpu = Kernels(cupy_or_none, _run_on_gpu)
+im2col, col2im = _gpu.im2col, _gpu.col2im
+maxpool_forward, maxpool_backward = _gpu.maxpool_forward, _gpu.maxpool_backward
+lrn_forward, lrn_backward = _gpu.lrn_forward, _gpu.lrn_backward
