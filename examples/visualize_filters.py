@@ -36,7 +36,7 @@ import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet.checkpoint import load_checkpoint  # noqa: E402
 from tinynet.models import AlexNet  # noqa: E402
-from tinynet.plot import GAP, LABEL_HEIGHT, TILE_COLUMNS, filter_picture, stretch, tower_grid  # noqa: E402,F401
+from tinynet.plot import GAP, LABEL_HEIGHT, filter_picture, stretch, tower_grid  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -64,6 +64,24 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def image_tree(root, counts, classes, size, mark, seed):
+    """root/<split>/<class>/<i>.png for each split in ``counts`` (split -> images per class):
+    random RGB noise of ``size`` (h, w) whose channel ``c`` (the class's index) is set to
+    ``mark``, so every class has a colour cast of its own.  Returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+                pixels[..., c] = mark
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
 def load_example(name):
     """examples/<name>.py imported as a module (the examples are scripts, not a package)."""
     import importlib.util

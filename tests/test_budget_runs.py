@@ -14,9 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import load_example
+from conftest import image_tree, load_example
 
 PREFIX = "alexnet_train.py: error:"
 
@@ -47,19 +46,6 @@ def make_idx_folder(root, n_train=40, n_test=20):
     return root
 
 
-def make_folder(root):
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 6), ("val", 3)):
-        for c, name in enumerate(("cat", "dog")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
-                pixels[..., c] = 250
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
 def metrics(folder):
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -77,7 +63,8 @@ def test_a_budgeted_run_stops_in_time_and_scores_the_whole_held_out_set(prog, tm
     elif data == "idx":
         extra = ["--data", str(make_idx_folder(tmp_path / "idx"))]
     else:
-        extra = ["--data", str(make_folder(tmp_path / "imgs"))]
+        extra = ["--data", str(image_tree(tmp_path / "imgs", {"train": 6, "val": 3}, ("cat", "dog"),
+                                           (64, 80), mark=250, seed=1))]
     out = tmp_path / "run"
     start = time.time()
     result = prog.main(["--preset", "demo", "--batch-size", "2", "--epochs", "1000",

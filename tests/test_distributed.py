@@ -22,6 +22,8 @@ import tinynet.distributed as dist
 import tinynet.functional as F
 from tinynet import nn
 
+from conftest import image_tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = os.path.join(ROOT, "tests", "mpi_programs.py")
 TIMEOUT = 60        # seconds for one mpiexec job; the jobs here take a few seconds
@@ -210,22 +212,6 @@ def test_training_program_rejects_an_uneven_global_batch(tmp_path):
     assert job.stderr.count("--batch-size 3") == 1, job.stderr     # reported once, by rank 0
 
 
-def make_tiny_image_tree(root):
-    """root/train/<a,b>/ (2 images each) and root/val/<a,b>/ (1 each): small PNGs."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 2), ("val", 1)):
-        for c, name in enumerate(("a", "b")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-                pixels[..., c] = 230
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
 @needs_mpi
 @pytest.mark.slow
 def test_training_program_two_ranks_match_one_process(tmp_path):
@@ -234,7 +220,7 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
     momentum and validation numbers equal the serial run's."""
     from tinynet.checkpoint import load_checkpoint
 
-    data = make_tiny_image_tree(tmp_path / "images")
+    data = image_tree(tmp_path / "images", {"train": 2, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=0)
     prog_path = os.path.join(ROOT, "examples", "alexnet_train.py")
 
     def argv(out):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinynet import nn
+from tinynet import nn, plot
 from tinynet.checkpoint import save_checkpoint
 
 from conftest import load_example
@@ -33,12 +33,13 @@ def viz():
 
 
 def tile_origin(viz, index, tile_side):
-    """Top-left pixel of filter `index` in the grid: 48 per tower, 16 per row."""
+    """Top-left pixel of filter `index` in the grid: 48 per tower, 16 per row (the layout
+    constants of tinynet.plot, which draws the grid)."""
     tower, i = divmod(index, 48)
-    row, col = divmod(i, viz.TILE_COLUMNS)
-    block_h = viz.LABEL_HEIGHT + 3 * (tile_side + viz.GAP) + viz.GAP
-    top = viz.LABEL_HEIGHT + tower * block_h + viz.LABEL_HEIGHT + row * (tile_side + viz.GAP)
-    return viz.GAP + col * (tile_side + viz.GAP), top
+    row, col = divmod(i, plot.TILE_COLUMNS)
+    block_h = plot.LABEL_HEIGHT + 3 * (tile_side + plot.GAP) + plot.GAP
+    top = plot.LABEL_HEIGHT + tower * block_h + plot.LABEL_HEIGHT + row * (tile_side + plot.GAP)
+    return plot.GAP + col * (tile_side + plot.GAP), top
 
 
 def test_fresh_model(viz, tmp_path):
