@@ -375,11 +375,16 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, tra
     return train, val
 
 
-def make_transforms(cfg, train):
+def make_transforms(cfg, train, training=True):
+    """The training and evaluation transforms, normalised by the training set's statistics;
+    training=False (--eval-only): no training transform (None), and no PCA of the pixels."""
     mean = train.channel_mean()
     std = train.channel_std(mean) if cfg["input_std"] else None
     cfg["mean"] = [float(v) for v in mean]
     cfg["std"] = None if std is None else [float(v) for v in std]
+    eval_tf = tdata.EvalTransform(mean=mean, std=std, ten_crop=cfg["ten_crop"])
+    if not training:
+        return None, eval_tf
     # PCA lighting along the principal colour axes of the training pixels, as the paper did on
     # ImageNet: for grey images (Fashion-MNIST) the only axis is R = G = B, a brightness change.
     # Runs saved before this setting existed used ImageNet's axes.
@@ -389,7 +394,6 @@ def make_transforms(cfg, train):
         cfg["lighting_eigval"] = [float(v) for v in eigval]
     train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"],
                                     eigval=eigval, eigvec=eigvec, seed=cfg["seed"])
-    eval_tf = tdata.EvalTransform(mean=mean, std=std, ten_crop=cfg["ten_crop"])
     return train_tf, eval_tf
 
 
@@ -701,7 +705,7 @@ class Run:
                                                  training=not args.eval_only)
         if self.main_rank:
             dist.barrier()     # ... then the others read its cache
-        self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set)
+        self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only)
         self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(
             tdata.stratified_subset_indices(self.val_set.labels, INTERIM_IMAGES, cfg["data_seed"])))
 
