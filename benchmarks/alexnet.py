@@ -35,10 +35,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
+import numpy as np  # noqa: E402
 from benchmarks.common import machine, ms, save  # noqa: E402
 from benchmarks.layers import CONVS, FCS  # noqa: E402  the layer shapes, one table for both scripts
 

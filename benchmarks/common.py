@@ -64,7 +64,7 @@ def machine():
         "tinynet_threads": tinynet.get_num_threads(),
         "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                              "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                              "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",
                                               "MKL_NUM_THREADS")},
     }
 

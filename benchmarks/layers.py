@@ -16,10 +16,9 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
+import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.functional as F  # noqa: E402
 from benchmarks.common import machine, ms, save, timeit  # noqa: E402
 

@@ -30,10 +30,9 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
+import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from benchmarks.common import machine, ms, save  # noqa: E402

@@ -27,11 +27,11 @@ import argparse
 import os
 import sys
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
+import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet.checkpoint import load_checkpoint  # noqa: E402

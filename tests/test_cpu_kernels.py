@@ -1,6 +1,10 @@
 """The CPU kernels (tinynet/ops/cpu_kernels.py): thread pool, conv_path setting, glibc memory reuse."""
 
+import ctypes
 import os
+import platform
+import subprocess
+import sys
 import threading
 import time
 
@@ -140,11 +144,6 @@ print(accepted, mmapped, kept)
 
 
 def test_reuse_freed_memory_keeps_big_blocks_for_reuse():
-    import ctypes
-    import platform
-    import subprocess
-    import sys
-
     if platform.libc_ver()[0] != "glibc":
         import tinynet as tn
 
@@ -165,3 +164,45 @@ def test_reuse_freed_memory_keeps_big_blocks_for_reuse():
     accepted, mmapped, kept = probe("reuse")
     assert accepted == "True"
     assert mmapped == 0 and kept >= 40e6          # now: from the heap, and kept after the free
+
+
+BLAS_IDLE_PROBE = """
+import os, sys, time
+if sys.argv[1] == "openblas-default":
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "28"  # set before tinynet: kept, as a user's would be
+import tinynet
+import numpy as np
+a = np.ones((768, 768), np.float32)
+a @ a                                  # large enough for OpenBLAS to use its worker threads
+t0 = time.process_time()
+time.sleep(0.05)                       # this thread sleeps; any CPU time now is idle workers spinning
+print(os.environ["OPENBLAS_THREAD_TIMEOUT"], time.process_time() - t0)
+"""
+
+
+def test_importing_tinynet_lets_idle_blas_threads_sleep():
+    """OpenBLAS's idle workers spin for ~0.1 s after a GEMM, taking a core from the elementwise
+    passes between GEMMs; importing tinynet before NumPy makes them sleep at once, and a value
+    the user set is kept.  Measured as the process's CPU time while its only busy thread
+    sleeps just after a GEMM: the control (OpenBLAS's own default) shows the spin."""
+    config = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    if "openblas" not in str(config.get("name", "")).lower():
+        pytest.skip(f"NumPy's BLAS is {config.get('name')!r}, not OpenBLAS")
+    if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) < 2:
+        pytest.skip("one core: OpenBLAS runs no worker threads")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", BLAS_IDLE_PROBE, mode], capture_output=True,
+                             text=True, cwd=root, env=env, timeout=120, check=True)
+        value, cpu = out.stdout.split()
+        return value, float(cpu)
+
+    value, spun = probe("openblas-default")
+    assert value == "28"                              # the user's setting is kept
+    if spun < 0.02:
+        pytest.skip(f"this OpenBLAS's idle workers did not spin ({spun:.3f} s of CPU in 0.05 s)")
+    value, idle = probe("tinynet")
+    assert value == "4"
+    assert idle < 0.01 < spun, (idle, spun)
