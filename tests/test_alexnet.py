@@ -131,6 +131,46 @@ def test_seed_makes_weights_repeatable(net1000):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("shape,rows", [((7, 5, 3), 1), ((7, 5, 3), 3), ((7, 5, 3), None), ((), None), ((0, 4), None)])
+def test_fill_draws_exactly_the_numbers_of_one_whole_draw(shape, rows):
+    """Weights are drawn a piece of rows at a time (no 302 MB float64 temporary for fc6): the
+    pieces hold the same numbers, cast once to float32, as one draw of the whole shape."""
+    from tinynet.random import fill
+
+    whole = np.random.default_rng(7).normal(0.0, 0.01, shape).astype(np.float32)
+    rng = np.random.default_rng(7)
+    out = np.full(shape, np.nan, np.float32)
+    assert fill(out, lambda s: rng.normal(0.0, 0.01, s), rows_per_piece=rows) is out
+    assert out.dtype == np.float32 and np.array_equal(out, whole)
+
+
+PEAK_PROBE = """
+import sys
+from tinynet.models import AlexNet
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+before = status("VmRSS:")
+model = AlexNet(1000, seed=0)
+params = sum(p.data.nbytes for p in model.parameters())
+print(params, status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from Linux's /proc")
+def test_building_alexnet_needs_little_more_memory_than_its_weights():
+    """Drawing the 61M weights whole in float64 (NumPy's draw) put a 302 MB temporary beside
+    them, more than any inference batch up to 32 adds later."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True,
+                         cwd=root, timeout=120, check=True)
+    params, grown = map(int, out.stdout.split())
+    assert params > 240e6
+    assert grown < params + 100e6, (grown, params)
+
+
 def test_224_input_gives_clear_error(net1000):
     x = np.zeros((1, 3, 224, 224), np.float32)
     with tn.no_grad(), pytest.raises(ValueError, match="227"):

@@ -15,7 +15,7 @@ from . import autograd as _autograd
 from . import functional as F
 from .autograd import Tensor
 from .backend import Device, copy_to_device, device_guard, device_of_array, is_gpu_array
-from .random import default_generator
+from .random import default_generator, fill
 
 
 class Parameter(Tensor):
@@ -188,7 +188,7 @@ def _copy_into(p, value):
 
 def _uniform_init(shape, fan_in, dtype, rng):
     bound = 1.0 / math.sqrt(fan_in)
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return fill(np.empty(shape, dtype), lambda s: rng.uniform(-bound, bound, size=s))
 
 
 def _check_positive_int(layer, name, v):

@@ -34,3 +34,21 @@ def get_rng_state():
 
 def set_rng_state(state):
     _generator.bit_generator.state = state
+
+
+def fill(out, draw, rows_per_piece=None):
+    """Fill the array ``out`` with ``draw(shape)`` (e.g. ``lambda s: rng.normal(0, 0.01, s)``)
+    a piece of rows at a time, so that the float64 numbers NumPy draws never exist all at once:
+    fc6's 37.7M weights drawn whole would be a 302 MB float64 temporary beside the float32
+    weights, and that moment, not training, set the process's peak memory for inference.  A
+    NumPy generator draws one number after another, so the pieces hold exactly the numbers one
+    whole draw would.  Returns ``out``."""
+    if out.ndim == 0 or out.size == 0:
+        out[...] = draw(out.shape)
+        return out
+    row = out[0].size
+    rows = rows_per_piece or max(1, 2**20 // row)  # about 8 MB of float64 per piece
+    for i in range(0, out.shape[0], rows):
+        piece = out[i:i + rows]
+        piece[...] = draw(piece.shape)
+    return out

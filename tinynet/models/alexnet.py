@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..random import default_generator
+from ..random import default_generator, fill
 
 # (name, in_channels, out_channels, kernel, stride, padding, groups); groups=2: own tower only
 CONV_LAYERS = [
@@ -116,7 +116,7 @@ class AlexNet(nn.Module):
         for name in [c[0] for c in CONV_LAYERS] + ["fc6", "fc7", "fc8"]:
             layer = getattr(self, name)
             std = weight_std.get(name, 0.01) if isinstance(weight_std, dict) else weight_std
-            layer.weight.data[...] = rng.normal(0.0, std, layer.weight.shape)
+            fill(layer.weight.data, lambda shape: rng.normal(0.0, std, shape))
             layer.bias.data[...] = BIAS_INITS[bias_init] if name in ONES_BIAS else 0.0
 
     def _pool(self, x):
