@@ -44,20 +44,20 @@ PRESETS = {
     # The paper (section 5): batch 128, lr 0.01 divided by 10 on plateaus (3 times),
     # momentum 0.9, weight decay 5e-4, N(0, 0.01) weights, biases 1, dropout 0.5, ~90 epochs.
     "paper": dict(batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90,
-                  warmup_steps=0, bias_init="paper", init="paper", dropout=0.5,
+                  warmup_steps=0, bias_init="paper", init="paper", dropout=0.5, crop="random",
                   input_std=False, lighting_std=0.1, lighting_pca="data", difficulty="standard",
                   train_per_class=500, val_per_class=100, patience=2, time_budget=0,
                   lr_schedule="plateau"),
     # The short recipe: the default run, found by measurement to learn inside ~15 minutes
     # on a 2-core CPU (see docs/training.md for the runs behind it).
     "short": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
-                  warmup_steps=100, bias_init="zero", init="he", dropout=0.0,
+                  warmup_steps=100, bias_init="zero", init="he", dropout=0.0, crop="random",
                   input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
                   train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60,
                   lr_schedule="budget"),
     # REDUCED: a classroom demo of about two minutes (fewer, easier images).
     "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
-                 warmup_steps=30, bias_init="zero", init="he", dropout=0.5,
+                 warmup_steps=30, bias_init="zero", init="he", dropout=0.5, crop="random",
                  input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
                  train_per_class=200, val_per_class=20, patience=1, time_budget=120,
                  lr_schedule="plateau"),
@@ -72,7 +72,7 @@ class ConfigError(Exception):
 # with --resume (only the run's length, --epochs and --time-budget, may change).
 RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "difficulty",
                   "batch_size", "lr", "momentum", "weight_decay", "max_train_images",
-                  "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout")
+                  "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout", "crop")
 # ... except that --eval-only may choose how the weights are scored
 EVAL_OPTIONS = ("max_val_images", "batch_size")
 
@@ -121,6 +121,10 @@ def parse_args(argv=None):
     ap.add_argument("--dropout", type=float,
                     help="dropout probability of fc6 and fc7, 0 <= p < 1 (the paper: 0.5; "
                          "default: the preset's)")
+    ap.add_argument("--crop", choices=["random", "centre"],
+                    help="training crop: 'random' (the paper: a random 227 window of the 256 "
+                         "image) or 'centre' (the window evaluation uses; mirror and lighting "
+                         "still apply) (default: the preset's)")
     ap.add_argument("--time-budget", type=float,
                     help="wall-clock seconds for the whole run, data preparation and evaluations "
                          "included: training stops early enough to finish the final evaluation "
@@ -239,7 +243,7 @@ def build_config(args):
     that do not apply to the chosen data are recorded as None (load_data fills in the rest)."""
     cfg = dict(PRESETS[args.preset])
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty",
-                "lr_schedule", "warmup_steps", "dropout"):
+                "lr_schedule", "warmup_steps", "dropout", "crop"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -392,7 +396,8 @@ def make_transforms(cfg, train, training=True):
         eigval, eigvec = train.pca_lighting(seed=cfg["data_seed"])
         cfg["lighting_eigval"] = [float(v) for v in eigval]
     train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"],
-                                    eigval=eigval, eigvec=eigvec, seed=cfg["seed"])
+                                    eigval=eigval, eigvec=eigvec, seed=cfg["seed"],
+                                    random_crop=cfg.get("crop", "random") == "random")
     return train_tf, eval_tf
 
 
@@ -822,7 +827,8 @@ class Run:
                  + (f" -- {cfg['note']}" if cfg.get("note") else "")
                  + f"; {len(self.train_set)} training / {len(self.val_set)} validation images, "
                    f"{self.train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']} "
-                   f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}")
+                   f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}, "
+                   f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop")
 
     # ---- the loop's parts ---------------------------------------------------------------
     def batches(self, epoch):

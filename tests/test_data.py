@@ -206,6 +206,21 @@ def test_flip_is_an_exact_mirror_and_keeps_other_choices():
     assert np.array_equal(a[~flipped], b[~flipped])
 
 
+def test_centre_crop_training_takes_evaluations_window_and_keeps_other_choices():
+    """random_crop=False: every sample's window is the centre one EvalTransform takes; the
+    mirror and lighting draws stay those of the random-crop transform."""
+    images = np.random.default_rng(1).integers(0, 256, (32, 20, 20, 3), dtype=np.uint8)
+    args = dict(crop=15, size=20, mean=(10, 20, 30), seed=7)
+    random, centre = TrainTransform(**args), TrainTransform(random_crop=False, **args)
+    top, left, flip, alpha = random.sample_params(np.arange(32), 4)
+    ctop, cleft, cflip, calpha = centre.sample_params(np.arange(32), 4)
+    assert len(set(top.tolist())) > 1 and set(ctop.tolist()) == set(cleft.tolist()) == {2}
+    assert np.array_equal(flip, cflip) and np.array_equal(alpha, calpha)
+    plain = TrainTransform(random_crop=False, flip=False, lighting_std=0, **args)
+    assert np.array_equal(plain(images, np.arange(32), 4),
+                          EvalTransform(crop=15, size=20, mean=(10, 20, 30))(images))
+
+
 def test_lighting_covariance_matches_pca():
     n, sigma = 4000, 0.1
     t = TrainTransform(crop=2, size=2, mean=0, flip=False, lighting_std=sigma, seed=11)

@@ -343,7 +343,8 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     os.symlink(tmp_path / "gone.png", data / "cat" / "gone.png")
     with pytest.warns(UserWarning) as caught:
         result = prog.main(folder_argv(data, tmp_path, "--max-train-images", "6",
-                                       "--max-val-images", "3", "--dropout", "0.25"))
+                                       "--max-val-images", "3", "--dropout", "0.25",
+                                       "--crop", "centre"))
     text = " ".join(str(w.message) for w in caught)
     assert "broken.png" in text and "gone.png" in text
     out = capsys.readouterr().out
@@ -356,7 +357,7 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     assert cfg["num_classes"] == 3 and cfg["classes"] == ["cat", "dog", "fox"]
     assert (cfg["train_images"], cfg["val_images"]) == (6, 3)
     assert cfg["val_fraction"] == 0.1 and cfg["difficulty"] is None and cfg["dataset"] is None
-    assert cfg["dropout"] == 0.25
+    assert cfg["dropout"] == 0.25 and cfg["crop"] == "centre"
     # PCA lighting along the training pixels' own colour axes: three eigenvalues, largest first
     assert cfg["lighting_pca"] == "data" and len(cfg["lighting_eigval"]) == 3
     assert cfg["lighting_eigval"] == sorted(cfg["lighting_eigval"], reverse=True)
@@ -423,6 +424,7 @@ def test_options_that_do_not_apply_to_a_folder_are_refused(prog, tmp_path, capsy
     (["--resume", "x.npz", "--lr", "0.1"], "--lr cannot change"),
     (["--resume", "x.npz", "--seed", "3", "--preset", "demo"], "--preset, --seed cannot change"),
     (["--resume", "x.npz", "--dropout", "0"], "--dropout cannot change"),
+    (["--resume", "x.npz", "--crop", "centre"], "--crop cannot change"),
     (["--eval-only"], "--eval-only needs --resume"),
 ])
 def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv, words):

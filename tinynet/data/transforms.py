@@ -124,6 +124,8 @@ class TrainTransform:
             pass dataset.channel_mean() for your data).
         std: None (default, the paper: no division) or (3,) per-channel divisor in 0..255 units.
         flip: mirror left-right with probability 0.5.
+        random_crop: True (the paper): the crop's corner is drawn per sample; False: always the
+            centre crop, as EvalTransform takes it (mirror and lighting still apply).
         lighting_std: σ of the PCA lighting coefficients α_j ~ N(0, σ) (paper: 0.1; 0 disables).
         eigval, eigvec: (3,) eigenvalues and (3, 3) eigenvector columns of the RGB covariance in
             [0, 1] pixel units (default IMAGENET_EIGVAL / IMAGENET_EIGVEC; or the result of
@@ -136,12 +138,13 @@ class TrainTransform:
     """
 
     def __init__(self, crop=227, size=256, mean=IMAGENET_MEAN, std=None, flip=True,
-                 lighting_std=0.1, eigval=None, eigvec=None, seed=0):
+                 lighting_std=0.1, eigval=None, eigvec=None, seed=0, random_crop=True):
         func = "TrainTransform"
         self.crop, self.size = _check_geometry(func, crop, size)
         self.mean = check_rgb(func, "mean", mean)
         self.std = None if std is None else check_rgb(func, "std", std, positive=True)
         self.flip = bool(flip)
+        self.random_crop = bool(random_crop)
         number = isinstance(lighting_std, (int, float, np.floating)) \
             and not isinstance(lighting_std, bool)
         if not number or not lighting_std >= 0:
@@ -160,11 +163,11 @@ class TrainTransform:
 
         Sample `index` in `epoch` uses np.random.default_rng([stream, seed, epoch, index]) and
         draws, always in this order and whatever the options: top row, left column, mirror coin,
-        three standard normals. Switching flip or lighting off therefore leaves the other
-        choices unchanged.
+        three standard normals. Switching the random crop, flip or lighting off therefore
+        leaves the other choices unchanged.
 
         Returns: (top, left, flip, alpha): top, left (N,) int64 crop corner in size×size pixels,
-            each in 0..size-crop; flip (N,) bool; alpha (N, 3) float64 lighting coefficients
+            each in 0..size-crop ((size-crop)//2, the centre, without random_crop); flip (N,) bool; alpha (N, 3) float64 lighting coefficients
             (already multiplied by lighting_std).
         """
         indices = np.asarray(indices)
@@ -183,6 +186,8 @@ class TrainTransform:
             top[k], left[k] = rng.integers(0, span, size=2)
             flip[k] = rng.random() < 0.5
             alpha[k] = rng.standard_normal(3)
+        if not self.random_crop:
+            top[:] = left[:] = (self.size - self.crop) // 2
         return top, left, flip & self.flip, alpha * self.lighting_std
 
     def lighting(self, alpha):
