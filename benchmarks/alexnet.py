@@ -271,10 +271,12 @@ def gemm_floor(batch, repeat):
 # Driver
 # ----------------------------------------------------------------------------
 
-def run_worker(engine, batch, mode, repeat, device, towers):
+def run_worker(engine, batch, mode, repeat, device, towers, env=None):
+    """One (engine, batch, mode) in a fresh process; ``env``: extra environment variables."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--batch", str(batch),
            "--mode", mode, "--repeat", str(repeat), "--device", device] + (["--towers"] if towers else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                         env=None if env is None else {**os.environ, **env})
     if out.returncode != 0:
         return dict(error=(out.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
