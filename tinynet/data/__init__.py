@@ -8,8 +8,8 @@ Data sets (all return ArrayDataset: images (N, H, W, C) uint8 0..255, labels (N,
     stratified_subset_indices  a smaller set with every class's share kept
 
 Transforms (uint8 NHWC batch -> float32 NCHW network input, pixel units 0..255 minus the mean):
-    TrainTransform         random 227 crop, mirror, PCA lighting; randomness keyed by
-                           (seed, epoch, sample index)
+    TrainTransform         random 227 crop (or the centre one), mirror, PCA lighting;
+                           randomness keyed by (seed, epoch, sample index)
     EvalTransform          centre crop or ten crops
 
 DataLoader                 reproducible, resumable, shardable batches, prepared in a
