@@ -167,8 +167,9 @@ class TrainTransform:
         leaves the other choices unchanged.
 
         Returns: (top, left, flip, alpha): top, left (N,) int64 crop corner in size×size pixels,
-            each in 0..size-crop ((size-crop)//2, the centre, without random_crop); flip (N,) bool; alpha (N, 3) float64 lighting coefficients
-            (already multiplied by lighting_std).
+            each in 0..size-crop ((size-crop)//2, the centre, without random_crop); flip (N,)
+            bool; alpha (N, 3) float64 lighting coefficients (already multiplied by
+            lighting_std).
         """
         indices = np.asarray(indices)
         integers = np.issubdtype(indices.dtype, np.integer) or indices.size == 0
