@@ -1,7 +1,7 @@
-"""Packaging: metadata is in setup.cfg.  This file only copies the CUDA
-sources (kernels/*.cu, kept at the top of the repository where readers look
-for them, and kernels/host/, which builds them for the CPU) into the
-installed package as tinynet/kernels/, so that a non-editable
+"""Packaging: metadata is in setup.cfg.  This file only copies the C++ and
+CUDA sources (kernels/*.cu, the CPU loops kernels/*.cpp, kept at the top of
+the repository where readers look for them, and kernels/host/, which builds
+the .cu files for the CPU) into the installed package as tinynet/kernels/, so that a non-editable
 ``pip install .`` finds them too."""
 
 import glob
@@ -18,7 +18,7 @@ class BuildWithKernels(build_py):
         target = os.path.join(self.build_lib, "tinynet", "kernels")
         os.makedirs(target, exist_ok=True)
         source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-        for path in glob.glob(os.path.join(source, "*.cu")):
+        for path in glob.glob(os.path.join(source, "*.cu")) + glob.glob(os.path.join(source, "*.cpp")):
             shutil.copy(path, target)
         os.makedirs(os.path.join(target, "host"), exist_ok=True)
         for path in glob.glob(os.path.join(source, "host", "*")):

@@ -16,16 +16,15 @@ threads take a core.
 
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet  # noqa: E402,F401
-from benchmarks.alexnet import profile_groups, run_worker, summarise  # noqa: E402
 from benchmarks.common import machine, save  # noqa: E402
+from benchmarks.interleaved import compare, table  # noqa: E402
 
-SETTINGS = {"spin": "28", "sleep": "4"}  # OPENBLAS_THREAD_TIMEOUT: OpenBLAS's default, tinynet's
-BETWEEN_GEMMS = ("im2col", "col2im", "conv transposes + bias", "LRN", "max-pool", "ReLU", "SGD update")
+# OPENBLAS_THREAD_TIMEOUT: OpenBLAS's default, tinynet's
+SETTINGS = {"spin": {"OPENBLAS_THREAD_TIMEOUT": "28"}, "sleep": {"OPENBLAS_THREAD_TIMEOUT": "4"}}
 
 
 def main():
@@ -37,41 +36,12 @@ def main():
     args = ap.parse_args()
 
     info = machine()
-    rows = []
-    for batch in args.batches:
-        for pair in range(args.pairs):
-            row = dict(batch=batch, pair=pair)
-            for name, timeout in SETTINGS.items():
-                r = summarise(run_worker("tinynet", batch, "train", args.repeat, "cpu", False,
-                                         env={"OPENBLAS_THREAD_TIMEOUT": timeout}), batch)
-                if "error" in r:
-                    raise SystemExit(f"batch {batch}, {name}: the worker failed: {r['error']}")
-                groups = profile_groups(r.get("profile_ms", {}))
-                row[name] = dict(median_s=r["median"], between_gemms_ms=sum(groups[g] for g in BETWEEN_GEMMS),
-                                 gemm_ms=groups["GEMM"])
-            row["ratio"] = row["sleep"]["median_s"] / row["spin"]["median_s"]
-            rows.append(row)
-            print(f"batch {batch} pair {pair}: spin {row['spin']['median_s'] * 1e3:.0f} ms, "
-                  f"sleep {row['sleep']['median_s'] * 1e3:.0f} ms per step, ratio {row['ratio']:.2f}; "
-                  f"between GEMMs {row['spin']['between_gemms_ms']:.0f} -> {row['sleep']['between_gemms_ms']:.0f} ms",
-                  flush=True)
-
+    rows = compare(SETTINGS, args.batches, args.pairs, args.repeat)
     lines = [f"# OpenBLAS idle threads: spinning (28) against sleeping (4), {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. AlexNet (1000 classes, "
              f"float32) training steps, median of {args.repeat} per process; pairs interleaved; the "
-             f"between-GEMM passes and GEMMs from one profiled step per process.\n",
-             "| batch | pair | spin ms/step | sleep ms/step | sleep / spin | between GEMMs ms, spin → sleep "
-             "| GEMM ms, spin → sleep |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['batch']} | {r['pair']} | {r['spin']['median_s'] * 1e3:.0f} | "
-                     f"{r['sleep']['median_s'] * 1e3:.0f} | {r['ratio']:.2f} | "
-                     f"{r['spin']['between_gemms_ms']:.0f} → {r['sleep']['between_gemms_ms']:.0f} | "
-                     f"{r['spin']['gemm_ms']:.0f} → {r['sleep']['gemm_ms']:.0f} |")
-    lines.append("")
-    for batch in args.batches:
-        ratios = [r["ratio"] for r in rows if r["batch"] == batch]
-        lines.append(f"Batch {batch}: median ratio {statistics.median(ratios):.2f} "
-                     f"(range {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} pairs).")
+             f"between-GEMM passes and GEMMs from one profiled step per process.\n"]
+    lines += table(rows, list(SETTINGS), args.batches)
     print("\n".join(lines))
     save(args.out, dict(machine=info, rows=rows), "\n".join(lines) + "\n")
 

@@ -62,10 +62,11 @@ def machine():
         "numpy": np.__version__,
         "tinynet": tinynet.__version__,
         "tinynet_threads": tinynet.get_num_threads(),
+        "tinynet_cpu_loops": tinynet.get_cpu_loops(),
         "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",
-                                              "MKL_NUM_THREADS")},
+                                              "MKL_NUM_THREADS", "TINYNET_CPU_LOOPS")},
     }
 
 

@@ -7,6 +7,7 @@ from hypothesis import settings
 
 import tinynet.functional as F
 from tinynet.ops import cpu_kernels
+from tinynet.ops.cpu_loops import set_cpu_loops
 
 # Two hypothesis profiles, chosen by HYPOTHESIS_PROFILE:
 #   ci (default)  the same 25 examples every run (derandomized): heavy ops draw few examples,
@@ -20,7 +21,7 @@ settings.register_profile("explore", max_examples=400, deadline=None, derandomiz
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The code paths of the convolution, pooling and LRN kernels (see conv_path).
-PATHS = ["whole", "chunked", "threaded"]
+PATHS = ["whole", "chunked", "threaded", "numpy"]
 
 
 @contextlib.contextmanager
@@ -32,15 +33,18 @@ def conv_path(path):
     "chunked":  one image per column chunk (a workspace budget of 1 byte) and columns rebuilt
                 in backward (none kept), on the calling thread;
     "threaded": the whole batch in one column chunk, columns rebuilt in backward, and im2col,
-                col2im, pooling and LRN cut into one-image pieces on 3 threads.
+                col2im, pooling and LRN cut into one-image pieces on 3 threads;
+    "numpy":    as "whole", with the NumPy loops (ops.cpu_kernels) in place of the compiled
+                ones (ops.cpu_loops), which the other three run.
     Training at batch 128 combines the last two: chunks of many images, each cut into pieces
     for the threads.  The previous settings come back on exit.
     """
     if path not in PATHS:
         raise ValueError(f"conv_path: path must be one of {PATHS}, got {path!r}")
     old_threads = cpu_kernels.get_num_threads()
+    old_loops = set_cpu_loops("numpy" if path == "numpy" else "compiled")
     old_budget = F.set_conv_workspace(1 if path == "chunked" else 2**30)
-    old_keep = F.set_conv_keep_columns(2**30 if path == "whole" else 0)
+    old_keep = F.set_conv_keep_columns(2**30 if path in ("whole", "numpy") else 0)
     old_chunk = cpu_kernels.set_chunk_bytes(1 if path == "threaded" else 2**30)
     cpu_kernels.set_num_threads(3 if path == "threaded" else 1)
     try:
@@ -50,6 +54,7 @@ def conv_path(path):
         F.set_conv_keep_columns(old_keep)
         cpu_kernels.set_chunk_bytes(old_chunk)
         cpu_kernels.set_num_threads(old_threads)
+        set_cpu_loops(old_loops)
 
 
 def shuffled_linspace(shape, rng, lo=-1.0, hi=1.0):

@@ -77,7 +77,7 @@ def test_two_threads_starting_the_pool_at_once_make_one_pool(threads, monkeypatc
     assert len(made) == 1
 
 
-@pytest.mark.parametrize("path", ["whole", "chunked", "threaded"])
+@pytest.mark.parametrize("path", ["whole", "chunked", "threaded", "numpy"])
 def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
     """conftest.conv_path must take the path it names: the hypothesis tests of convolution,
     pooling and LRN rely on it to cover every path."""
@@ -86,10 +86,12 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
     from conftest import conv_path
 
     pieces = []   # (kernel, thread name, images) of every piece
+    modules = set()   # where the loops came from
     real = cpu_kernels.parallel_chunks
 
     def spy(fn, n, bytes_per_item, target_bytes=None):
         kernel = fn.__qualname__.split(".")[0]
+        modules.add(fn.__module__)
 
         def traced(i0, i1):
             pieces.append((kernel, threading.current_thread().name, i1 - i0))
@@ -107,7 +109,8 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
     assert {k for k, _, _ in pieces} == {"im2col", "col2im", "maxpool_forward", "maxpool_backward",
                                          "lrn_forward", "lrn_backward"}
     im2col_images = [n for k, _, n in pieces if k == "im2col"]
-    assert kept == (path == "whole")
+    assert modules == {"tinynet.ops.cpu_kernels" if path == "numpy" else "tinynet.ops.cpu_loops"}
+    assert kept == (path in ("whole", "numpy"))
     main = threading.current_thread().name
     if path == "threaded":
         assert all(name.startswith("tinynet-cpu") and n == 1 for _, name, n in pieces)
@@ -115,7 +118,7 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
         assert all(name == main for _, name, _ in pieces)
         assert all(n == 3 for k, _, n in pieces if k not in ("im2col", "col2im"))
     # whole: one im2col of 3 images (kept); chunked: one per image, twice (rebuilt)
-    assert im2col_images == {"whole": [3], "chunked": [1] * 6, "threaded": [1] * 6}[path]
+    assert im2col_images == {"whole": [3], "chunked": [1] * 6, "threaded": [1] * 6, "numpy": [3]}[path]
 
 
 # Run in a fresh process (the setting is process-wide): allocate and free 40 MB, and ask glibc

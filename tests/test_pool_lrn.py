@@ -23,10 +23,11 @@ def pool_geometry(draw):
     return g
 
 
-# Each hypothesis test runs down both code paths of pooling and LRN (conftest.conv_path):
-# "whole", the batch in one piece on the calling thread, and "threaded", one-image pieces on
-# 3 threads (what large batches take).  ("chunked" cuts only the convolution's columns.)
-POOL_PATHS = ["whole", "threaded"]
+# Each hypothesis test runs down every code path of pooling and LRN (conftest.conv_path):
+# "whole", the batch in one piece on the calling thread, "threaded", one-image pieces on
+# 3 threads (what large batches take), both with the compiled loops, and "numpy", the NumPy
+# loops.  ("chunked" cuts only the convolution's columns.)
+POOL_PATHS = ["whole", "threaded", "numpy"]
 
 
 @pytest.mark.parametrize("path", POOL_PATHS)

@@ -16,6 +16,12 @@ OpenBLAS to let idle workers sleep at once (OPENBLAS_THREAD_TIMEOUT=4, its
 smallest value; waking them costs microseconds per GEMM).  It takes effect only
 when tinynet is imported before NumPy loads OpenBLAS; a value already in the
 environment is kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own default).
+
+The CPU's loops (im2col, col2im, max-pool, LRN) come in two versions that give
+the same bits: NumPy (tinynet/ops/cpu_kernels.py, the one to read) and compiled
+C++ (kernels/cpu_loops.cpp, built with the C++ compiler on first use, faster).
+``set_cpu_loops("numpy" or "compiled")`` or TINYNET_CPU_LOOPS chooses; the
+default is "compiled", and without a compiler tinynet warns and runs NumPy's.
 """
 
 import os as _os
@@ -26,6 +32,7 @@ from . import functional, nn, optim  # noqa: F401,E402
 from .autograd import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401,E402
 from .backend import Device, device, get_array_module  # noqa: F401,E402
 from .ops.cpu_kernels import get_num_threads, reuse_freed_memory, set_num_threads  # noqa: F401,E402
+from .ops.cpu_loops import get_cpu_loops, set_cpu_loops  # noqa: F401,E402
 from .ops.math import concat, split  # noqa: F401,E402
 from .random import get_rng_state, manual_seed, set_rng_state  # noqa: F401,E402
 from .tracing import trace  # noqa: F401,E402  (with tn.trace(): ... prints every op)

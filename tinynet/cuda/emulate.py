@@ -26,27 +26,15 @@ debug information, for stepping through a thread in gdb (see docs/tour).
 """
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 
+from .. import cbuild
+from ..cbuild import compiler  # noqa: F401  (tests and docs ask emulate.compiler())
 from .kernels import THREADS, Kernels, blocks_for, ctype_of, kernel_path
 _SOURCES = ("host/cuda_host.h", "host/launcher.cpp", "im2col.cu", "lrn.cu", "maxpool.cu")
 _libraries = {}
-
-
-def compiler():
-    """The host C++ compiler: $CXX, else g++, c++ or clang++ on PATH; None if there is none."""
-    if os.environ.get("CXX"):
-        return shutil.which(os.environ["CXX"])
-    for name in ("g++", "c++", "clang++"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
 
 
 def _flags(sanitize):
@@ -62,12 +50,7 @@ def _flags(sanitize):
 def build_folder(cxx, flags):
     """The cache folder for this compiler, these flags and these sources: named by a hash of
     all of them, so that any change to a kernel, the header or the launcher rebuilds."""
-    digest = hashlib.sha256(" ".join([cxx] + flags).encode())
-    for name in _SOURCES:
-        with open(kernel_path(name), "rb") as f:
-            digest.update(name.encode() + b"\0" + f.read())
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "tinynet", "cuda-emulation", digest.hexdigest()[:16])
+    return cbuild.build_folder("cuda-emulation", cxx, flags, [kernel_path(name) for name in _SOURCES])
 
 
 def library_path(sanitize=None):
@@ -78,21 +61,9 @@ def library_path(sanitize=None):
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("tinynet.cuda.emulate: no C++ compiler found (set CXX, or install g++ or clang++)")
-    launcher = kernel_path("host/launcher.cpp")
-    flags = _flags(sanitize)
-    folder = build_folder(cxx, flags)
-    path = os.path.join(folder, "kernels.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)  # build aside, then rename: atomic
-        os.close(fd)
-        result = subprocess.run([cxx] + flags + [launcher, "-o", tmp], capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"tinynet.cuda.emulate: {os.path.basename(cxx)} failed on {launcher}:\n"
-                               f"{result.stderr}")
-        os.replace(tmp, path)
-    return path
+    return cbuild.build_library("cuda-emulation", "kernels",
+                                kernel_path("host/launcher.cpp"), [kernel_path(n) for n in _SOURCES],
+                                _flags(sanitize), cxx)
 
 
 def library(sanitize=None):

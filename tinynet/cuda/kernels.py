@@ -15,25 +15,13 @@ functions), and on the CPU through the emulated grid of
 Every launch uses a grid-stride loop, so any grid size covers any array.
 """
 
-import os
-
 import numpy as np
 
 from ..backend import cupy_or_none
+from ..cbuild import kernel_path
 
 _modules = {}
 THREADS = 256  # threads per block of every launch
-
-
-def kernel_path(filename):
-    """Where ``kernels/<filename>`` is: inside the installed package
-    (``tinynet/kernels``, copied there by setup.py) or in the checkout."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for folder in (os.path.join(here, "kernels"), os.path.join(os.path.dirname(here), "kernels")):
-        path = os.path.join(folder, filename)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"tinynet.cuda: kernel source {filename} not found next to the package")
 
 
 def ctype_of(dtype):

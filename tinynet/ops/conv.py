@@ -31,7 +31,7 @@ import numpy as np
 from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
 from ..profile import section
-from . import cpu_kernels
+from . import kernels_for
 
 # ----------------------------------------------------------------------------
 # The workspace: every big buffer a convolution needs, under one budget
@@ -168,15 +168,10 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
           column index = (n*OH + oy)*OW + ox; value = x_padded[n, c, oy*sh + ky, ox*sw + kx].
 
     ``out``, if given, is a buffer of that shape to fill (saves an allocation).
-    On the CPU this loops over the KH*KW kernel offsets; each offset copies
-    one strided slice of the whole input (no loop over pixels or images).
+    The loops are in ``ops.cpu_kernels`` (NumPy), ``ops.cpu_loops`` (compiled
+    C++) and ``cuda.kernels`` (the GPU); ``kernels_for`` picks one.
     """
-    xp = get_array_module(x)
-    if xp is not np:
-        from ..cuda import kernels as cuda_kernels
-
-        return cuda_kernels.im2col(x, kh, kw, stride, padding, out)
-    return cpu_kernels.im2col(x, kh, kw, stride, padding, out)
+    return kernels_for(x).im2col(x, kh, kw, stride, padding, out)
 
 
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
@@ -187,12 +182,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
     cols: (C*KH*KW, N*OH*OW) -> returns (N, C, H, W) with x_shape = (N, C, H, W).
     ``out``, if given, is an (N, C, H, W) array to write the result into.
     """
-    xp = get_array_module(cols)
-    if xp is not np:
-        from ..cuda import kernels as cuda_kernels
-
-        return cuda_kernels.col2im(cols, x_shape, kh, kw, stride, padding, out)
-    return cpu_kernels.col2im(cols, x_shape, kh, kw, stride, padding, out)
+    return kernels_for(cols).col2im(cols, x_shape, kh, kw, stride, padding, out)
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,296 @@
+// The CPU's compiled loops: im2col, col2im, max pooling and LRN, forward and
+// backward, for NCHW arrays in float32 and float64.
+//
+// They compute exactly what tinynet/ops/cpu_kernels.py computes with NumPy,
+// operation for operation and in the same order, so the two give the same
+// bits (tests/test_cpu_loops.py checks it).  What differs is the number of
+// passes over memory.  NumPy runs one pass per call: the paper's LRN is about
+// ten passes over the activations, a 3x3 max-pool nine.  Here each output
+// element is computed in one visit, while its inputs are still in the cache.
+//
+// Built on first use by tinynet/ops/cpu_loops.py into a cache folder (as the
+// CUDA emulation is) and called through ctypes.  Each function works on the
+// images [n0, n1) of the batch and writes only their part of the output, so
+// Python's thread pool (ops.cpu_kernels.parallel_chunks) runs several calls
+// at once on disjoint pieces: ctypes releases the GIL during a call.
+//
+// Layouts (as everywhere in tinynet):
+//   x, gx : (N, C, H, W)                       images
+//   cols  : (C*KH*KW, N*OH*OW)                 row (c, ky, kx), column (n, oy, ox)
+//   y, gy : (N, C, OH, OW)                     pooled
+
+#include <cmath>
+#include <vector>
+
+typedef long long i64;
+
+// Each loop is inlined into its exported function (below), so that it is compiled for every
+// instruction set that function is cloned for.
+#define INLINE inline __attribute__((always_inline))
+
+// The output positions o in [0, out_len) whose input position o*stride - pad + k
+// lies inside [0, in_len): o_lo <= o < o_hi.
+static inline void inside(i64 in_len, i64 out_len, i64 stride, i64 pad, i64 k, i64& o_lo, i64& o_hi) {
+    // smallest o with o*stride >= pad - k, largest o with o*stride <= in_len - 1 + pad - k
+    const i64 lo_num = pad - k, hi_num = in_len - 1 + pad - k;
+    o_lo = lo_num <= 0 ? 0 : (lo_num + stride - 1) / stride;
+    o_hi = hi_num < 0 ? 0 : hi_num / stride + 1;
+    if (o_hi > out_len) o_hi = out_len;
+    if (o_lo > o_hi) o_lo = o_hi;
+}
+
+// ---------------------------------------------------------------------------
+// im2col: cols[(c*KH + ky)*KW + kx, (n*OH + oy)*OW + ox] = x_padded[n, c, oy*SH + ky, ox*SW + kx]
+
+template <typename T>
+static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
+                   i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    const i64 ncols = N * OH * OW;
+    for (i64 c = 0; c < C; ++c)
+        for (i64 ky = 0; ky < KH; ++ky)
+            for (i64 kx = 0; kx < KW; ++kx) {
+                T* row = cols + ((c * KH + ky) * KW + kx) * ncols;
+                i64 oy_lo, oy_hi, ox_lo, ox_hi;
+                inside(H, OH, SH, PH, ky, oy_lo, oy_hi);
+                inside(W, OW, SW, PW, kx, ox_lo, ox_hi);
+                for (i64 n = n0; n < n1; ++n) {
+                    const T* image = x + (n * C + c) * H * W;
+                    for (i64 oy = 0; oy < OH; ++oy) {
+                        T* dst = row + (n * OH + oy) * OW;
+                        if (oy < oy_lo || oy >= oy_hi) {  // this row of windows reads padding only
+                            for (i64 ox = 0; ox < OW; ++ox) dst[ox] = T(0);
+                            continue;
+                        }
+                        const T* src = image + (oy * SH - PH + ky) * W + (kx - PW);
+                        for (i64 ox = 0; ox < ox_lo; ++ox) dst[ox] = T(0);
+                        if (SW == 1)  // contiguous: SIMD copies
+                            for (i64 ox = ox_lo; ox < ox_hi; ++ox) dst[ox] = src[ox];
+                        else
+                            for (i64 ox = ox_lo; ox < ox_hi; ++ox) dst[ox] = src[ox * SW];
+                        for (i64 ox = ox_hi; ox < OW; ++ox) dst[ox] = T(0);
+                    }
+                }
+            }
+}
+
+// ---------------------------------------------------------------------------
+// col2im: gx[n, c, h, w] = sum of the column entries copied from (h, w).  For
+// each pixel the terms are added in the order NumPy's col2im adds them: kernel
+// offsets (ky, kx) in row-major order, starting from zero.
+
+template <typename T>
+static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
+                          i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    const i64 ncols = N * OH * OW;
+    for (i64 c = 0; c < C; ++c) {
+        for (i64 n = n0; n < n1; ++n) {
+            T* image = gx + (n * C + c) * H * W;
+            for (i64 i = 0; i < H * W; ++i) image[i] = T(0);
+        }
+        // one row of cols at a time, read from start to end: channel c of every image
+        // receives the columns of kernel offset (ky, kx)
+        for (i64 ky = 0; ky < KH; ++ky)
+            for (i64 kx = 0; kx < KW; ++kx) {
+                const T* row = cols + ((c * KH + ky) * KW + kx) * ncols;
+                i64 oy_lo, oy_hi, ox_lo, ox_hi;
+                inside(H, OH, SH, PH, ky, oy_lo, oy_hi);
+                inside(W, OW, SW, PW, kx, ox_lo, ox_hi);
+                for (i64 n = n0; n < n1; ++n) {
+                    T* image = gx + (n * C + c) * H * W;
+                    for (i64 oy = oy_lo; oy < oy_hi; ++oy) {
+                        T* dst = image + (oy * SH - PH + ky) * W + (kx - PW);
+                        const T* src = row + (n * OH + oy) * OW;
+                        if (SW == 1)  // contiguous: the compiler turns this into SIMD adds
+                            for (i64 ox = ox_lo; ox < ox_hi; ++ox) dst[ox] += src[ox];
+                        else
+                            for (i64 ox = ox_lo; ox < ox_hi; ++ox) dst[ox * SW] += src[ox];
+                    }
+                }
+            }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Max pooling over an already padded x (N, C, H, W) -> y (N, C, OH, OW).
+// Forward: NumPy's np.maximum over the offsets in row-major order, so a NaN
+// anywhere in the window wins.  Backward: each output's gradient goes to the
+// first position of its window (row-major) holding the maximum (the first NaN
+// if the maximum is NaN); overlapping windows add.  The outputs are visited
+// last to first, so that each pixel receives its terms in NumPy's order
+// (offsets in row-major order), and the sums are the same bits.
+
+template <typename T>
+static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
+                            i64 OH, i64 OW, i64 n0, i64 n1) {
+    for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
+        const T* xp = x + plane * H * W;
+        for (i64 oy = 0; oy < OH; ++oy) {
+            T* __restrict__ m = y + (plane * OH + oy) * OW;  // one row of outputs, built in place
+            const T* top = xp + oy * SH * W;
+            for (i64 ox = 0; ox < OW; ++ox) m[ox] = top[ox * SW];
+            for (i64 ky = 0; ky < KH; ++ky)
+                for (i64 kx = 0; kx < KW; ++kx) {
+                    const T* __restrict__ v = top + ky * W + kx;
+                    // np.maximum(m, v): m if m is NaN or m >= v, else v (so a NaN v wins too)
+                    for (i64 ox = 0; ox < OW; ++ox) {
+                        const T a = m[ox], b = v[ox * SW];
+                        m[ox] = (a >= b || a != a) ? a : b;
+                    }
+                }
+        }
+    }
+}
+
+template <typename T>
+static INLINE void maxpool_backward(const T* x, const T* y, const T* gy, T* gx, i64 C, i64 H, i64 W, i64 KH,
+                             i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
+        const T* xp = x + plane * H * W;
+        T* gp = gx + plane * H * W;
+        for (i64 i = 0; i < H * W; ++i) gp[i] = T(0);
+        for (i64 oy = OH - 1; oy >= 0; --oy)
+            for (i64 ox = OW - 1; ox >= 0; --ox) {
+                const i64 o = plane * OH * OW + oy * OW + ox;
+                const T m = y[o];
+                const bool nan_max = std::isnan(m);
+                const i64 start = oy * SH * W + ox * SW;
+                i64 at = -1;
+                for (i64 ky = 0; ky < KH && at < 0; ++ky)
+                    for (i64 kx = 0; kx < KW; ++kx) {
+                        const T v = xp[start + ky * W + kx];
+                        if (v == m || (nan_max && std::isnan(v))) {
+                            at = start + ky * W + kx;
+                            break;
+                        }
+                    }
+                if (at >= 0) gp[at] += gy[o];
+            }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LRN across channels, x (N, C, HW): s = k + alpha * (sum of x^2 over the
+// window of channels c-before .. c+after), y = x * s^-beta.  The window sum is
+// added as NumPy's channel_window_sum adds it: the channel itself, then the
+// channels below, nearest first, then those above.
+
+// s^-beta; for the paper's beta = 0.75 (compared as the double it was given)
+// 1 / (sqrt(s) * sqrt(sqrt(s))), as cpu_kernels.power_neg_beta computes it.
+template <typename T>
+static inline T power_neg_beta(T s, double beta) {
+    if (beta == 0.75) {
+        const T r = std::sqrt(s);
+        return T(1) / (r * std::sqrt(r));
+    }
+    return std::pow(s, -T(beta));
+}
+
+template <typename T>
+static INLINE void lrn_forward(const T* x, T* y, T* scale, i64 C, i64 HW, i64 before, i64 after, double alpha,
+                        double beta, double k, i64 n0, i64 n1) {
+    const T a = T(alpha), kk = T(k);
+    for (i64 n = n0; n < n1; ++n) {
+        const T* xn = x + n * C * HW;
+        for (i64 c = 0; c < C; ++c) {
+            T* sc = scale + (n * C + c) * HW;
+            T* yc = y + (n * C + c) * HW;
+            const T* xc = xn + c * HW;
+            for (i64 p = 0; p < HW; ++p) sc[p] = xc[p] * xc[p];
+            for (i64 d = 1; d <= before && d <= c; ++d) {
+                const T* xd = xn + (c - d) * HW;
+                for (i64 p = 0; p < HW; ++p) sc[p] += xd[p] * xd[p];
+            }
+            for (i64 d = 1; d <= after && c + d < C; ++d) {
+                const T* xd = xn + (c + d) * HW;
+                for (i64 p = 0; p < HW; ++p) sc[p] += xd[p] * xd[p];
+            }
+            for (i64 p = 0; p < HW; ++p) {
+                T s = sc[p] * a;
+                s += kk;
+                sc[p] = s;
+                yc[p] = power_neg_beta(s, beta) * xc[p];
+            }
+        }
+    }
+}
+
+// gx_i = gy_i * s_i^-beta - 2*alpha*beta * x_i * sum_{j: i in window(j)} gy_j * y_j / s_j
+template <typename T>
+static INLINE void lrn_backward(const T* x, const T* y, const T* scale, const T* gy, T* gx, i64 C, i64 HW,
+                         i64 before, i64 after, double alpha, double beta, i64 n0, i64 n1) {
+    const T coef = T(-2.0 * alpha * beta);
+    std::vector<T> u(C * HW);  // gy * y / s of one image
+    for (i64 n = n0; n < n1; ++n) {
+        const i64 base = n * C * HW;
+        for (i64 i = 0; i < C * HW; ++i) {
+            T v = gy[base + i] * y[base + i];
+            u[i] = v / scale[base + i];
+        }
+        for (i64 c = 0; c < C; ++c) {
+            T* g = gx + base + c * HW;
+            const T* uc = u.data() + c * HW;
+            for (i64 p = 0; p < HW; ++p) g[p] = uc[p];  // the window sum, built in g
+            for (i64 d = 1; d <= after && d <= c; ++d) {  // j whose window holds i: j = i - d
+                const T* ud = u.data() + (c - d) * HW;
+                for (i64 p = 0; p < HW; ++p) g[p] += ud[p];
+            }
+            for (i64 d = 1; d <= before && c + d < C; ++d) {
+                const T* ud = u.data() + (c + d) * HW;
+                for (i64 p = 0; p < HW; ++p) g[p] += ud[p];
+            }
+            const T* xc = x + base + c * HW;
+            const T* sc = scale + base + c * HW;
+            const T* gyc = gy + base + c * HW;
+            for (i64 p = 0; p < HW; ++p) {
+                T t = g[p] * xc[p];
+                t *= coef;
+                g[p] = power_neg_beta(sc[p], beta) * gyc[p] + t;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The C interface: one function per (operation, type), suffix f32 or f64.
+// On x86-64 with GCC or clang each is compiled twice, for plain x86-64 (SSE2)
+// and for AVX2, and the loader picks the one the processor runs (ifunc): AVX2
+// does twice as many floats per instruction, and the results are the same
+// bits (no fused multiply-adds: the build passes -ffp-contract=off).
+
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+#define TINYNET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TINYNET_CLONES
+#endif
+
+#define TINYNET_EXPORT(T, SUFFIX)                                                                       \
+    extern "C" TINYNET_CLONES void im2col_##SUFFIX(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW,    \
+                                    i64 SH, i64 SW, i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {   \
+        im2col(x, cols, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1);                            \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void col2im_##SUFFIX(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW,   \
+                                    i64 SH, i64 SW, i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {   \
+        col2im(cols, gx, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1);                           \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void maxpool_forward_##SUFFIX(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW,     \
+                                             i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {          \
+        maxpool_forward(x, y, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                                 \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void maxpool_backward_##SUFFIX(const T* x, const T* y, const T* gy, T* gx, i64 C, i64 H, \
+                                              i64 W, i64 KH, i64 KW, i64 SH, i64 SW, i64 OH, i64 OW,    \
+                                              i64 n0, i64 n1) {                                         \
+        maxpool_backward(x, y, gy, gx, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                        \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void lrn_forward_##SUFFIX(const T* x, T* y, T* scale, i64 C, i64 HW, i64 before,         \
+                                         i64 after, double alpha, double beta, double k, i64 n0,        \
+                                         i64 n1) {                                                      \
+        lrn_forward(x, y, scale, C, HW, before, after, alpha, beta, k, n0, n1);                         \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void lrn_backward_##SUFFIX(const T* x, const T* y, const T* scale, const T* gy, T* gx,   \
+                                          i64 C, i64 HW, i64 before, i64 after, double alpha,           \
+                                          double beta, i64 n0, i64 n1) {                                \
+        lrn_backward(x, y, scale, gy, gx, C, HW, before, after, alpha, beta, n0, n1);                   \
+    }
+
+TINYNET_EXPORT(float, f32)
+TINYNET_EXPORT(double, f64)

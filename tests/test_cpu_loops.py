@@ -1,0 +1,182 @@
+"""The compiled CPU loops (kernels/cpu_loops.cpp) against the NumPy ones (ops/cpu_kernels.py):
+the same bits for every shape, stride, padding and dtype hypothesis draws, ties and NaN
+included; and the setting that chooses between them, with its fallback said out loud."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinynet.cbuild import compiler
+from tinynet.ops import cpu_kernels, cpu_loops
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler: the compiled loops cannot be built")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@st.composite
+def conv_geometry(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    h = draw(st.integers(max(1, kh - 2 * ph), 12))
+    w = draw(st.integers(max(1, kw - 2 * pw), 12))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 4)), h=h, w=w, kh=kh, kw=kw,
+                stride=(sh, sw), padding=(ph, pw))
+
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+@given(conv_geometry(), DTYPES, st.integers(0, 2**31))
+def test_im2col_and_col2im_give_the_numpy_bits(g, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"])).astype(dtype)
+    args = (g["kh"], g["kw"], g["stride"], g["padding"])
+    cols = cpu_kernels.im2col(x, *args)
+    assert same_bits(cpu_loops.im2col(x, *args), cols)
+    # col2im of arbitrary columns (not only ones im2col made): every overlap sums
+    cols = rng.standard_normal(cols.shape).astype(dtype)
+    assert same_bits(cpu_loops.col2im(cols, x.shape, *args), cpu_kernels.col2im(cols, x.shape, *args))
+
+
+@given(conv_geometry(), DTYPES)
+def test_im2col_and_col2im_fill_the_buffers_they_are_given(g, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"])).astype(dtype)
+    args = (g["kh"], g["kw"], g["stride"], g["padding"])
+    cols = cpu_kernels.im2col(x, *args)
+    out = np.full_like(cols, np.nan)
+    assert cpu_loops.im2col(x, *args, out=out) is out and same_bits(out, cols)
+    gx = np.full_like(x, np.nan)
+    assert cpu_loops.col2im(cols, x.shape, *args, out=gx) is gx
+    assert same_bits(gx, cpu_kernels.col2im(cols, x.shape, *args))
+
+
+def test_strided_views_and_non_contiguous_buffers_are_handled():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 9, 9))[:, ::2]          # every other channel: not contiguous
+    cols = cpu_kernels.im2col(x, 3, 3, (1, 1), (1, 1))
+    out = np.empty((cols.shape[1], cols.shape[0])).T       # a transposed buffer
+    assert cpu_loops.im2col(x, 3, 3, (1, 1), (1, 1), out=out) is out and same_bits(np.ascontiguousarray(out), cols)
+    gx = np.empty((2, 9, 9, 3)).transpose(0, 3, 1, 2)
+    cpu_loops.col2im(cols, (2, 3, 9, 9), 3, 3, (1, 1), (1, 1), out=gx)
+    assert np.array_equal(gx, cpu_kernels.col2im(cols, (2, 3, 9, 9), 3, 3, (1, 1), (1, 1)))
+
+
+@st.composite
+def pool_case(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kh, 11)), draw(st.integers(kw, 11))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
+    # few distinct values: many ties, so "the first maximum" is put to the test
+    levels = draw(st.integers(1, 4))
+    nans = draw(st.booleans())
+    return shape, (kh, kw, sh, sw), levels, nans
+
+
+@given(pool_case(), DTYPES, st.integers(0, 2**31))
+def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
+    shape, (kh, kw, sh, sw), levels, nans = case
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, levels, shape).astype(dtype)
+    if nans:
+        x[rng.random(shape) < 0.1] = np.nan
+    oh, ow = (shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1
+    y = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
+    assert same_bits(cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow), y)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    assert same_bits(cpu_loops.maxpool_backward(x, y, gy, kh, kw, sh, sw),
+                     cpu_kernels.maxpool_backward(x, y, gy, kh, kw, sh, sw))
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES,
+       st.sampled_from([0.75, 0.5, 1.0]), st.integers(0, 2**31))
+def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, hw, hw)) * 3).astype(dtype)
+    alpha, k = 1e-2, 2.0
+    y, scale = cpu_kernels.lrn_forward(x, size, alpha, beta, k)
+    y2, scale2 = cpu_loops.lrn_forward(x, size, alpha, beta, k)
+    assert same_bits(scale2, scale)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    gx = cpu_kernels.lrn_backward(x, y, scale, gy, size, alpha, beta)
+    gx2 = cpu_loops.lrn_backward(x, y, scale, gy, size, alpha, beta)
+    if beta == 0.75:  # square roots and a division: correctly rounded on both sides
+        assert same_bits(y2, y) and same_bits(gx2, gx)
+    else:             # pow: NumPy's and the C library's may differ in the last bit
+        tol = dict(rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
+        np.testing.assert_allclose(y2, y, **tol)
+        np.testing.assert_allclose(gx2, gx, **tol)
+
+
+def test_other_dtypes_run_the_numpy_loops():
+    x = np.arange(2 * 3 * 6 * 6, dtype=np.float16).reshape(2, 3, 6, 6)
+    assert same_bits(cpu_loops.maxpool_forward(x, 2, 2, 2, 2, 3, 3), cpu_kernels.maxpool_forward(x, 2, 2, 2, 2, 3, 3))
+    assert same_bits(cpu_loops.im2col(x, 3, 3, (1, 1), (0, 0)), cpu_kernels.im2col(x, 3, 3, (1, 1), (0, 0)))
+
+
+def test_the_setting_chooses_the_loops_and_refuses_what_it_does_not_know():
+    import tinynet as tn
+    from tinynet.ops import kernels_for
+
+    x = np.zeros((1, 1, 2, 2))
+    old = tn.set_cpu_loops("numpy")
+    try:
+        assert kernels_for(x) is cpu_kernels and tn.get_cpu_loops() == "numpy"
+        assert tn.set_cpu_loops("compiled") == "numpy"
+        assert kernels_for(x) is cpu_loops
+        with pytest.raises(ValueError, match=r"set_cpu_loops: expected one of \('compiled', 'numpy'\), got 'fast'"):
+            tn.set_cpu_loops("fast")
+    finally:
+        tn.set_cpu_loops(old)
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT, **env})
+
+
+PROBE = """
+import warnings
+import numpy as np
+import tinynet as tn
+import tinynet.functional as F
+from tinynet.ops import kernels_for, cpu_kernels
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y = F.max_pool2d(tn.tensor(np.ones((1, 1, 4, 4))), 2)
+    y = F.max_pool2d(tn.tensor(np.ones((1, 1, 4, 4))), 2)
+print(kernels_for(np.ones(1)) is cpu_kernels, len(caught))
+print(caught[0].message if caught else "")
+try:
+    tn.set_cpu_loops("compiled")
+except RuntimeError as e:
+    print("refused:", str(e).splitlines()[0])
+"""
+
+
+def test_without_a_compiler_the_numpy_loops_run_and_a_warning_says_so(tmp_path):
+    out = run_python(PROBE, CXX=str(tmp_path / "no-such-compiler"), XDG_CACHE_HOME=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "True 1"  # NumPy's loops, and one warning for two ops
+    assert "could not be built, so the CPU runs the NumPy loops" in lines[1]
+    assert "needs a C++ compiler, and none was found" in out.stdout
+    assert lines[-1].startswith("refused: set_cpu_loops('compiled'): the library cannot be built")
+
+
+def test_a_bad_environment_value_is_refused():
+    out = run_python("import tinynet as tn; tn.get_cpu_loops()", TINYNET_CPU_LOOPS="fast")
+    assert out.returncode != 0
+    assert "TINYNET_CPU_LOOPS: expected one of ('compiled', 'numpy'), got 'fast'" in out.stderr

@@ -1,0 +1,254 @@
+"""The CPU's compiled loops: ``kernels/cpu_loops.cpp`` through ctypes.
+
+Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
+NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
+lrn_forward, lrn_backward.  The NumPy versions are the ones to read first; this
+module exists for speed.  A NumPy call is one pass over memory, so the
+paper's LRN takes about ten passes over the activations and a 3x3 max-pool
+nine; a compiled loop visits each output once, while its inputs are in the
+cache.  (On AlexNet at batch 32 this makes those passes several times faster;
+``benchmarks/cpu_loops.py`` measures it.)
+
+Which loops the CPU uses is a setting (``tinynet.set_cpu_loops``, or the
+environment variable ``TINYNET_CPU_LOOPS``):
+
+* ``"compiled"`` (the default): these, built with the C++ compiler on first
+  use.  Without a compiler, or if the build fails, tinynet warns once, saying
+  why, and runs the NumPy loops;
+* ``"numpy"``: always the NumPy loops.
+
+Every function splits the batch among the threads of ``cpu_kernels``'s pool
+(``cpu_kernels.parallel_chunks``); ctypes releases the GIL while a loop runs.  Arrays of
+other dtypes than float32 and float64 run the NumPy loops (the compiled ones
+exist for those two).
+"""
+
+import ctypes
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from .. import cbuild
+from . import cpu_kernels
+from .cpu_kernels import _image_bytes
+
+FLAGS = ["-std=c++17", "-O3", "-shared", "-fPIC", "-Wall", "-Wextra",
+         "-ffp-contract=off",  # no fused multiply-adds: every operation rounds as NumPy's does
+         "-fno-math-errno"]  # sqrt need not set errno: lets the compiler use SIMD square roots
+CHOICES = ("compiled", "numpy")
+
+_state = {"choice": None, "library": None, "failure": None}
+_lock = threading.Lock()
+
+_i64, _dbl, _ptr = ctypes.c_longlong, ctypes.c_double, ctypes.c_void_p
+_SIGNATURES = {
+    "im2col": [_ptr, _ptr] + [_i64] * 14,
+    "col2im": [_ptr, _ptr] + [_i64] * 14,
+    "maxpool_forward": [_ptr, _ptr] + [_i64] * 11,
+    "maxpool_backward": [_ptr] * 4 + [_i64] * 11,
+    "lrn_forward": [_ptr] * 3 + [_i64] * 4 + [_dbl] * 3 + [_i64] * 2,
+    "lrn_backward": [_ptr] * 5 + [_i64] * 4 + [_dbl] * 2 + [_i64] * 2,
+}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def set_cpu_loops(choice):
+    """Which loops the CPU runs: "compiled" (kernels/cpu_loops.cpp) or "numpy"
+    (tinynet/ops/cpu_kernels.py).  Returns the previous choice.  Both give the
+    same numbers; "compiled" is faster.  Asking for "compiled" builds the
+    library now and raises if it cannot be built."""
+    if choice not in CHOICES:
+        raise ValueError(f"set_cpu_loops: expected one of {CHOICES}, got {choice!r}")
+    old = get_cpu_loops()
+    if choice == "compiled":
+        _load(strict=True)
+    _state["choice"] = choice
+    return old
+
+
+def get_cpu_loops():
+    """"compiled" or "numpy": what the CPU runs now (the default is "compiled",
+    or $TINYNET_CPU_LOOPS)."""
+    if _state["choice"] is None:
+        choice = os.environ.get("TINYNET_CPU_LOOPS", "compiled")
+        if choice not in CHOICES:
+            raise ValueError(f"TINYNET_CPU_LOOPS: expected one of {CHOICES}, got {choice!r}")
+        _state["choice"] = choice
+    return _state["choice"]
+
+
+def cpu_module():
+    """The module whose loops the CPU runs now: this one, or cpu_kernels
+    (when "numpy" is chosen, or the library could not be built)."""
+    if get_cpu_loops() == "compiled" and _load(strict=False) is not None:
+        import sys
+
+        return sys.modules[__name__]
+    return cpu_kernels
+
+
+def _load(strict):
+    """The loaded library, building it on first use.  On failure: raise if
+    ``strict``, else warn once and return None."""
+    with _lock:
+        if _state["library"] is None and _state["failure"] is None:
+            try:
+                source = cbuild.kernel_path("cpu_loops.cpp")
+                path = cbuild.build_library("cpu-loops", "cpu_loops", source, [source], FLAGS)
+                lib = ctypes.CDLL(path)
+                for name, argtypes in _SIGNATURES.items():
+                    for suffix in _SUFFIX.values():
+                        fn = getattr(lib, f"{name}_{suffix}")
+                        fn.argtypes, fn.restype = argtypes, None
+                _state["library"] = lib
+            except (RuntimeError, OSError) as error:
+                _state["failure"] = str(error)
+                if not strict:
+                    warnings.warn(f"tinynet: the CPU's compiled loops (kernels/cpu_loops.cpp) could not be "
+                                  f"built, so the CPU runs the NumPy loops, which give the same numbers "
+                                  f"more slowly. Set TINYNET_CPU_LOOPS=numpy to choose them and silence "
+                                  f"this. The reason:\n{error}", RuntimeWarning, stacklevel=4)
+        if _state["library"] is None and strict:
+            raise RuntimeError(f"set_cpu_loops('compiled'): the library cannot be built:\n{_state['failure']}")
+        return _state["library"]
+
+
+def _function(name, dtype):
+    """The library's function for ``name`` and ``dtype`` (building the library if this module's
+    functions are called directly, before any op asked for it)."""
+    lib = _state["library"] or _load(strict=True)
+    return getattr(lib, f"{name}_{_SUFFIX[np.dtype(dtype)]}")
+
+
+def _compiled(*arrays):
+    """True if the compiled loops take these arrays (float32 or float64, one dtype)."""
+    dtype = arrays[0].dtype
+    return dtype in _SUFFIX and all(a.dtype == dtype for a in arrays)
+
+
+def _c(a):
+    """a, C-contiguous (a copy only if it is not)."""
+    return np.ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------
+# The functions of cpu_kernels
+# ----------------------------------------------------------------------------
+
+
+def im2col(x, kh, kw, stride, padding, out=None):
+    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW); see cpu_kernels.im2col."""
+    if not _compiled(x):
+        return cpu_kernels.im2col(x, kh, kw, stride, padding, out)
+    x = _c(x)
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    target = out if out is not None and out.flags.c_contiguous and out.dtype == x.dtype else None
+    cols = np.empty((C * kh * kw, N * OH * OW), x.dtype) if target is None else target
+    fn = _function("im2col", x.dtype)
+
+    def run(n0, n1):
+        fn(x.ctypes.data, cols.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, C * kh * kw * OH * OW * x.itemsize)
+    if out is not None and target is None:
+        out[...] = cols
+        return out
+    return cols
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
+    """cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W), summing overlaps; see cpu_kernels.col2im."""
+    if not _compiled(cols):
+        return cpu_kernels.col2im(cols, x_shape, kh, kw, stride, padding, out)
+    cols = _c(cols)
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw) = stride, padding
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    target = out if out is not None and out.flags.c_contiguous and out.dtype == cols.dtype else None
+    gx = np.empty(x_shape, cols.dtype) if target is None else target
+    fn = _function("col2im", cols.dtype)
+
+    def run(n0, n1):
+        fn(cols.ctypes.data, gx.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, C * H * W * cols.itemsize)
+    if out is not None and target is None:
+        out[...] = gx
+        return out
+    return gx
+
+
+def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
+    """x: (N, C, H, W), already padded -> y: (N, C, OH, OW); see cpu_kernels.maxpool_forward."""
+    if not _compiled(x):
+        return cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
+    x = _c(x)
+    N, C, H, W = x.shape
+    y = np.empty((N, C, oh, ow), x.dtype)
+    fn = _function("maxpool_forward", x.dtype)
+
+    def run(n0, n1):
+        fn(x.ctypes.data, y.ctypes.data, C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
+    return y
+
+
+def maxpool_backward(x, y, gy, kh, kw, sh, sw):
+    """-> gx: (N, C, H, W); see cpu_kernels.maxpool_backward."""
+    if not _compiled(x, y, gy):
+        return cpu_kernels.maxpool_backward(x, y, gy, kh, kw, sh, sw)
+    x, y, gy = _c(x), _c(y), _c(gy)
+    N, C, H, W = x.shape
+    oh, ow = gy.shape[2:]
+    gx = np.empty(x.shape, gy.dtype)
+    fn = _function("maxpool_backward", x.dtype)
+
+    def run(n0, n1):
+        fn(x.ctypes.data, y.ctypes.data, gy.ctypes.data, gx.ctypes.data, C, H, W, kh, kw, sh, sw,
+           oh, ow, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
+    return gx
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """-> (y, scale); see cpu_kernels.lrn_forward."""
+    if not _compiled(x):
+        return cpu_kernels.lrn_forward(x, size, alpha, beta, k)
+    x = _c(x)
+    N, C = x.shape[:2]
+    y, scale = np.empty_like(x), np.empty_like(x)
+    fn = _function("lrn_forward", x.dtype)
+    hw = int(np.prod(x.shape[2:]))
+
+    def run(n0, n1):
+        fn(x.ctypes.data, y.ctypes.data, scale.ctypes.data, C, hw, size // 2, (size - 1) // 2,
+           alpha, beta, k, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, 3 * _image_bytes(x))
+    return y, scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """-> gx; see cpu_kernels.lrn_backward."""
+    if not _compiled(x, y, scale, gy):
+        return cpu_kernels.lrn_backward(x, y, scale, gy, size, alpha, beta)
+    x, y, scale, gy = _c(x), _c(y), _c(scale), _c(gy)
+    N, C = x.shape[:2]
+    gx = np.empty_like(x)
+    fn = _function("lrn_backward", x.dtype)
+    hw = int(np.prod(x.shape[2:]))
+
+    def run(n0, n1):
+        fn(x.ctypes.data, y.ctypes.data, scale.ctypes.data, gy.ctypes.data, gx.ctypes.data, C, hw,
+           size // 2, (size - 1) // 2, alpha, beta, n0, n1)
+
+    cpu_kernels.parallel_chunks(run, N, 6 * _image_bytes(x))
+    return gx
