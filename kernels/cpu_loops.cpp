@@ -1,5 +1,5 @@
 // The CPU's compiled loops: im2col, col2im, max pooling and LRN, forward and
-// backward, for NCHW arrays in float32 and float64.
+// backward, for NCHW arrays in float32 and float64; and the SGD update.
 //
 // They compute exactly what tinynet/ops/cpu_kernels.py computes with NumPy,
 // operation for operation and in the same order, so the two give the same
@@ -251,6 +251,24 @@ static INLINE void lrn_backward(const T* x, const T* y, const T* scale, const T*
 }
 
 // ---------------------------------------------------------------------------
+// The paper's SGD update, in place over flat arrays [i0, i1):
+//   v = m*v - (wd*lr)*w - lr*g;  w = w + v
+// rounded step by step as NumPy's four in-place passes round it (optim._update).
+
+template <typename T>
+static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v, double lr,
+                              double m, double wd, i64 i0, i64 i1) {
+    const T mm = T(m), decay = T(wd * lr), rate = T(lr);
+    for (i64 i = i0; i < i1; ++i) {
+        T vi = v[i] * mm;
+        vi -= decay * w[i];
+        vi -= rate * g[i];
+        v[i] = vi;
+        w[i] += vi;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The C interface: one function per (operation, type), suffix f32 or f64.
 // On x86-64 with GCC or clang each is compiled twice, for plain x86-64 (SSE2)
 // and for AVX2, and the loader picks the one the processor runs (ifunc): AVX2
@@ -290,6 +308,10 @@ static INLINE void lrn_backward(const T* x, const T* y, const T* scale, const T*
                                           i64 C, i64 HW, i64 before, i64 after, double alpha,           \
                                           double beta, i64 n0, i64 n1) {                                \
         lrn_backward(x, y, scale, gy, gx, C, HW, before, after, alpha, beta, n0, n1);                   \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
+                                                       double wd, i64 i0, i64 i1) {                     \
+        sgd_update(w, g, v, lr, m, wd, i0, i1);                                                         \
     }
 
 TINYNET_EXPORT(float, f32)

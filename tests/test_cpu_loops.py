@@ -120,6 +120,17 @@ def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
         np.testing.assert_allclose(gx2, gx, **tol)
 
 
+@given(st.integers(0, 3000), DTYPES, st.floats(1e-4, 1.0), st.floats(0, 0.99), st.floats(0, 1e-2),
+       st.integers(0, 2**31))
+def test_sgd_update_gives_the_numpy_bits(n, dtype, lr, m, wd, seed):
+    rng = np.random.default_rng(seed)
+    w, g, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    w2, v2 = w.copy(), v.copy()
+    cpu_kernels.sgd_update(w, g, v, lr, m, wd)
+    cpu_loops.sgd_update(w2, g, v2, lr, m, wd)
+    assert same_bits(w2, w) and same_bits(v2, v)
+
+
 def test_other_dtypes_run_the_numpy_loops():
     x = np.arange(2 * 3 * 6 * 6, dtype=np.float16).reshape(2, 3, 6, 6)
     assert same_bits(cpu_loops.maxpool_forward(x, 2, 2, 2, 2, 3, 3), cpu_kernels.maxpool_forward(x, 2, 2, 2, 2, 3, 3))

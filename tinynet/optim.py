@@ -16,7 +16,7 @@ import numpy as np
 
 from .autograd import no_grad
 from .backend import copy_to_device, device_guard, device_of_array, is_gpu_array
-from .ops.cpu_kernels import parallel_chunks
+from .ops import kernels_for
 from .profile import section
 
 
@@ -64,17 +64,12 @@ class SGD:
             w, g = p.data, p.grad
             with device_guard(p.device):  # each update runs on its parameter's device
                 if not is_gpu_array(w) and w.size > 1 << 20 and w.flags.c_contiguous:
-                    # big layers (fc6: 38M weights): run the passes on cache-sized
-                    # pieces in parallel; same arithmetic, same result.  Only for a
-                    # C-contiguous weight: reshape(-1) of any other layout is a copy,
-                    # and an update of a copy would be lost
-                    wf, vf = w.reshape(-1), v.reshape(-1)
-                    gf = g.reshape(-1)  # read only: a copy would do no harm
-
-                    def update(i0, i1, wf=wf, gf=gf, vf=vf):
-                        _update(wf[i0:i1], gf[i0:i1], vf[i0:i1], lr, m, wd)
-
-                    parallel_chunks(update, wf.size, wf.itemsize * 3, target_bytes=1 << 20)
+                    # big layers (fc6: 38M weights): the CPU's loops run the update on
+                    # cache-sized pieces in parallel; same arithmetic, same result.  Only
+                    # for a C-contiguous weight: reshape(-1) of any other layout is a
+                    # copy, and an update of a copy would be lost
+                    g = g.reshape(-1) if g.flags.c_contiguous else np.ascontiguousarray(g).reshape(-1)
+                    kernels_for(w).sgd_update(w.reshape(-1), g, v.reshape(-1), lr, m, wd)
                 else:
                     _update(w, g, v, lr, m, wd)
             p._bump_version()

@@ -331,6 +331,27 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
 
 
 # ----------------------------------------------------------------------------
+# The SGD update of one parameter
+# ----------------------------------------------------------------------------
+
+
+def sgd_update(w, g, v, lr, m, wd):
+    """In place, the paper's rule: v = m*v - wd*lr*w - lr*g; w += v.
+
+    w, g, v: flat C-contiguous arrays of one length (a big layer: fc6 has 38M
+    weights).  The four passes run on pieces of 1 MB, so that each piece
+    stays in the cache from the first pass to the last, and the pieces are
+    shared out among the threads; the arithmetic is the same as one whole
+    pass (optim._update)."""
+    from ..optim import _update
+
+    def update(i0, i1):
+        _update(w[i0:i1], g[i0:i1], v[i0:i1], lr, m, wd)
+
+    parallel_chunks(update, w.size, w.itemsize * 3, target_bytes=1 << 20)
+
+
+# ----------------------------------------------------------------------------
 # Memory: reuse freed pages instead of asking the kernel for fresh ones
 # ----------------------------------------------------------------------------
 

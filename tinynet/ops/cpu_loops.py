@@ -2,7 +2,7 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward.  The NumPy versions are the ones to read first; this
+lrn_forward, lrn_backward, sgd_update.  The NumPy versions are the ones to read first; this
 module exists for speed.  A NumPy call is one pass over memory, so the
 paper's LRN takes about ten passes over the activations and a 3x3 max-pool
 nine; a compiled loop visits each output once, while its inputs are in the
@@ -50,6 +50,7 @@ _SIGNATURES = {
     "maxpool_backward": [_ptr] * 4 + [_i64] * 11,
     "lrn_forward": [_ptr] * 3 + [_i64] * 4 + [_dbl] * 3 + [_i64] * 2,
     "lrn_backward": [_ptr] * 5 + [_i64] * 4 + [_dbl] * 2 + [_i64] * 2,
+    "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -252,3 +253,15 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
 
     cpu_kernels.parallel_chunks(run, N, 6 * _image_bytes(x))
     return gx
+
+
+def sgd_update(w, g, v, lr, m, wd):
+    """In place: v = m*v - wd*lr*w - lr*g; w += v, in one pass; see cpu_kernels.sgd_update."""
+    if not _compiled(w, g, v) or not all(a.flags.c_contiguous for a in (w, g, v)):
+        return cpu_kernels.sgd_update(w, g, v, lr, m, wd)
+    fn = _function("sgd_update", w.dtype)
+
+    def run(i0, i1):
+        fn(w.ctypes.data, g.ctypes.data, v.ctypes.data, lr, m, wd, i0, i1)
+
+    cpu_kernels.parallel_chunks(run, w.size, w.itemsize * 3, target_bytes=1 << 20)
