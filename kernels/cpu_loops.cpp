@@ -119,6 +119,31 @@ static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 
 // last to first, so that each pixel receives its terms in NumPy's order
 // (offsets in row-major order), and the sums are the same bits.
 
+// One kernel offset for a row of OW outputs, reading v[ox * stride]: S is the stride when
+// known at compile time (then the loop becomes SIMD code), 0 when only SW knows it.
+// max_row: np.maximum(m, v), m if m is NaN or m >= v, else v (so a NaN v wins too).
+template <typename T, int S>
+static inline void max_row(T* __restrict__ m, const T* __restrict__ v, i64 OW, i64 SW) {
+    const i64 stride = S ? S : SW;
+    for (i64 ox = 0; ox < OW; ++ox) {
+        const T a = m[ox], b = v[ox * stride];
+        m[ox] = (a >= b || a != a) ? a : b;
+    }
+}
+
+// find_row: where[ox] = offset for each output whose maximum m[ox] sits at v[ox * stride]
+// (both NaN counts), unless an earlier offset already holds it.
+template <typename T, int S>
+static inline void find_row(int* __restrict__ where, const T* __restrict__ m, const T* __restrict__ v,
+                            int offset, i64 OW, i64 SW) {
+    const i64 stride = S ? S : SW;
+    for (i64 ox = 0; ox < OW; ++ox) {
+        const T a = v[ox * stride], b = m[ox];
+        const bool hit = where[ox] < 0 && (a == b || (b != b && a != a));
+        where[ox] = hit ? offset : where[ox];
+    }
+}
+
 template <typename T>
 static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
                             i64 OH, i64 OW, i64 n0, i64 n1) {
@@ -131,11 +156,8 @@ static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH
             for (i64 ky = 0; ky < KH; ++ky)
                 for (i64 kx = 0; kx < KW; ++kx) {
                     const T* __restrict__ v = top + ky * W + kx;
-                    // np.maximum(m, v): m if m is NaN or m >= v, else v (so a NaN v wins too)
-                    for (i64 ox = 0; ox < OW; ++ox) {
-                        const T a = m[ox], b = v[ox * SW];
-                        m[ox] = (a >= b || a != a) ? a : b;
-                    }
+                    if (SW == 2) max_row<T, 2>(m, v, OW, SW);  // AlexNet's stride, known to the compiler
+                    else max_row<T, 0>(m, v, OW, SW);
                 }
         }
     }
@@ -143,28 +165,29 @@ static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH
 
 template <typename T>
 static INLINE void maxpool_backward(const T* x, const T* y, const T* gy, T* gx, i64 C, i64 H, i64 W, i64 KH,
-                             i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
+                                    i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    std::vector<int> at(OW);  // for one row of outputs: where its window's maximum is (-1: not found yet)
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
         const T* xp = x + plane * H * W;
         T* gp = gx + plane * H * W;
         for (i64 i = 0; i < H * W; ++i) gp[i] = T(0);
-        for (i64 oy = OH - 1; oy >= 0; --oy)
-            for (i64 ox = OW - 1; ox >= 0; --ox) {
-                const i64 o = plane * OH * OW + oy * OW + ox;
-                const T m = y[o];
-                const bool nan_max = std::isnan(m);
-                const i64 start = oy * SH * W + ox * SW;
-                i64 at = -1;
-                for (i64 ky = 0; ky < KH && at < 0; ++ky)
-                    for (i64 kx = 0; kx < KW; ++kx) {
-                        const T v = xp[start + ky * W + kx];
-                        if (v == m || (nan_max && std::isnan(v))) {
-                            at = start + ky * W + kx;
-                            break;
-                        }
-                    }
-                if (at >= 0) gp[at] += gy[o];
-            }
+        for (i64 oy = OH - 1; oy >= 0; --oy) {
+            const T* m = y + (plane * OH + oy) * OW;
+            const T* g = gy + (plane * OH + oy) * OW;
+            const T* top = xp + oy * SH * W;
+            int* __restrict__ where = at.data();
+            for (i64 ox = 0; ox < OW; ++ox) where[ox] = -1;
+            // the offsets in row-major order, each for the whole row of outputs at once
+            for (i64 ky = 0; ky < KH; ++ky)
+                for (i64 kx = 0; kx < KW; ++kx) {
+                    const T* v = top + ky * W + kx;
+                    const int offset = int(ky * W + kx);
+                    if (SW == 2) find_row<T, 2>(where, m, v, offset, OW, SW);
+                    else find_row<T, 0>(where, m, v, offset, OW, SW);
+                }
+            for (i64 ox = OW - 1; ox >= 0; --ox)
+                if (where[ox] >= 0) gp[oy * SH * W + ox * SW + where[ox]] += g[ox];
+        }
     }
 }
 
