@@ -7,6 +7,7 @@ from hypothesis import settings
 
 import tinynet.functional as F
 from tinynet.ops import cpu_kernels
+from tinynet.cbuild import compiler
 from tinynet.ops.cpu_loops import set_cpu_loops
 
 # Two hypothesis profiles, chosen by HYPOTHESIS_PROFILE:
@@ -35,14 +36,15 @@ def conv_path(path):
     "threaded": the whole batch in one column chunk, columns rebuilt in backward, and im2col,
                 col2im, pooling and LRN cut into one-image pieces on 3 threads;
     "numpy":    as "whole", with the NumPy loops (ops.cpu_kernels) in place of the compiled
-                ones (ops.cpu_loops), which the other three run.
+                ones (ops.cpu_loops), which the other three run (when a C++ compiler is here).
     Training at batch 128 combines the last two: chunks of many images, each cut into pieces
     for the threads.  The previous settings come back on exit.
     """
     if path not in PATHS:
         raise ValueError(f"conv_path: path must be one of {PATHS}, got {path!r}")
     old_threads = cpu_kernels.get_num_threads()
-    old_loops = set_cpu_loops("numpy" if path == "numpy" else "compiled")
+    # the compiled loops need a C++ compiler; without one every path runs the NumPy loops
+    old_loops = set_cpu_loops("numpy" if path == "numpy" or compiler() is None else "compiled")
     old_budget = F.set_conv_workspace(1 if path == "chunked" else 2**30)
     old_keep = F.set_conv_keep_columns(2**30 if path in ("whole", "numpy") else 0)
     old_chunk = cpu_kernels.set_chunk_bytes(1 if path == "threaded" else 2**30)
