@@ -25,6 +25,7 @@ exist for those two).
 
 import ctypes
 import os
+import sys
 import threading
 import warnings
 
@@ -39,7 +40,7 @@ FLAGS = ["-std=c++17", "-O3", "-shared", "-fPIC", "-Wall", "-Wextra",
          "-fno-math-errno"]  # sqrt need not set errno: lets the compiler use SIMD square roots
 CHOICES = ("compiled", "numpy")
 
-_state = {"choice": None, "library": None, "failure": None}
+_state = {"choice": None, "library": None, "failure": None, "warned": False}
 _lock = threading.Lock()
 
 _i64, _dbl, _ptr = ctypes.c_longlong, ctypes.c_double, ctypes.c_void_p
@@ -84,8 +85,6 @@ def cpu_module():
     """The module whose loops the CPU runs now: this one, or cpu_kernels
     (when "numpy" is chosen, or the library could not be built)."""
     if get_cpu_loops() == "compiled" and _load(strict=False) is not None:
-        import sys
-
         return sys.modules[__name__]
     return cpu_kernels
 
@@ -106,13 +105,15 @@ def _load(strict):
                 _state["library"] = lib
             except (RuntimeError, OSError) as error:
                 _state["failure"] = str(error)
-                if not strict:
-                    warnings.warn(f"tinynet: the CPU's compiled loops (kernels/cpu_loops.cpp) could not be "
-                                  f"built, so the CPU runs the NumPy loops, which give the same numbers "
-                                  f"more slowly. Set TINYNET_CPU_LOOPS=numpy to choose them and silence "
-                                  f"this. The reason:\n{error}", RuntimeWarning, stacklevel=4)
-        if _state["library"] is None and strict:
-            raise RuntimeError(f"set_cpu_loops('compiled'): the library cannot be built:\n{_state['failure']}")
+        if _state["library"] is None:
+            if strict:
+                raise RuntimeError(f"set_cpu_loops('compiled'): the library cannot be built:\n{_state['failure']}")
+            if not _state["warned"]:  # the first op that falls back says so, once
+                _state["warned"] = True
+                warnings.warn(f"tinynet: the CPU's compiled loops (kernels/cpu_loops.cpp) could not be "
+                              f"built, so the CPU runs the NumPy loops, which give the same numbers "
+                              f"more slowly. Set TINYNET_CPU_LOOPS=numpy to choose them and silence "
+                              f"this. The reason:\n{_state['failure']}", RuntimeWarning, stacklevel=4)
         return _state["library"]
 
 
