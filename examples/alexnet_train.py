@@ -830,8 +830,8 @@ class Run:
                    f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}, "
                    f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop")
         if not str(self.device).startswith("cuda"):
-            loops = tn.ops.cpu_loops.cpu_module().__name__.rsplit(".", 1)[-1]  # builds them, or warns
-            self.say(f"CPU loops: {'compiled (kernels/cpu_loops.cpp)' if loops == 'cpu_loops' else 'NumPy'}, "
+            compiled = tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops  # builds them, or warns
+            self.say(f"CPU loops: {'compiled (kernels/cpu_loops.cpp)' if compiled else 'NumPy'}, "
                      f"{tn.get_num_threads()} thread(s)")
 
     # ---- the loop's parts ---------------------------------------------------------------

@@ -58,7 +58,7 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
     build fails, or if there is no compiler."""
     cxx = cxx or compiler()
     if cxx is None:
-        raise RuntimeError(f"tinynet: building {name} needs a C++ compiler, and none was found "
+        raise RuntimeError(f"tinynet: building {what}/{name}.so needs a C++ compiler, and none was found "
                            "(set CXX, or install g++ or clang++)")
     folder = build_folder(what, cxx, flags, sources)
     path = os.path.join(folder, name + ".so")

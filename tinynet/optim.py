@@ -68,7 +68,7 @@ class SGD:
                     # cache-sized pieces in parallel; same arithmetic, same result.  Only
                     # for a C-contiguous weight: reshape(-1) of any other layout is a
                     # copy, and an update of a copy would be lost
-                    g = g.reshape(-1) if g.flags.c_contiguous else np.ascontiguousarray(g).reshape(-1)
+                    g = np.ascontiguousarray(g).reshape(-1)  # a copy only if g is not contiguous
                     kernels_for(w).sgd_update(w.reshape(-1), g, v.reshape(-1), lr, m, wd)
                 else:
                     _update(w, g, v, lr, m, wd)

@@ -50,7 +50,11 @@ def _flags(sanitize):
 def build_folder(cxx, flags):
     """The cache folder for this compiler, these flags and these sources: named by a hash of
     all of them, so that any change to a kernel, the header or the launcher rebuilds."""
-    return cbuild.build_folder("cuda-emulation", cxx, flags, [kernel_path(name) for name in _SOURCES])
+    return cbuild.build_folder("cuda-emulation", cxx, flags, _source_paths())
+
+
+def _source_paths():
+    return [kernel_path(name) for name in _SOURCES]
 
 
 def library_path(sanitize=None):
@@ -58,12 +62,8 @@ def library_path(sanitize=None):
 
     ``sanitize="address"`` builds it with AddressSanitizer (it can then only be
     loaded by a process started with libasan preloaded; see tests)."""
-    cxx = compiler()
-    if cxx is None:
-        raise RuntimeError("tinynet.cuda.emulate: no C++ compiler found (set CXX, or install g++ or clang++)")
-    return cbuild.build_library("cuda-emulation", "kernels",
-                                kernel_path("host/launcher.cpp"), [kernel_path(n) for n in _SOURCES],
-                                _flags(sanitize), cxx)
+    return cbuild.build_library("cuda-emulation", "kernels", kernel_path("host/launcher.cpp"),
+                                _source_paths(), _flags(sanitize))
 
 
 def library(sanitize=None):
