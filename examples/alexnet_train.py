@@ -30,7 +30,7 @@ import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
 from tinynet import runs  # noqa: E402
-from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint  # noqa: E402
+from tinynet.checkpoint import link_checkpoint, load_checkpoint, restore, save_checkpoint  # noqa: E402
 from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
 from tinynet.plot import filter_picture, line_chart  # noqa: E402
@@ -47,20 +47,20 @@ PRESETS = {
                   warmup_steps=0, bias_init="paper", init="paper", dropout=0.5, crop="random",
                   input_std=False, lighting_std=0.1, lighting_pca="data", difficulty="standard",
                   train_per_class=500, val_per_class=100, patience=2, time_budget=0,
-                  lr_schedule="plateau"),
+                  lr_schedule="plateau", eval_crops=1),
     # The short recipe: the default run, found by measurement to learn inside ~15 minutes
     # on a 2-core CPU (see docs/training.md for the runs behind it).
     "short": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
                   warmup_steps=100, bias_init="zero", init="he", dropout=0.0, crop="centre",
                   input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
                   train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60,
-                  lr_schedule="budget"),
+                  lr_schedule="budget", eval_crops=2),
     # REDUCED: a classroom demo of about two minutes (fewer, easier images).
     "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
                  warmup_steps=30, bias_init="zero", init="he", dropout=0.5, crop="random",
                  input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
                  train_per_class=200, val_per_class=20, patience=1, time_budget=120,
-                 lr_schedule="plateau"),
+                 lr_schedule="plateau", eval_crops=1),
 }
 
 
@@ -75,6 +75,10 @@ RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "d
                   "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout", "crop")
 # ... except that --eval-only may choose how the weights are scored
 EVAL_OPTIONS = ("max_val_images", "batch_size")
+
+# How many crops of each held-out image an evaluation scores (tdata.EvalTransform)
+EVAL_CROPS = tdata.EvalTransform.CROPS
+CROPS_SAID = {1: "the centre crop", 2: "the centre crop and its mirror", 10: "ten crops"}
 
 # Built-in defaults of the options whose default depends on the data (None in argparse, so
 # that an option the user gave can be told from one left alone).
@@ -150,8 +154,11 @@ def parse_args(argv=None):
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"),
                     help="where built-in data sets and decoded image caches are kept")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
-    ap.add_argument("--ten-crop", action="store_true",
-                    help="evaluate with 10 crops (corners + centre, mirrored), softmax averaged")
+    ap.add_argument("--eval-crops", type=int, choices=EVAL_CROPS,
+                    help="crops per held-out image, softmax averaged: 1 the centre, 2 the centre "
+                         "and its mirror, 10 the paper's ten (corners + centre, mirrored) "
+                         "(default: the preset's)")
+    ap.add_argument("--ten-crop", action="store_true", help="the same as --eval-crops 10")
     ap.add_argument("--data-parallel", action="store_true",
                     help="data parallelism over MPI: start with mpiexec -n N; --batch-size is the "
                          "GLOBAL batch, each rank takes batch/N images (docs/distributed.md)")
@@ -197,6 +204,9 @@ def check_options(args):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             bad("--" + name.replace("_", "-"), "a finite number >= 0", value)
+    if args.ten_crop and args.eval_crops not in (None, 10):
+        raise ConfigError(f"--ten-crop is --eval-crops 10, but --eval-crops {args.eval_crops} was "
+                          f"given too; give one of them")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the run")
 
@@ -238,6 +248,11 @@ def check_applicable(args):
                               f"describe(s) the shapes set, not fashion-mnist")
 
 
+def eval_crops(args):
+    """The crops per held-out image that the command line asks for, or None."""
+    return 10 if args.ten_crop else args.eval_crops
+
+
 def build_config(args):
     """The configuration of a new run: the preset, overridden by the options given. Settings
     that do not apply to the chosen data are recorded as None (load_data fills in the rest)."""
@@ -252,8 +267,9 @@ def build_config(args):
                data_seed=args.data_seed, device=args.device,
                num_classes=(args.num_classes or DATA_DEFAULTS["num_classes"]) if dataset == "shapes" else None,
                val_fraction=args.val_fraction,   # None: the default 0.1, if a split is made
-               max_train_images=args.max_train_images, max_val_images=args.max_val_images,
-               ten_crop=args.ten_crop)
+               max_train_images=args.max_train_images, max_val_images=args.max_val_images)
+    if eval_crops(args) is not None:
+        cfg["eval_crops"] = eval_crops(args)
     if dataset != "shapes":
         cfg["difficulty"] = cfg["train_per_class"] = cfg["val_per_class"] = None
     if args.preset == "demo":
@@ -385,7 +401,7 @@ def make_transforms(cfg, train, training=True):
     std = train.channel_std(mean) if cfg["input_std"] else None
     cfg["mean"] = [float(v) for v in mean]
     cfg["std"] = None if std is None else [float(v) for v in std]
-    eval_tf = tdata.EvalTransform(mean=mean, std=std, ten_crop=cfg["ten_crop"])
+    eval_tf = tdata.EvalTransform(mean=mean, std=std, crops=cfg["eval_crops"])
     if not training:
         return None, eval_tf
     # PCA lighting along the principal colour axes of the training pixels, as the paper did on
@@ -450,7 +466,7 @@ def evaluate(model, dataset, transform, batch_size, device="cpu"):
                                   drop_last=False)
         with tn.no_grad():
             for x, y, _ in loader.epoch_batches(0):
-                if x.ndim == 5:  # ten crops: average the softmax over crops
+                if x.ndim == 5:  # several crops of each image: average the softmax over them
                     n, c = x.shape[:2]
                     logits = model(tn.tensor(x.reshape(n * c, *x.shape[2:])).to(device)).data
                     probs = F.softmax(logits).numpy().reshape(n, c, -1).mean(axis=1)
@@ -647,10 +663,11 @@ def train(args):
 
 
 INTERIM_IMAGES = 500    # held-out images scored during training: a fixed stratified subset
-INTERIM_EVALS = 4       # under a time budget, evaluate at least every budget/4 seconds
-FINAL_SHARE = 0.10      # the most of a time budget the final evaluation may take
-# With these, a budgeted run evaluates for about 13% of its time and trains for the rest
-# (on 2 cores: 2-3 interim evaluations of ~12 s, and the final one).
+INTERIM_EVALS = 3       # under a time budget, evaluate at least every budget/3 seconds
+FINAL_SHARE = 0.05      # the most of a time budget the final evaluation may take
+# With these, the short recipe's 14.5-minute run (two crops per image) evaluates and saves for
+# about 12% of its time and trains for the rest (on 2 cores: 2 interim evaluations of ~25 s,
+# and the final one of ~45 s).
 
 
 class Run:
@@ -757,14 +774,16 @@ class Run:
     @staticmethod
     def _resumed_config(args, ckpt):
         """A resumed run continues with its own configuration: only its length (--epochs,
-        --time-budget) and how it is evaluated (--ten-crop; with --eval-only also
+        --time-budget) and how it is evaluated (--eval-crops; with --eval-only also
         --max-val-images and --batch-size) may change, and what changes is recorded."""
         cfg = dict(ckpt["meta"]["config"])
         for key in ("epochs", "time_budget"):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)
-        if args.ten_crop:
-            cfg["ten_crop"] = True
+        # checkpoints of older versions said ten_crop, and evaluated the centre crop otherwise
+        cfg.setdefault("eval_crops", 10 if cfg.pop("ten_crop", False) else 1)
+        if eval_crops(args) is not None:
+            cfg["eval_crops"] = eval_crops(args)
         if args.eval_only:
             if "max_val_images" in args.given:
                 cfg["max_val_images"] = args.max_val_images
@@ -828,7 +847,8 @@ class Run:
                  + f"; {len(self.train_set)} training / {len(self.val_set)} validation images, "
                    f"{self.train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']} "
                    f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}, "
-                   f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop")
+                   f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop; evaluated on "
+                   f"{CROPS_SAID[cfg['eval_crops']]}")
         if not str(self.device).startswith("cuda"):
             compiled = tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops  # builds them, or warns
             self.say(f"CPU loops: {'compiled (kernels/cpu_loops.cpp)' if compiled else 'NumPy'}, "
@@ -946,10 +966,12 @@ class Run:
         """latest.npz, and best.npz when this is the lowest held-out error yet; a checkpoint at
         an epoch's end resumes at the next epoch's start."""
         at = (epoch + 1, 0) if self.step >= len(self.loader) else (epoch, self.step)
-        if result["top1_err"] < self.best_err:
+        best = result["top1_err"] < self.best_err
+        if best:
             self.best_err = result["top1_err"]
-            self.save("best.npz", *at)
         self.save("latest.npz", *at)
+        if best and self.main_rank and self.out:  # the same weights: a link, not a second write
+            link_checkpoint(os.path.join(self.out, "latest.npz"), os.path.join(self.out, "best.npz"))
 
     def save_and_stop(self, epoch, reason):
         """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
@@ -996,7 +1018,7 @@ class Run:
         result = self._score(self.val_set)
         self.say(f"top-1 error {result['top1_err']:.4f}" + (
             f", top-5 error {result['top5_err']:.4f}" if "top5_err" in result else "")
-            + f" on {len(self.val_set)} held-out images" + (" (ten crops)" if self.cfg["ten_crop"] else ""))
+            + f" on {len(self.val_set)} held-out images ({CROPS_SAID[self.cfg['eval_crops']]})")
         return result
 
     def trace_one_step(self):
@@ -1031,7 +1053,7 @@ class Run:
     def _score(self, dataset):
         t0 = time.time()
         result = evaluate(self.model, dataset, self.eval_tf, self.cfg["batch_size"], self.device)
-        crops = 10 if self.cfg["ten_crop"] else 1
+        crops = self.cfg["eval_crops"]
         self.eval_rate = RateMeter()   # the latest evaluation's rate: the first also paid for warming up
         self.eval_rate.add(time.time() - t0, len(dataset) * crops)
         self.last_eval_time = time.time()
@@ -1041,7 +1063,7 @@ class Run:
     def _eval_seconds(self, images):
         """Predicted seconds to evaluate `images` held-out images: measured once an evaluation
         ran; before that, from the training step (a forward pass is about a third of a step)."""
-        crops = 10 if self.cfg["ten_crop"] else 1
+        crops = self.cfg["eval_crops"]
         step = self.clock.steps.per_unit or 0.0
         guess = 0.5 * step / self.cfg["batch_size"]
         return self.eval_rate.predict(images * crops, default=guess * images * crops)

@@ -108,6 +108,13 @@ def test_evaluation_options_apply_to_a_resumed_eval_only(prog, tmp_path, capsys)
                         "--max-val-images", "10", "--batch-size", "5", "--quiet"])
     printed = capsys.readouterr().out
     assert "on 10 held-out images (ten crops)" in printed and "top1_err" in result
+    result = prog.main(["--resume", str(out / "latest.npz"), "--eval-only", "--eval-crops", "2",
+                        "--max-val-images", "10", "--quiet"])
+    assert "on 10 held-out images (the centre crop and its mirror)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):   # two spellings that disagree
+        prog.main(["--resume", str(out / "latest.npz"), "--eval-only", "--ten-crop",
+                   "--eval-crops", "2", "--quiet"])
+    assert "--ten-crop is --eval-crops 10, but --eval-crops 2" in capsys.readouterr().err
     # options that would change the run itself stay refused
     with pytest.raises(SystemExit):
         prog.main(["--resume", str(out / "latest.npz"), "--max-val-images", "10", "--quiet"])

@@ -1,4 +1,5 @@
-"""Checkpoint files on disk: durable renames, ordinary permissions, no leftovers after a kill.
+"""Checkpoint files (and a run's metrics file) on disk: durable renames, ordinary permissions, no
+leftovers after a kill.
 
 (What a checkpoint holds, and atomicity when a write fails, are tested in test_alexnet.py.)
 """
@@ -138,3 +139,40 @@ def test_a_file_that_is_not_a_checkpoint_is_named_in_our_words(tmp_path):
         with pytest.raises(ValueError, match="is not a tinynet checkpoint") as info:
             load_checkpoint(str(path))
         assert "pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_a_linked_checkpoint_keeps_its_weights_when_the_source_is_saved_again(tmp_path, monkeypatch, links):
+    """best.npz made from latest.npz without a second write: the same bytes, and a later save of
+    latest.npz (a new file under the old name) leaves them alone; without hard links, a copy."""
+    if not links:
+        def no_link(src, dst):
+            raise OSError("no hard links on this file system")
+        monkeypatch.setattr(os, "link", no_link)
+    model = nn.Linear(3, 2)
+    latest, best = tmp_path / "latest.npz", tmp_path / "best.npz"
+    save_checkpoint(str(latest), model, meta=dict(step=1))
+    before = latest.read_bytes()
+    ckpt.link_checkpoint(str(latest), str(best))
+    assert best.read_bytes() == before
+    assert (os.stat(best).st_ino == os.stat(latest).st_ino) == links
+    model.weight.data[...] += 1.0
+    save_checkpoint(str(latest), model, meta=dict(step=2))
+    assert best.read_bytes() == before and latest.read_bytes() != before
+    assert load_checkpoint(str(best))["meta"]["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "latest.npz"]   # no temporary file left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_runs_metrics_file_has_the_permissions_the_umask_gives(tmp_path, umask, mask, mode):
+    """metrics.jsonl is replaced atomically too, and readable like the run's other files."""
+    from tinynet import runs
+
+    umask(mask)
+    path = tmp_path / "metrics.jsonl"
+    runs.write_metrics(str(path), [dict(kind="train", step=1, loss=2.0)])
+    runs.write_metrics(str(path), [dict(kind="train", step=1, loss=1.5)])
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    assert path.read_text() == '{"kind": "train", "step": 1, "loss": 1.5}\n'
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]

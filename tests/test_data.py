@@ -271,6 +271,21 @@ def test_eval_centre_and_ten_crops():
     assert np.array_equal(centre, ten[:, 4])
 
 
+def test_eval_centre_and_its_mirror():
+    size, crop, n = 64, 57, 3
+    images = coordinate_images(n, size)
+    two = EvalTransform(crop=crop, size=size, mean=0, crops=2)(images)
+    assert two.shape == (n, 2, 3, crop, crop) and two.flags.c_contiguous
+    ten = EvalTransform(crop=crop, size=size, mean=0, crops=10)(images)
+    assert np.array_equal(two[:, 0], ten[:, 4]) and np.array_equal(two[:, 1], ten[:, 9])
+    assert np.array_equal(two[:, 1], two[:, 0][..., ::-1])
+    for bad in (0, 3, True, "2"):
+        with pytest.raises(ValueError, match="EvalTransform: crops must be one of"):
+            EvalTransform(crops=bad)
+    with pytest.raises(ValueError, match="ten_crop=True is crops=10"):
+        EvalTransform(crops=2, ten_crop=True)
+
+
 def test_output_units_mean_and_std():
     images = np.full((2, 8, 8, 3), 200, np.uint8)
     out = EvalTransform(crop=4, size=8, mean=(100, 150, 200), std=(50, 25, 10))(images)

@@ -52,18 +52,45 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
         meta["optimizer"] = state
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
+    def write(tmp):
+        # mode 0o666 before the umask, as open() gives any new file (mkstemp would give 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _replace_atomically(path, write)
+
+
+def link_checkpoint(source, path):
+    """Make ``path`` the same checkpoint as ``source``, atomically, without writing it again:
+    a hard link where the file system has them, else a copy.  (The training program's
+    best.npz, when the latest weights are the best: a later save of ``source`` replaces its
+    name with a new file, and ``path`` keeps these bytes.)"""
+    import shutil
+
+    def write(tmp):
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+    return _replace_atomically(path, write)
+
+
+def _replace_atomically(path, write):
+    """write(tmp) makes a temporary file beside ``path``; it then replaces ``path`` in one rename
+    (and the folder is fsynced), or is removed if anything failed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_orphaned_temp_files(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{_host()}-{os.getpid()}-"
                                f"{secrets.token_hex(4)}")
-    # mode 0o666 before the umask, as open() gives any new file (mkstemp would give 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

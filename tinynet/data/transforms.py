@@ -3,8 +3,8 @@
 Both transforms take a batch of stored images and return the network input:
 
     images  (N, H, W, C) uint8, RGB (C = 3) or grey (C = 1), values 0..255
-    output  (N, 3, crop, crop) float32, C-contiguous NCHW            (EvalTransform ten_crop:
-                                                                      (N, 10, 3, crop, crop))
+    output  (N, 3, crop, crop) float32, C-contiguous NCHW            (EvalTransform with k crops,
+                                                                      2 or 10: (N, k, 3, crop, crop))
 
 Units of the output (the paper's, and Caffe's): pixel values stay in 0..255 units,
 
@@ -17,7 +17,8 @@ eigenvalue constants and therefore multiplied by 255.
 
 Geometry (ALEXNET.md, "Data"): images are `size`×`size` (256) after the data set's rescaling;
 training takes a random `crop`×`crop` (227) window and mirrors it left-right with p = 0.5;
-evaluation takes the centre window, or ten windows (4 corners + centre, each also mirrored).
+evaluation takes the centre window, or it and its mirror, or ten windows (4 corners + centre,
+each also mirrored).
 Stored images of another size (Fashion-MNIST: 28×28 grey) are first enlarged to size×size by
 nearest-neighbour resampling, per batch, so the set never has to be stored at 256×256; grey
 images are repeated into R = G = B.
@@ -214,38 +215,55 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Test-time input of AlexNet: the centre crop, or ten crops; mean subtraction; no randomness.
+    """Test-time input of AlexNet: the centre crop, the centre crop and its mirror, or ten crops;
+    mean subtraction; no randomness.
 
     Args:
         crop, size, mean, std: as for TrainTransform.
-        ten_crop: False (default): the centre crop, output (N, 3, crop, crop).
-            True: output (N, 10, 3, crop, crop) with crops in Caffe's order: 0 top-left,
+        crops: 1 (default): the centre crop, output (N, 3, crop, crop).
+            2: the centre crop and the same window mirrored left-right, output
+            (N, 2, 3, crop, crop): a network trained with random mirrors sees both, and averaging
+            its softmax over the two is the cheapest part of the paper's ten-crop test.
+            10: output (N, 10, 3, crop, crop) with crops in Caffe's order: 0 top-left,
             1 top-right, 2 bottom-left, 3 bottom-right, 4 centre, then 5..9 the same five mirrored
-            left-right. Average the network's softmax over axis 1 (ALEXNET.md).
+            left-right.
+            With 2 or 10, average the network's softmax over axis 1 (ALEXNET.md).
+        ten_crop: True is crops=10 (the older spelling).
 
     Call: transform(images, indices=None, epoch=None) -> float32 C-contiguous, images
         (N, H, W, C) uint8; indices and epoch are accepted (so DataLoader can call any
         transform alike) and ignored.
     """
 
-    def __init__(self, crop=227, size=256, mean=IMAGENET_MEAN, std=None, ten_crop=False):
+    CROPS = (1, 2, 10)
+
+    def __init__(self, crop=227, size=256, mean=IMAGENET_MEAN, std=None, crops=1, ten_crop=False):
         func = "EvalTransform"
         self.crop, self.size = _check_geometry(func, crop, size)
         self.mean = check_rgb(func, "mean", mean)
         self.std = None if std is None else check_rgb(func, "std", std, positive=True)
-        self.ten_crop = bool(ten_crop)
+        if crops not in self.CROPS or isinstance(crops, bool):
+            raise ValueError(f"{func}: crops must be one of {self.CROPS}, got {crops!r}")
+        if ten_crop and crops not in (1, 10):
+            raise ValueError(f"{func}: ten_crop=True is crops=10, but crops={crops} was given too")
+        self.crops = 10 if ten_crop else crops
+
+    @property
+    def ten_crop(self):
+        return self.crops == 10
 
     def __call__(self, images, indices=None, epoch=None):
         images = _prepare("EvalTransform", images, self.size)
         n, far, mid = len(images), self.size - self.crop, (self.size - self.crop) // 2
-        if self.ten_crop:
+        if self.crops == 10:
             # (top, left) of the five windows, repeated for the mirrored five.
             top = np.array([0, 0, far, far, mid] * 2)
             left = np.array([0, far, 0, far, mid] * 2)
             flip = np.repeat([False, True], 5)
-            k = 10
-        else:
-            top, left, flip, k = np.array([mid]), np.array([mid]), np.array([False]), 1
+        else:  # the centre window, and with crops=2 also its mirror
+            top = left = np.full(self.crops, mid)
+            flip = np.arange(self.crops) == 1
+        k = self.crops
         # Entry i*k + j is crop j of image i.
         which = np.repeat(np.arange(n), k)
         out = _crop_to_float(images, which, np.tile(top, n), np.tile(left, n), np.tile(flip, n),
@@ -253,6 +271,6 @@ class EvalTransform:
         out -= self.mean[None, :, None, None]
         if self.std is not None:
             out /= self.std[None, :, None, None]
-        if self.ten_crop:
-            return out.reshape(n, 10, 3, self.crop, self.crop)
+        if k > 1:
+            return out.reshape(n, k, 3, self.crop, self.crop)
         return out
