@@ -10,7 +10,7 @@ Data sets (all return ArrayDataset: images (N, H, W, C) uint8 0..255, labels (N,
 Transforms (uint8 NHWC batch -> float32 NCHW network input, pixel units 0..255 minus the mean):
     TrainTransform         random 227 crop (or the centre one), mirror, PCA lighting;
                            randomness keyed by (seed, epoch, sample index)
-    EvalTransform          centre crop or ten crops
+    EvalTransform          centre crop, it and its mirror, or ten crops
 
 DataLoader                 reproducible, resumable, shardable batches, prepared in a
                            background thread
