@@ -164,6 +164,9 @@ def local_size():
 # ----------------------------------------------------------------------------
 
 
+ABORT_PAUSE = 0.5  # seconds between printing a failing rank's message and MPI_Abort
+
+
 def abort(message, code=1, everywhere=False, grace=5.0):
     """Stop the whole job because this rank cannot go on.
 
@@ -186,6 +189,10 @@ def abort(message, code=1, everywhere=False, grace=5.0):
     print(f"tinynet.distributed: rank {_state['rank']} of {_state['size']}: {message}",
           file=sys.stderr, flush=True)
     sys.stdout.flush()
+    # The message is in the pipe to mpiexec's proxy now, but MPICH's MPI_Abort tears the job
+    # down at once, and now and then the proxy is killed before it has passed the message on:
+    # the job then ends with the right status and no word of why. Half a second lets it pass.
+    time.sleep(ABORT_PAUSE)
     _state["comm"].Abort(code)
     # MPICH's MPI_Abort can return to the caller before mpiexec has killed the job: never run
     # another line of the program (it would report the error a second time, or go on)
