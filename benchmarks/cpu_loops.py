@@ -5,7 +5,7 @@ Two parts, both interleaved so that the shared machine's drift hits both alike:
 1. Each loop alone at AlexNet's shapes (float32, one device, batch 32 by
    default): im2col and col2im of conv1-conv5, max-pool forward and backward
    after conv1, conv2 and conv5, LRN forward and backward after conv1 and
-   conv2, ReLU forward and backward after conv1.  For each, NumPy and compiled take turns, ``--reps`` calls each; the
+   conv2.  For each, NumPy and compiled take turns, ``--reps`` calls each; the
    median of each is printed with their ratio, after checking that both give the
    same bits.
 2. Whole training steps (benchmarks/interleaved.py): fresh processes with
@@ -57,10 +57,6 @@ def loop_cases(batch, rng):
         gy = rng.standard_normal(x.shape).astype(np.float32)
         cases.append((f"{layer} forward", "lrn_forward", (x, 5, 1e-4, 0.75, 2.0)))
         cases.append((f"{layer} backward", "lrn_backward", (x, y, scale, gy, 5, 1e-4, 0.75)))
-    x = rng.standard_normal((batch, 96, 55, 55)).astype(np.float32)   # conv1's output
-    y, gy = cpu_kernels.relu_forward(x), rng.standard_normal(x.shape).astype(np.float32)
-    cases.append(("relu1 forward", "relu_forward", (x,)))
-    cases.append(("relu1 backward", "relu_backward", (y, gy)))
     return cases
 
 

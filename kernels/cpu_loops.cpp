@@ -20,9 +20,6 @@
 //   y, gy : (N, C, OH, OW)                     pooled
 
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
 typedef long long i64;
@@ -305,38 +302,6 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
 }
 
 // ---------------------------------------------------------------------------
-// ReLU (cpu_kernels.relu_forward, relu_backward): one pass each.  Forward is
-// NumPy's maximum(x, 0): a NaN passes through, -0.0 becomes 0.0.  Backward
-// multiplies by 1 or 0 as NumPy's gy * (y > 0) does, so a NaN or infinite
-// gradient where y <= 0 gives NaN, and a negative one -0.0, as there.
-
-template <typename T>
-static INLINE void relu_forward(const T* __restrict__ x, T* __restrict__ y, i64 i0, i64 i1) {
-    for (i64 i = i0; i < i1; ++i) {
-        const T xi = x[i];
-        y[i] = (xi > T(0) || xi != xi) ? xi : T(0);
-    }
-}
-
-template <typename T>
-static INLINE void relu_backward(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx,
-                                 i64 i0, i64 i1) {
-    // Both products are computed, g * 1 = g and g * 0, and one is picked with a bit mask: a
-    // branch would be mispredicted half the time, and a floating-point select that might
-    // skip a multiplication is one the compiler will not turn into SIMD code.
-    using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-    for (i64 i = i0; i < i1; ++i) {
-        const T g = gy[i], zero = g * T(0);
-        U gb, zb;
-        std::memcpy(&gb, &g, sizeof(T));
-        std::memcpy(&zb, &zero, sizeof(T));
-        const U keep = U(0) - U(y[i] > T(0));  // all ones where y > 0, else all zeros
-        const U out = (gb & keep) | (zb & ~keep);
-        std::memcpy(&gx[i], &out, sizeof(T));
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The C interface: one function per (operation, type), suffix f32 or f64.
 // On x86-64 with GCC or clang each is compiled twice, for plain x86-64 (SSE2)
 // and for AVX2, and the loader picks the one the processor runs (ifunc): AVX2
@@ -380,13 +345,6 @@ static INLINE void relu_backward(const T* __restrict__ y, const T* __restrict__ 
     extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
                                                        double wd, i64 i0, i64 i1) {                     \
         sgd_update(w, g, v, lr, m, wd, i0, i1);                                                         \
-    }                                                                                                   \
-    extern "C" TINYNET_CLONES void relu_forward_##SUFFIX(const T* x, T* y, i64 i0, i64 i1) {            \
-        relu_forward(x, y, i0, i1);                                                                     \
-    }                                                                                                   \
-    extern "C" TINYNET_CLONES void relu_backward_##SUFFIX(const T* y, const T* gy, T* gx, i64 i0,       \
-                                                          i64 i1) {                                     \
-        relu_backward(y, gy, gx, i0, i1);                                                               \
     }
 
 TINYNET_EXPORT(float, f32)

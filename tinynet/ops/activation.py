@@ -6,26 +6,19 @@ Dropout (inverted): in training y = x * mask / (1 - p) with mask ~ Bernoulli(1 -
 at evaluation y = x.  Same expectation as the paper's "multiply by 0.5 at test time".
 """
 
-import numpy as np
-
 from ..autograd import Function
 from ..backend import get_array_module
-from . import kernels_for
 
 
 class ReLU(Function):
-    # On the GPU one CuPy expression each; on the CPU the same arithmetic from cpu_kernels
-    # (one NumPy call) or its compiled twin (one pass on all cores), whichever kernels_for picks.
     def forward(self, x):
         xp = get_array_module(x)
-        y = kernels_for(x).relu_forward(x) if xp is np else xp.maximum(x, 0)
+        y = xp.maximum(x, 0)
         self.save_for_backward(y)  # y > 0 exactly where x > 0
         return y
 
     def backward(self, gy):
         (y,) = self.saved
-        if get_array_module(y) is np:
-            return kernels_for(y).relu_backward(y, gy)
         return gy * (y > 0)
 
 

@@ -331,21 +331,6 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
 
 
 # ----------------------------------------------------------------------------
-# ReLU
-# ----------------------------------------------------------------------------
-
-
-def relu_forward(x):
-    """y = max(x, 0); NaN stays NaN, and -0.0 becomes 0.0 (NumPy's maximum)."""
-    return np.maximum(x, 0)
-
-
-def relu_backward(y, gy):
-    """gx = gy where y > 0, else gy * 0 (y is the forward's output: y > 0 exactly where x > 0)."""
-    return gy * (y > 0)
-
-
-# ----------------------------------------------------------------------------
 # The SGD update of one parameter
 # ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward, sgd_update, relu_forward, relu_backward.  The NumPy versions are the ones to read first; this
+lrn_forward, lrn_backward, sgd_update.  The NumPy versions are the ones to read first; this
 module exists for speed.  A NumPy call is one pass over memory, so the
 paper's LRN takes about ten passes over the activations and a 3x3 max-pool
 nine; a compiled loop visits each output once, while its inputs are in the
@@ -53,8 +53,6 @@ _SIGNATURES = {
     "lrn_forward": [_ptr] * 3 + [_i64] * 4 + [_dbl] * 3 + [_i64] * 2,
     "lrn_backward": [_ptr] * 5 + [_i64] * 4 + [_dbl] * 2 + [_i64] * 2,
     "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
-    "relu_forward": [_ptr] * 2 + [_i64] * 2,
-    "relu_backward": [_ptr] * 3 + [_i64] * 2,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -269,33 +267,3 @@ def sgd_update(w, g, v, lr, m, wd):
         fn(w.ctypes.data, g.ctypes.data, v.ctypes.data, lr, m, wd, i0, i1)
 
     cpu_kernels.parallel_chunks(run, w.size, w.itemsize * 3, target_bytes=1 << 20)
-
-
-def relu_forward(x):
-    """y = max(x, 0), one pass shared among the threads; see cpu_kernels.relu_forward."""
-    if not _compiled(x):
-        return cpu_kernels.relu_forward(x)
-    x = _c(x)
-    y = np.empty_like(x)
-    fn = _function("relu_forward", x.dtype)
-
-    def run(i0, i1):
-        fn(x.ctypes.data, y.ctypes.data, i0, i1)
-
-    cpu_kernels.parallel_chunks(run, x.size, x.itemsize * 2, target_bytes=1 << 20)
-    return y
-
-
-def relu_backward(y, gy):
-    """gy * (y > 0), one pass shared among the threads; see cpu_kernels.relu_backward."""
-    if not _compiled(y, gy) or y.shape != gy.shape:
-        return cpu_kernels.relu_backward(y, gy)
-    y, gy = _c(y), _c(gy)
-    gx = np.empty_like(gy)
-    fn = _function("relu_backward", y.dtype)
-
-    def run(i0, i1):
-        fn(y.ctypes.data, gy.ctypes.data, gx.ctypes.data, i0, i1)
-
-    cpu_kernels.parallel_chunks(run, y.size, y.itemsize * 3, target_bytes=1 << 20)
-    return gx
