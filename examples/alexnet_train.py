@@ -667,9 +667,9 @@ def train(args):
 INTERIM_IMAGES = 500    # held-out images scored during training: a fixed stratified subset
 INTERIM_EVALS = 3       # under a time budget, evaluate at least every budget/3 seconds
 FINAL_SHARE = 0.05      # the most of a time budget the final evaluation may take
-# With these, the short recipe's 14.5-minute run (two crops per image) starts up, evaluates and saves for
-# about 13% of its time and trains for the rest (on 2 cores: 2 interim evaluations of ~25 s,
-# and the final one of ~45 s).
+# With these, the short recipe's 14.5-minute run (two crops per image) starts up, evaluates
+# and saves for about 13% of its time and trains for the rest (on 2 cores: 2 interim
+# evaluations of ~25 s, and the final one of ~45 s).
 
 
 class Run:
