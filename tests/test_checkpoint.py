@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tinynet.checkpoint as ckpt
-from tinynet import nn
+from tinynet import files, nn
 from tinynet.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,14 +106,14 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_pat
 
 
 def test_temp_files_of_live_writers_and_other_files_are_kept(tmp_path):
-    host = ckpt._host()
+    host = files.host()
     live = f".latest.npz.tmp-{host}-{os.getpid()}-0123abcd"          # this process: alive
     fresh_foreign = ".latest.npz.tmp-elsewhere-7-89abcdef"            # another host, just written
     old_foreign = ".best.npz.tmp-elsewhere-8-00000000"                # another host, a day old
     unrelated = [".tmp-notes", "latest.npz.tmp-x-1-0000000g", "data.npz"]
     for name in [live, fresh_foreign, old_foreign, *unrelated]:
         (tmp_path / name).write_bytes(b"x")
-    day_ago = time.time() - ckpt._FOREIGN_TEMP_AGE - 60
+    day_ago = time.time() - files.FOREIGN_TEMP_AGE - 60
     os.utime(tmp_path / old_foreign, (day_ago, day_ago))
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [old_foreign]
@@ -123,7 +123,7 @@ def test_temp_files_of_live_writers_and_other_files_are_kept(tmp_path):
 def test_a_temp_file_of_a_finished_process_on_this_host_is_removed(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    name = f".latest.npz.tmp-{ckpt._host()}-{int(done.stdout)}-0123abcd"
+    name = f".latest.npz.tmp-{files.host()}-{int(done.stdout)}-0123abcd"
     (tmp_path / name).write_bytes(np.zeros(3).tobytes())
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
         assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [name]
@@ -176,3 +176,50 @@ def test_a_runs_metrics_file_has_the_permissions_the_umask_gives(tmp_path, umask
     assert stat.S_IMODE(os.stat(path).st_mode) == mode
     assert path.read_text() == '{"kind": "train", "step": 1, "loss": 1.5}\n'
     assert os.listdir(tmp_path) == ["metrics.jsonl"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("writer", ["checkpoint", "metrics", "npy cache", "json cache"])
+def test_every_atomic_writer_gives_the_umask_mode_and_leaves_no_temp_file(tmp_path, umask, writer):
+    """Checkpoints, metrics and the data caches all go through tinynet.files: 0666 less the
+    umask (not mkstemp's 0600), and nothing but the file itself left in the folder."""
+    from tinynet import runs
+    from tinynet.data.dataset import save_json_atomic, save_npy_atomic
+
+    write = {"checkpoint": lambda p: save_checkpoint(p, nn.Linear(3, 2)),
+             "metrics": lambda p: runs.write_metrics(p, [dict(step=1)]),
+             "npy cache": lambda p: save_npy_atomic(p, np.arange(3)),
+             "json cache": lambda p: save_json_atomic(p, {"a": 1})}[writer]
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        umask(mask)
+        path = tmp_path / f"out-{mask:o}"
+        write(str(path))
+        write(str(path))                       # the second write replaces the first
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    assert sorted(os.listdir(tmp_path)) == ["out-22", "out-77"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):
+    path = tmp_path / "cache.json"
+    files.write_atomically(str(path), lambda f: f.write("old"), binary=False)
+
+    def half_then_fail(f):
+        f.write("new, but only h")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        files.write_atomically(str(path), half_then_fail, binary=False)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["cache.json"]
+
+
+def test_a_failed_kernel_build_leaves_no_temp_file(tmp_path, monkeypatch):
+    from tinynet import cbuild
+
+    source = tmp_path / "broken.cpp"
+    source.write_text("this is not C++\n")
+    if cbuild.compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setattr(cbuild, "build_folder", lambda *a: str(tmp_path / "build"))
+    with pytest.raises(RuntimeError, match="failed on"):
+        cbuild.build_library("test", "broken", str(source), [str(source)], ["-shared", "-fPIC"])
+    assert os.listdir(tmp_path / "build") == []

@@ -17,7 +17,8 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
+
+from . import files
 
 
 def kernel_path(filename):
@@ -63,12 +64,11 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
     folder = build_folder(what, cxx, flags, sources)
     path = os.path.join(folder, name + ".so")
     if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)  # build aside, then rename: atomic
-        os.close(fd)
-        result = subprocess.run([cxx] + list(flags) + [main_source, "-o", tmp], capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"tinynet: {os.path.basename(cxx)} failed on {main_source}:\n{result.stderr}")
-        os.replace(tmp, path)
+        def build(tmp):  # built aside, then renamed: another process never loads half a library
+            result = subprocess.run([cxx] + list(flags) + [main_source, "-o", tmp],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"tinynet: {os.path.basename(cxx)} failed on {main_source}:\n"
+                                   f"{result.stderr}")
+        files.replace_atomically(path, build)
     return path

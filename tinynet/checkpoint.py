@@ -8,36 +8,24 @@ Layout of the archive (every entry a plain array):
                            the run's configuration
 
 Loading uses ``np.load(allow_pickle=False)``, so a checkpoint can never run
-code.  Writing goes to a temporary file in the same folder, flushed and
-fsynced, then ``os.replace``d over the target, and the folder is fsynced so
-that the rename itself survives a power loss: a crash leaves either the old
-or the new checkpoint, never half of one.
-
-The file gets the permissions of any new file (0666 less the umask), so a
-job under another account in the same group can read it.  The temporary
-file is named ``.<name>.tmp-<host>-<pid>-<random>``: a writer killed
-mid-write (SIGKILL, out of memory) leaves it behind, and the next save in
-that folder removes it once its process is gone (same host) or after a day
-(another host, whose processes cannot be asked).
+code.  Writing goes through ``tinynet.files.replace_atomically``: a temporary
+file in the same folder, fsynced, then renamed over the target, and the folder
+fsynced, so a crash leaves either the old or the new checkpoint, never half of
+one.  The file gets the permissions of any new file (0666 less the umask), and
+a temporary file left by a killed writer is removed by the next save in that
+folder (tinynet/files.py says when).
 """
 
 import json
 import os
-import re
-import secrets
-import socket
-import time
-import warnings
 import zipfile
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from . import files
+from .files import remove_orphaned_temp_files  # noqa: F401  (part of this module's interface)
 
-# .latest.npz.tmp-<host>-<pid>-<8 hex digits>: the temporary file of one write
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-# a temporary file from another host is taken for orphaned after this long untouched
-_FOREIGN_TEMP_AGE = 24 * 3600
+FORMAT_VERSION = 1
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None):
@@ -51,16 +39,7 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
             arrays[f"optim/velocity/{i}"] = v
         meta["optimizer"] = state
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-
-    def write(tmp):
-        # mode 0o666 before the umask, as open() gives any new file (mkstemp would give 0600)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _replace_atomically(path, write)
+    return files.write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def link_checkpoint(source, path):
@@ -75,82 +54,8 @@ def link_checkpoint(source, path):
             os.link(source, tmp)
         except OSError:  # no hard links here (some network and FAT file systems)
             shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
 
-    return _replace_atomically(path, write)
-
-
-def _replace_atomically(path, write):
-    """write(tmp) makes a temporary file beside ``path``; it then replaces ``path`` in one rename
-    (and the folder is fsynced), or is removed if anything failed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    remove_orphaned_temp_files(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{_host()}-{os.getpid()}-"
-                               f"{secrets.token_hex(4)}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)  # the rename is an entry in the folder: make it durable too
-    return path
-
-
-def _host():
-    """This machine's name as it may appear in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-
-
-def _fsync_folder(folder):
-    """Flush a folder's entries (a rename, a new file) to the disk (POSIX; Windows cannot
-    open a folder for that, and its file system journals renames itself)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, under another account
-        return True
-    return True
-
-
-def remove_orphaned_temp_files(folder):
-    """Remove temporary checkpoint files in ``folder`` whose writer is gone: on this host,
-    its process no longer runs; from another host, untouched for a day.  Returns the names
-    removed (and warns with them, so nothing disappears unsaid)."""
-    removed = []
-    for name in os.listdir(folder):
-        m = _TEMP_NAME.match(name)
-        if m is None:
-            continue
-        full = os.path.join(folder, name)
-        try:
-            if m["host"] == _host():
-                orphaned = not _process_alive(int(m["pid"]))
-            else:
-                orphaned = time.time() - os.stat(full).st_mtime > _FOREIGN_TEMP_AGE
-            if orphaned:
-                os.unlink(full)
-                removed.append(name)
-        except FileNotFoundError:  # its writer finished (renamed it) or another cleaner was first
-            continue
-    if removed:
-        warnings.warn(f"save_checkpoint: removed {len(removed)} temporary file(s) left in {folder} "
-                      f"by a writer that was killed: {', '.join(sorted(removed))}", stacklevel=3)
-    return removed
+    return files.replace_atomically(path, write)
 
 
 def load_checkpoint(path):

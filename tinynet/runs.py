@@ -18,7 +18,8 @@ Refusals raise RunFolderError (a ValueError) with a one-line message.
 
 import json
 import os
-import secrets
+
+from . import files
 
 # The files a training run writes; a folder holding any of them belongs to a run.
 RUN_FILES = ("config.json", "metrics.jsonl", "latest.npz", "best.npz", "curves.png")
@@ -112,21 +113,9 @@ def read_metrics(path):
 
 
 def write_metrics(path, entries):
-    """Replace the metrics file `path` by `entries`, atomically (temporary file, os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}-metrics.jsonl")
-    # mode 0o666 before the umask, as open() gives any new file and as the run's other files
-    # get (mkstemp would give 0600: a colleague in the group could not read the curves' data)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for entry in entries:
-                f.write(json.dumps(entry) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Replace the metrics file `path` by `entries`, atomically (tinynet.files)."""
+    files.write_atomically(path, lambda f: f.writelines(json.dumps(e) + "\n" for e in entries),
+                           binary=False)
 
 
 def keep_metrics_upto(entries, global_step):

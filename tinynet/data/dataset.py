@@ -18,9 +18,10 @@ files atomically and checking arguments with error messages that name the functi
 
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from .. import files
 
 # Images are read in chunks of this many when a statistic is computed over the whole set, so
 # that a memory-mapped set of any size is streamed from disk with bounded memory.
@@ -77,38 +78,14 @@ def check_rgb(func, name, value, positive=False):
 # Atomic files: a reader never sees a half-written cache
 # ------------------------------------------------------------------------------------------
 
-def temp_path_beside(path):
-    """A fresh temporary file name in the folder of `path` (same file system, so os.replace
-    from it to `path` is atomic)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
-    return tmp
-
-
 def save_npy_atomic(path, array):
-    """np.save(path, array), written to a temporary file first and then renamed over `path`."""
-    tmp = temp_path_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """np.save(path, array), written whole or not at all (tinynet.files)."""
+    files.write_atomically(path, lambda f: np.save(f, array))
 
 
 def save_json_atomic(path, obj):
-    """Write `obj` as JSON to `path` atomically (temporary file, then os.replace)."""
-    tmp = temp_path_beside(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write `obj` as JSON to `path`, whole or not at all (tinynet.files)."""
+    files.write_atomically(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True), binary=False)
 
 
 def load_json(path):

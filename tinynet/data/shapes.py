@@ -45,8 +45,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .dataset import (ArrayDataset, check_int, load_json, save_json_atomic, save_npy_atomic,
-                      temp_path_beside)
+from .. import files
+from .dataset import ArrayDataset, check_int, load_json, save_json_atomic, save_npy_atomic
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "plus", "ring", "two_horizontal",
                  "two_vertical", "l_shape", "arrow", "crescent", "hexagon", "square_frame",
@@ -262,8 +262,7 @@ def render_shape_image(label, rng, size=256, difficulty="standard"):
 
 def _generate_split(path, split, count, num_classes, size, seed, difficulty):
     """Render `count` images straight into a .npy memory map at `path` (atomically)."""
-    tmp = temp_path_beside(path)
-    try:
+    def write(tmp):
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                            shape=(count, size, size, 3))
         for index in range(count):
@@ -271,10 +270,8 @@ def _generate_split(path, split, count, num_classes, size, seed, difficulty):
             images[index] = render_shape_image(index % num_classes, rng, size, difficulty)
         images.flush()
         del images
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    files.replace_atomically(path, write)
 
 
 def make_shapes(root, num_classes=10, train_per_class=500, val_per_class=100, size=256, seed=0,
