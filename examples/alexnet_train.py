@@ -45,24 +45,24 @@ PRESETS = {
     # momentum 0.9, weight decay 5e-4, N(0, 0.01) weights, biases 1, dropout 0.5, ~90 epochs.
     "paper": dict(batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90,
                   warmup_steps=0, bias_init="paper", init="paper", dropout=0.5, crop="random",
-                  input_std=False, lighting_std=0.1, lighting_pca="data", difficulty="standard",
-                  train_per_class=500, val_per_class=100, patience=2, time_budget=0,
-                  lr_schedule="plateau", eval_crops=1),
+                  input_std=False, mirror=True, lighting_std=0.1, lighting_pca="data",
+                  difficulty="standard", train_per_class=500, val_per_class=100, patience=2,
+                  time_budget=0, lr_schedule="plateau", eval_crops=1),
     # The short recipe: the default run, found by measurement to learn inside ~15 minutes
     # on a 2-core CPU (see docs/training.md for the runs behind it).
     "short": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=4,
                   warmup_steps=100, bias_init="zero", init="he", dropout=0.0, crop="centre",
-                  input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
-                  train_per_class=500, val_per_class=100, patience=1, time_budget=14.5 * 60,
-                  lr_schedule="budget", eval_crops=2),
+                  input_std=True, mirror=True, lighting_std=0.1, lighting_pca="data",
+                  difficulty="easy", train_per_class=500, val_per_class=100, patience=1,
+                  time_budget=14.5 * 60, lr_schedule="budget", eval_crops=2),
     # REDUCED: a classroom demo of two to three minutes on 2 cores (fewer, easier images). No
     # time budget: every machine does the same work, all 2,000 images once, and shows the same
     # result, sooner or later (a budget cut it to half the images in a slow hour).
     "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
                  warmup_steps=30, bias_init="zero", init="he", dropout=0.5, crop="random",
-                 input_std=True, lighting_std=0.1, lighting_pca="data", difficulty="easy",
-                 train_per_class=200, val_per_class=20, patience=1, time_budget=0,
-                 lr_schedule="plateau", eval_crops=1),
+                 input_std=True, mirror=True, lighting_std=0.1, lighting_pca="data",
+                 difficulty="easy", train_per_class=200, val_per_class=20, patience=1,
+                 time_budget=0, lr_schedule="plateau", eval_crops=1),
 }
 
 
@@ -74,7 +74,8 @@ class ConfigError(Exception):
 # with --resume (only the run's length, --epochs and --time-budget, may change).
 RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "difficulty",
                   "batch_size", "lr", "momentum", "weight_decay", "max_train_images",
-                  "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout", "crop")
+                  "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout", "crop",
+                  "mirror", "lighting_std")
 # ... except that --eval-only may choose how the weights are scored
 EVAL_OPTIONS = ("max_val_images", "batch_size")
 
@@ -131,6 +132,12 @@ def parse_args(argv=None):
                     help="training crop: 'random' (the paper: a random 227 window of the 256 "
                          "image) or 'centre' (the window evaluation uses; mirror and lighting "
                          "still apply) (default: the preset's)")
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction,
+                    help="--mirror: mirror each training image left-right with probability 0.5 "
+                         "(the paper); --no-mirror: never (default: the preset's)")
+    ap.add_argument("--lighting-std", type=float,
+                    help="sigma of the PCA lighting of training images (the paper: 0.1; 0: "
+                         "none; default: the preset's)")
     ap.add_argument("--time-budget", type=float,
                     help="wall-clock seconds for the whole run, data preparation and evaluations "
                          "included: training stops early enough to finish the final evaluation "
@@ -260,7 +267,7 @@ def build_config(args):
     that do not apply to the chosen data are recorded as None (load_data fills in the rest)."""
     cfg = dict(PRESETS[args.preset])
     for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "time_budget", "difficulty",
-                "lr_schedule", "warmup_steps", "dropout", "crop"):
+                "lr_schedule", "warmup_steps", "dropout", "crop", "mirror", "lighting_std"):
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
@@ -270,8 +277,9 @@ def build_config(args):
                num_classes=(args.num_classes or DATA_DEFAULTS["num_classes"]) if dataset == "shapes" else None,
                val_fraction=args.val_fraction,   # None: the default 0.1, if a split is made
                max_train_images=args.max_train_images, max_val_images=args.max_val_images)
-    if eval_crops(args) is not None:
-        cfg["eval_crops"] = eval_crops(args)
+    crops = eval_crops(args)
+    if crops is not None:
+        cfg["eval_crops"] = crops
     if dataset != "shapes":
         cfg["difficulty"] = cfg["train_per_class"] = cfg["val_per_class"] = None
     if args.preset == "demo":
@@ -286,6 +294,8 @@ def build_config(args):
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     if not 0 <= cfg["dropout"] < 1:
         raise ConfigError(f"--dropout must be a probability in [0, 1), got {cfg['dropout']}")
+    if not cfg["lighting_std"] >= 0:
+        raise ConfigError(f"--lighting-std must be >= 0 (0: no lighting), got {cfg['lighting_std']}")
     if cfg["lr_schedule"] == "budget" and not cfg["time_budget"]:
         raise ConfigError("--lr-schedule budget decays the rate to zero at the end of the time "
                           "budget, and this run has none: give --time-budget SECONDS, or use "
@@ -415,6 +425,7 @@ def make_transforms(cfg, train, training=True):
         cfg["lighting_eigval"] = [float(v) for v in eigval]
     train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"],
                                     eigval=eigval, eigvec=eigvec, seed=cfg["seed"],
+                                    flip=cfg.get("mirror", True),  # runs saved before it: mirrored
                                     random_crop=cfg.get("crop", "random") == "random")
     return train_tf, eval_tf
 
@@ -849,7 +860,9 @@ class Run:
                  + f"; {len(self.train_set)} training / {len(self.val_set)} validation images, "
                    f"{self.train_set.num_classes} classes; batch {cfg['batch_size']}, lr {cfg['lr']} "
                    f"({cfg['lr_schedule']} schedule), init {cfg['init']}, bias {cfg['bias_init']}, "
-                   f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop; evaluated on "
+                   f"dropout {cfg['dropout']}, {cfg.get('crop', 'random')} crop, "
+                   f"{'random mirrors' if cfg.get('mirror', True) else 'no mirrors'}, lighting "
+                   f"{cfg['lighting_std']}; evaluated on "
                    f"{CROPS_SAID[cfg['eval_crops']]}")
         if not str(self.device).startswith("cuda"):
             compiled = tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops  # builds them, or warns

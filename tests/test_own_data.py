@@ -366,6 +366,21 @@ def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys
     assert len(evals) == 1 and "top5_err" not in evals[0]
 
 
+def test_mirror_and_lighting_options_reach_the_training_transform(prog, tmp_path):
+    """--no-mirror and --lighting-std are recorded in the configuration and honoured by the
+    training transform; without them the preset's (mirrors, sigma 0.1) apply."""
+    data = animal_folder(tmp_path / "pets", per_class=4)
+    for extra, mirror, sigma in (((), True, 0.1), (("--no-mirror", "--lighting-std", "0.05"), False, 0.05),
+                                 (("--mirror", "--lighting-std", "0"), True, 0.0)):
+        cfg = prog.build_config(prog.parse_args(folder_argv(data, tmp_path, *extra)))
+        assert (cfg["mirror"], cfg["lighting_std"]) == (mirror, sigma)
+        train, _ = prog.load_data(cfg, str(tmp_path / "cache"), say=lambda *a: None)
+        train_tf, _ = prog.make_transforms(cfg, train)
+        assert (train_tf.flip, train_tf.lighting_std) == (mirror, sigma)
+        _, _, flip, alpha = train_tf.sample_params(np.arange(64), epoch=0)
+        assert flip.any() == mirror and (alpha != 0).any() == (sigma > 0)
+
+
 def test_split_does_not_depend_on_the_training_seed(prog, tmp_path):
     data = animal_folder(tmp_path / "pets", per_class=6)
     vals = []
@@ -425,6 +440,8 @@ def test_options_that_do_not_apply_to_a_folder_are_refused(prog, tmp_path, capsy
     (["--resume", "x.npz", "--seed", "3", "--preset", "demo"], "--preset, --seed cannot change"),
     (["--resume", "x.npz", "--dropout", "0"], "--dropout cannot change"),
     (["--resume", "x.npz", "--crop", "centre"], "--crop cannot change"),
+    (["--resume", "x.npz", "--no-mirror"], "--mirror cannot change"),
+    (["--resume", "x.npz", "--lighting-std", "0"], "--lighting-std cannot change"),
     (["--eval-only"], "--eval-only needs --resume"),
 ])
 def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv, words):
@@ -442,6 +459,8 @@ def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv,
     (["--stop-after-steps", "-1"], "--stop-after-steps must be >= 0"),
     (["--dropout", "1"], "--dropout must be a probability in [0, 1), got 1.0"),
     (["--dropout", "nan"], "--dropout must be a probability in [0, 1)"),
+    (["--lighting-std", "-0.1"], "--lighting-std must be >= 0 (0: no lighting), got -0.1"),
+    (["--lighting-std", "nan"], "--lighting-std must be >= 0"),
 ])
 def test_argument_checks_name_the_option(prog, tmp_path, capsys, argv, words):
     assert words in run_error(prog, capsys, argv + ["--out", str(tmp_path / "o")])

@@ -248,10 +248,6 @@ class EvalTransform:
             raise ValueError(f"{func}: ten_crop=True is crops=10, but crops={crops} was given too")
         self.crops = 10 if ten_crop else crops
 
-    @property
-    def ten_crop(self):
-        return self.crops == 10
-
     def __call__(self, images, indices=None, epoch=None):
         images = _prepare("EvalTransform", images, self.size)
         n, far, mid = len(images), self.size - self.crop, (self.size - self.crop) // 2
