@@ -379,6 +379,13 @@ def test_mirror_and_lighting_options_reach_the_training_transform(prog, tmp_path
         assert (train_tf.flip, train_tf.lighting_std) == (mirror, sigma)
         _, _, flip, alpha = train_tf.sample_params(np.arange(64), epoch=0)
         assert flip.any() == mirror and (alpha != 0).any() == (sigma > 0)
+        # without mirrors, the held-out images are scored on the centre crop alone (the
+        # preset's default), unless --eval-crops says otherwise
+        assert cfg["eval_crops"] == (1 if not mirror else prog.PRESETS["demo"]["eval_crops"])
+    cfg = prog.build_config(prog.parse_args(folder_argv(data, tmp_path, "--no-mirror", "--eval-crops", "2")))
+    assert cfg["eval_crops"] == 2
+    cfg = prog.build_config(prog.parse_args(folder_argv(data, tmp_path, "--preset", "short", "--no-mirror")))
+    assert cfg["eval_crops"] == 1 and prog.PRESETS["short"]["eval_crops"] == 2
 
 
 def test_split_does_not_depend_on_the_training_seed(prog, tmp_path):
