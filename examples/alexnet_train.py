@@ -313,6 +313,15 @@ def build_config(args):
 # ----------------------------------------------------------------------------
 
 
+def subset_standard_error(accuracy, n, total):
+    """How far the accuracy on a random subset of n of the total held-out images may lie from
+    the accuracy on all of them: one standard error, sqrt(p (1 - p) / n), times the finite
+    population correction sqrt((total - n) / (total - 1)) (0 when the subset is all of them)."""
+    if n >= total:
+        return 0.0
+    return math.sqrt(accuracy * (1 - accuracy) / n * (total - n) / (total - 1))
+
+
 def decoding_progress(quiet):
     """A progress callback for decoding an image folder: a line at most every 10 s on a
     terminal (every 60 s otherwise), and one at the end."""
@@ -1030,8 +1039,13 @@ class Run:
             write_plot(self.out, self.metrics)
             write_filters(self.out, self.model, grey=self.train_set.images.shape[-1] == 1)
         top5 = f"top-5 error {result['top5_err']:.3f}; " if "top5_err" in result else ""
+        accuracy, n, total = 1 - result["top1_err"], len(final_set), len(self.val_set)
+        spread = ""
+        if n < total:
+            spread = (f" +- {100 * subset_standard_error(accuracy, n, total):.1f} points, one "
+                      f"standard error of {n} of {total} images")
         self.say(f"done in {time.time() - self.clock.start:.0f} s: top-1 error {result['top1_err']:.3f} "
-                 f"(accuracy {1 - result['top1_err']:.1%}) on {len(final_set)} held-out images, {top5}"
+                 f"(accuracy {accuracy:.1%}{spread}) on {n} held-out images, {top5}"
                  f"best top-1 error {self.best_err:.3f}; run folder {self.out}")
         return result
 
