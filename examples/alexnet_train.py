@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads
 import tinynet.distributed as dist  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
-from tinynet import runs  # noqa: E402
+from tinynet import files, runs  # noqa: E402
 from tinynet.checkpoint import link_checkpoint, load_checkpoint, restore, save_checkpoint  # noqa: E402
 from tinynet.models import AlexNet, he_weight_std  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
@@ -166,7 +166,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-crops", type=int, choices=EVAL_CROPS,
                     help="crops per held-out image, softmax averaged: 1 the centre, 2 the centre "
                          "and its mirror, 10 the paper's ten (corners + centre, mirrored) "
-                         "(default: the preset's)")
+                         "(default: the preset's; 1 with --no-mirror)")
     ap.add_argument("--ten-crop", action="store_true", help="the same as --eval-crops 10")
     ap.add_argument("--data-parallel", action="store_true",
                     help="data parallelism over MPI: start with mpiexec -n N; --batch-size is the "
@@ -298,7 +298,7 @@ def build_config(args):
         raise ConfigError(f"--lr must be > 0, got {cfg['lr']}")
     if not 0 <= cfg["dropout"] < 1:
         raise ConfigError(f"--dropout must be a probability in [0, 1), got {cfg['dropout']}")
-    if not cfg["lighting_std"] >= 0:
+    if not (math.isfinite(cfg["lighting_std"]) and cfg["lighting_std"] >= 0):
         raise ConfigError(f"--lighting-std must be >= 0 (0: no lighting), got {cfg['lighting_std']}")
     if cfg["lr_schedule"] == "budget" and not cfg["time_budget"]:
         raise ConfigError("--lr-schedule budget decays the rate to zero at the end of the time "
@@ -854,8 +854,8 @@ class Run:
         self.out, self.metrics, branched = choose_run_folder(args, self.ckpt, create=True)
         if branched:
             cfg["resumed_from"] = os.path.abspath(args.resume)
-        with open(os.path.join(self.out, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        files.write_atomically(os.path.join(self.out, "config.json"),
+                               lambda f: json.dump(cfg, f, indent=2), binary=False)
         runs.write_metrics(os.path.join(self.out, "metrics.jsonl"), self.metrics)
         if self.ckpt is None:
             print(f"run folder: {self.out}")

@@ -5,6 +5,7 @@ leftovers after a kill.
 """
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -223,3 +224,59 @@ def test_a_failed_kernel_build_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed on"):
         cbuild.build_library("test", "broken", str(source), [str(source)], ["-shared", "-fPIC"])
     assert os.listdir(tmp_path / "build") == []
+
+
+def test_a_leftover_that_cannot_be_removed_is_named_and_the_write_goes_on(tmp_path, monkeypatch):
+    """Another user's leftover in a shared (sticky) folder: unlink is refused; our write still
+    happens, and the warning names the file it could not remove."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    theirs = f".cache.json.tmp-{files.host()}-{int(done.stdout)}-0123abcd"
+    (tmp_path / theirs).write_bytes(b"x")
+    real_unlink = os.unlink
+
+    def refuse(path, *a, **k):
+        if os.path.basename(path) == theirs:
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(path, *a, **k)
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.warns(UserWarning, match=r"could not remove 1 temporary file.*" + re.escape(theirs)):
+        files.write_atomically(str(tmp_path / "cache.json"), lambda f: f.write("{}"), binary=False)
+    assert (tmp_path / "cache.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == sorted(["cache.json", theirs])
+
+
+def test_keep_existing_keeps_the_file_that_landed_first(tmp_path):
+    """Two processes build the same kernel library: the second keeps the first one's file (a
+    process may have it loaded) and leaves no temporary file."""
+    path = tmp_path / "lib.so"
+
+    def build_while_another_lands(tmp):
+        path.write_bytes(b"first")          # the other process's build lands meanwhile
+        with open(tmp, "wb") as f:
+            f.write(b"second")
+    files.replace_atomically(str(path), build_while_another_lands, keep_existing=True)
+    assert path.read_bytes() == b"first" and os.listdir(tmp_path) == ["lib.so"]
+    path.unlink()
+    files.replace_atomically(str(path), lambda tmp: open(tmp, "wb").close(), keep_existing=True)
+    assert path.exists() and os.listdir(tmp_path) == ["lib.so"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="Linux process-id namespaces")
+def test_the_writer_id_names_the_process_id_namespace():
+    """Containers may share a host name but not process ids: a writer's pid is only asked
+    about from its own namespace."""
+    assert files.host().endswith(f"~{os.stat('/proc/self/ns/pid').st_ino}")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders are flushed on POSIX only")
+def test_a_folder_that_cannot_be_flushed_is_not_an_error(tmp_path, monkeypatch):
+    import errno
+
+    def fsync(fd, code):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsync(fd, errno.EINVAL))
+    files.fsync_folder(str(tmp_path))            # a file system that cannot flush folders
+    monkeypatch.setattr(os, "fsync", lambda fd: fsync(fd, errno.EIO))
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+        files.fsync_folder(str(tmp_path))        # a real I/O error still says so

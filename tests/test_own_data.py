@@ -468,6 +468,7 @@ def test_options_that_would_be_ignored_are_refused(prog, tmp_path, capsys, argv,
     (["--dropout", "nan"], "--dropout must be a probability in [0, 1)"),
     (["--lighting-std", "-0.1"], "--lighting-std must be >= 0 (0: no lighting), got -0.1"),
     (["--lighting-std", "nan"], "--lighting-std must be >= 0"),
+    (["--lighting-std", "inf"], "--lighting-std must be >= 0"),
 ])
 def test_argument_checks_name_the_option(prog, tmp_path, capsys, argv, words):
     assert words in run_error(prog, capsys, argv + ["--out", str(tmp_path / "o")])

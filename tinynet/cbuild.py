@@ -70,5 +70,5 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
             if result.returncode != 0:
                 raise RuntimeError(f"tinynet: {os.path.basename(cxx)} failed on {main_source}:\n"
                                    f"{result.stderr}")
-        files.replace_atomically(path, build)
+        files.replace_atomically(path, build, keep_existing=True)  # never under a loaded copy
     return path
