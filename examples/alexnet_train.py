@@ -75,7 +75,7 @@ class ConfigError(Exception):
 RECIPE_OPTIONS = ("preset", "data", "dataset", "val_fraction", "num_classes", "difficulty",
                   "batch_size", "lr", "momentum", "weight_decay", "max_train_images",
                   "max_val_images", "seed", "data_seed", "lr_schedule", "warmup_steps", "dropout", "crop",
-                  "mirror", "lighting_std")
+                  "mirror", "lighting_std", "pad")
 # ... except that --eval-only may choose how the weights are scored
 EVAL_OPTIONS = ("max_val_images", "batch_size")
 
@@ -86,6 +86,9 @@ CROPS_SAID = {1: "the centre crop", 2: "the centre crop and its mirror", 10: "te
 # Built-in defaults of the options whose default depends on the data (None in argparse, so
 # that an option the user gave can be told from one left alone).
 DATA_DEFAULTS = dict(dataset="shapes", val_fraction=0.1, num_classes=10)
+# Black pixels around each 28x28 Fashion-MNIST image (--pad): 32x32 is enlarged x8 to 256, and
+# the centre 227 window then holds the whole item (docs/training.md, row 20)
+FASHION_MNIST_PAD = 2
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -108,6 +111,10 @@ def parse_args(argv=None):
                          "DIR/<class>/* tree split by --val-fraction; default: built-in shapes")
     ap.add_argument("--dataset", choices=["shapes", "fashion-mnist"],
                     help="built-in data when --data is not given (default: shapes)")
+    ap.add_argument("--pad", type=int, metavar="PIXELS",
+                    help="Fashion-MNIST: black pixels added on each side of the 28x28 images "
+                         f"before they are enlarged to 256 (default: {FASHION_MNIST_PAD}, so that "
+                         "the centre 227 window holds the whole item; 0: none)")
     ap.add_argument("--val-fraction", type=float,
                     help="held-out fraction when --data has no held-out folder (default: 0.1)")
     ap.add_argument("--num-classes", type=int,
@@ -197,6 +204,8 @@ def check_options(args):
     def bad(option, expected, value):
         raise ConfigError(f"{option} must be {expected}, got {value}")
 
+    if args.pad is not None and not 0 <= args.pad <= 100:
+        bad("--pad", "pixels in 0..100", args.pad)
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise ConfigError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     for name in ("seed", "data_seed", "stop_after_steps"):
@@ -276,7 +285,8 @@ def build_config(args):
                data_seed=args.data_seed, device=args.device,
                num_classes=(args.num_classes or DATA_DEFAULTS["num_classes"]) if dataset == "shapes" else None,
                val_fraction=args.val_fraction,   # None: the default 0.1, if a split is made
-               max_train_images=args.max_train_images, max_val_images=args.max_val_images)
+               max_train_images=args.max_train_images, max_val_images=args.max_val_images,
+               pad=args.pad)   # None: Fashion-MNIST's default (load_data); other data: refused
     crops = eval_crops(args)
     if crops is not None:
         cfg["eval_crops"] = crops
@@ -344,7 +354,7 @@ def load_image_data(cfg, cache_dir, say, quiet=False, retry_unreadable=True):
     if tdata.has_fashion_mnist_files(data):  # the four IDX files (gzip or not), not class folders
         cfg["val_fraction"] = None
         say(f"data: Fashion-MNIST's IDX files in {data} (the 10,000 test images are held out)")
-        return tdata.load_fashion_mnist(search_dirs=[data])
+        return tdata.load_fashion_mnist(search_dirs=[data], pad=fashion_mnist_pad(cfg, say))
     layout = tdata.find_layout(data, "--data")
     if layout["val"] is not None:
         cfg["val_fraction"] = None          # nothing is split
@@ -387,13 +397,31 @@ def take_subset(dataset, count, seed, what, say):
     return subset
 
 
+def fashion_mnist_pad(cfg, say):
+    """The black border of the Fashion-MNIST images: --pad, or FASHION_MNIST_PAD; said."""
+    if cfg.get("pad") is None:
+        cfg["pad"] = FASHION_MNIST_PAD
+    if cfg["pad"]:
+        side = 28 + 2 * cfg["pad"]
+        say(f"data: each 28x28 image padded with {cfg['pad']} black pixel(s) per side to "
+            f"{side}x{side}, then enlarged to 256 (x{256 / side:.3g})")
+    return cfg["pad"]
+
+
 def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, training=True):
     """The training and held-out sets the configuration names, checked before any training.
     say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
+    fashion = cfg["dataset"] == "fashion-mnist" or bool(
+        cfg["data"] and os.path.isdir(cfg["data"]) and tdata.has_fashion_mnist_files(cfg["data"]))
+    if cfg.get("pad") and not fashion:
+        raise ConfigError(f"--pad {cfg['pad']} applies to Fashion-MNIST's 28x28 images; this data's "
+                          f"images are enlarged or cropped to 256 as they are")
+    if not fashion:
+        cfg["pad"] = None
     if cfg["data"]:
         train, val = load_image_data(cfg, cache_dir, say, quiet, retry_unreadable)
-    elif cfg["dataset"] == "fashion-mnist":
-        train, val = tdata.load_fashion_mnist()
+    elif fashion:
+        train, val = tdata.load_fashion_mnist(pad=fashion_mnist_pad(cfg, say))
     else:
         root = os.path.join(cache_dir, f"shapes-{cfg['difficulty']}-{cfg['num_classes']}c-"
                                        f"{cfg['train_per_class']}x{cfg['val_per_class']}-s{cfg['data_seed']}")
@@ -816,6 +844,7 @@ class Run:
             if args.batch_size is not None:
                 cfg["batch_size"] = args.batch_size
         cfg.setdefault("data_seed", cfg["seed"])      # checkpoints of older versions
+        cfg.setdefault("pad", 0)                      # (older versions never padded)
         cfg.setdefault("lr_schedule", "plateau")
         if ckpt["meta"]["epoch"] >= cfg["epochs"] and not args.eval_only:
             raise ConfigError(f"--resume: the run of {args.resume} is complete ({cfg['epochs']} "

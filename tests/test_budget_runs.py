@@ -128,3 +128,36 @@ def test_a_subset_score_comes_with_its_standard_error(prog):
     assert se == pytest.approx(0.01101, abs=5e-5)        # sqrt(.854*.146/932 * 9068/9999)
     assert prog.subset_standard_error(0.854, 10000, 10000) == 0.0
     assert prog.subset_standard_error(0.5, 100, 10**9) == pytest.approx(0.05, rel=1e-6)
+
+
+def test_fashion_mnist_is_padded_to_32_unless_told_otherwise(prog, tmp_path, capsys):
+    """Fashion-MNIST (here its IDX files in a folder) gets FASHION_MNIST_PAD black pixels per
+    side, said and recorded; --pad 0 keeps 28x28; other data refuse --pad; a resumed run of an
+    older version (no pad in its config) is read as it was trained, unpadded."""
+    data = make_idx_folder(tmp_path / "idx")
+    argv = ["--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    said = []
+    cfg = prog.build_config(prog.parse_args(argv))
+    train, val = prog.load_data(cfg, str(tmp_path / "cache"), say=said.append)
+    assert cfg["pad"] == prog.FASHION_MNIST_PAD == 2
+    assert train.images.shape[1:] == (32, 32, 1) and val.images.shape[1:] == (32, 32, 1)
+    assert any("padded with 2 black pixel(s) per side to 32x32" in line for line in said)
+    cfg = prog.build_config(prog.parse_args(argv + ["--pad", "0"]))
+    train, _ = prog.load_data(cfg, str(tmp_path / "cache"), say=said.append)
+    assert cfg["pad"] == 0 and train.images.shape[1:] == (28, 28, 1)
+
+    cfg = prog.build_config(prog.parse_args(["--cache-dir", str(tmp_path / "cache"), "--pad", "1"]))
+    with pytest.raises(prog.ConfigError, match="--pad 1 applies to Fashion-MNIST's 28x28 images"):
+        prog.load_data(cfg, str(tmp_path / "cache"), say=said.append)   # the shapes: refused first
+
+    older = prog.build_config(prog.parse_args(argv))
+    del older["pad"]
+    args = prog.parse_args(["--resume", "x.npz", "--eval-only", "--quiet"])
+    cfg = prog.Run._resumed_config(args, dict(meta=dict(config=older, epoch=0)))
+    assert cfg["pad"] == 0
+    with pytest.raises(SystemExit):
+        prog.main(["--resume", "x.npz", "--pad", "0", "--quiet"])
+    assert "--pad cannot change" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prog.main(argv + ["--pad", "-1"])
+    assert "--pad must be pixels in 0..100, got -1" in capsys.readouterr().err

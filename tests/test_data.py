@@ -477,6 +477,20 @@ def test_fashion_mnist_from_idx_files(tmp_path):
     assert np.bincount(train.labels).tolist() == [2] * 10
     assert np.array_equal(train.images[:, ::2, ::2, 0], train_images[:20])   # first 2 per class
 
+    # a black border of 2 pixels: 32x32 images, the 28x28 ones inside; then any resizing
+    train, val = load_fashion_mnist(search_dirs=[tmp_path], pad=2)
+    assert train.images.shape == (30, 32, 32, 1) and val.images.shape == (20, 32, 32, 1)
+    assert np.array_equal(train.images[:, 2:30, 2:30, 0], train_images)
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert not train.images[:, border].any() and not val.images[:, border].any()
+    train, _ = load_fashion_mnist(search_dirs=[tmp_path], pad=2, size=64)
+    assert np.array_equal(train.images[:, 1::2, 1::2, 0][:, 2:30, 2:30], train_images)
+    with pytest.raises(ValueError, match="load_fashion_mnist: pad must be >= 0, got -1"):
+        load_fashion_mnist(search_dirs=[tmp_path], pad=-1)
+    with pytest.raises(TypeError, match="pad must be an int"):
+        load_fashion_mnist(search_dirs=[tmp_path], pad=True)
+
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 5)
     with pytest.raises(ValueError, match="read_idx"):
         read_idx(tmp_path / "t10k-images-idx3-ubyte")
