@@ -411,7 +411,7 @@ def fashion_mnist_pad(cfg, say):
 def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, training=True):
     """The training and held-out sets the configuration names, checked before any training.
     say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
-    fashion = cfg["dataset"] == "fashion-mnist" or bool(
+    fashion = cfg.get("dataset") == "fashion-mnist" or bool(
         cfg["data"] and os.path.isdir(cfg["data"]) and tdata.has_fashion_mnist_files(cfg["data"]))
     if cfg.get("pad") and not fashion:
         raise ConfigError(f"--pad {cfg['pad']} applies to Fashion-MNIST's 28x28 images; this data's "
