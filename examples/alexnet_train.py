@@ -347,14 +347,10 @@ def decoding_progress(quiet):
 
 
 def load_image_data(cfg, cache_dir, say, quiet=False, retry_unreadable=True):
-    """--data DIR: the training and held-out sets of the folder, the layout said out loud."""
+    """--data DIR of class folders: the training and held-out sets, the layout said out loud."""
     data = cfg["data"]
     if not os.path.isdir(data):
         raise ConfigError(f"--data: no folder at {data}")
-    if tdata.has_fashion_mnist_files(data):  # the four IDX files (gzip or not), not class folders
-        cfg["val_fraction"] = None
-        say(f"data: Fashion-MNIST's IDX files in {data} (the 10,000 test images are held out)")
-        return tdata.load_fashion_mnist(search_dirs=[data], pad=fashion_mnist_pad(cfg, say))
     layout = tdata.find_layout(data, "--data")
     if layout["val"] is not None:
         cfg["val_fraction"] = None          # nothing is split
@@ -418,10 +414,14 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, tra
                           f"images are enlarged or cropped to 256 as they are")
     if not fashion:
         cfg["pad"] = None
-    if cfg["data"]:
-        train, val = load_image_data(cfg, cache_dir, say, quiet, retry_unreadable)
+    if fashion and cfg["data"]:  # the four IDX files (gzip or not) in a folder, not class folders
+        cfg["val_fraction"] = None
+        say(f"data: Fashion-MNIST's IDX files in {cfg['data']} (the 10,000 test images are held out)")
+        train, val = tdata.load_fashion_mnist(search_dirs=[cfg["data"]], pad=fashion_mnist_pad(cfg, say))
     elif fashion:
         train, val = tdata.load_fashion_mnist(pad=fashion_mnist_pad(cfg, say))
+    elif cfg["data"]:
+        train, val = load_image_data(cfg, cache_dir, say, quiet, retry_unreadable)
     else:
         root = os.path.join(cache_dir, f"shapes-{cfg['difficulty']}-{cfg['num_classes']}c-"
                                        f"{cfg['train_per_class']}x{cfg['val_per_class']}-s{cfg['data_seed']}")

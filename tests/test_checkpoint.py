@@ -117,7 +117,7 @@ def test_temp_files_of_live_writers_and_other_files_are_kept(tmp_path):
     day_ago = time.time() - files.FOREIGN_TEMP_AGE - 60
     os.utime(tmp_path / old_foreign, (day_ago, day_ago))
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
-        assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [old_foreign]
+        assert files.remove_orphaned_temp_files(str(tmp_path)) == [old_foreign]
     assert sorted(os.listdir(tmp_path)) == sorted([live, fresh_foreign, *unrelated])
 
 
@@ -127,7 +127,7 @@ def test_a_temp_file_of_a_finished_process_on_this_host_is_removed(tmp_path):
     name = f".latest.npz.tmp-{files.host()}-{int(done.stdout)}-0123abcd"
     (tmp_path / name).write_bytes(np.zeros(3).tobytes())
     with pytest.warns(UserWarning, match="removed 1 temporary file"):
-        assert ckpt.remove_orphaned_temp_files(str(tmp_path)) == [name]
+        assert files.remove_orphaned_temp_files(str(tmp_path)) == [name]
     assert os.listdir(tmp_path) == []
 
 

@@ -23,7 +23,6 @@ import zipfile
 import numpy as np
 
 from . import files
-from .files import remove_orphaned_temp_files  # noqa: F401  (part of this module's interface)
 
 FORMAT_VERSION = 1
 
