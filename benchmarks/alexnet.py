@@ -16,8 +16,9 @@ dependency; without it the column says so.
 
 After its timed steps, each tinynet training worker profiles one more step
 (tn.profile()): the table under the results gives ms per kind of work (GEMM,
-im2col, col2im, the conv layout passes, LRN, max-pool, ReLU, SGD, and the rest:
-Python glue and allocation), so the gap to the floor is visible.
+im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
+LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
+allocation), so the gap to the floor is visible.
 
 The floor: the GEMMs of one training step alone (the same matrix products the
 engine does, operands ready, timed in this run), and the engine's time as a
@@ -305,7 +306,7 @@ def summarise(result, batch):
 # a convolution's and a linear layer's own sections by theirs.
 PROFILE_GROUPS = [
     ("GEMM", ("GEMM",)), ("im2col", ("im2col",)), ("col2im", ("col2im",)),
-    ("conv transposes + bias", ("conv transposes + bias",)), ("LRN", ("LocalResponseNorm",)),
+    ("conv output pass", ("conv output pass",)), ("LRN", ("LocalResponseNorm",)),
     ("max-pool", ("MaxPool2d",)), ("ReLU", ("ReLU",)), ("dropout", ("Dropout",)),
     ("loss", ("CrossEntropy",)), ("SGD update", ("SGD update",)),
 ]
@@ -333,14 +334,17 @@ def profile_table(rows):
     names = list(profile_groups({}))
     lines = ["", "Where a training step's time goes (tn.profile(), one extra step after the timed ones; "
              "ms and share of the profiled step):", "",
-             "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together |",
-             "|---" * (len(names) + 3) + "|"]
+             "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
+             "| the same and the conv output pass (where the convolutions' ReLUs run) |",
+             "|---" * (len(names) + 4) + "|"]
     for r in rows:
         groups = profile_groups(r["tinynet"]["profile_ms"])
         total = sum(groups.values())
         cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
         rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
-        lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} |")
+        with_output = rest + groups["conv output pass"]
+        lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} "
+                     f"| {with_output / total:.0%} |")
     return lines
 
 

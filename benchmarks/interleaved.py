@@ -13,7 +13,7 @@ import statistics
 from benchmarks.alexnet import profile_groups, run_worker, summarise
 
 # the passes between the GEMMs, as profile_groups names them
-BETWEEN_GEMMS = ("im2col", "col2im", "conv transposes + bias", "LRN", "max-pool", "ReLU", "SGD update")
+BETWEEN_GEMMS = ("im2col", "col2im", "conv output pass", "LRN", "max-pool", "ReLU", "SGD update")
 
 
 def compare(settings, batches, pairs, repeat):

@@ -1,5 +1,6 @@
 // The CPU's compiled loops: im2col, col2im, max pooling and LRN, forward and
-// backward, for NCHW arrays in float32 and float64; and the SGD update.
+// backward, for NCHW arrays in float32 and float64; the convolution's output
+// pass (transpose, bias, ReLU) and its backward twin; and the SGD update.
 //
 // They compute exactly what tinynet/ops/cpu_kernels.py computes with NumPy,
 // operation for operation and in the same order, so the two give the same
@@ -284,6 +285,61 @@ static INLINE void lrn_backward(const T* x, const T* y, const T* scale, const T*
 }
 
 // ---------------------------------------------------------------------------
+// The convolution's output pass (tinynet/ops/conv.py).  The GEMM leaves a chunk
+// of n images filter-major, prod (O, n, P) with P = OH*OW; the layer's output is
+// image-major, y (n, O, P):
+//   y[i, o, p] = prod[o, i, p] + bias[o]     (a plain copy without a bias)
+// and, for a convolution followed by a ReLU, max(., 0) in the same visit, by
+// np.maximum's rule (a NaN stays).  Backward's twin turns the output gradient
+// gy (n, O, P) filter-major again, g (O, n, P), times the ReLU's mask:
+//   g[o, i, p] = gy[i, o, p] * (y[i, o, p] > 0)   (a plain copy without a ReLU)
+// Each works on the images [i0, i1) of the chunk; a row of P values is contiguous
+// on both sides.
+
+template <typename T, bool BIAS, bool RELU>
+static inline void output_row(T* __restrict__ dst, const T* __restrict__ src, T b, i64 P) {
+    for (i64 p = 0; p < P; ++p) {
+        T v = BIAS ? src[p] + b : src[p];
+        if (RELU) v = (v >= T(0) || v != v) ? v : T(0);
+        dst[p] = v;
+    }
+}
+
+template <typename T>
+static INLINE void conv_output(const T* prod, const T* bias, T* y, i64 O, i64 n, i64 P, i64 relu, i64 i0,
+                               i64 i1) {
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 o = 0; o < O; ++o) {
+            const T* src = prod + (o * n + i) * P;
+            T* dst = y + (i * O + o) * P;
+            if (bias && relu) output_row<T, true, true>(dst, src, bias[o], P);
+            else if (bias) output_row<T, true, false>(dst, src, bias[o], P);
+            else if (relu) output_row<T, false, true>(dst, src, T(0), P);
+            else output_row<T, false, false>(dst, src, T(0), P);
+        }
+}
+
+template <typename T>
+static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i64 P, i64 i0, i64 i1) {
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 o = 0; o < O; ++o) {
+            const T* __restrict__ src = gy + (i * O + o) * P;
+            T* __restrict__ dst = g + (o * n + i) * P;
+            if (y) {
+                const T* __restrict__ out = y + (i * O + o) * P;
+                // gy * (y > 0) as NumPy computes it, the mask a factor 1 or 0 (gy * 0 keeps the sign
+                // of zero, and is NaN for an infinite gy), written as a choice so that it is SIMD code
+                for (i64 p = 0; p < P; ++p) {
+                    const T g = src[p], zero = g * T(0);
+                    dst[p] = out[p] > T(0) ? g : zero;
+                }
+            } else {
+                for (i64 p = 0; p < P; ++p) dst[p] = src[p];
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------
 // The paper's SGD update, in place over flat arrays [i0, i1):
 //   v = m*v - (wd*lr)*w - lr*g;  w = w + v
 // rounded step by step as NumPy's four in-place passes round it (optim._update).
@@ -341,6 +397,14 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
                                           i64 C, i64 HW, i64 before, i64 after, double alpha,           \
                                           double beta, i64 n0, i64 n1) {                                \
         lrn_backward(x, y, scale, gy, gx, C, HW, before, after, alpha, beta, n0, n1);                   \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void conv_output_##SUFFIX(const T* prod, const T* bias, T* y, i64 O, i64 n, i64 P,   \
+                                                        i64 relu, i64 i0, i64 i1) {                     \
+        conv_output(prod, bias, y, O, n, P, relu, i0, i1);                                              \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void conv_grad_rows_##SUFFIX(const T* gy, const T* y, T* g, i64 O, i64 n, i64 P,     \
+                                                           i64 i0, i64 i1) {                            \
+        conv_grad_rows(gy, y, g, O, n, P, i0, i1);                                                      \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
                                                        double wd, i64 i0, i64 i1) {                     \

@@ -85,7 +85,7 @@ def test_conv2d_fast_matches_naive_forward_and_backward(path, g, with_bias):
     with conv_path(path):
         F.conv_workspace_peak(reset=True)
         y = F.conv2d(xt, wt, bt, s, p, g["groups"])
-        kept = len(y._creator.saved) == 3
+        kept = y._creator.saved[2] is not None
         assert np.allclose(y.data, conv2d_naive(x, w, b if with_bias else None, s, p, g["groups"]))
         gy = rng.standard_normal(y.shape)
         y.backward(gy)
@@ -110,6 +110,49 @@ def test_conv2d_gradcheck_float64(path, g):
     s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
     with conv_path(path):
         gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"]), [x, w, b], max_checks=60)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(conv_geometry(), st.booleans(), st.booleans())
+def test_conv2d_with_relu_matches_the_naive_twins(path, g, with_bias, input_grad):
+    """F.conv2d(relu=True), the ReLU done in the convolution's output pass, against the naive
+    convolution followed by the naive ReLU; gradients by the naive backward of the convolution
+    fed the gradient the ReLU lets through.  Shifted biases put some outputs below zero."""
+    from tinynet.ops.activation import relu_naive
+
+    rng = np.random.default_rng(3)
+    x, w, b = make(g, rng)
+    b = b - 0.5
+    s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
+    xt, wt = tn.tensor(x, requires_grad=input_grad), tn.tensor(w, requires_grad=True)
+    bt = tn.tensor(b, requires_grad=True) if with_bias else None
+    with conv_path(path):
+        y = F.conv2d(xt, wt, bt, s, p, g["groups"], relu=True)
+        gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+    pre = conv2d_naive(x, w, b if with_bias else None, s, p, g["groups"])
+    assert np.allclose(y.data, relu_naive(pre))
+    gx, gw, gb = conv2d_backward_naive(x, w, gy * (pre > 0), s, p, g["groups"])
+    assert np.allclose(wt.grad, gw)
+    assert np.allclose(xt.grad, gx) if input_grad else xt.grad is None
+    if with_bias:
+        assert np.allclose(bt.grad, gb)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(conv_geometry())
+def test_conv2d_with_relu_gradcheck_float64(path, g):
+    rng = np.random.default_rng(4)
+    x, w, b = make(g, rng)
+    s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
+    with conv_path(path):
+        gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"], relu=True), [x, w, b], max_checks=60)
+
+
+def test_conv2d_relu_must_be_a_bool():
+    x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3))
+    with pytest.raises(TypeError, match="conv2d: relu must be True or False, got 'yes'"):
+        F.conv2d(x, w, relu="yes")
 
 
 def test_conv2d_float32_against_float64(rng):
@@ -189,7 +232,7 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
     def run():
         xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
         y = F.conv2d(xt, wt, padding=1, groups=2)
-        saved = len(y._creator.saved)
+        saved = y._creator.saved[2] is not None  # the columns, kept from forward
         y.backward(gy)
         return saved, xt.grad, wt.grad
 
@@ -198,7 +241,7 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
         saved, gx, gw = run()
     finally:
         F.set_conv_keep_columns(old)
-    assert saved == (3 if keep else 2)  # x, weight (+ the columns when kept)
+    assert saved == bool(keep)
     ref_gx, ref_gw, _ = conv2d_backward_naive(x, w, gy, (1, 1), (1, 1), 2)
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-12, atol=1e-12)
@@ -222,7 +265,7 @@ def held_after_a_step(x, w, workspace, keep=64 * 2**20):
         F.conv_workspace_peak(reset=True)
         xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
         y = F.conv2d(xt, wt)
-        kept = len(y._creator.saved) == 3
+        kept = y._creator.saved[2] is not None
         y.backward(np.ones(y.shape))
         np.testing.assert_allclose(xt.grad, conv2d_backward_naive(x, w, np.ones(y.shape))[0], rtol=1e-12)
         del y, xt, wt

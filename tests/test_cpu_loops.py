@@ -100,6 +100,30 @@ def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
                      cpu_kernels.maxpool_backward(x, y, gy, kh, kw, sh, sw))
 
 
+@given(st.integers(0, 4), st.integers(1, 6), st.integers(1, 40), st.booleans(), st.booleans(), DTYPES,
+       st.integers(0, 2**31))
+def test_conv_output_pass_gives_the_numpy_bits_with_zeros_infinities_and_nan(n, o, p, bias, relu, dtype, seed):
+    """The convolution's output pass (transpose, bias, ReLU) and its backward twin (transpose,
+    ReLU mask): values on a few levels, so that exact zeros reach the ReLU, and NaN and
+    infinities, whose rules (np.maximum keeps a NaN; inf * 0 is NaN) must carry over."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, np.inf, -np.inf, np.nan], dtype)
+    prod = rng.choice(levels, (o, n, p))
+    b = rng.choice(levels[:5], o) if bias else None
+    out = np.full((n, o, p), 7.0, dtype)
+    want = cpu_kernels.conv_output(prod, b, relu, np.full((n, o, p), 5.0, dtype))
+    assert cpu_loops.conv_output(prod, b, relu, out) is out and same_bits(out, want)
+    gy = rng.choice(levels, (n, o, p))
+    for y in (None, out):
+        rows = np.full((o, n, p), 7.0, dtype)
+        with np.errstate(invalid="ignore"):  # inf * 0
+            assert cpu_loops.conv_grad_rows(gy, y, rows) is rows
+            assert same_bits(rows, cpu_kernels.conv_grad_rows(gy, y, np.empty((o, n, p), dtype)))
+    if relu:  # the fused pass is the ReLU op's arithmetic
+        t = np.transpose(prod, (1, 0, 2)) + (0 if b is None else b[None, :, None])
+        assert same_bits(out, np.maximum(t, 0).astype(dtype))
+
+
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES,
        st.sampled_from([0.75, 0.5, 1.0]), st.integers(0, 2**31))
 def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):

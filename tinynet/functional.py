@@ -170,7 +170,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
 # ----------------------------------------------------------------------------
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
     """2-D convolution (cross-correlation, as every framework) by im2col + GEMM.
 
     x: (N, C, H, W) images (N images, C input channels, H x W pixels);
@@ -182,6 +182,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     ``groups`` splits channels and filters into independent blocks: filters
     [g*O/G, (g+1)*O/G) see only channels [g*C/G, (g+1)*C/G) (AlexNet's conv2,
     conv4, conv5 use 2: one per tower).  Naive twin: tinynet.ops.conv.conv2d_naive.
+    ``relu=True`` returns relu(conv2d(...)): the same numbers, the ReLU done in
+    the pass that writes the convolution's output (see ops/conv.py), not in a
+    pass of its own.
     """
     fn = "conv2d"
     x = _as_tensor(fn, "x", x, ndim=4)
@@ -193,6 +196,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     p = _pair(fn, "padding", padding, 0)
     if not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"{fn}: relu must be True or False, got {relu!r}")
     N, C, H, W = x.shape
     O, Cg, KH, KW = weight.shape
     if C % groups:
@@ -208,7 +213,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
         raise ValueError(f"{fn}: bias must have shape ({O},), got {bias.shape}")
     _check_window(fn, x.shape, (KH, KW), s, p)
     args = (x, weight) if bias is None else (x, weight, bias)
-    return conv.Conv2d.apply(*args, stride=s, padding=p, groups=int(groups))
+    return conv.Conv2d.apply(*args, stride=s, padding=p, groups=int(groups), relu=bool(relu))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):

@@ -217,8 +217,9 @@ class Conv2d(Module):
         self.weight = Parameter(_uniform_init((out_channels, in_channels // groups, kh, kw), fan_in, dtype, rng))
         self.bias = Parameter(_uniform_init((out_channels,), fan_in, dtype, rng)) if bias else None
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+    def forward(self, x, relu=False):
+        """``relu=True``: relu(conv(x)) in one op (F.conv2d's ``relu``)."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups, relu=relu)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

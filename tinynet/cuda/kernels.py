@@ -19,6 +19,8 @@ import numpy as np
 
 from ..backend import cupy_or_none
 from ..cbuild import kernel_path
+# The convolution's output pass is elementwise: the same CuPy calls as NumPy's (one kernel each)
+from ..ops.cpu_kernels import conv_grad_rows, conv_output  # noqa: F401
 
 _modules = {}
 THREADS = 256  # threads per block of every launch

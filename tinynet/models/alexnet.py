@@ -132,14 +132,14 @@ class AlexNet(nn.Module):
         """x: (N, 3, 227, 227) -> (N, 256, 6, 6).  Comments give the towers."""
         act = self.act
         # conv1: both towers see the whole image; tower t holds filters [48t : 48t+48]
-        x = self._pool(self._lrn(act(self.conv1(x))))      # (N, 96, 27, 27)
+        x = self._pool(self._lrn(conv_act(act, self.conv1, x)))   # (N, 96, 27, 27)
         # conv2: groups=2, each tower's 128 filters read only its own 48 channels
-        x = self._pool(self._lrn(act(self.conv2(x))))      # (N, 256, 13, 13)
+        x = self._pool(self._lrn(conv_act(act, self.conv2, x)))   # (N, 256, 13, 13)
         # conv3: the towers cross; each of the 384 filters reads all 256 channels
-        x = act(self.conv3(x))                             # (N, 384, 13, 13)
+        x = conv_act(act, self.conv3, x)                          # (N, 384, 13, 13)
         # conv4, conv5: groups=2 again, each tower on its own 192 channels
-        x = act(self.conv4(x))                             # (N, 384, 13, 13)
-        x = self._pool(act(self.conv5(x)))                 # (N, 256, 6, 6)
+        x = conv_act(act, self.conv4, x)                          # (N, 384, 13, 13)
+        x = self._pool(conv_act(act, self.conv5, x))              # (N, 256, 6, 6)
         return x
 
     def classifier(self, x):
@@ -159,6 +159,15 @@ class AlexNet(nn.Module):
                 "(256, 6, 6), i.e. a 227x227 input (224 gives 54x54 after conv1, not 55x55)"
             )
         return self.classifier(F.flatten(x))
+
+
+def conv_act(act, conv, x):
+    """act(conv(x)).  A ReLU is done by the convolution itself, in the pass that
+    writes its output (``F.conv2d(relu=True)``, ops/conv.py): the same numbers as
+    F.relu(conv(x)), two passes over the activations fewer each way."""
+    if act is F.relu:
+        return conv(x, relu=True)
+    return act(conv(x))
 
 
 def he_weight_std(model, last="fc8", last_std=0.01):

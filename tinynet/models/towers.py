@@ -33,7 +33,7 @@ from .. import nn
 from ..autograd import Function
 from ..backend import Device, copy_to_device, on_device
 from ..ops.math import concat
-from .alexnet import CONV_LAYERS, AlexNet
+from .alexnet import CONV_LAYERS, AlexNet, conv_act
 
 
 class Traffic:
@@ -198,12 +198,12 @@ class TwoTowerAlexNet(nn.Module):
             x = Tensor(x)
         # the image goes to both towers (input, not cross-tower traffic)
         a = [x.to(self.devices[0]), x.to(self.devices[1])]
-        a = self._per_tower(lambda T, v, t: pool(lrn(act(T.conv1(v)))), a)        # (N, 48, 27, 27) each
-        a = self._per_tower(lambda T, v, t: pool(lrn(act(T.conv2(v)))), a)        # (N, 128, 13, 13)
+        a = self._per_tower(lambda T, v, t: pool(lrn(conv_act(act, T.conv1, v))), a)  # (N, 48, 27, 27) each
+        a = self._per_tower(lambda T, v, t: pool(lrn(conv_act(act, T.conv2, v))), a)  # (N, 128, 13, 13)
         a = self._both_halves(a, "conv3")                                         # (N, 256, 13, 13) each
-        a = self._per_tower(lambda T, v, t: act(T.conv3(v)), a)                   # (N, 192, 13, 13)
-        a = self._per_tower(lambda T, v, t: act(T.conv4(v)), a)                   # (N, 192, 13, 13)
-        a = self._per_tower(lambda T, v, t: F.flatten(pool(act(T.conv5(v)))), a)  # (N, 128*36)
+        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv3, v), a)  # (N, 192, 13, 13)
+        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv4, v), a)  # (N, 192, 13, 13)
+        a = self._per_tower(lambda T, v, t: F.flatten(pool(conv_act(act, T.conv5, v))), a)  # (N, 128*36)
         a = self._both_halves(a, "fc6")                                           # (N, 9216) each
         a = self._dropout(self._per_tower(lambda T, v, t: act(T.fc6(v)), a))      # (N, 2048)
         a = self._both_halves(a, "fc7")

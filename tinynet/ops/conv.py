@@ -191,18 +191,30 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), out=None):
 
 
 class Conv2d(Function):
-    """y = conv(x, weight) + bias through im2col + GEMM, the batch in chunks.
+    """y = conv(x, weight) + bias through im2col + GEMM, the batch in chunks;
+    with ``relu=True``, y = max(conv(x, weight) + bias, 0).
 
     x: (N, C, H, W); weight: (O, C/G, KH, KW); bias: (O,) or absent;
     y: (N, O, OH, OW).
-    Saves x and weight.  Backward rebuilds the columns chunk by chunk (memory
-    over time, as Caffe), except when the whole batch's columns fit the keep
-    cap (``set_conv_keep_columns``) and backward's whole-batch pass fits the
-    workspace: then forward's are kept.
+    Saves (x, weight, the columns or None, y or None).  Backward rebuilds the
+    columns chunk by chunk (memory over time, as Caffe), except when the whole
+    batch's columns fit the keep cap (``set_conv_keep_columns``) and backward's
+    whole-batch pass fits the workspace: then forward's are kept.
+
+    The output pass.  The GEMM leaves each chunk filter-major, (O, n, OH*OW);
+    the layer returns image-major (n, O, OH*OW).  One pass over memory turns
+    the one into the other and adds the bias on the way (``conv_output``); a
+    ReLU after the convolution is one comparison more in that same pass,
+    instead of a pass of its own.  Backward mirrors it: the pass that turns
+    the output gradient filter-major again (``conv_grad_rows``) multiplies it
+    by the ReLU's mask (y > 0) on the way.  The numbers are those of
+    ``F.relu(F.conv2d(...))``; what is saved is two passes over the
+    activations (read and write) in forward and two in backward.
     """
 
-    def forward(self, x, weight, *bias, stride=(1, 1), padding=(0, 0), groups=1):
+    def forward(self, x, weight, *bias, stride=(1, 1), padding=(0, 0), groups=1, relu=False):
         xp = get_array_module(x)
+        kernels = kernels_for(x)
         N, C, H, W = x.shape
         O, Cg, KH, KW = weight.shape
         G = groups
@@ -210,29 +222,27 @@ class Conv2d(Function):
         OW = conv_output_size(W, KW, stride[1], padding[1])
         self.geometry = (KH, KW, stride, padding, G, OH, OW)
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
-        self.has_bias = bool(bias)
-        self.save_for_backward(x, weight)
+        self.has_bias, self.relu = bool(bias), relu
         # keep the columns for backward if backward will come and its whole-batch pass fits
         keep = is_grad_enabled() and any(self.needs_input_grad) and self._can_keep_columns(N)
         self.kept_columns = keep  # for describe(): backward reuses them, or rebuilds them
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
+        kept = None
         for n0, n1, cols, prod in self._chunks(x, {"gemm_output": O}, keep=keep):
             if keep:
-                self.save_for_backward(x, weight, cols)
+                kept = cols
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
             prod = prod.reshape(G, O // G, n * OH * OW)
             with section("GEMM"):
                 xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
-            # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias in the same pass
-            prod = prod.reshape(O, n, OH * OW).transpose(1, 0, 2)
-            with section("conv transposes + bias"):
-                if bias:
-                    xp.add(prod, bias[0][None, :, None], out=y[n0:n1])
-                else:
-                    y[n0:n1] = prod
+            # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias (and the ReLU) in the same pass
+            with section("conv output pass (transpose, bias, ReLU)"):
+                kernels.conv_output(prod.reshape(O, n, OH * OW), bias[0] if bias else None, relu, y[n0:n1])
+        # the ReLU's mask for backward is y > 0: y itself is kept (it is the next layer's input anyway)
+        self.save_for_backward(x, weight, kept, y if relu else None)
         return y.reshape(N, O, OH, OW)
 
     def _can_keep_columns(self, N):
@@ -265,7 +275,7 @@ class Conv2d(Function):
         def bytes_of(n):  # each role's bytes for a chunk of n images
             return {role: rows * n * image_bytes for role, rows in roles.items()}
 
-        kept = self.saved[2] if len(self.saved) == 3 else None
+        kept = self.saved[2] if self.saved else None
         if keep or kept is not None:
             _note_pass({"kept_columns": col_rows * N * image_bytes, **bytes_of(N)})
             if kept is not None:
@@ -314,25 +324,32 @@ class Conv2d(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        x, weight = self.saved[:2]
+        kernels = kernels_for(gy)
+        x, weight, _, y = self.saved
         KH, KW, stride, padding, G, OH, OW = self.geometry
         N, C, H, W = x.shape
         O, Cg = weight.shape[:2]
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_b = self.has_bias and self.needs_input_grad[2]
         gy = gy.reshape(N, O, OH * OW)
+        if y is not None:
+            y = y.reshape(N, O, OH * OW)
 
         gx = xp.empty_like(x) if need_x else None
-        gw = None
+        gw = gb = None
         if need_w:  # written by the first chunk's GEMM; an empty batch has none: zeros
             gw = (xp.empty if N else xp.zeros)((G, O // G, Cg * KH * KW), dtype=weight.dtype)
+        if need_b:  # the sum of every chunk's gradient rows
+            gb = xp.zeros(O, dtype=weight.dtype)
         w_groups_t = weight.reshape(G, O // G, Cg * KH * KW).transpose(0, 2, 1)
         roles = {"gemm_output": O, "column_grad": C * KH * KW} if need_x else {"gemm_output": O}
         for n0, n1, cols, g_rows, *gcols in self._chunks(x, roles):
             n = n1 - n0
-            # gradient rows per filter: (n, O, OH*OW) -> (G, O/G, n*OH*OW)
-            g_rows = g_rows.reshape(O, n, OH * OW)
-            with section("conv transposes + bias"):
-                g_rows[...] = gy[n0:n1].transpose(1, 0, 2)
+            # gradient rows per filter: (n, O, OH*OW) -> (O, n, OH*OW), times the ReLU's mask
+            with section("conv output pass (transpose, bias, ReLU)"):
+                kernels.conv_grad_rows(gy[n0:n1], None if y is None else y[n0:n1], g_rows.reshape(O, n, OH * OW))
+                if need_b:  # each filter's bias gradient: the sum of its row
+                    gb += g_rows.sum(axis=1)
             g_rows = g_rows.reshape(G, O // G, n * OH * OW)
             if need_w:
                 # (G, O/G, C/G*KH*KW) += (G, O/G, n*OH*OW) @ (G, n*OH*OW, C/G*KH*KW)
@@ -352,8 +369,7 @@ class Conv2d(Function):
                            padding, out=gx[n0:n1])
         grads = [gx, gw.reshape(weight.shape) if need_w else None]
         if self.has_bias:
-            with section("conv transposes + bias"):
-                grads.append(gy.sum(axis=(0, 2)) if self.needs_input_grad[2] else None)
+            grads.append(gb)
         return tuple(grads)
 
 

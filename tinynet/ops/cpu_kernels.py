@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from ..backend import get_array_module
+
 # ----------------------------------------------------------------------------
 # Threads for memory-bound passes
 # ----------------------------------------------------------------------------
@@ -328,6 +330,62 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
 
     parallel_chunks(run, N, 6 * _image_bytes(x))
     return gx
+
+
+# ----------------------------------------------------------------------------
+# The convolution's output pass (ops/conv.py)
+# ----------------------------------------------------------------------------
+
+
+def conv_output(prod, bias, relu, out):
+    """out[i, o, p] = prod[o, i, p] + bias[o], then max(., 0) if ``relu``.
+
+    prod: (O, n, P), a chunk's GEMM result (filter-major); bias: (O,), or None
+    for a plain copy; out: (n, O, P), the layer's output (image-major).  The
+    ReLU is np.maximum(., 0), as ``ops.activation.ReLU`` computes it.  NumPy
+    or CuPy arrays (the GPU runs these same lines); returns out."""
+    xp = get_array_module(prod)
+
+    def run(i0, i1):
+        src, dst = prod[:, i0:i1].transpose(1, 0, 2), out[i0:i1]
+        if bias is None:
+            dst[...] = src
+        else:
+            xp.add(src, bias[None, :, None], out=dst)
+        if relu:
+            xp.maximum(dst, 0, out=dst)
+
+    _over_images(xp, run, out)
+    return out
+
+
+def conv_grad_rows(gy, y, out):
+    """out[o, i, p] = gy[i, o, p], times (y[i, o, p] > 0) when ``y`` is given.
+
+    gy: (n, O, P), the gradient of the layer's output; y: that output (n, O, P)
+    when a ReLU was applied in ``conv_output`` (its mask, as
+    ``ops.activation.ReLU.backward`` computes it), else None; out: (O, n, P),
+    the gradient rows the backward GEMMs read.  Returns out."""
+    xp = get_array_module(gy)
+
+    def run(i0, i1):
+        src, dst = gy[i0:i1].transpose(1, 0, 2), out[:, i0:i1]
+        if y is None:
+            dst[...] = src
+        else:
+            xp.multiply(src, y[i0:i1].transpose(1, 0, 2) > 0, out=dst)
+
+    _over_images(xp, run, gy)
+    return out
+
+
+def _over_images(xp, run, images):
+    """run(i0, i1) over the images of ``images`` (n, ...): in pieces on the thread pool
+    for NumPy arrays; in one call on a GPU, where each NumPy-like call is one kernel."""
+    if xp is np:
+        parallel_chunks(run, images.shape[0], 2 * _image_bytes(images))
+    else:
+        run(0, images.shape[0])
 
 
 # ----------------------------------------------------------------------------

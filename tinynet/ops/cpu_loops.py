@@ -2,13 +2,13 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward, sgd_update.  The NumPy versions are the ones to read first; this
-module exists for speed.  A NumPy call is one pass over memory, so the
-paper's LRN takes about ten passes over the activations and a 3x3 max-pool
-nine; a compiled loop visits each output once, while its inputs are in the
-cache.  (On AlexNet at batch 32: col2im and LRN in 0.35-0.6 of NumPy's time,
-max-pool 0.45-0.85, im2col, which mostly writes memory, 0.8-0.95; measured by
-``benchmarks/cpu_loops.py``.)
+lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update.  The
+NumPy versions are the ones to read first; this module exists for speed.  A
+NumPy call is one pass over memory, so the paper's LRN takes about ten passes
+over the activations and a 3x3 max-pool nine; a compiled loop visits each
+output once, while its inputs are in the cache.  (On AlexNet at batch 32:
+col2im and LRN in 0.35-0.6 of NumPy's time, max-pool 0.45-0.85, im2col,
+which mostly writes memory, 0.8-0.95; measured by ``benchmarks/cpu_loops.py``.)
 
 Which loops the CPU uses is a setting (``tinynet.set_cpu_loops``, or the
 environment variable ``TINYNET_CPU_LOOPS``):
@@ -38,7 +38,11 @@ from .cpu_kernels import _image_bytes
 
 FLAGS = ["-std=c++17", "-O3", "-shared", "-fPIC", "-Wall", "-Wextra",
          "-ffp-contract=off",  # no fused multiply-adds: every operation rounds as NumPy's does
-         "-fno-math-errno"]  # sqrt need not set errno: lets the compiler use SIMD square roots
+         "-fno-math-errno",  # sqrt need not set errno: lets the compiler use SIMD square roots
+         # no floating-point traps (tinynet never enables them): a comparison may run on every
+         # element of a row, so that a choice such as the ReLU's mask is SIMD code; the values
+         # are unchanged (that would take -ffast-math's other flags)
+         "-fno-trapping-math"]
 CHOICES = ("compiled", "numpy")
 
 _state = {"choice": None, "library": None, "failure": None, "warned": False}
@@ -53,6 +57,8 @@ _SIGNATURES = {
     "lrn_forward": [_ptr] * 3 + [_i64] * 4 + [_dbl] * 3 + [_i64] * 2,
     "lrn_backward": [_ptr] * 5 + [_i64] * 4 + [_dbl] * 2 + [_i64] * 2,
     "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
+    "conv_output": [_ptr] * 3 + [_i64] * 6,
+    "conv_grad_rows": [_ptr] * 3 + [_i64] * 5,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -255,6 +261,40 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
 
     cpu_kernels.parallel_chunks(run, N, 6 * _image_bytes(x))
     return gx
+
+
+def conv_output(prod, bias, relu, out):
+    """prod (O, n, P) -> out (n, O, P), plus the bias, then the ReLU if asked; see
+    cpu_kernels.conv_output."""
+    arrays = (prod, out) if bias is None else (prod, out, bias)
+    if not _compiled(*arrays) or not (prod.flags.c_contiguous and out.flags.c_contiguous):
+        return cpu_kernels.conv_output(prod, bias, relu, out)
+    bias = None if bias is None else _c(bias)
+    O, n, P = prod.shape
+    fn = _function("conv_output", prod.dtype)
+
+    def run(i0, i1):
+        fn(prod.ctypes.data, None if bias is None else bias.ctypes.data, out.ctypes.data, O, n, P,
+           int(bool(relu)), i0, i1)
+
+    cpu_kernels.parallel_chunks(run, n, 2 * O * P * prod.itemsize)
+    return out
+
+
+def conv_grad_rows(gy, y, out):
+    """gy (n, O, P) -> out (O, n, P), times the ReLU's mask (y > 0) if y is given; see
+    cpu_kernels.conv_grad_rows."""
+    arrays = (gy, out) if y is None else (gy, out, y)
+    if not _compiled(*arrays) or not all(a.flags.c_contiguous for a in arrays):
+        return cpu_kernels.conv_grad_rows(gy, y, out)
+    n, O, P = gy.shape
+    fn = _function("conv_grad_rows", gy.dtype)
+
+    def run(i0, i1):
+        fn(gy.ctypes.data, None if y is None else y.ctypes.data, out.ctypes.data, O, n, P, i0, i1)
+
+    cpu_kernels.parallel_chunks(run, n, (2 if y is None else 3) * O * P * gy.itemsize)
+    return out
 
 
 def sgd_update(w, g, v, lr, m, wd):
