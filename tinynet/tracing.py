@@ -107,6 +107,8 @@ def describe_forward(info):
                          f"-> y {format_shape(info['output'])}")
         else:
             lines.append(f"GEMM    {product} -> y {format_shape(info['output'])}")
+        if info.get("relu"):
+            lines.append("ReLU    max(y, 0), in the pass that writes y (F.conv2d(relu=True))")
         lines.append(f"cost    {_cost(info['macs'])}")
         return lines
     if kind == "linear":

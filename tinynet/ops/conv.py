@@ -309,6 +309,7 @@ class Conv2d(Function):
                           in chunks of images, see set_conv_workspace)
             columns_kept  True if forward kept the columns for backward (they fit
                           set_conv_keep_columns), False if backward rebuilds them
+            relu          True if the ReLU after the convolution ran in its output pass
         """
         (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
         _, _, stride, padding, G, OH, OW = self.geometry
@@ -320,6 +321,7 @@ class Conv2d(Function):
             "macs": G * (O // G) * K * P, "col_bytes": C * KH * KW * P * itemsize,
             "needs_input_grad": self.needs_input_grad,
             "columns_kept": getattr(self, "kept_columns", False),
+            "relu": getattr(self, "relu", False),
         }
 
     def backward(self, gy):
