@@ -102,14 +102,16 @@ def test_conv2d_fast_matches_naive_forward_and_backward(path, g, with_bias):
         assert np.allclose(bt.grad, gb)
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv+relu"])
 @pytest.mark.parametrize("path", PATHS)
 @given(conv_geometry())
-def test_conv2d_gradcheck_float64(path, g):
-    rng = np.random.default_rng(2)
+def test_conv2d_gradcheck_float64(path, relu, g):
+    """Also with the ReLU in the convolution's output pass (``relu=True``)."""
+    rng = np.random.default_rng(4 if relu else 2)
     x, w, b = make(g, rng)
     s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
     with conv_path(path):
-        gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"]), [x, w, b], max_checks=60)
+        gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"], relu=relu), [x, w, b], max_checks=60)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -137,16 +139,6 @@ def test_conv2d_with_relu_matches_the_naive_twins(path, g, with_bias, input_grad
     assert np.allclose(xt.grad, gx) if input_grad else xt.grad is None
     if with_bias:
         assert np.allclose(bt.grad, gb)
-
-
-@pytest.mark.parametrize("path", PATHS)
-@given(conv_geometry())
-def test_conv2d_with_relu_gradcheck_float64(path, g):
-    rng = np.random.default_rng(4)
-    x, w, b = make(g, rng)
-    s, p = (g["sh"], g["sw"]), (g["ph"], g["pw"])
-    with conv_path(path):
-        gradcheck(lambda x, w, b: F.conv2d(x, w, b, s, p, g["groups"], relu=True), [x, w, b], max_checks=60)
 
 
 def test_conv2d_relu_must_be_a_bool():

@@ -201,8 +201,8 @@ class TwoTowerAlexNet(nn.Module):
         a = self._per_tower(lambda T, v, t: pool(lrn(conv_act(act, T.conv1, v))), a)  # (N, 48, 27, 27) each
         a = self._per_tower(lambda T, v, t: pool(lrn(conv_act(act, T.conv2, v))), a)  # (N, 128, 13, 13)
         a = self._both_halves(a, "conv3")                                         # (N, 256, 13, 13) each
-        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv3, v), a)  # (N, 192, 13, 13)
-        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv4, v), a)  # (N, 192, 13, 13)
+        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv3, v), a)         # (N, 192, 13, 13)
+        a = self._per_tower(lambda T, v, t: conv_act(act, T.conv4, v), a)         # (N, 192, 13, 13)
         a = self._per_tower(lambda T, v, t: F.flatten(pool(conv_act(act, T.conv5, v))), a)  # (N, 128*36)
         a = self._both_halves(a, "fc6")                                           # (N, 9216) each
         a = self._dropout(self._per_tower(lambda T, v, t: act(T.fc6(v)), a))      # (N, 2048)
