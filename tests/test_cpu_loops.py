@@ -62,6 +62,23 @@ def test_im2col_and_col2im_fill_the_buffers_they_are_given(g, dtype):
     assert same_bits(gx, cpu_kernels.col2im(cols, x.shape, *args))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n, hw, dtype", [(5, 160, np.float32), (3, 190, np.float64), (4, 260, np.float32)])
+def test_im2col_of_large_images_in_blocks_and_runs_per_thread_gives_the_numpy_bits(threads, n, hw, dtype):
+    # the compiled im2col reads the images in blocks whose channel planes fit in 256 KB: two
+    # 100 KB planes a block and a last block of one (160 px, float32), or one image a block
+    # (190 px float64, 260 px float32); each thread takes one run of the batch's images
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 2, hw, hw)).astype(dtype)
+    old = cpu_kernels.get_num_threads()
+    cpu_kernels.set_num_threads(threads)
+    try:
+        for args in ((3, 3, (1, 1), (1, 1)), (5, 4, (2, 3), (0, 2))):
+            assert same_bits(cpu_loops.im2col(x, *args), cpu_kernels.im2col(x, *args))
+    finally:
+        cpu_kernels.set_num_threads(old)
+
+
 def test_strided_views_and_non_contiguous_buffers_are_handled():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 9, 9))[:, ::2]          # every other channel: not contiguous

@@ -57,7 +57,8 @@ def set_chunk_bytes(nbytes):
     """Working set of one piece of a parallel pass, in bytes (default 2 MiB,
     about one core's share of the cache).  Returns the previous value.  At
     1 byte every image is its own piece: tests use that to run even tiny
-    batches on several threads."""
+    batches on several threads.  The compiled im2col does not use it: it
+    gives each thread one run of images (see ops.cpu_loops.im2col)."""
     if not isinstance(nbytes, int) or nbytes < 1:
         raise ValueError(f"set_chunk_bytes: nbytes must be a positive int, got {nbytes!r}")
     old, _pool["chunk_bytes"] = _pool["chunk_bytes"], nbytes

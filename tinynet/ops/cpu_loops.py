@@ -163,7 +163,11 @@ def im2col(x, kh, kw, stride, padding, out=None):
     def run(n0, n1):
         fn(x.ctypes.data, cols.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1)
 
-    cpu_kernels.parallel_chunks(run, N, C * kh * kw * OH * OW * x.itemsize)
+    # one run of images per thread: each row of cols is then written in long runs, and no two
+    # threads write the same cache line (a piece per image would share a line at every row's
+    # image boundary: 2,304 rows per image in conv3); the loop keeps its rereads in cache itself
+    per_image = C * kh * kw * OH * OW * x.itemsize
+    cpu_kernels.parallel_chunks(run, N, per_image, target_bytes=per_image * -(-N // cpu_kernels.get_num_threads()))
     if out is not None and target is None:
         out[...] = cols
         return out
