@@ -64,8 +64,8 @@ class SGD:
             w, g = p.data, p.grad
             with device_guard(p.device):  # each update runs on its parameter's device
                 if not is_gpu_array(w) and w.size > 1 << 20 and w.flags.c_contiguous:
-                    # big layers (fc6: 38M weights): the CPU's loops run the update on
-                    # cache-sized pieces in parallel; same arithmetic, same result.  Only
+                    # big layers (fc6: 38M weights): the CPU's loops run the update in
+                    # pieces in parallel; same arithmetic, same result.  Only
                     # for a C-contiguous weight: reshape(-1) of any other layout is a
                     # copy, and an update of a copy would be lost
                     g = np.ascontiguousarray(g).reshape(-1)  # a copy only if g is not contiguous

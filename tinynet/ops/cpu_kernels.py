@@ -97,6 +97,15 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
         future.result()  # re-raises the first failed piece's exception
 
 
+def parallel_runs(fn, n):
+    """Call ``fn(i0, i1)`` over [0, n) cut into one run per thread, for passes
+    that stream through memory and reuse nothing in the cache (im2col's
+    writes, the convolution's output pass, the SGD update): long runs are faster there than cache-sized
+    pieces, which cost a hand-off each and share a cache line between two
+    threads wherever a piece's output ends mid-line."""
+    parallel_chunks(fn, n, 1, target_bytes=-(-n // get_num_threads()))
+
+
 def _image_bytes(x):
     """Bytes of one item along the batch axis of x (N, ...); also for N = 0."""
     return x.itemsize * int(np.prod(x.shape[1:]))

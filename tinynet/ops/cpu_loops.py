@@ -166,8 +166,7 @@ def im2col(x, kh, kw, stride, padding, out=None):
     # one run of images per thread: each row of cols is then written in long runs, and no two
     # threads write the same cache line (a piece per image would share a line at every row's
     # image boundary: 2,304 rows per image in conv3); the loop keeps its rereads in cache itself
-    per_image = C * kh * kw * OH * OW * x.itemsize
-    cpu_kernels.parallel_chunks(run, N, per_image, target_bytes=per_image * -(-N // cpu_kernels.get_num_threads()))
+    cpu_kernels.parallel_runs(run, N)
     if out is not None and target is None:
         out[...] = cols
         return out
@@ -281,7 +280,7 @@ def conv_output(prod, bias, relu, out):
         fn(prod.ctypes.data, None if bias is None else bias.ctypes.data, out.ctypes.data, O, n, P,
            int(bool(relu)), i0, i1)
 
-    cpu_kernels.parallel_chunks(run, n, 2 * O * P * prod.itemsize)
+    cpu_kernels.parallel_runs(run, n)  # a transpose: streams, reuses nothing
     return out
 
 
@@ -297,7 +296,7 @@ def conv_grad_rows(gy, y, out):
     def run(i0, i1):
         fn(gy.ctypes.data, None if y is None else y.ctypes.data, out.ctypes.data, O, n, P, i0, i1)
 
-    cpu_kernels.parallel_chunks(run, n, (2 if y is None else 3) * O * P * gy.itemsize)
+    cpu_kernels.parallel_runs(run, n)  # a transpose: streams, reuses nothing
     return out
 
 
@@ -310,4 +309,4 @@ def sgd_update(w, g, v, lr, m, wd):
     def run(i0, i1):
         fn(w.ctypes.data, g.ctypes.data, v.ctypes.data, lr, m, wd, i0, i1)
 
-    cpu_kernels.parallel_chunks(run, w.size, w.itemsize * 3, target_bytes=1 << 20)
+    cpu_kernels.parallel_runs(run, w.size)
