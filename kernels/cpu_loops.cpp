@@ -74,10 +74,21 @@ static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 K
                     i64 oy_lo, oy_hi, ox_lo, ox_hi;
                     inside(H, OH, SH, PH, ky, oy_lo, oy_hi);
                     inside(W, OW, SW, PW, kx, ox_lo, ox_hi);
+                    // with a stride over 1, row kx is row kx - SW moved one window to the left:
+                    // a contiguous copy of what was just written, instead of a strided read
+                    const T* earlier = SW > 1 && kx >= SW ? row - SW * ncols : nullptr;
                     for (i64 n = b0; n < b1; ++n) {
                         const T* image = x + (n * C + c) * H * W;
                         for (i64 oy = 0; oy < OH; ++oy) {
                             T* dst = row + (n * OH + oy) * OW;
+                            if (earlier && OW > 1) {
+                                const T* prev = earlier + (n * OH + oy) * OW;
+                                copy_row<T, 1>(dst, prev + 1, 0, OW - 1, 1);
+                                // the last window: its pixel, or padding
+                                const i64 ix = (OW - 1) * SW - PW + kx, iy = oy * SH - PH + ky;
+                                dst[OW - 1] = (ix >= 0 && ix < W && iy >= 0 && iy < H) ? image[iy * W + ix] : T(0);
+                                continue;
+                            }
                             if (oy < oy_lo || oy >= oy_hi) {  // this row of windows reads padding only
                                 for (i64 ox = 0; ox < OW; ++ox) dst[ox] = T(0);
                                 continue;
