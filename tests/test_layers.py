@@ -34,6 +34,26 @@ def test_linear_gradcheck(n, fin, fout, bias):
         gradcheck(F.linear, [x, w])
 
 
+@given(st.integers(1, 6), st.integers(1, 7), st.integers(1, 7), st.booleans())
+def test_linear_small_batch_routes_by_weight_rows_and_outer_product(n, fin, fout, routes):
+    # blocks of 2 weight rows here (512 in use), so that most weights have several blocks and
+    # an uneven last one; batch 1 takes the outer product for the weight gradient
+    from tinynet.ops import linear
+    rng = np.random.default_rng(n * 100 + fin * 10 + fout)
+    x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
+    gy = rng.standard_normal((n, fout))
+    saved = linear.WEIGHT_ROWS, linear.SMALL_BATCH_ROUTES
+    linear.WEIGHT_ROWS, linear.SMALL_BATCH_ROUTES = 2, routes
+    try:
+        assert np.allclose(linear.forward_gemm(x, w), x @ w.T, rtol=1e-13, atol=1e-13)
+        assert np.allclose(linear.weight_grad_gemm(gy, x), gy.T @ x, rtol=1e-13, atol=1e-13)
+        if n == 1:  # one product per entry, rounded once either way
+            assert np.array_equal(linear.weight_grad_gemm(gy, x), np.outer(gy, x))
+        gradcheck(F.linear, [x, w, b])
+    finally:
+        linear.WEIGHT_ROWS, linear.SMALL_BATCH_ROUTES = saved
+
+
 @given(st.integers(1, 6), st.integers(1, 8))
 def test_softmax_family_and_cross_entropy(n, k):
     rng = np.random.default_rng(2)

@@ -3,10 +3,60 @@
     x: (N, in_features); weight: (out_features, in_features) as PyTorch;
     bias: (out_features,); y: (N, out_features)
 Backward: gx = gy @ weight; gw = gy.T @ x; gb = gy summed over the batch.
+
+On the CPU a small batch takes other routes to the same products
+(``forward_gemm`` and ``weight_grad_gemm``): OpenBLAS, NumPy's BLAS, is slow
+at these shapes.
 """
 
+import numpy as np
+
 from ..autograd import Function
+from ..backend import get_array_module
 from ..profile import section
+
+# The GEMMs that carry the weight matrix (fc6: 4096 x 9216, 151 MB), for a small batch on the
+# CPU, measured on this project's 2-core machine by benchmarks/fc_blocks.py
+# (results/fc_blocks_cpu.md):
+# - batch 2 to 64: OpenBLAS runs them faster as a loop over blocks of WEIGHT_ROWS rows of the
+#   weight, y.T = W @ x.T and gw = gy.T @ x block by block: fc6's forward at batch 32
+#   44 -> 31 ms, at batch 8 22 -> 16 ms; no gain from batch 128 on.  Each output is still one
+#   whole dot product: the values are the GEMM's, to its rounding order.
+# - batch 1: the weight gradient is an outer product, which OpenBLAS takes 70-80 ms for on
+#   fc6; np.multiply writes the same products (one rounding each, as the GEMM's) in about 20.
+# SMALL_BATCH_ROUTES = False takes the single products everywhere (the benchmark compares).
+WEIGHT_ROWS = 512
+SMALL_BATCH = range(2, 65)
+SMALL_BATCH_ROUTES = True
+
+
+def _small_batch_cpu(x):
+    return SMALL_BATCH_ROUTES and get_array_module(x) is np
+
+
+def forward_gemm(x, weight):
+    """x @ weight.T, on the CPU for batch 2-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
+    weight at a time."""
+    if not (_small_batch_cpu(x) and x.shape[0] in SMALL_BATCH):
+        return x @ weight.T
+    yt = np.empty((weight.shape[0], x.shape[0]), np.result_type(x, weight))
+    for i in range(0, weight.shape[0], WEIGHT_ROWS):
+        np.matmul(weight[i:i + WEIGHT_ROWS], x.T, out=yt[i:i + WEIGHT_ROWS])
+    return np.ascontiguousarray(yt.T)
+
+
+def weight_grad_gemm(gy, x):
+    """gy.T @ x, on the CPU for batch 2-64 WEIGHT_ROWS rows of the result at a time, and
+    for batch 1 as the outer product it is."""
+    if not _small_batch_cpu(x) or not (x.shape[0] == 1 or x.shape[0] in SMALL_BATCH):
+        return gy.T @ x
+    if x.shape[0] == 1:
+        return np.multiply(gy.T, x)  # (out, 1) * (1, in): every product once, as the GEMM
+    gyt = gy.T
+    gw = np.empty((gy.shape[1], x.shape[1]), np.result_type(gy, x))
+    for i in range(0, gw.shape[0], WEIGHT_ROWS):
+        np.matmul(gyt[i:i + WEIGHT_ROWS], x, out=gw[i:i + WEIGHT_ROWS])
+    return gw
 
 
 class Linear(Function):
@@ -16,7 +66,7 @@ class Linear(Function):
         self.x_shape, self.out_features = x.shape, weight.shape[0]  # for describe()
         # (N, out) = (N, in) @ (in, out)
         with section("GEMM"):
-            y = x @ weight.T
+            y = forward_gemm(x, weight)
         if bias:
             y += bias[0]
         return y
@@ -32,7 +82,7 @@ class Linear(Function):
         x, weight = self.saved
         with section("GEMM"):
             gx = gy @ weight if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
-            gw = gy.T @ x if self.needs_input_grad[1] else None      # (out, in) = (out, N) @ (N, in)
+            gw = weight_grad_gemm(gy, x) if self.needs_input_grad[1] else None  # (out, in) = (out, N) @ (N, in)
         if not self.has_bias:
             return gx, gw
         gb = gy.sum(axis=0) if self.needs_input_grad[2] else None
