@@ -177,6 +177,16 @@ static inline void find_row(int* __restrict__ where, const T* __restrict__ m, co
     }
 }
 
+// match_row: where[ox] = offset for each output whose maximum m[ox] sits at v[ox * stride].
+// For a row of outputs without NaN: visiting the offsets last to first, the first offset
+// (row-major) that holds the maximum is the last one written, with no test of where.
+template <typename T, int S>
+static inline void match_row(int* __restrict__ where, const T* __restrict__ m, const T* __restrict__ v,
+                             int offset, i64 OW, i64 SW) {
+    const i64 stride = S ? S : SW;
+    for (i64 ox = 0; ox < OW; ++ox) where[ox] = v[ox * stride] == m[ox] ? offset : where[ox];
+}
+
 template <typename T>
 static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
                             i64 OH, i64 OW, i64 n0, i64 n1) {
@@ -210,14 +220,25 @@ static INLINE void maxpool_backward(const T* x, const T* y, const T* gy, T* gx, 
             const T* top = xp + oy * SH * W;
             int* __restrict__ where = at.data();
             for (i64 ox = 0; ox < OW; ++ox) where[ox] = -1;
-            // the offsets in row-major order, each for the whole row of outputs at once
-            for (i64 ky = 0; ky < KH; ++ky)
-                for (i64 kx = 0; kx < KW; ++kx) {
-                    const T* v = top + ky * W + kx;
-                    const int offset = int(ky * W + kx);
-                    if (SW == 2) find_row<T, 2>(where, m, v, offset, OW, SW);
-                    else find_row<T, 0>(where, m, v, offset, OW, SW);
-                }
+            int nans = 0;  // counted, not or-ed: the count is SIMD code
+            for (i64 ox = 0; ox < OW; ++ox) nans += m[ox] != m[ox];
+            if (nans == 0) {  // the offsets last to first, each for the whole row of outputs at once
+                for (i64 ky = KH - 1; ky >= 0; --ky)
+                    for (i64 kx = KW - 1; kx >= 0; --kx) {
+                        const T* v = top + ky * W + kx;
+                        const int offset = int(ky * W + kx);
+                        if (SW == 2) match_row<T, 2>(where, m, v, offset, OW, SW);
+                        else match_row<T, 0>(where, m, v, offset, OW, SW);
+                    }
+            } else {  // a NaN maximum: the first NaN; the offsets in row-major order
+                for (i64 ky = 0; ky < KH; ++ky)
+                    for (i64 kx = 0; kx < KW; ++kx) {
+                        const T* v = top + ky * W + kx;
+                        const int offset = int(ky * W + kx);
+                        if (SW == 2) find_row<T, 2>(where, m, v, offset, OW, SW);
+                        else find_row<T, 0>(where, m, v, offset, OW, SW);
+                    }
+            }
             for (i64 ox = OW - 1; ox >= 0; --ox)
                 if (where[ox] >= 0) gp[oy * SH * W + ox * SW + where[ox]] += g[ox];
         }
