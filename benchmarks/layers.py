@@ -7,14 +7,19 @@ in this run at this machine's sgemm rate): the floor no im2col engine can
 beat.  Each convolution runs as in the network: with the ReLU that follows
 it, done in its output pass (``F.conv2d(relu=True)``); and conv1's input,
 the image, needs no gradient, so neither the op nor its floor computes one.
-The ratio op/GEMMs says what im2col, col2im, the output pass and Python add.
-LRN and max-pool are compared with conv1's forward+backward.
+The ratio op/GEMMs says what im2col, col2im, the output pass and Python add:
+the op and its GEMMs are timed in turn, repetition after repetition, and the
+ratio is the median of the repetitions' ratios (with their range), so that
+the shared machine's drift hits both alike.  LRN and max-pool are compared
+with conv1's forward+backward.
 
     python benchmarks/layers.py            # batch 32, 5 repetitions
     python benchmarks/layers.py --quick    # batch 8, 2 repetitions (about a minute)
 """
 
 import argparse
+import statistics
+import time
 import os
 import sys
 
@@ -34,6 +39,22 @@ CONVS = [
     ("conv5", (384, 13, 13), 256, 3, 1, 1, 2),
 ]
 FCS = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
+
+
+def interleaved(op, gemms, repeat):
+    """Time op() and gemms() in turn, repeat times each after one warm-up of each.
+    Returns the op's and the GEMMs' timings (median, min, max) and the ratios
+    op / GEMMs of the repetitions: (median, min, max)."""
+    op(), gemms()
+    t_op, t_gemm = [], []
+    for _ in range(repeat):
+        for fn, times in ((op, t_op), (gemms, t_gemm)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(t_op, t_gemm)]
+    stats = lambda v: {"median": statistics.median(v), "min": min(v), "max": max(v)}  # noqa: E731
+    return stats(t_op), stats(t_gemm), stats(ratios)
 
 
 def measure_gemm_rate(repeat):
@@ -62,7 +83,6 @@ def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
     fwd()
     gy = rng.standard_normal(state["y"].shape).astype(np.float32)
     t_f = timeit(fwd, repeat)
-    t_fb = timeit(bwd, repeat)
 
     # the GEMMs alone, whole batch, operands ready
     oh = ow = F.conv_output_size(h, k, s, p)
@@ -70,17 +90,26 @@ def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
     cols = rng.standard_normal((g, kk, n * oh * ow)).astype(np.float32)
     wg = rng.standard_normal((g, o // g, kk)).astype(np.float32)
     gr = rng.standard_normal((g, o // g, n * oh * ow)).astype(np.float32)
-    g_f = timeit(lambda: np.matmul(wg, cols), repeat)
-    g_b = timeit(lambda: (np.matmul(gr, cols.transpose(0, 2, 1)),
-                          np.matmul(wg.transpose(0, 2, 1), gr) if needs_gx else None), repeat)
+
+    def gemms():
+        np.matmul(wg, cols)
+        np.matmul(gr, cols.transpose(0, 2, 1))
+        if needs_gx:
+            np.matmul(wg.transpose(0, 2, 1), gr)
+
+    t_fb, g_fb, ratio = interleaved(bwd, gemms, repeat)
     flops = 2 * o * kk * n * oh * ow
     row_gflop = flops * (3 if needs_gx else 2) / 1e9
     return dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
-                gemm_fwd=g_f, gemm_bwd=g_b, gemm_fwd_bwd=g_f["median"] + g_b["median"], gflop_fwd=flops / 1e9, gflop_fwd_bwd=row_gflop,
+                gemm_fwd_bwd=g_fb["median"], ratio_to_gemm=ratio, gflop_fwd=flops / 1e9, gflop_fwd_bwd=row_gflop,
                 shape=f"{n}x{c}x{h}x{w} -> {n}x{o}x{oh}x{ow}")
 
 
-def simple_case(name, make_input, op, repeat, rng, grad_shape=None):
+def simple_case(name, make_input, op, repeat, rng, gemms=None, params=()):
+    """Forward, and forward+backward, of op on one input; with ``gemms`` (a layer's GEMMs
+    alone), forward+backward is timed in turn with them (see interleaved).  ``params``: the
+    op's parameters, whose gradients each backward starts from None (as after zero_grad),
+    rather than adding to the last one's."""
     x = tn.tensor(make_input(), requires_grad=True)
     state = {}
 
@@ -91,14 +120,20 @@ def simple_case(name, make_input, op, repeat, rng, grad_shape=None):
     gy = rng.standard_normal(state["y"].shape).astype(np.float32) if state["y"].ndim else None
 
     def fb():
-        x.grad = None
+        for t in (x, *params):
+            t.grad = None
         y = op(x)
         y.backward(gy) if gy is not None else y.backward()
 
     t_f = timeit(fwd, repeat)
-    t_fb = timeit(fb, repeat)
-    return dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
-                shape="x".join(map(str, x.shape)))
+    row = dict(layer=name, fwd=t_f, shape="x".join(map(str, x.shape)))
+    if gemms is None:
+        row["fwd_bwd"] = timeit(fb, repeat)
+    else:
+        row["fwd_bwd"], g_fb, row["ratio_to_gemm"] = interleaved(fb, gemms, repeat)
+        row["gemm_fwd_bwd"] = g_fb["median"]
+    row["bwd_median"] = row["fwd_bwd"]["median"] - t_f["median"]
+    return row
 
 
 def main():
@@ -120,12 +155,10 @@ def main():
     for name, fin, fout in FCS:
         x = rng.standard_normal((n, fin)).astype(np.float32)
         w = tn.tensor(rng.standard_normal((fout, fin)).astype(np.float32) * 0.01, requires_grad=True)
-        row = simple_case(name, lambda x=x: x, lambda t, w=w: F.linear(t, w), r, rng)
         wd, g = w.data, rng.standard_normal((n, fout)).astype(np.float32)
         # the products as the layer computes them (small batches: blocks of weight rows)
-        row["gemm_fwd"] = timeit(lambda: linear.forward_gemm(x, wd), r)
-        row["gemm_bwd"] = timeit(lambda: (g @ wd, linear.weight_grad_gemm(g, x)), r)
-        row["gemm_fwd_bwd"] = row["gemm_fwd"]["median"] + row["gemm_bwd"]["median"]
+        gemms = lambda x=x, wd=wd, g=g: (linear.forward_gemm(x, wd), g @ wd, linear.weight_grad_gemm(g, x))  # noqa: E731
+        row = simple_case(name, lambda x=x: x, lambda t, w=w: F.linear(t, w), r, rng, gemms=gemms, params=(w,))
         row["gflop_fwd"] = 2 * n * fin * fout / 1e9
         row["gflop_fwd_bwd"] = 3 * row["gflop_fwd"]
         rows.append(row)
@@ -143,16 +176,18 @@ def main():
     conv1 = rows[0]["fwd_bwd"]["median"]
     lines = [f"# Per-layer times, AlexNet shapes, batch {n}, float32, CPU\n",
              f"sgemm rate {rate / 1e9:.1f} GFLOP/s (2048x2048x2048, measured in this run)\n",
-             "| layer | shape | fwd ms | fwd+bwd ms (min-max) | GEMMs alone fwd+bwd ms | op / GEMMs | GEMM GFLOP/s |",
+             "| layer | shape | fwd ms | fwd+bwd ms (min-max) | GEMMs alone fwd+bwd ms | op / GEMMs, median of "
+             "the repetitions (min-max) | GEMM GFLOP/s |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         fb = row["fwd_bwd"]
         extra = "| | |"
         gem = ""
         if "gemm_fwd_bwd" in row:
-            row["ratio_to_gemm"] = fb["median"] / row["gemm_fwd_bwd"]
+            ratio = row["ratio_to_gemm"]
             gem = ms(row["gemm_fwd_bwd"])
-            extra = f"| {row['ratio_to_gemm']:.2f} | {row['gflop_fwd_bwd'] / row['gemm_fwd_bwd']:.0f} |"
+            extra = (f"| {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f}) | "
+                     f"{row['gflop_fwd_bwd'] / row['gemm_fwd_bwd']:.0f} |")
         elif row["layer"].startswith(("lrn", "pool")):
             row["ratio_to_conv1"] = fb["median"] / conv1
             extra = f"| {row['ratio_to_conv1']:.2f} x conv1 | |"
