@@ -12,8 +12,8 @@
 // Built on first use by tinynet/ops/cpu_loops.py into a cache folder (as the
 // CUDA emulation is) and called through ctypes.  Each function works on the
 // images [n0, n1) of the batch and writes only their part of the output, so
-// Python's thread pool (ops.cpu_kernels.parallel_chunks) runs several calls
-// at once on disjoint pieces: ctypes releases the GIL during a call.
+// Python's thread pool (ops.cpu_kernels.parallel_chunks, parallel_runs) runs several
+// calls at once on disjoint pieces: ctypes releases the GIL during a call.
 //
 // Layouts (as everywhere in tinynet):
 //   x, gx : (N, C, H, W)                       images

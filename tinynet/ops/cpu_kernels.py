@@ -57,8 +57,8 @@ def set_chunk_bytes(nbytes):
     """Working set of one piece of a parallel pass, in bytes (default 2 MiB,
     about one core's share of the cache).  Returns the previous value.  At
     1 byte every image is its own piece: tests use that to run even tiny
-    batches on several threads.  The compiled im2col does not use it: it
-    gives each thread one run of images (see ops.cpu_loops.im2col)."""
+    batches on several threads.  The passes that stream through memory do
+    not use it: they give each thread one run (``parallel_runs``)."""
     if not isinstance(nbytes, int) or nbytes < 1:
         raise ValueError(f"set_chunk_bytes: nbytes must be a positive int, got {nbytes!r}")
     old, _pool["chunk_bytes"] = _pool["chunk_bytes"], nbytes
@@ -100,9 +100,10 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
 def parallel_runs(fn, n):
     """Call ``fn(i0, i1)`` over [0, n) cut into one run per thread, for passes
     that stream through memory and reuse nothing in the cache (im2col's
-    writes, the convolution's output pass, the SGD update): long runs are faster there than cache-sized
-    pieces, which cost a hand-off each and share a cache line between two
-    threads wherever a piece's output ends mid-line."""
+    writes, the convolution's output pass, the SGD update).  Long runs are
+    faster there than cache-sized pieces, which cost a hand-off each and
+    share a cache line between two threads wherever a piece's output ends
+    mid-line."""
     parallel_chunks(fn, n, 1, target_bytes=-(-n // get_num_threads()))
 
 
