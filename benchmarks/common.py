@@ -29,6 +29,21 @@ def timeit(fn, repeat=5, warmup=1):
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
+def interleaved(first, second, repeat):
+    """Time first() and second() in turn, repeat times each after one warm-up of each,
+    so that the shared machine's drift hits both alike.  Returns their timings
+    (median, min, max) and the ratios first / second of the repetitions (median, min, max)."""
+    first(), second()
+    t_first, t_second = [], []
+    for _ in range(repeat):
+        for fn, times in ((first, t_first), (second, t_second)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    stats = lambda v: {"median": statistics.median(v), "min": min(v), "max": max(v)}  # noqa: E731
+    return stats(t_first), stats(t_second), stats([a / b for a, b in zip(t_first, t_second)])
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

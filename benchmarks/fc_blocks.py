@@ -17,16 +17,14 @@ product (below 1: the route is faster; 1 where tinynet takes the product too).
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import tinynet as tn  # noqa: E402
 import tinynet.functional as F  # noqa: E402
-from benchmarks.common import machine, ms, save  # noqa: E402
+from benchmarks.common import interleaved, machine, ms, save  # noqa: E402
 from tinynet.ops import linear  # noqa: E402
 
 LAYERS = {"fc6": (9216, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}
@@ -46,17 +44,17 @@ def measure(fin, fout, batch, repeat):
 
     arms = {"forward": lambda: linear.forward_gemm(x, w), "weight_grad": lambda: linear.weight_grad_gemm(gy, x),
             "layer": layer}
+    def way(fn, routes):  # fn with the small-batch routes on or off
+        def run():
+            linear.SMALL_BATCH_ROUTES = routes
+            fn()
+        return run
+
     out = {}
     try:
         for part, fn in arms.items():
-            times = {"single": [], "tinynet": []}
-            for _ in range(repeat + 1):  # the first round warms up and is dropped
-                for way in times:
-                    linear.SMALL_BATCH_ROUTES = way == "tinynet"
-                    t0 = time.perf_counter()
-                    fn()
-                    times[way].append(time.perf_counter() - t0)
-            out[part] = {way: statistics.median(t[1:]) for way, t in times.items()}
+            single, tiny, _ = interleaved(way(fn, False), way(fn, True), repeat)
+            out[part] = {"single": single["median"], "tinynet": tiny["median"]}
     finally:
         linear.SMALL_BATCH_ROUTES = True
     return out

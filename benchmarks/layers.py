@@ -18,8 +18,6 @@ with conv1's forward+backward.
 """
 
 import argparse
-import statistics
-import time
 import os
 import sys
 
@@ -27,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402
 import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.functional as F  # noqa: E402
-from benchmarks.common import machine, ms, save, timeit  # noqa: E402
+from benchmarks.common import interleaved, machine, ms, save, timeit  # noqa: E402
 from tinynet.ops import linear  # noqa: E402
 
 # name, input (C, H, W), filters, kernel, stride, padding, groups
@@ -39,22 +37,6 @@ CONVS = [
     ("conv5", (384, 13, 13), 256, 3, 1, 1, 2),
 ]
 FCS = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
-
-
-def interleaved(op, gemms, repeat):
-    """Time op() and gemms() in turn, repeat times each after one warm-up of each.
-    Returns the op's and the GEMMs' timings (median, min, max) and the ratios
-    op / GEMMs of the repetitions: (median, min, max)."""
-    op(), gemms()
-    t_op, t_gemm = [], []
-    for _ in range(repeat):
-        for fn, times in ((op, t_op), (gemms, t_gemm)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    ratios = [a / b for a, b in zip(t_op, t_gemm)]
-    stats = lambda v: {"median": statistics.median(v), "min": min(v), "max": max(v)}  # noqa: E731
-    return stats(t_op), stats(t_gemm), stats(ratios)
 
 
 def measure_gemm_rate(repeat):
@@ -107,7 +89,7 @@ def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
 
 def simple_case(name, make_input, op, repeat, rng, gemms=None, params=()):
     """Forward, and forward+backward, of op on one input; with ``gemms`` (a layer's GEMMs
-    alone), forward+backward is timed in turn with them (see interleaved).  ``params``: the
+    alone), forward+backward is timed in turn with them (see common.interleaved).  ``params``: the
     op's parameters, whose gradients each backward starts from None (as after zero_grad),
     rather than adding to the last one's."""
     x = tn.tensor(make_input(), requires_grad=True)

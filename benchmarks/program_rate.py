@@ -52,19 +52,26 @@ def run_program(dataset, steps, folder):
     return rate, cfg, first["time"]
 
 
-def bare_worker(batch, classes, dropout, bias_init, steps):
-    """The step alone: the program's model (he init) and optimiser on ready random images."""
+def bare_worker(config_path, steps):
+    """The step alone: the model the program builds from its run's config.json (build_model)
+    and the optimiser it gives it, on ready random images."""
+    import importlib.util
+
     import numpy as np
 
     import tinynet as tn
     import tinynet.functional as F
-    from tinynet.models import AlexNet
-    from tinynet.models.alexnet import he_weight_std
 
+    spec = importlib.util.spec_from_file_location("alexnet_train", PROGRAM)  # a script, not a package
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    with open(config_path) as f:
+        cfg = json.load(f)
     tn.reuse_freed_memory()
-    model = AlexNet(classes, bias_init=bias_init, dropout=dropout, seed=0)
-    model.reset_parameters(bias_init, he_weight_std(model), seed=0)
-    opt = tn.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    batch, classes = cfg["batch_size"], cfg["num_classes"]
+    model = program.build_model(cfg, classes)
+    opt = tn.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                       weight_decay=cfg["weight_decay"])
     rng = np.random.default_rng(0)
     x = tn.tensor(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
     y = rng.integers(0, classes, batch)
@@ -83,9 +90,8 @@ def bare_worker(batch, classes, dropout, bias_init, steps):
     print(json.dumps({"images_per_s": steps * batch / (time.perf_counter() - t0)}))
 
 
-def run_bare(cfg, steps):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(cfg["batch_size"]), str(cfg["num_classes"]),
-           str(cfg["dropout"]), cfg["bias_init"], str(steps)]
+def run_bare(config_path, steps):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", config_path, str(steps)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"bare step worker failed:\n{out.stderr[-2000:]}")
@@ -94,8 +100,7 @@ def run_bare(cfg, steps):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        batch, classes, dropout, bias_init, steps = sys.argv[2:7]
-        return bare_worker(int(batch), int(classes), float(dropout), bias_init, int(steps))
+        return bare_worker(sys.argv[2], int(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["shapes", "fashion-mnist"],
                     choices=["shapes", "fashion-mnist"])
@@ -112,7 +117,7 @@ def main():
             with tempfile.TemporaryDirectory() as tmp:
                 folder = os.path.join(tmp, "run")
                 program, cfg, start = run_program(dataset, args.steps, folder)
-            bare = run_bare(cfg, args.steps - 20)
+                bare = run_bare(os.path.join(folder, "config.json"), args.steps - 20)
             rows.append(dict(pair=pair, dataset=dataset, batch=cfg["batch_size"], classes=cfg["num_classes"],
                              program_images_per_s=program, bare_images_per_s=bare, ratio=program / bare,
                              seconds_to_first_record=start))

@@ -34,29 +34,30 @@ def _small_batch_cpu(x):
     return SMALL_BATCH_ROUTES and get_array_module(x) is np
 
 
+def _by_row_blocks(a, b):
+    """a @ b, WEIGHT_ROWS rows of a (and of the result) per product."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    for i in range(0, a.shape[0], WEIGHT_ROWS):
+        np.matmul(a[i:i + WEIGHT_ROWS], b, out=out[i:i + WEIGHT_ROWS])
+    return out
+
+
 def forward_gemm(x, weight):
     """x @ weight.T, on the CPU for batch 2-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
     weight at a time."""
-    if not (_small_batch_cpu(x) and x.shape[0] in SMALL_BATCH):
-        return x @ weight.T
-    yt = np.empty((weight.shape[0], x.shape[0]), np.result_type(x, weight))
-    for i in range(0, weight.shape[0], WEIGHT_ROWS):
-        np.matmul(weight[i:i + WEIGHT_ROWS], x.T, out=yt[i:i + WEIGHT_ROWS])
-    return np.ascontiguousarray(yt.T)
+    if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
+        return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
+    return x @ weight.T
 
 
 def weight_grad_gemm(gy, x):
     """gy.T @ x, on the CPU for batch 2-64 WEIGHT_ROWS rows of the result at a time, and
     for batch 1 as the outer product it is."""
-    if not _small_batch_cpu(x) or not (x.shape[0] == 1 or x.shape[0] in SMALL_BATCH):
-        return gy.T @ x
-    if x.shape[0] == 1:
+    if _small_batch_cpu(x) and x.shape[0] == 1:
         return np.multiply(gy.T, x)  # (out, 1) * (1, in): every product once, as the GEMM
-    gyt = gy.T
-    gw = np.empty((gy.shape[1], x.shape[1]), np.result_type(gy, x))
-    for i in range(0, gw.shape[0], WEIGHT_ROWS):
-        np.matmul(gyt[i:i + WEIGHT_ROWS], x, out=gw[i:i + WEIGHT_ROWS])
-    return gw
+    if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
+        return _by_row_blocks(gy.T, x)
+    return gy.T @ x
 
 
 class Linear(Function):
