@@ -21,8 +21,12 @@ LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.
 
 The floor: the GEMMs of one training step alone (the same matrix products the
-engine does, operands ready, timed in this run), and the engine's time as a
-ratio to it.
+engine does, operands ready), and the engine's time as a ratio to it.  The
+training worker times them in turn with whole steps, repetition after
+repetition (common.interleaved), after its timed steps and its peak memory
+are read: the ratio is the median of the repetitions' step / floor, with its
+range, so that the shared machine's drift hits both sides alike, and both
+sides are medians.
 
     python benchmarks/alexnet.py                  # CPU, batches 1 8 32 128
     python benchmarks/alexnet.py --quick          # batches 1 and 8, 2 repetitions (~1 minute)
@@ -40,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
-from benchmarks.common import machine, ms, save  # noqa: E402
+from benchmarks.common import interleaved, machine, ms, save  # noqa: E402
 from benchmarks.layers import CONVS, FCS  # noqa: E402  the layer shapes, one table for both scripts
 from tinynet.ops import linear  # noqa: E402
 
@@ -96,10 +100,14 @@ def worker_tinynet(batch, mode, repeat, device, towers):
     if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
         devices = sorted({p.data.device.id for p in model.parameters()})
     result = timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
-    if mode == "train" and device == "cpu":  # one more step, profiled: where its time goes
-        with tn.profile() as prof:
+    if mode == "train" and device == "cpu":
+        with tn.profile() as prof:  # one more step, profiled: where its time goes
             train_step()
         result["profile_ms"] = dict(prof.by_kind())
+        # the floor, in turn with whole steps (its operands come after the peak was read)
+        products = floor_products(batch)
+        steps, floor, ratio = interleaved(train_step, lambda: [product() for product in products], repeat)
+        result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
     return result
 
 
@@ -238,9 +246,9 @@ def peak_used_bytes_gpu(fn, devices, synchronize):
 # The floor: one training step's GEMMs alone
 # ----------------------------------------------------------------------------
 
-def gemm_floor(batch, repeat):
-    """Seconds for the GEMMs of one training step (forward, weight gradient, input gradient;
-    conv1 has no input gradient), each on ready operands, whole batch at once."""
+def floor_products(batch):
+    """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
+    input gradient), each a callable on ready operands, whole batch at once."""
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
@@ -260,16 +268,7 @@ def gemm_floor(batch, repeat):
         # the routes the engine takes (for a small batch, blocks of weight rows; see ops/linear.py)
         products += [lambda x=x, w=w: linear.forward_gemm(x, w), lambda gy=gy, x=x: linear.weight_grad_gemm(gy, x),
                      lambda gy=gy, w=w: np.matmul(gy, w)]
-    total = 0.0
-    for product in products:
-        product()
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - t0)
-        total += best
-    return total
+    return products
 
 
 # ----------------------------------------------------------------------------
@@ -301,8 +300,9 @@ def summarise(result, batch):
     med = t[len(t) // 2]
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"],
                peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    if "profile_ms" in result:
-        out["profile_ms"] = result["profile_ms"]
+    for key in ("profile_ms", "floor"):
+        if key in result:
+            out[key] = result[key]
     return out
 
 
@@ -394,8 +394,6 @@ def main():
             row["tinynet"] = summarise(run_worker("tinynet", batch, mode, args.repeat, args.device, args.towers), batch)
             if with_torch:  # interleaved with ours, same run
                 row["torch"] = summarise(run_worker("torch", batch, mode, args.repeat, args.device, False), batch)
-            if mode == "train" and args.device == "cpu":
-                row["gemm_floor_s"] = gemm_floor(batch, args.repeat)
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -407,7 +405,8 @@ def main():
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
               "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),
-             "| batch | mode | tinynet img/s | ms/step (min-max) | peak MB | GEMM floor ms | tinynet / floor | "
+             "| batch | mode | tinynet img/s | ms/step (min-max) | peak MB | GEMM floor ms | tinynet / floor, "
+             "median of the repetitions (min-max) | "
              "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -415,8 +414,9 @@ def main():
         if "error" in t:
             lines.append(f"| {row['batch']} | {row['mode']} | error: {t['error']} | | | | | | | |")
             continue
-        floor = row.get("gemm_floor_s")
-        ratio = f"{t['median'] / floor:.2f}" if floor else ""
+        floor = t.get("floor")
+        ratio = (f"{floor['ratio']['median']:.2f} ({floor['ratio']['min']:.2f}-{floor['ratio']['max']:.2f})"
+                 if floor else "")
         tt = row.get("torch")
         torch_cols = "| | |"
         if tt and "error" not in tt:
@@ -426,7 +426,7 @@ def main():
             torch_cols = f"| error: {tt['error']} | | |"
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
                      f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
-                     f"{ms(floor) if floor else ''} | {ratio} {torch_cols}")
+                     f"{ms(floor['floor']['median']) if floor else ''} | {ratio} {torch_cols}")
     lines += profile_table(rows)
     md = "\n".join(lines) + "\n"
     print(md)

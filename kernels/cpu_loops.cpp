@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 typedef long long i64;
@@ -59,10 +60,62 @@ static inline void copy_row(T* __restrict__ dst, const T* __restrict__ src, i64 
 // read KH*KW times, once per row: the images go in blocks whose channel planes fit
 // in about 256 KB (the core's L2 cache), so that the rereads hit the cache (conv1's
 // planes are 206 KB each: one image at a time; conv3's 676 bytes: all of them).
+//
+// Two loops do it.  With a horizontal stride of 1 (conv2 to conv5), the block's planes
+// of channel c are first copied once into a buffer with their zero border (x_padded
+// itself); then every window row is a plain copy of OW floats from it, with no test
+// for the border, in blocks of 8 elements whose last one may overlap the one before
+// (13 floats: [0, 8) and [5, 13)).  conv3 to conv5 have rows of 13: copied element
+// by element with the border tests, their columns took twice as long.  With a larger
+// stride (conv1), the loop after this one.
+
+// dst[0, n) = src[0, n), n >= 8 in blocks of 8 elements (each a single SIMD load and store)
+template <typename T>
+static inline void copy_in_blocks_of_8(T* __restrict__ dst, const T* __restrict__ src, i64 n) {
+    i64 i = 0;
+    for (; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(T));
+    if (i < n) std::memcpy(dst + n - 8, src + n - 8, 8 * sizeof(T));  // the last 8, overlapping
+}
+
+template <typename T>
+static INLINE void im2col_stride1(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
+                                  i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    const i64 ncols = N * OH * OW;
+    const i64 HP = H + 2 * PH, WP = W + 2 * PW;  // a padded plane
+    const i64 block = std::max<i64>(1, (256 * 1024) / (HP * WP * i64(sizeof(T))));
+    std::vector<T> padded(std::min(block, n1 - n0) * HP * WP, T(0));  // the border stays zero
+    for (i64 b0 = n0; b0 < n1; b0 += block) {
+        const i64 b1 = std::min(n1, b0 + block);  // this block: images [b0, b1)
+        for (i64 c = 0; c < C; ++c) {
+            for (i64 n = b0; n < b1; ++n) {  // channel c of the block's images, padded
+                const T* image = x + (n * C + c) * H * W;
+                T* plane = padded.data() + (n - b0) * HP * WP;
+                for (i64 h = 0; h < H; ++h) std::memcpy(plane + (h + PH) * WP + PW, image + h * W, W * sizeof(T));
+            }
+            for (i64 ky = 0; ky < KH; ++ky)
+                for (i64 kx = 0; kx < KW; ++kx) {
+                    T* dst = cols + ((c * KH + ky) * KW + kx) * ncols + b0 * OH * OW;
+                    for (i64 n = b0; n < b1; ++n) {
+                        const T* src = padded.data() + (n - b0) * HP * WP + ky * WP + kx;
+                        for (i64 oy = 0; oy < OH; ++oy, dst += OW, src += SH * WP) {
+                            if (OW >= 8)
+                                copy_in_blocks_of_8(dst, src, OW);
+                            else
+                                for (i64 ox = 0; ox < OW; ++ox) dst[ox] = src[ox];
+                        }
+                    }
+                }
+        }
+    }
+}
 
 template <typename T>
 static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
                    i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    if (SW == 1) {
+        im2col_stride1(x, cols, N, C, H, W, KH, KW, SH, PH, PW, OH, OW, n0, n1);
+        return;
+    }
     const i64 ncols = N * OH * OW;
     const i64 block = std::max<i64>(1, (256 * 1024) / (H * W * i64(sizeof(T))));
     for (i64 b0 = n0; b0 < n1; b0 += block) {
@@ -95,9 +148,8 @@ static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 K
                             }
                             const T* src = image + (oy * SH - PH + ky) * W + (kx - PW);
                             for (i64 ox = 0; ox < ox_lo; ++ox) dst[ox] = T(0);
-                            // a stride known to the compiler makes SIMD copies (AlexNet: 1, and 4 in conv1)
-                            if (SW == 1) copy_row<T, 1>(dst, src, ox_lo, ox_hi, SW);
-                            else if (SW == 4) copy_row<T, 4>(dst, src, ox_lo, ox_hi, SW);
+                            // a stride known to the compiler makes SIMD copies (AlexNet's conv1: 4)
+                            if (SW == 4) copy_row<T, 4>(dst, src, ox_lo, ox_hi, SW);
                             else copy_row<T, 0>(dst, src, ox_lo, ox_hi, SW);
                             for (i64 ox = ox_hi; ox < OW; ++ox) dst[ox] = T(0);
                         }
