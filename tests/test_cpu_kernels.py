@@ -51,6 +51,21 @@ def test_a_failing_piece_is_raised_only_after_every_piece_has_finished(threads):
     assert sorted(finished) == [1, 2]
 
 
+def test_the_calling_thread_and_the_workers_run_pieces_at_once(threads):
+    """Three threads (the caller and two workers) each take a piece: three pieces that each
+    wait for the other two all finish (one thread taking two would wait forever: the timeout
+    then fails the test)."""
+    barrier = threading.Barrier(3, timeout=10)
+    names = []
+
+    def fn(i0, i1):
+        names.append(threading.current_thread().name)
+        barrier.wait()
+
+    cpu_kernels.parallel_chunks(fn, 3, bytes_per_item=1, target_bytes=1)
+    assert len(set(names)) == 3 and threading.current_thread().name in names
+
+
 def test_two_threads_starting_the_pool_at_once_make_one_pool(threads, monkeypatch):
     """The loader's prefetch thread and the training loop may both be first to need the pool."""
     made = []
@@ -115,8 +130,8 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
     assert modules == {"tinynet.ops.cpu_loops" if compiled else "tinynet.ops.cpu_kernels"}
     assert kept == (path in ("whole", "numpy"))
     main = threading.current_thread().name
-    if path == "threaded":
-        assert all(name.startswith("tinynet-cpu") and n == 1 for _, name, n in pieces)
+    if path == "threaded":  # one-image pieces, on the pool's workers and the calling thread
+        assert all((name.startswith("tinynet-cpu") or name == main) and n == 1 for _, name, n in pieces)
     else:
         assert all(name == main for _, name, _ in pieces)
         # the convolution's own passes go chunk by chunk, the layers after it over the whole batch

@@ -7,12 +7,14 @@ images, and let each step be one NumPy call over a whole strided slice.
 
 Large elementwise passes (LRN, pooling) are memory-bound and NumPy runs
 them on one core, so ``parallel_chunks`` cuts the batch into cache-sized
-pieces and hands them to a small thread pool (NumPy releases the GIL inside
-its loops).  The numbers do not depend on the chunking.
+pieces and shares them between the calling thread and a small thread pool
+(NumPy releases the GIL inside its loops).  The numbers do not depend on the
+chunking.
 """
 
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -66,18 +68,22 @@ def set_chunk_bytes(nbytes):
 
 
 def _executor(threads):
-    """The shared thread pool, created by whichever thread needs it first."""
+    """The shared thread pool, created by whichever thread needs it first: threads - 1
+    workers, as the calling thread is the pass's other one."""
     with _pool_lock:
         if _pool["executor"] is None:
-            _pool["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="tinynet-cpu")
+            _pool["executor"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="tinynet-cpu")
         return _pool["executor"]
 
 
 def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
     """Call ``fn(i0, i1)`` over [0, n) cut into pieces of about
-    ``target_bytes`` working set each (default: ``set_chunk_bytes``), on the
-    thread pool.  ``fn`` must write
-    only to its own slice.  n = 0 (an empty batch) calls nothing.
+    ``target_bytes`` working set each (default: ``set_chunk_bytes``), on
+    ``get_num_threads()`` threads: the calling thread and the pool's workers
+    take the next piece from one queue until none is left, so that the
+    caller works instead of waiting (a hand-off to a sleeping worker costs
+    tens of microseconds: at batch 1 a piece is a few hundred).  ``fn`` must
+    write only to its own slice.  n = 0 (an empty batch) calls nothing.
 
     Returns only when every piece has finished, also when one raised: the
     caller may reuse its buffers as soon as this returns or raises, and no
@@ -85,16 +91,33 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
     target_bytes = _pool["chunk_bytes"] if target_bytes is None else target_bytes
     step = int(max(1, min(n, target_bytes // max(bytes_per_item, 1))))
     ranges = [(i, min(n, i + step)) for i in range(0, n, step)]
-    threads = get_num_threads()
-    if threads == 1 or len(ranges) <= 1:
+    threads = min(get_num_threads(), len(ranges))
+    if threads <= 1:
         for i0, i1 in ranges:
             fn(i0, i1)
         return
-    executor = _executor(threads)
-    futures = [executor.submit(fn, i0, i1) for i0, i1 in ranges]
-    wait(futures)  # all of them, even after one has raised
-    for future in futures:
-        future.result()  # re-raises the first failed piece's exception
+    queue = deque(ranges)  # popleft is atomic: each piece goes to exactly one thread
+    errors = []
+
+    def work():
+        while True:
+            try:
+                i0, i1 = queue.popleft()
+            except IndexError:
+                return
+            try:
+                fn(i0, i1)
+            except BaseException as error:  # noqa: B036  kept for the caller; the others go on
+                errors.append(error)
+
+    executor = _executor(get_num_threads())
+    helpers = [executor.submit(work) for _ in range(threads - 1)]
+    work()
+    for helper in helpers:  # the queue is empty: a helper not started yet need not start
+        helper.cancel()
+    wait(helpers)  # every piece has finished, also after one has raised
+    if errors:
+        raise errors[0]
 
 
 def parallel_runs(fn, n):
