@@ -125,7 +125,7 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
         y.sum().backward()
     assert {k for k, _, _ in pieces} == {"im2col", "col2im", "conv_output", "conv_grad_rows", "maxpool_forward",
                                          "maxpool_backward", "lrn_forward", "lrn_backward"}
-    im2col_images = [n for k, _, n in pieces if k == "im2col"]
+    im2col_images = [n for k, _, n in pieces if k == "im2col"]  # images, or channels of one image
     compiled = path != "numpy" and compiler() is not None
     assert modules == {"tinynet.ops.cpu_loops" if compiled else "tinynet.ops.cpu_kernels"}
     assert kept == (path in ("whole", "numpy"))
@@ -137,8 +137,9 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
         # the convolution's own passes go chunk by chunk, the layers after it over the whole batch
         per_chunk = ("im2col", "col2im", "conv_output", "conv_grad_rows")
         assert all(n == 3 for k, _, n in pieces if k not in per_chunk)
-    # whole: one im2col of 3 images (kept); chunked: one per image, twice (rebuilt)
-    assert im2col_images == {"whole": [3], "chunked": [1] * 6, "threaded": [1] * 6, "numpy": [3]}[path]
+    # whole: one im2col of 3 images (kept); chunked: one per image, twice (rebuilt), each shared
+    # out by the image's 4 channels (one thread: one run of 4); threaded: 3 images, one a thread
+    assert im2col_images == {"whole": [3], "chunked": [4] * 6, "threaded": [1] * 6, "numpy": [3]}[path]
 
 
 # Run in a fresh process (the setting is process-wide): allocate and free 40 MB, and ask glibc

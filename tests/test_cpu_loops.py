@@ -79,6 +79,23 @@ def test_im2col_of_large_images_in_blocks_and_runs_per_thread_gives_the_numpy_bi
         cpu_kernels.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("channels", [1, 3, 5])
+def test_one_image_shared_out_by_channels_gives_the_numpy_bits(threads, channels):
+    # a batch of one image: im2col and max-pool give each thread a run of channels (3 channels
+    # on 2 threads: runs of 2 and 1; 1 channel on 3 threads: one run)
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((1, channels, 13, 17)).astype(np.float32)
+    old = cpu_kernels.get_num_threads()
+    cpu_kernels.set_num_threads(threads)
+    try:
+        for args in ((3, 3, (1, 1), (1, 1)), (5, 4, (2, 3), (0, 2)), (11, 11, (4, 4), (0, 0))):
+            assert same_bits(cpu_loops.im2col(x, *args), cpu_kernels.im2col(x, *args))
+        assert same_bits(cpu_loops.maxpool_forward(x, 3, 3, 2, 2, 6, 8), cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, 6, 8))
+    finally:
+        cpu_kernels.set_num_threads(old)
+
+
 def test_strided_views_and_non_contiguous_buffers_are_handled():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 9, 9))[:, ::2]          # every other channel: not contiguous

@@ -163,10 +163,18 @@ def im2col(x, kh, kw, stride, padding, out=None):
     def run(n0, n1):
         fn(x.ctypes.data, cols.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1)
 
+    def run_channels(c0, c1):  # one image: channels [c0, c1) fill rows [c0*KH*KW, c1*KH*KW)
+        fn(x.ctypes.data + c0 * H * W * x.itemsize, cols.ctypes.data + c0 * kh * kw * cols.shape[1] * x.itemsize,
+           N, c1 - c0, H, W, kh, kw, sh, sw, ph, pw, OH, OW, 0, 1)
+
     # one run of images per thread: each row of cols is then written in long runs, and no two
     # threads write the same cache line (a piece per image would share a line at every row's
-    # image boundary: 2,304 rows per image in conv3); the loop keeps its rereads in cache itself
-    cpu_kernels.parallel_runs(run, N)
+    # image boundary: 2,304 rows per image in conv3); the loop keeps its rereads in cache itself.
+    # One image: one run of channels per thread.
+    if N == 1:
+        cpu_kernels.parallel_runs(run_channels, C)
+    else:
+        cpu_kernels.parallel_runs(run, N)
     if out is not None and target is None:
         out[...] = cols
         return out
@@ -208,7 +216,14 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
     def run(n0, n1):
         fn(x.ctypes.data, y.ctypes.data, C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
 
-    cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
+    def run_channels(c0, c1):  # one image: channels [c0, c1)
+        fn(x.ctypes.data + c0 * H * W * x.itemsize, y.ctypes.data + c0 * oh * ow * x.itemsize,
+           c1 - c0, H, W, kh, kw, sh, sw, oh, ow, 0, 1)
+
+    if N == 1:  # one image: one run of channels per thread
+        cpu_kernels.parallel_runs(run_channels, C)
+    else:
+        cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
     return y
 
 
