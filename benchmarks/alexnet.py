@@ -7,7 +7,10 @@ steps) and peak memory.  On the CPU: the process's peak RSS.  On a GPU, like
 with like: the peak bytes in use by arrays (CuPy pool's used bytes, PyTorch's
 max_memory_allocated) and the peak the allocator holds from the device (CuPy
 pool's total bytes, PyTorch's max_memory_reserved).  Every (engine, batch,
-mode) runs in a fresh subprocess so that each peak-memory number is its own.
+mode) runs in a fresh subprocess so that each peak-memory number is its own,
+in --rounds rounds (default 3), tinynet and PyTorch in turn: a step time is
+the median of the rounds' medians, and tinynet / PyTorch the median of the
+rounds' ratios, with their range.
 
 Beside tinynet, where importable, the same paper AlexNet in PyTorch (groups 2,
 LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
@@ -29,13 +32,14 @@ range, so that the shared machine's drift hits both sides alike, and both
 sides are medians.
 
     python benchmarks/alexnet.py                  # CPU, batches 1 8 32 128
-    python benchmarks/alexnet.py --quick          # batches 1 and 8, 2 repetitions (~1 minute)
+    python benchmarks/alexnet.py --quick          # batches 1 and 8, 2 repetitions, one round (~1 minute)
     python benchmarks/alexnet.py --device cuda    # one GPU (CuPy); add --towers for two towers
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +57,11 @@ from tinynet.ops import linear  # noqa: E402
 # Workers: one (engine, batch, mode) per process
 # ----------------------------------------------------------------------------
 
+# What a tinynet CPU training worker measures after its timed steps: one profiled step, and the
+# GEMM floor in turn with whole steps.  The first round of a (batch, mode) does both; later
+# rounds only time steps.
+EXTRAS = ("profile", "floor")
+
 def peak_rss_bytes():
     """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
     keeps the parent's peak across fork + exec, so every worker would report at least the
@@ -64,7 +73,7 @@ def peak_rss_bytes():
     raise RuntimeError("peak_rss_bytes: no VmHWM in /proc/self/status")
 
 
-def worker_tinynet(batch, mode, repeat, device, towers):
+def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     import tinynet as tn
     import tinynet.functional as F
     from tinynet.models import AlexNet
@@ -100,10 +109,11 @@ def worker_tinynet(batch, mode, repeat, device, towers):
     if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
         devices = sorted({p.data.device.id for p in model.parameters()})
     result = timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
-    if mode == "train" and device == "cpu":
+    if mode == "train" and device == "cpu" and "profile" in extras:
         with tn.profile() as prof:  # one more step, profiled: where its time goes
             train_step()
         result["profile_ms"] = dict(prof.by_kind())
+    if mode == "train" and device == "cpu" and "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch)
         steps, floor, ratio = interleaved(train_step, lambda: [product() for product in products], repeat)
@@ -275,10 +285,12 @@ def floor_products(batch):
 # Driver
 # ----------------------------------------------------------------------------
 
-def run_worker(engine, batch, mode, repeat, device, towers, env=None):
-    """One (engine, batch, mode) in a fresh process; ``env``: extra environment variables."""
+def run_worker(engine, batch, mode, repeat, device, towers, env=None, extras=EXTRAS):
+    """One (engine, batch, mode) in a fresh process; ``env``: extra environment variables;
+    ``extras``: what a tinynet CPU training worker measures after its timed steps (EXTRAS)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--batch", str(batch),
-           "--mode", mode, "--repeat", str(repeat), "--device", device] + (["--towers"] if towers else [])
+           "--mode", mode, "--repeat", str(repeat), "--device", device, "--extras", ",".join(extras) or "none"] + (
+        ["--towers"] if towers else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
                          env=None if env is None else {**os.environ, **env})
     if out.returncode != 0:
@@ -293,16 +305,38 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
+def stats(values):
+    return dict(median=statistics.median(values), min=min(values), max=max(values))
+
+
 def summarise(result, batch):
+    """One worker's result: its median step (and min, max), images/s, peak memory."""
     if "error" in result:
         return result
     t = sorted(result["times"])
     med = t[len(t) // 2]
-    out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med, peak_bytes=result["peak_bytes"],
-               peak_reserved_bytes=result.get("peak_reserved_bytes"))
+    out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
+               peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
     for key in ("profile_ms", "floor"):
         if key in result:
             out[key] = result[key]
+    return out
+
+
+def combine(rounds, batch):
+    """One engine's rounds: the median of the rounds' median steps (min and max over every
+    step), the highest peak, the first round's profile and floor, and each round's median."""
+    failed = [r for r in rounds if "error" in r]
+    if failed:
+        return failed[0]
+    med = statistics.median(r["median"] for r in rounds)
+    out = dict(median=med, min=min(r["min"] for r in rounds), max=max(r["max"] for r in rounds),
+               images_per_s=batch / med, peak_bytes=max(r["peak_bytes"] for r in rounds),
+               peak_reserved_bytes=rounds[0]["peak_reserved_bytes"] and max(r["peak_reserved_bytes"] for r in rounds),
+               round_medians=[r["median"] for r in rounds])
+    for key in ("profile_ms", "floor"):
+        if key in rounds[0]:
+            out[key] = rounds[0][key]
     return out
 
 
@@ -364,36 +398,49 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 repetitions")
+    ap.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 repetitions, one round")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     ap.add_argument("--towers", action="store_true", help="tinynet's two-tower model (TINYNET_DEVICES)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--out", help="results name (default: alexnet_<device>[_towers])")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="fresh worker processes per engine, batch and mode, tinynet and PyTorch in turn")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--extras", default="profile,floor", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
         if args.worker == "tinynet":
-            r = worker_tinynet(args.batch, args.mode, args.repeat, args.device, args.towers)
+            r = worker_tinynet(args.batch, args.mode, args.repeat, args.device, args.towers,
+                               tuple(e for e in args.extras.split(",") if e in EXTRAS))
         else:
             r = worker_torch(args.batch, args.mode, args.repeat, args.device)
         print(json.dumps(r))
         return
 
     if args.quick:
-        args.batches, args.repeat = [1, 8], 2
+        args.batches, args.repeat, args.rounds = [1, 8], 2, 1
     with_torch = torch_available() and not args.no_torch
     name = args.out or f"alexnet_{args.device}" + ("_towers" if args.towers else "")
     info = machine()
     rows = []
+    engines = ("tinynet", "torch") if with_torch else ("tinynet",)
     for batch in args.batches:
         for mode in ("train", "infer"):
-            row = dict(batch=batch, mode=mode)
-            row["tinynet"] = summarise(run_worker("tinynet", batch, mode, args.repeat, args.device, args.towers), batch)
-            if with_torch:  # interleaved with ours, same run
-                row["torch"] = summarise(run_worker("torch", batch, mode, args.repeat, args.device, False), batch)
+            # rounds of fresh workers, PyTorch interleaved with ours (the order alternating), so
+            # that a slow minute of the shared machine hits one round of both, not one engine
+            rounds = {engine: [] for engine in engines}
+            for k in range(args.rounds):
+                for engine in engines if k % 2 == 0 else engines[::-1]:
+                    result = run_worker(engine, batch, mode, args.repeat, args.device,
+                                        args.towers and engine == "tinynet", extras=EXTRAS if k == 0 else ())
+                    rounds[engine].append(summarise(result, batch))
+            row = dict(batch=batch, mode=mode, **{engine: combine(rounds[engine], batch) for engine in engines})
+            if with_torch and "error" not in row["tinynet"] and "error" not in row["torch"]:
+                row["throughput_ratio"] = stats([t["median"] / m["median"] for t, m in
+                                                 zip(rounds["torch"], rounds["tinynet"])])
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -405,9 +452,9 @@ def main():
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
               "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),
-             "| batch | mode | tinynet img/s | ms/step (min-max) | peak MB | GEMM floor ms | tinynet / floor, "
+             "| batch | mode | tinynet img/s | ms/step, median of the rounds (min-max of all steps) | peak MB | GEMM floor ms | tinynet / floor, "
              "median of the repetitions (min-max) | "
-             "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput |",
+             "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput, median of the rounds (min-max) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         t = row["tinynet"]
@@ -420,8 +467,9 @@ def main():
         tt = row.get("torch")
         torch_cols = "| | |"
         if tt and "error" not in tt:
+            q = row["throughput_ratio"]
             torch_cols = (f"| {tt['images_per_s']:.1f} | {memory_cell(tt)} | "
-                          f"{t['images_per_s'] / tt['images_per_s']:.2f} |")
+                          f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}) |")
         elif tt:
             torch_cols = f"| error: {tt['error']} | | |"
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "

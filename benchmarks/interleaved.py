@@ -26,7 +26,8 @@ def compare(settings, batches, pairs, repeat):
         for pair in range(pairs):
             row = dict(batch=batch, pair=pair)
             for name, env in settings.items():
-                r = summarise(run_worker("tinynet", batch, "train", repeat, "cpu", False, env=env), batch)
+                r = summarise(run_worker("tinynet", batch, "train", repeat, "cpu", False, env=env,
+                                           extras=("profile",)), batch)
                 if "error" in r:
                     raise SystemExit(f"batch {batch}, {name}: the worker failed: {r['error']}")
                 groups = profile_groups(r.get("profile_ms", {}))
