@@ -43,16 +43,6 @@ static inline void inside(i64 in_len, i64 out_len, i64 stride, i64 pad, i64 k, i
 }
 
 // ---------------------------------------------------------------------------
-// dst[ox] = src[ox * stride] for ox in [lo, hi); S is the stride when known at compile
-// time (then the loop becomes SIMD code), 0 when only SW knows it.
-
-template <typename T, int S>
-static inline void copy_row(T* __restrict__ dst, const T* __restrict__ src, i64 lo, i64 hi, i64 SW) {
-    const i64 stride = S ? S : SW;
-    for (i64 ox = lo; ox < hi; ++ox) dst[ox] = src[ox * stride];
-}
-
-// ---------------------------------------------------------------------------
 // im2col: cols[(c*KH + ky)*KW + kx, (n*OH + oy)*OW + ox] = x_padded[n, c, oy*SH + ky, ox*SW + kx]
 //
 // Each row of cols is written from start to end, the images [n0, n1) one after
@@ -61,15 +51,16 @@ static inline void copy_row(T* __restrict__ dst, const T* __restrict__ src, i64 
 // in about 256 KB (the core's L2 cache), so that the rereads hit the cache (conv1's
 // planes are 206 KB each: one image at a time; conv3's 676 bytes: all of them).
 //
-// Two loops do it.  With a horizontal stride of 1 (conv2 to conv5), the block's planes
-// of channel c are first copied once into a buffer with their zero border (x_padded
-// itself); then every window row is a plain copy of OW floats from it, with no test
-// for the border, in blocks of 8 elements whose last one may overlap the one before
-// (13 floats: [0, 8) and [5, 13)).  conv3 to conv5 have rows of 13: copied element
-// by element with the border tests, their columns took twice as long.  With a larger
-// stride (conv1), the loop after this one.
+// The block's planes of channel c are first copied once into a buffer, with their
+// zero border (x_padded itself) and, for a horizontal stride SW over 1, split into SW
+// phases: phase r holds the padded columns r, r + SW, r + 2*SW, ...  Then what window
+// row (ky, kx) reads for a row of outputs oy is a contiguous run of OW elements:
+// phase kx % SW, padded row oy*SH + ky, from column kx / SW.  Each is a plain copy, in
+// blocks of 8 elements whose last one may overlap the one before (13 floats: [0, 8)
+// and [5, 13)), with no test for the border.  Copied element by element with border
+// tests and strided reads, conv3's columns took twice as long, conv1's 1.4 times.
 
-// dst[0, n) = src[0, n), n >= 8 in blocks of 8 elements (each a single SIMD load and store)
+// dst[0, n) = src[0, n), n >= 8, in blocks of 8 elements (each a single SIMD load and store)
 template <typename T>
 static inline void copy_in_blocks_of_8(T* __restrict__ dst, const T* __restrict__ src, i64 n) {
     i64 i = 0;
@@ -77,27 +68,54 @@ static inline void copy_in_blocks_of_8(T* __restrict__ dst, const T* __restrict_
     if (i < n) std::memcpy(dst + n - 8, src + n - 8, 8 * sizeof(T));  // the last 8, overlapping
 }
 
+// One padded plane (H + 2*PH rows), split into SW phases of WQ columns each: padded column
+// w goes to phase w % SW, column w / SW.  The border (and a phase's last column past the
+// padded width) is left as it is: zero.
 template <typename T>
-static INLINE void im2col_stride1(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
-                                  i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
+static inline void padded_phases(T* __restrict__ phases, const T* __restrict__ image, i64 H, i64 W, i64 SW,
+                                 i64 PH, i64 PW, i64 WQ) {
+    const i64 HP = H + 2 * PH;
+    for (i64 h = 0; h < H; ++h) {
+        const T* row = image + h * W;
+        if (SW == 1) {
+            std::memcpy(phases + (h + PH) * WQ + PW, row, W * sizeof(T));
+            continue;
+        }
+        for (i64 r = 0; r < SW; ++r) {
+            T* dst = phases + (r * HP + h + PH) * WQ;
+            // image column w = j*SW + r - PW, for the j with 0 <= w < W
+            // (the divisions round down: the numerators are not negative)
+            const i64 j_lo = PW - r <= 0 ? 0 : (PW - r + SW - 1) / SW;
+            const i64 j_hi = W - 1 + PW - r < 0 ? 0 : std::min(WQ, (W - 1 + PW - r) / SW + 1);
+            const i64 shift = r - PW;
+            if (SW == 4)  // conv1's stride, known to the compiler
+                for (i64 j = j_lo; j < j_hi; ++j) dst[j] = row[j * 4 + shift];
+            else
+                for (i64 j = j_lo; j < j_hi; ++j) dst[j] = row[j * SW + shift];
+        }
+    }
+}
+
+template <typename T>
+static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
+                          i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
     const i64 ncols = N * OH * OW;
-    const i64 HP = H + 2 * PH, WP = W + 2 * PW;  // a padded plane
-    const i64 block = std::max<i64>(1, (256 * 1024) / (HP * WP * i64(sizeof(T))));
-    std::vector<T> padded(std::min(block, n1 - n0) * HP * WP, T(0));  // the border stays zero
+    const i64 HP = H + 2 * PH, WQ = (W + 2 * PW + SW - 1) / SW;  // padded rows; one phase's columns
+    const i64 plane = SW * HP * WQ;                                // one padded plane, its SW phases
+    const i64 block = std::max<i64>(1, (256 * 1024) / (plane * i64(sizeof(T))));
+    std::vector<T> phases(std::min(block, n1 - n0) * plane, T(0));
     for (i64 b0 = n0; b0 < n1; b0 += block) {
         const i64 b1 = std::min(n1, b0 + block);  // this block: images [b0, b1)
         for (i64 c = 0; c < C; ++c) {
-            for (i64 n = b0; n < b1; ++n) {  // channel c of the block's images, padded
-                const T* image = x + (n * C + c) * H * W;
-                T* plane = padded.data() + (n - b0) * HP * WP;
-                for (i64 h = 0; h < H; ++h) std::memcpy(plane + (h + PH) * WP + PW, image + h * W, W * sizeof(T));
-            }
+            for (i64 n = b0; n < b1; ++n)
+                padded_phases(phases.data() + (n - b0) * plane, x + (n * C + c) * H * W, H, W, SW, PH, PW, WQ);
             for (i64 ky = 0; ky < KH; ++ky)
                 for (i64 kx = 0; kx < KW; ++kx) {
                     T* dst = cols + ((c * KH + ky) * KW + kx) * ncols + b0 * OH * OW;
+                    const i64 r = kx % SW, q = kx / SW;
                     for (i64 n = b0; n < b1; ++n) {
-                        const T* src = padded.data() + (n - b0) * HP * WP + ky * WP + kx;
-                        for (i64 oy = 0; oy < OH; ++oy, dst += OW, src += SH * WP) {
+                        const T* src = phases.data() + (n - b0) * plane + (r * HP + ky) * WQ + q;
+                        for (i64 oy = 0; oy < OH; ++oy, dst += OW, src += SH * WQ) {
                             if (OW >= 8)
                                 copy_in_blocks_of_8(dst, src, OW);
                             else
@@ -106,55 +124,6 @@ static INLINE void im2col_stride1(const T* x, T* cols, i64 N, i64 C, i64 H, i64 
                     }
                 }
         }
-    }
-}
-
-template <typename T>
-static INLINE void im2col(const T* x, T* cols, i64 N, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
-                   i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {
-    if (SW == 1) {
-        im2col_stride1(x, cols, N, C, H, W, KH, KW, SH, PH, PW, OH, OW, n0, n1);
-        return;
-    }
-    const i64 ncols = N * OH * OW;
-    const i64 block = std::max<i64>(1, (256 * 1024) / (H * W * i64(sizeof(T))));
-    for (i64 b0 = n0; b0 < n1; b0 += block) {
-        const i64 b1 = std::min(n1, b0 + block);  // this block: images [b0, b1)
-        for (i64 c = 0; c < C; ++c)
-            for (i64 ky = 0; ky < KH; ++ky)
-                for (i64 kx = 0; kx < KW; ++kx) {
-                    T* row = cols + ((c * KH + ky) * KW + kx) * ncols;
-                    i64 oy_lo, oy_hi, ox_lo, ox_hi;
-                    inside(H, OH, SH, PH, ky, oy_lo, oy_hi);
-                    inside(W, OW, SW, PW, kx, ox_lo, ox_hi);
-                    // with a stride over 1, row kx is row kx - SW moved one window to the left:
-                    // a contiguous copy of what was just written, instead of a strided read
-                    const T* earlier = SW > 1 && kx >= SW ? row - SW * ncols : nullptr;
-                    for (i64 n = b0; n < b1; ++n) {
-                        const T* image = x + (n * C + c) * H * W;
-                        for (i64 oy = 0; oy < OH; ++oy) {
-                            T* dst = row + (n * OH + oy) * OW;
-                            if (earlier && OW > 1) {
-                                const T* prev = earlier + (n * OH + oy) * OW;
-                                copy_row<T, 1>(dst, prev + 1, 0, OW - 1, 1);
-                                // the last window: its pixel, or padding
-                                const i64 ix = (OW - 1) * SW - PW + kx, iy = oy * SH - PH + ky;
-                                dst[OW - 1] = (ix >= 0 && ix < W && iy >= 0 && iy < H) ? image[iy * W + ix] : T(0);
-                                continue;
-                            }
-                            if (oy < oy_lo || oy >= oy_hi) {  // this row of windows reads padding only
-                                for (i64 ox = 0; ox < OW; ++ox) dst[ox] = T(0);
-                                continue;
-                            }
-                            const T* src = image + (oy * SH - PH + ky) * W + (kx - PW);
-                            for (i64 ox = 0; ox < ox_lo; ++ox) dst[ox] = T(0);
-                            // a stride known to the compiler makes SIMD copies (AlexNet's conv1: 4)
-                            if (SW == 4) copy_row<T, 4>(dst, src, ox_lo, ox_hi, SW);
-                            else copy_row<T, 0>(dst, src, ox_lo, ox_hi, SW);
-                            for (i64 ox = ox_hi; ox < OW; ++ox) dst[ox] = T(0);
-                        }
-                    }
-                }
     }
 }
 

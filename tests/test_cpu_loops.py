@@ -79,6 +79,22 @@ def test_im2col_of_large_images_in_blocks_and_runs_per_thread_gives_the_numpy_bi
         cpu_kernels.set_num_threads(old)
 
 
+def test_im2col_of_every_tiny_geometry_gives_the_numpy_bits():
+    # each direction alone over every small size, kernel, stride (up to more than the image) and
+    # padding: the edges where a window starts in the padding or a stride skips the whole image
+    rng = np.random.default_rng(0)
+    for size in range(1, 7):
+        for k in range(1, 5):
+            for stride in range(1, 6):
+                for pad in range(0, 3):
+                    if k > size + 2 * pad:
+                        continue
+                    for shape, args in (((2, 2, size, 3), (k, 1, (stride, 1), (pad, 0))),
+                                        ((2, 2, 3, size), (1, k, (1, stride), (0, pad)))):
+                        x = rng.standard_normal(shape)
+                        assert same_bits(cpu_loops.im2col(x, *args), cpu_kernels.im2col(x, *args)), (shape, args)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("channels", [1, 3, 5])
 def test_one_image_shared_out_by_channels_gives_the_numpy_bits(threads, channels):
