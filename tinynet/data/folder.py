@@ -53,6 +53,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..files import fsync_folder
 from .dataset import ArrayDataset, check_int, load_json, stratified_split_indices
 
 # File name endings (lower case) taken as images; other files in class folders are ignored.
@@ -253,8 +254,8 @@ def _open_images_file(path, shape, cache, func):
     return images
 
 
-def _fsync_path(path):
-    """Make `path` (a file, or a folder's list of names) durable on disk."""
+def _fsync_file(path):
+    """Make the file at `path` durable on disk (a folder's names: files.fsync_folder)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -361,12 +362,12 @@ def _build_cache(final_dir, paths, labels, size, split, func, progress):
             final.flush()
             del final, images
             os.unlink(decoded_path)
-        _fsync_path(image_path)
+        _fsync_file(image_path)
         _write_npy(os.path.join(work, "labels.npy"), kept_labels[rows])
         meta = {"version": _CACHE_VERSION, "size": size, "num_files": len(paths),
                 "skipped": corrupt, "unreadable": unreadable, "parts": parts}
         _write_json(os.path.join(work, "meta.json"), meta)
-        _fsync_path(work)
+        fsync_folder(work)
         _commit(work, final_dir)
         work = None
         return final_dir, [], meta
@@ -402,7 +403,7 @@ def _commit(work, final_dir):
         except OSError:
             shutil.rmtree(work, ignore_errors=True)         # another rebuild won
         shutil.rmtree(stale, ignore_errors=True)
-    _fsync_path(parent)
+    fsync_folder(parent)
 
 
 def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progress=None,
