@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
-from benchmarks.common import interleaved, machine, ms, save  # noqa: E402
+from benchmarks.common import interleaved, machine, ms, save, stats  # noqa: E402
 from benchmarks.layers import CONVS, FCS  # noqa: E402  the layer shapes, one table for both scripts
 from tinynet.ops import linear  # noqa: E402
 
@@ -303,10 +303,6 @@ def torch_available():
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
-
-
-def stats(values):
-    return dict(median=statistics.median(values), min=min(values), max=max(values))
 
 
 def summarise(result, batch):

@@ -26,7 +26,7 @@ def timeit(fn, repeat=5, warmup=1):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+    return stats(times)
 
 
 def interleaved(first, second, repeat):
@@ -40,8 +40,12 @@ def interleaved(first, second, repeat):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    stats = lambda v: {"median": statistics.median(v), "min": min(v), "max": max(v)}  # noqa: E731
     return stats(t_first), stats(t_second), stats([a / b for a, b in zip(t_first, t_second)])
+
+
+def stats(values):
+    """Median, min and max of a list of numbers."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def cpu_model():

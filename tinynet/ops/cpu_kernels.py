@@ -91,7 +91,8 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
     target_bytes = _pool["chunk_bytes"] if target_bytes is None else target_bytes
     step = int(max(1, min(n, target_bytes // max(bytes_per_item, 1))))
     ranges = [(i, min(n, i + step)) for i in range(0, n, step)]
-    threads = min(get_num_threads(), len(ranges))
+    pool_threads = get_num_threads()
+    threads = min(pool_threads, len(ranges))
     if threads <= 1:
         for i0, i1 in ranges:
             fn(i0, i1)
@@ -110,7 +111,7 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
             except BaseException as error:  # noqa: B036  kept for the caller; the others go on
                 errors.append(error)
 
-    executor = _executor(get_num_threads())
+    executor = _executor(pool_threads)
     helpers = [executor.submit(work) for _ in range(threads - 1)]
     work()
     for helper in helpers:  # the queue is empty: a helper not started yet need not start
