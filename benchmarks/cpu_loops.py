@@ -47,10 +47,10 @@ def loop_cases(batch, rng):
     for layer, shape in POOLS:
         x = np.maximum(rng.standard_normal((batch,) + shape).astype(np.float32), 0)
         oh, ow = (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1
-        y = cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, oh, ow)
+        y, argmax = cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, oh, ow)
         gy = rng.standard_normal(y.shape).astype(np.float32)
         cases.append((f"{layer} forward", "maxpool_forward", (x, 3, 3, 2, 2, oh, ow)))
-        cases.append((f"{layer} backward", "maxpool_backward", (x, y, gy, 3, 3, 2, 2)))
+        cases.append((f"{layer} backward", "maxpool_backward", (argmax, gy, x.shape, 3, 3, 2, 2)))
     for layer, shape in LRNS:
         x = np.maximum(rng.standard_normal((batch,) + shape).astype(np.float32), 0) * 3
         y, scale = cpu_kernels.lrn_forward(x, 5, 1e-4, 0.75, 2.0)

@@ -165,104 +165,64 @@ static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 
 }
 
 // ---------------------------------------------------------------------------
-// Max pooling over an already padded x (N, C, H, W) -> y (N, C, OH, OW).
-// Forward: NumPy's np.maximum over the offsets in row-major order, so a NaN
-// anywhere in the window wins.  Backward: each output's gradient goes to the
-// first position of its window (row-major) holding the maximum (the first NaN
-// if the maximum is NaN); overlapping windows add.  The outputs are visited
-// last to first, so that each pixel receives its terms in NumPy's order
-// (offsets in row-major order), and the sums are the same bits.
+// Max pooling over an already padded x (N, C, H, W) -> y (N, C, OH, OW), and
+// argmax (N, C, OH, OW), int32: where in its input plane (h * W + w) each
+// output's maximum sits.  Forward visits the window's offsets in row-major
+// order and takes a value only if it beats the maximum so far, by np.maximum's
+// rule: m stays if m >= v or m is NaN, else v is taken (so the first NaN wins,
+// and on ties the first maximum keeps its place).  Backward sends each output's
+// gradient to its argmax; where windows overlap, one pixel can be the maximum of
+// several and their gradients add, in the outputs' row-major order.
 
 // One kernel offset for a row of OW outputs, reading v[ox * stride]: S is the stride when
 // known at compile time (then the loop becomes SIMD code), 0 when only SW knows it.
-// max_row: np.maximum(m, v), m if m is NaN or m >= v, else v (so a NaN v wins too).
+// `at` is the plane index of v[0]: output ox's candidate sits at at + ox * stride.
 template <typename T, int S>
-static inline void max_row(T* __restrict__ m, const T* __restrict__ v, i64 OW, i64 SW) {
+static inline void max_row(T* __restrict__ m, int* __restrict__ where, const T* __restrict__ v, int at,
+                           i64 OW, i64 SW) {
     const i64 stride = S ? S : SW;
     for (i64 ox = 0; ox < OW; ++ox) {
         const T a = m[ox], b = v[ox * stride];
-        m[ox] = (a >= b || a != a) ? a : b;
+        const bool keep = a >= b || a != a;
+        m[ox] = keep ? a : b;
+        where[ox] = keep ? where[ox] : int(at + ox * stride);
     }
-}
-
-// find_row: where[ox] = offset for each output whose maximum m[ox] sits at v[ox * stride]
-// (both NaN counts), unless an earlier offset already holds it.
-template <typename T, int S>
-static inline void find_row(int* __restrict__ where, const T* __restrict__ m, const T* __restrict__ v,
-                            int offset, i64 OW, i64 SW) {
-    const i64 stride = S ? S : SW;
-    for (i64 ox = 0; ox < OW; ++ox) {
-        const T a = v[ox * stride], b = m[ox];
-        const bool hit = where[ox] < 0 && (a == b || (b != b && a != a));
-        where[ox] = hit ? offset : where[ox];
-    }
-}
-
-// match_row: where[ox] = offset for each output whose maximum m[ox] sits at v[ox * stride].
-// For a row of outputs without NaN: visiting the offsets last to first, the first offset
-// (row-major) that holds the maximum is the last one written, with no test of where.
-template <typename T, int S>
-static inline void match_row(int* __restrict__ where, const T* __restrict__ m, const T* __restrict__ v,
-                             int offset, i64 OW, i64 SW) {
-    const i64 stride = S ? S : SW;
-    for (i64 ox = 0; ox < OW; ++ox) where[ox] = v[ox * stride] == m[ox] ? offset : where[ox];
 }
 
 template <typename T>
-static INLINE void maxpool_forward(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH, i64 SW,
-                            i64 OH, i64 OW, i64 n0, i64 n1) {
+static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
+                                   i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
         const T* xp = x + plane * H * W;
         for (i64 oy = 0; oy < OH; ++oy) {
             T* __restrict__ m = y + (plane * OH + oy) * OW;  // one row of outputs, built in place
+            int* __restrict__ where = argmax + (plane * OH + oy) * OW;
             const T* top = xp + oy * SH * W;
-            for (i64 ox = 0; ox < OW; ++ox) m[ox] = top[ox * SW];
+            for (i64 ox = 0; ox < OW; ++ox) {
+                m[ox] = top[ox * SW];
+                where[ox] = int(oy * SH * W + ox * SW);
+            }
             for (i64 ky = 0; ky < KH; ++ky)
                 for (i64 kx = 0; kx < KW; ++kx) {
-                    const T* __restrict__ v = top + ky * W + kx;
-                    if (SW == 2) max_row<T, 2>(m, v, OW, SW);  // AlexNet's stride, known to the compiler
-                    else max_row<T, 0>(m, v, OW, SW);
+                    if (ky == 0 && kx == 0) continue;  // the start
+                    const T* v = top + ky * W + kx;
+                    const int at = int((oy * SH + ky) * W + kx);
+                    if (SW == 2) max_row<T, 2>(m, where, v, at, OW, SW);  // AlexNet's stride, known to the compiler
+                    else max_row<T, 0>(m, where, v, at, OW, SW);
                 }
         }
     }
 }
 
 template <typename T>
-static INLINE void maxpool_backward(const T* x, const T* y, const T* gy, T* gx, i64 C, i64 H, i64 W, i64 KH,
-                                    i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
-    std::vector<int> at(OW);  // for one row of outputs: where its window's maximum is (-1: not found yet)
+static INLINE void maxpool_backward(const int* argmax, const T* gy, T* gx, i64 C, i64 HW, i64 OHW, i64 n0,
+                                    i64 n1) {
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
-        const T* xp = x + plane * H * W;
-        T* gp = gx + plane * H * W;
-        for (i64 i = 0; i < H * W; ++i) gp[i] = T(0);
-        for (i64 oy = OH - 1; oy >= 0; --oy) {
-            const T* m = y + (plane * OH + oy) * OW;
-            const T* g = gy + (plane * OH + oy) * OW;
-            const T* top = xp + oy * SH * W;
-            int* __restrict__ where = at.data();
-            for (i64 ox = 0; ox < OW; ++ox) where[ox] = -1;
-            int nans = 0;  // counted, not or-ed: the count is SIMD code
-            for (i64 ox = 0; ox < OW; ++ox) nans += m[ox] != m[ox];
-            if (nans == 0) {  // the offsets last to first, each for the whole row of outputs at once
-                for (i64 ky = KH - 1; ky >= 0; --ky)
-                    for (i64 kx = KW - 1; kx >= 0; --kx) {
-                        const T* v = top + ky * W + kx;
-                        const int offset = int(ky * W + kx);
-                        if (SW == 2) match_row<T, 2>(where, m, v, offset, OW, SW);
-                        else match_row<T, 0>(where, m, v, offset, OW, SW);
-                    }
-            } else {  // a NaN maximum: the first NaN; the offsets in row-major order
-                for (i64 ky = 0; ky < KH; ++ky)
-                    for (i64 kx = 0; kx < KW; ++kx) {
-                        const T* v = top + ky * W + kx;
-                        const int offset = int(ky * W + kx);
-                        if (SW == 2) find_row<T, 2>(where, m, v, offset, OW, SW);
-                        else find_row<T, 0>(where, m, v, offset, OW, SW);
-                    }
-            }
-            for (i64 ox = OW - 1; ox >= 0; --ox)
-                if (where[ox] >= 0) gp[oy * SH * W + ox * SW + where[ox]] += g[ox];
-        }
+        T* gp = gx + plane * HW;
+        const int* where = argmax + plane * OHW;
+        const T* g = gy + plane * OHW;
+        for (i64 i = 0; i < HW; ++i) gp[i] = T(0);
+        for (i64 o = 0; o < OHW; ++o) gp[where[o]] += g[o];
     }
 }
 
@@ -443,14 +403,14 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
                                     i64 SH, i64 SW, i64 PH, i64 PW, i64 OH, i64 OW, i64 n0, i64 n1) {   \
         col2im(cols, gx, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1);                           \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void maxpool_forward_##SUFFIX(const T* x, T* y, i64 C, i64 H, i64 W, i64 KH, i64 KW,     \
-                                             i64 SH, i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {          \
-        maxpool_forward(x, y, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                                 \
+    extern "C" TINYNET_CLONES void maxpool_forward_##SUFFIX(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W,      \
+                                             i64 KH, i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0,    \
+                                             i64 n1) {                                                  \
+        maxpool_forward(x, y, argmax, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                         \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void maxpool_backward_##SUFFIX(const T* x, const T* y, const T* gy, T* gx, i64 C, i64 H, \
-                                              i64 W, i64 KH, i64 KW, i64 SH, i64 SW, i64 OH, i64 OW,    \
-                                              i64 n0, i64 n1) {                                         \
-        maxpool_backward(x, y, gy, gx, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                        \
+    extern "C" TINYNET_CLONES void maxpool_backward_##SUFFIX(const int* argmax, const T* gy, T* gx, i64 C, i64 HW,   \
+                                              i64 OHW, i64 n0, i64 n1) {                                \
+        maxpool_backward(argmax, gy, gx, C, HW, OHW, n0, n1);                                           \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void lrn_forward_##SUFFIX(const T* x, T* y, T* scale, i64 C, i64 HW, i64 before,         \
                                          i64 after, double alpha, double beta, double k, i64 n0,        \

@@ -123,10 +123,11 @@ def test_conv_path_runs_the_kernels_the_way_it_names(path, monkeypatch):
         kept = y._creator.saved[2] is not None
         y = F.max_pool2d(F.local_response_norm(y), 2)
         y.sum().backward()
-    assert {k for k, _, _ in pieces} == {"im2col", "col2im", "conv_output", "conv_grad_rows", "maxpool_forward",
-                                         "maxpool_backward", "lrn_forward", "lrn_backward"}
-    im2col_images = [n for k, _, n in pieces if k == "im2col"]  # images, or channels of one image
     compiled = path != "numpy" and compiler() is not None
+    # NumPy's max-pool backward is one np.add.at on the calling thread, not a shared-out pass
+    assert {k for k, _, _ in pieces} == {"im2col", "col2im", "conv_output", "conv_grad_rows", "maxpool_forward",
+                                         "lrn_forward", "lrn_backward"} | ({"maxpool_backward"} if compiled else set())
+    im2col_images = [n for k, _, n in pieces if k == "im2col"]  # images, or channels of one image
     assert modules == {"tinynet.ops.cpu_loops" if compiled else "tinynet.ops.cpu_kernels"}
     assert kept == (path in ("whole", "numpy"))
     main = threading.current_thread().name

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tinynet.cbuild import compiler
 from tinynet.ops import cpu_kernels, cpu_loops
+from tinynet.ops.pool import max_pool2d_backward_naive, max_pool2d_naive
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler: the compiled loops cannot be built")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,8 @@ def test_one_image_shared_out_by_channels_gives_the_numpy_bits(threads, channels
     try:
         for args in ((3, 3, (1, 1), (1, 1)), (5, 4, (2, 3), (0, 2)), (11, 11, (4, 4), (0, 0))):
             assert same_bits(cpu_loops.im2col(x, *args), cpu_kernels.im2col(x, *args))
-        assert same_bits(cpu_loops.maxpool_forward(x, 3, 3, 2, 2, 6, 8), cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, 6, 8))
+        (y, argmax), (y_np, argmax_np) = (m.maxpool_forward(x, 3, 3, 2, 2, 6, 8) for m in (cpu_loops, cpu_kernels))
+        assert same_bits(y, y_np) and np.array_equal(argmax, argmax_np)
     finally:
         cpu_kernels.set_num_threads(old)
 
@@ -143,11 +145,19 @@ def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
     if nans:
         x[rng.random(shape) < 0.1] = np.nan
     oh, ow = (shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1
-    y = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
-    assert same_bits(cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow), y)
+    y, argmax = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
+    y_c, argmax_c = cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
+    assert same_bits(y_c, y) and argmax_c.dtype == np.int32 and np.array_equal(argmax_c, argmax)
+    # the naive twin's argmax (row-major place in the window) is the same place in the plane
+    y_naive, in_window = max_pool2d_naive(x, (kh, kw), (sh, sw))
+    ky, kx = np.divmod(in_window, kw)
+    assert np.array_equal((np.arange(oh)[:, None] * sh + ky) * shape[3] + np.arange(ow) * sw + kx, argmax)
+    assert np.array_equal(y_naive, y, equal_nan=True)
     gy = rng.standard_normal(y.shape).astype(dtype)
-    assert same_bits(cpu_loops.maxpool_backward(x, y, gy, kh, kw, sh, sw),
-                     cpu_kernels.maxpool_backward(x, y, gy, kh, kw, sh, sw))
+    gx = cpu_kernels.maxpool_backward(argmax, gy, x.shape, kh, kw, sh, sw)
+    assert same_bits(cpu_loops.maxpool_backward(argmax, gy, x.shape, kh, kw, sh, sw), gx)
+    # the terms reach a pixel in the outputs' row-major order, as the naive twin adds them
+    assert same_bits(max_pool2d_backward_naive(x, gy, (kh, kw), (sh, sw)), gx)
 
 
 @given(st.integers(0, 4), st.integers(1, 6), st.integers(1, 40), st.booleans(), st.booleans(), DTYPES,
@@ -207,7 +217,8 @@ def test_sgd_update_gives_the_numpy_bits(n, dtype, lr, m, wd, seed):
 
 def test_other_dtypes_run_the_numpy_loops():
     x = np.arange(2 * 3 * 6 * 6, dtype=np.float16).reshape(2, 3, 6, 6)
-    assert same_bits(cpu_loops.maxpool_forward(x, 2, 2, 2, 2, 3, 3), cpu_kernels.maxpool_forward(x, 2, 2, 2, 2, 3, 3))
+    (y, argmax), (y_np, argmax_np) = (m.maxpool_forward(x, 2, 2, 2, 2, 3, 3) for m in (cpu_loops, cpu_kernels))
+    assert same_bits(y, y_np) and np.array_equal(argmax, argmax_np)
     assert same_bits(cpu_loops.im2col(x, 3, 3, (1, 1), (0, 0)), cpu_kernels.im2col(x, 3, 3, (1, 1), (0, 0)))
 
 

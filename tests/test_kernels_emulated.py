@@ -12,11 +12,12 @@ tinynet/ops/cpu_kernels.py over hypothesis-drawn geometry, and every launch is c
   an out-of-bounds read that reaches the output turns it NaN where NaN is not expected; output
   guards hold a canary; after the launch every guard (and every input) must be bit-identical:
   an out-of-bounds or stray write fails;
-* unwritten elements: outputs start as the canary 1e30, so an element no thread writes fails;
+* unwritten elements: outputs start as the canary 1e30 (int32 outputs: the most negative int),
+  so an element no thread writes fails;
 * float32 and float64, and NaN inputs (NaN must propagate exactly as in NumPy).
 
-A read outside a buffer that never reaches the output (max-pool backward only compares x with
-y) is invisible to guards; ``test_no_out_of_bounds_access_under_address_sanitizer`` catches
+A read outside a buffer that never reaches the output (max-pool backward only compares argmax
+with its pixel's index) is invisible to guards; ``test_no_out_of_bounds_access_under_address_sanitizer`` catches
 those: it runs the kernels on exact-size buffers in a process with AddressSanitizer, which
 traps any access past a buffer's end or before its start.
 """
@@ -52,8 +53,16 @@ def built_library():
 # ----------------------------------------------------------------------------
 
 def bits(a):
-    """The raw bits of a float array: compares NaN and -0.0 exactly."""
-    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+    """The raw bits of an array: compares NaN and -0.0 exactly."""
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def guard_value(dtype, is_input):
+    """Guards of inputs: NaN (an index far outside any plane for int32); of outputs: the canary
+    (the most negative int32: no kernel writes an index below 0)."""
+    if np.dtype(dtype).kind == "f":
+        return np.nan if is_input else CANARY
+    return 2**30 if is_input else np.iinfo(np.int32).min
 
 
 class Buffer:
@@ -62,7 +71,7 @@ class Buffer:
 
     def __init__(self, shape, dtype, data=None):
         n = int(np.prod(shape))
-        self.whole = np.full(GUARD + n + GUARD, np.nan if data is not None else CANARY, dtype)
+        self.whole = np.full(GUARD + n + GUARD, guard_value(dtype, data is not None), dtype)
         self.array = self.whole[GUARD:GUARD + n].reshape(shape)
         if data is not None:
             self.array[...] = data
@@ -78,10 +87,11 @@ class Buffer:
 
 
 def run(kernel, dtype, inputs, outputs, scalars, grid, block, order="forward", seed=0):
-    """Launch ``kernel`` on guarded copies of ``inputs`` (arrays) and fresh guarded
-    ``outputs`` (shapes); check every guard; return the outputs' arrays."""
-    ins = [Buffer(a.shape, dtype, a) for a in inputs]
-    outs = [Buffer(shape, dtype) for shape in outputs]
+    """Launch ``kernel`` on guarded copies of ``inputs`` (arrays: int32 ones stay int32, the rest
+    become ``dtype``) and fresh guarded ``outputs`` (shapes of ``dtype``, or (shape, np.int32));
+    check every guard; return the outputs' arrays."""
+    ins = [Buffer(a.shape, a.dtype if a.dtype == np.int32 else dtype, a) for a in inputs]
+    outs = [Buffer(*out) if out[-1] is np.int32 else Buffer(out, dtype) for out in outputs]
     ctype = "float" if dtype == np.float32 else "double"
     emulate.launch(f"{kernel}<{ctype}>", [b.array for b in ins + outs] + list(scalars),
                    grid, block, order, seed)
@@ -195,19 +205,18 @@ def test_maxpool_forward_and_backward_match_numpy(g, dtype, seed, nans, ties, da
     N, C, H, W = x.shape
     OH, OW = (H - g["kh"]) // g["sh"] + 1, (W - g["kw"]) // g["sw"] + 1
     scalars = i64(N, C, H, W) + i32(g["kh"], g["kw"], g["sh"], g["sw"]) + i64(OH, OW)
-    (y,) = run_both_ways(data, "maxpool_forward_kernel", dtype, [x], [(N, C, OH, OW)], scalars, N * C * OH * OW)
-    expected = cpu_kernels.maxpool_forward(x, g["kh"], g["kw"], g["sh"], g["sw"], OH, OW)
+    y, argmax = run_both_ways(data, "maxpool_forward_kernel", dtype, [x], [(N, C, OH, OW), ((N, C, OH, OW), np.int32)],
+                              scalars, N * C * OH * OW)
+    expected, expected_argmax = cpu_kernels.maxpool_forward(x, g["kh"], g["kw"], g["sh"], g["sw"], OH, OW)
     np.testing.assert_array_equal(y, expected)  # NaN wins its window in both
+    np.testing.assert_array_equal(argmax, expected_argmax)  # the first maximum, or the first NaN
 
     gy = values(y.shape, dtype, seed + 1)
-    (gx,) = run_both_ways(data, "maxpool_backward_kernel", dtype, [x, y, gy], [x.shape], scalars, x.size)
-    expected = cpu_kernels.maxpool_backward(x, y, gy, g["kh"], g["kw"], g["sh"], g["sw"])
-    # A pixel that is the maximum of n windows sums n gradients, here in another order than on
-    # the CPU: the two differ by at most (n - 1) * eps * sum|terms| (backward applied to |gy|).
-    n = -(-g["kh"] // g["sh"]) * -(-g["kw"] // g["sw"])
-    bound = (n - 1) * np.finfo(dtype).eps * cpu_kernels.maxpool_backward(x, y, np.abs(gy), g["kh"], g["kw"],
-                                                                          g["sh"], g["sw"])
-    assert np.all(np.abs(gx - expected) <= bound)  # gy has no NaN: neither has gx (a NaN compares False)
+    (gx,) = run_both_ways(data, "maxpool_backward_kernel", dtype, [argmax, gy], [x.shape], scalars, x.size)
+    # each pixel gathers its windows' terms in their row-major order: the order in which the
+    # CPU's scatter adds them, so the same bits
+    expected = cpu_kernels.maxpool_backward(argmax, gy, x.shape, g["kh"], g["kw"], g["sh"], g["sw"])
+    assert np.array_equal(bits(gx), bits(expected))
 
 
 @st.composite
@@ -324,8 +333,13 @@ def test_emulated_module_has_the_gpu_module_functions_and_agrees_with_numpy():
         assert getattr(emulate, name).__func__ is getattr(kernels, name).__func__, name
     # AlexNet's pool1 and LRN geometry, launched as the GPU module launches them
     x = values((2, 96, 55, 55), np.float32, 0)
-    y = emulate.maxpool_forward(x, 3, 3, 2, 2, 27, 27)
-    np.testing.assert_array_equal(y, cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, 27, 27))
+    y, argmax = emulate.maxpool_forward(x, 3, 3, 2, 2, 27, 27)
+    y_np, argmax_np = cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, 27, 27)
+    np.testing.assert_array_equal(y, y_np)
+    np.testing.assert_array_equal(argmax, argmax_np)
+    gy = values(y.shape, np.float32, 1)
+    assert np.array_equal(bits(emulate.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)),
+                          bits(cpu_kernels.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)))
     yl, _ = emulate.lrn_forward(x[:, :48, :13, :13], 5, 1e-4, 0.75, 2.0)
     assert_close(yl, cpu_kernels.lrn_forward(x[:, :48, :13, :13], 5, 1e-4, 0.75, 2.0)[0], np.float32)
 
@@ -366,12 +380,12 @@ def run_exact_size_cases(cases=40):
         pool = i64(N, C, H, W) + i32(kh, kw, sh, sw) + i64(PH, PW)
         lrn = i64(N, C, H * W) + i32(size // 2, (size - 1) // 2)
         cols = np.empty((C * kh * kw, N * OH * OW), dtype)
-        y = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, PH, PW)
+        y, argmax = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, PH, PW)
         ly, ls = cpu_kernels.lrn_forward(x, size, 1.0, 0.75, 2.0)
         calls = [("im2col_kernel", [x, cols] + conv, cols.size),
                  ("col2im_kernel", [cols, np.empty_like(x)] + conv, x.size),
-                 ("maxpool_forward_kernel", [x, np.empty_like(y)] + pool, y.size),
-                 ("maxpool_backward_kernel", [x, y, np.ones_like(y), np.empty_like(x)] + pool, x.size),
+                 ("maxpool_forward_kernel", [x, np.empty_like(y), np.empty_like(argmax)] + pool, y.size),
+                 ("maxpool_backward_kernel", [argmax, np.ones_like(y), np.empty_like(x)] + pool, x.size),
                  ("lrn_forward_kernel", [x, np.empty_like(x), np.empty_like(x)] + lrn + [t(1), t(0.75), t(2)], x.size),
                  ("lrn_backward_kernel", [x, ly, ls, np.ones_like(x), np.empty_like(x)] + lrn + [t(1), t(0.75)],
                   x.size)]

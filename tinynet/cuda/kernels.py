@@ -110,18 +110,19 @@ class Kernels:
         x = xp.ascontiguousarray(x)
         N, C, H, W = x.shape
         y = xp.empty((N, C, oh, ow), dtype=x.dtype)
+        argmax = xp.empty((N, C, oh, ow), dtype=np.int32)
         self.run("maxpool.cu", "maxpool_forward_kernel", x.dtype, y.size,
-                 (x, y, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+                 (x, y, argmax, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
                   np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
-        return y
+        return y, argmax
 
-    def maxpool_backward(self, x, y, gy, kh, kw, sh, sw):
+    def maxpool_backward(self, argmax, gy, x_shape, kh, kw, sh, sw):
         xp = self.xp()
-        x, y, gy = (xp.ascontiguousarray(a) for a in (x, y, gy))
-        N, C, H, W = x.shape
-        gx = xp.empty_like(x)
-        self.run("maxpool.cu", "maxpool_backward_kernel", x.dtype, gx.size,
-                 (x, y, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+        argmax, gy = xp.ascontiguousarray(argmax, dtype=np.int32), xp.ascontiguousarray(gy)
+        N, C, H, W = x_shape
+        gx = xp.empty(tuple(x_shape), dtype=gy.dtype)
+        self.run("maxpool.cu", "maxpool_backward_kernel", gy.dtype, gx.size,
+                 (argmax, gy, gx, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
                   np.int32(sh), np.int32(sw), _i(gy.shape[2]), _i(gy.shape[3])))
         return gx
 

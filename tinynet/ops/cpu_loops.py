@@ -52,8 +52,8 @@ _i64, _dbl, _ptr = ctypes.c_longlong, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
     "im2col": [_ptr, _ptr] + [_i64] * 14,
     "col2im": [_ptr, _ptr] + [_i64] * 14,
-    "maxpool_forward": [_ptr, _ptr] + [_i64] * 11,
-    "maxpool_backward": [_ptr] * 4 + [_i64] * 11,
+    "maxpool_forward": [_ptr] * 3 + [_i64] * 11,
+    "maxpool_backward": [_ptr] * 3 + [_i64] * 5,
     "lrn_forward": [_ptr] * 3 + [_i64] * 4 + [_dbl] * 3 + [_i64] * 2,
     "lrn_backward": [_ptr] * 5 + [_i64] * 4 + [_dbl] * 2 + [_i64] * 2,
     "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
@@ -205,43 +205,47 @@ def col2im(cols, x_shape, kh, kw, stride, padding, out=None):
 
 
 def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
-    """x: (N, C, H, W), already padded -> y: (N, C, OH, OW); see cpu_kernels.maxpool_forward."""
+    """x: (N, C, H, W), already padded -> (y, argmax); see cpu_kernels.maxpool_forward."""
     if not _compiled(x):
         return cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
     x = _c(x)
     N, C, H, W = x.shape
     y = np.empty((N, C, oh, ow), x.dtype)
+    argmax = np.empty((N, C, oh, ow), np.int32)
     fn = _function("maxpool_forward", x.dtype)
 
     def run(n0, n1):
-        fn(x.ctypes.data, y.ctypes.data, C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
+        fn(x.ctypes.data, y.ctypes.data, argmax.ctypes.data, C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
 
     def run_channels(c0, c1):  # one image: channels [c0, c1)
-        fn(x.ctypes.data + c0 * H * W * x.itemsize, y.ctypes.data + c0 * oh * ow * x.itemsize,
-           c1 - c0, H, W, kh, kw, sh, sw, oh, ow, 0, 1)
+        out = int(c0 * oh * ow)
+        fn(x.ctypes.data + c0 * H * W * x.itemsize, y.ctypes.data + out * y.itemsize,
+           argmax.ctypes.data + out * argmax.itemsize, c1 - c0, H, W, kh, kw, sh, sw, oh, ow, 0, 1)
 
     if N == 1:  # one image: one run of channels per thread
         cpu_kernels.parallel_runs(run_channels, C)
     else:
         cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
-    return y
+    return y, argmax
 
 
-def maxpool_backward(x, y, gy, kh, kw, sh, sw):
-    """-> gx: (N, C, H, W); see cpu_kernels.maxpool_backward."""
-    if not _compiled(x, y, gy):
-        return cpu_kernels.maxpool_backward(x, y, gy, kh, kw, sh, sw)
-    x, y, gy = _c(x), _c(y), _c(gy)
-    N, C, H, W = x.shape
+def maxpool_backward(argmax, gy, x_shape, kh, kw, sh, sw):
+    """-> gx: x_shape; see cpu_kernels.maxpool_backward."""
+    if not _compiled(gy):
+        return cpu_kernels.maxpool_backward(argmax, gy, x_shape, kh, kw, sh, sw)
+    if argmax.shape != gy.shape or argmax.dtype != np.int32:
+        raise ValueError(f"maxpool_backward: argmax must be int32 of the gradient's shape {gy.shape}, "
+                         f"got {argmax.dtype} {argmax.shape}")
+    argmax, gy = _c(argmax), _c(gy)
+    N, C, H, W = x_shape
     oh, ow = gy.shape[2:]
-    gx = np.empty(x.shape, gy.dtype)
-    fn = _function("maxpool_backward", x.dtype)
+    gx = np.empty(x_shape, gy.dtype)
+    fn = _function("maxpool_backward", gy.dtype)
 
     def run(n0, n1):
-        fn(x.ctypes.data, y.ctypes.data, gy.ctypes.data, gx.ctypes.data, C, H, W, kh, kw, sh, sw,
-           oh, ow, n0, n1)
+        fn(argmax.ctypes.data, gy.ctypes.data, gx.ctypes.data, C, H * W, oh * ow, n0, n1)
 
-    cpu_kernels.parallel_chunks(run, N, _image_bytes(x))
+    cpu_kernels.parallel_chunks(run, N, C * H * W * gx.itemsize)
     return gx
 
 

@@ -6,9 +6,9 @@ Backward sends each output's gradient to the position of its window that
 held the maximum; where windows overlap (stride < kernel) an input pixel
 can collect gradient from several outputs, and those add.  On ties the
 first maximum in row-major window order (top-most, then left-most) wins.
-No argmax array is stored: backward compares the saved input with the
-saved output to find the maximum again (both are kept alive by the
-neighbouring layers anyway, so this costs no memory).
+Forward records where each window's maximum sits (argmax, int32, an index
+into the input plane), so backward is one scatter of the gradient; it costs
+4 bytes per output, a ninth of the input at stride 2.
 """
 
 import numpy as np
@@ -29,21 +29,21 @@ class MaxPool2d(Function):
             xpad = x
         oh = (xpad.shape[2] - kh) // sh + 1
         ow = (xpad.shape[3] - kw) // sw + 1
-        y = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
-        self.save_for_backward(xpad, y)
-        self.geometry = (x.shape, kh, kw, sh, sw, ph, pw)
+        y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
+        self.save_for_backward(argmax)
+        self.geometry = (x.shape, xpad.shape, kh, kw, sh, sw, ph, pw)
         return y
 
     def describe(self):
         """Window geometry of the last forward (for tinynet.trace/summary)."""
-        _, kh, kw, sh, sw, ph, pw = self.geometry
+        _, _, kh, kw, sh, sw, ph, pw = self.geometry
         return {"kind": "pool", "kernel": (kh, kw), "stride": (sh, sw), "padding": (ph, pw),
                 "overlapping": kh > sh or kw > sw}
 
     def backward(self, gy):
-        xpad, y = self.saved
-        x_shape, kh, kw, sh, sw, ph, pw = self.geometry
-        gx = kernels_for(gy).maxpool_backward(xpad, y, gy, kh, kw, sh, sw)
+        (argmax,) = self.saved
+        x_shape, xpad_shape, kh, kw, sh, sw, ph, pw = self.geometry
+        gx = kernels_for(gy).maxpool_backward(argmax, gy, xpad_shape, kh, kw, sh, sw)
         if ph or pw:
             gx = gx[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
         return gx
