@@ -27,9 +27,9 @@ The floor: the GEMMs of one training step alone (the same matrix products the
 engine does, operands ready), and the engine's time as a ratio to it.  The
 training worker times them in turn with whole steps, repetition after
 repetition (common.interleaved), after its timed steps and its peak memory
-are read: the ratio is the median of the repetitions' step / floor, with its
-range, so that the shared machine's drift hits both sides alike, and both
-sides are medians.
+are read, in every round: the ratio is the median of all rounds' repetitions
+of step / floor, with its range, so that the shared machine's drift hits both
+sides alike, and both sides are medians.
 
     python benchmarks/alexnet.py                  # CPU, batches 1 8 32 128
     python benchmarks/alexnet.py --quick          # batches 1 and 8, 2 repetitions, one round (~1 minute)
@@ -59,7 +59,8 @@ from tinynet.ops import linear  # noqa: E402
 
 # What a tinynet CPU training worker measures after its timed steps: one profiled step, and the
 # GEMM floor in turn with whole steps.  The first round of a (batch, mode) does both; later
-# rounds only time steps.
+# rounds time the floor again (a ratio that moves by 0.15 from one minute to the next needs
+# more than one round's repetitions) but not the profile.
 EXTRAS = ("profile", "floor")
 
 def peak_rss_bytes():
@@ -321,7 +322,8 @@ def summarise(result, batch):
 
 def combine(rounds, batch):
     """One engine's rounds: the median of the rounds' median steps (min and max over every
-    step), the highest peak, the first round's profile and floor, and each round's median."""
+    step), the highest peak, the first round's profile, the floor over every round's
+    repetitions, and each round's median."""
     failed = [r for r in rounds if "error" in r]
     if failed:
         return failed[0]
@@ -330,9 +332,13 @@ def combine(rounds, batch):
                images_per_s=batch / med, peak_bytes=max(r["peak_bytes"] for r in rounds),
                peak_reserved_bytes=rounds[0]["peak_reserved_bytes"] and max(r["peak_reserved_bytes"] for r in rounds),
                round_medians=[r["median"] for r in rounds])
-    for key in ("profile_ms", "floor"):
-        if key in rounds[0]:
-            out[key] = rounds[0][key]
+    if "profile_ms" in rounds[0]:
+        out["profile_ms"] = rounds[0]["profile_ms"]
+    floors = [r["floor"] for r in rounds if "floor" in r]
+    if floors:  # every round's repetitions together
+        out["floor"] = {part: stats([v for f in floors for v in f[part]["values"]])
+                        for part in ("steps", "floor", "ratio")}
+        out["floor"]["rounds"] = len(floors)
     return out
 
 
@@ -431,7 +437,8 @@ def main():
             for k in range(args.rounds):
                 for engine in engines if k % 2 == 0 else engines[::-1]:
                     result = run_worker(engine, batch, mode, args.repeat, args.device,
-                                        args.towers and engine == "tinynet", extras=EXTRAS if k == 0 else ())
+                                        args.towers and engine == "tinynet",
+                                        extras=EXTRAS if k == 0 else ("floor",))
                     rounds[engine].append(summarise(result, batch))
             row = dict(batch=batch, mode=mode, **{engine: combine(rounds[engine], batch) for engine in engines})
             if with_torch and "error" not in row["tinynet"] and "error" not in row["torch"]:
@@ -449,7 +456,7 @@ def main():
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
               "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),
              "| batch | mode | tinynet img/s | ms/step, median of the rounds (min-max of all steps) | peak MB | GEMM floor ms | tinynet / floor, "
-             "median of the repetitions (min-max) | "
+             "median of the repetitions of every round (min-max) | "
              "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput, median of the rounds (min-max) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -18,7 +18,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def timeit(fn, repeat=5, warmup=1):
-    """Run fn() warmup + repeat times; return dict(median, min, max) in seconds."""
+    """Run fn() warmup + repeat times; return dict(median, min, max, values) in seconds."""
     for _ in range(warmup):
         fn()
     times = []
@@ -44,8 +44,9 @@ def interleaved(first, second, repeat):
 
 
 def stats(values):
-    """Median, min and max of a list of numbers."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    """Median, min and max of a list of numbers, and the numbers themselves."""
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 def cpu_model():
