@@ -8,7 +8,7 @@ can collect gradient from several outputs, and those add.  On ties the
 first maximum in row-major window order (top-most, then left-most) wins.
 Forward records where each window's maximum sits (argmax, int32, an index
 into the input plane), so backward is one scatter of the gradient; it costs
-4 bytes per output, a ninth of the input at stride 2.
+4 bytes per output, about a quarter of the input's bytes at stride 2.
 """
 
 import numpy as np
