@@ -1,5 +1,6 @@
 import contextlib
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,3 +100,13 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def asan_runtime(cxx):
+    """The path of compiler ``cxx``'s AddressSanitizer runtime (libasan), or None."""
+    try:
+        out = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
+from conftest import asan_runtime
 from tinynet.cuda import emulate
 from tinynet.ops import cpu_kernels
 
@@ -348,16 +349,6 @@ def test_emulated_module_has_the_gpu_module_functions_and_agrees_with_numpy():
 # Every access in bounds, under AddressSanitizer
 # ----------------------------------------------------------------------------
 
-def asan_runtime():
-    """The path of the compiler's AddressSanitizer runtime, or None."""
-    try:
-        out = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
-
-
 def run_exact_size_cases(cases=40):
     """Every kernel on random geometry, on buffers of exactly their size (no guards), under
     three launches.  Run in a process with AddressSanitizer preloaded, every heap buffer has
@@ -398,7 +389,7 @@ def run_exact_size_cases(cases=40):
 
 
 def test_no_out_of_bounds_access_under_address_sanitizer():
-    runtime = asan_runtime()
+    runtime = asan_runtime(CXX)
     if runtime is None:
         pytest.skip(f"{CXX} has no AddressSanitizer runtime (libasan): out-of-bounds reads that do not "
                     "reach an output are not checked here")

@@ -18,6 +18,10 @@ environment variable ``TINYNET_CPU_LOOPS``):
   why, and runs the NumPy loops;
 * ``"numpy"``: always the NumPy loops.
 
+``TINYNET_CPU_LOOPS_SANITIZE=address`` builds the library with AddressSanitizer,
+for a process started with libasan preloaded (``tests/test_cpu_loops.py`` runs
+every loop so, on buffers of exactly their size).
+
 Every function splits the batch among the threads of ``cpu_kernels``'s pool
 (``cpu_kernels.parallel_chunks``); ctypes releases the GIL while a loop runs.  Arrays of
 other dtypes than float32 and float64 run the NumPy loops (the compiled ones
@@ -96,6 +100,17 @@ def cpu_module():
     return cpu_kernels
 
 
+def _flags():
+    """FLAGS, and with TINYNET_CPU_LOOPS_SANITIZE=address an AddressSanitizer build (for a
+    process started with libasan preloaded; tests/test_cpu_loops.py runs every loop so)."""
+    sanitize = os.environ.get("TINYNET_CPU_LOOPS_SANITIZE")
+    if not sanitize:
+        return FLAGS
+    if sanitize != "address":
+        raise RuntimeError(f"TINYNET_CPU_LOOPS_SANITIZE: expected 'address', got {sanitize!r}")
+    return FLAGS + ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+
+
 def _load(strict):
     """The loaded library, building it on first use.  On failure: raise if
     ``strict``, else warn once and return None."""
@@ -103,7 +118,7 @@ def _load(strict):
         if _state["library"] is None and _state["failure"] is None:
             try:
                 source = cbuild.kernel_path("cpu_loops.cpp")
-                path = cbuild.build_library("cpu-loops", "cpu_loops", source, [source], FLAGS)
+                path = cbuild.build_library("cpu-loops", "cpu_loops", source, [source], _flags())
                 lib = ctypes.CDLL(path)
                 for name, argtypes in _SIGNATURES.items():
                     for suffix in _SUFFIX.values():
