@@ -32,7 +32,7 @@ def timeit(fn, repeat=5, warmup=1):
 def interleaved(first, second, repeat):
     """Time first() and second() in turn, repeat times each after one warm-up of each,
     so that the shared machine's drift hits both alike.  Returns their timings
-    (median, min, max) and the ratios first / second of the repetitions (median, min, max)."""
+    and the ratios first / second of the repetitions, each as stats() gives them."""
     first(), second()
     t_first, t_second = [], []
     for _ in range(repeat):

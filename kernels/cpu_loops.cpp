@@ -4,7 +4,8 @@
 //
 // They compute exactly what tinynet/ops/cpu_kernels.py computes with NumPy,
 // operation for operation and in the same order, so the two give the same
-// bits (tests/test_cpu_loops.py checks it).  What differs is the number of
+// bits (tests/test_cpu_loops.py checks it).  (The max-pool's argmax is found
+// another way, the same place by the same rule.)  What differs is the number of
 // passes over memory.  NumPy runs one pass per call: the paper's LRN is about
 // ten passes over the activations, a 3x3 max-pool nine.  Here each output
 // element is computed in one visit, while its inputs are still in the cache.
@@ -19,6 +20,8 @@
 //   x, gx : (N, C, H, W)                       images
 //   cols  : (C*KH*KW, N*OH*OW)                 row (c, ky, kx), column (n, oy, ox)
 //   y, gy : (N, C, OH, OW)                     pooled
+//   argmax: (N, C, OH, OW), int32              where in its input plane (h * W + w) each
+//                                              pooled output's maximum sits
 
 #include <algorithm>
 #include <cmath>

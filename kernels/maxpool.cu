@@ -5,8 +5,9 @@
 //           KH x KW window in row-major order and writes the maximum and, in
 //           argmax, where it sits in the input plane (h * W + w).  A value is
 //           taken if it beats the maximum so far by np.maximum's rule (the maximum
-//           m stays if m >= v or m is NaN): so the first NaN in the window wins, as
-//           in NumPy and PyTorch, and on ties the first maximum keeps its place.
+//           m stays if m >= v or m is NaN): so a NaN in the window wins, as in NumPy
+//           and PyTorch, its first NaN takes the place (as np.argmax picks it), and on
+//           ties the first maximum keeps its place.
 // backward: one thread per input pixel (N*C*H*W threads).  It visits the windows
 //           that cover its pixel in row-major order and adds the gradient of each
 //           whose argmax is this pixel.  A gather: no atomics, and the terms come

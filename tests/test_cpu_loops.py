@@ -160,6 +160,16 @@ def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
     assert same_bits(max_pool2d_backward_naive(x, gy, (kh, kw), (sh, sw)), gx)
 
 
+
+def test_max_pool_backward_refuses_an_argmax_or_shape_that_does_not_match():
+    # the compiled scatter writes where argmax says: a wrong argmax or x_shape is refused, not run
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    y, argmax = cpu_loops.maxpool_forward(x, 3, 3, 2, 2, 3, 3)
+    gy = np.ones_like(y)
+    for bad_argmax, x_shape in ((argmax.astype(np.int64), x.shape), (argmax[:1], x.shape), (argmax, (2, 4, 7, 7))):
+        with pytest.raises(ValueError, match="maxpool_backward: argmax must be int32"):
+            cpu_loops.maxpool_backward(bad_argmax, gy, x_shape, 3, 3, 2, 2)
+
 @given(st.integers(0, 4), st.integers(1, 6), st.integers(1, 40), st.booleans(), st.booleans(), DTYPES,
        st.integers(0, 2**31))
 def test_conv_output_pass_gives_the_numpy_bits_with_zeros_infinities_and_nan(n, o, p, bias, relu, dtype, seed):
@@ -277,6 +287,13 @@ def test_a_bad_environment_value_is_refused():
     assert out.returncode != 0
     assert "TINYNET_CPU_LOOPS: expected one of ('compiled', 'numpy'), got 'fast'" in out.stderr
 
+
+
+def test_a_bad_sanitizer_value_is_refused():
+    code = "import numpy as np, tinynet.functional as F; F.max_pool2d(np.ones((1, 1, 4, 4), np.float32), 2)"
+    out = run_python(code, TINYNET_CPU_LOOPS_SANITIZE="thread")
+    assert out.returncode != 0
+    assert "TINYNET_CPU_LOOPS_SANITIZE: expected 'address', got 'thread'" in out.stderr
 
 # ----------------------------------------------------------------------------
 # Every access in bounds, under AddressSanitizer

@@ -68,7 +68,8 @@ def guard_value(dtype, is_input):
 
 class Buffer:
     """``array`` is the middle of ``whole``, with GUARD elements on each side.
-    Inputs: guards NaN.  Outputs: array and guards all CANARY."""
+    Inputs: guards NaN (int32: 2**30).  Outputs: array and guards all CANARY (int32: its most
+    negative value); see guard_value."""
 
     def __init__(self, shape, dtype, data=None):
         n = int(np.prod(shape))

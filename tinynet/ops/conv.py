@@ -82,12 +82,12 @@ def set_conv_keep_columns(nbytes):
     whole-batch pass (kept columns, gradient rows, column gradient) also fits
     the budget of set_conv_workspace.  They live from forward to backward, so
     this cap bounds what each convolution holds across the step.
-    Default 144 MiB: at batch 32 on one device AlexNet's conv1 (141 MB),
-    conv3 (50 MB), conv4 and conv5 (75 MB each) keep theirs, saving four of
-    the step's nine im2col passes for about 340 MB more at the peak (1,561
-    MiB against 1,380 with conv1 rebuilding, and 1,808 for PyTorch); conv2
-    (224 MB), and everything at batch 128, rebuild.  Keeping conv1's brings
-    its forward + backward from 1.40-1.47 to 1.22-1.30 times its GEMMs.
+    Default 144 MiB: at batch 32 on one device AlexNet's conv1 (134 MiB),
+    conv3 (48 MiB), conv4 and conv5 (71 MiB each) keep theirs, saving four of
+    the step's nine im2col passes; conv2 (214 MiB), and everything at batch
+    128, rebuild.  Keeping conv1's raises the step's peak from 1,380 to 1,561
+    MiB (PyTorch's: 1,808-1,845) and brings conv1's forward + backward from
+    1.40-1.47 to 1.22-1.30 times its GEMMs.
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")

@@ -276,9 +276,10 @@ def maxpool_backward(argmax, gy, x_shape, kh, kw, sh, sw):
 
     argmax, gy: (N, C, OH, OW) -> gx: x_shape = (N, C, H, W).  The terms reach
     a pixel in the outputs' row-major order (np.add.at adds one index at a
-    time, in order).  kh, kw, sh, sw describe the window: unused here, but the
-    GPU's twin, which gathers for each pixel from the windows covering it,
-    needs them."""
+    time, in order; its fast path came with NumPy 1.25, and on older versions
+    this is several times slower).  kh, kw, sh, sw describe the window: unused
+    here, but the GPU's twin, which gathers for each pixel from the windows
+    covering it, needs them."""
     N, C, H, W = x_shape
     gx = np.zeros(x_shape, dtype=gy.dtype)
     # every output's pixel as an index into the flat gx: its plane's start plus argmax

@@ -6,9 +6,8 @@ lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update.  The
 NumPy versions are the ones to read first; this module exists for speed.  A
 NumPy call is one pass over memory, so the paper's LRN takes about ten passes
 over the activations and a 3x3 max-pool nine; a compiled loop visits each
-output once, while its inputs are in the cache.  (On AlexNet at batch 32:
-col2im and LRN in 0.35-0.6 of NumPy's time, max-pool 0.45-0.85, im2col,
-which mostly writes memory, 0.8-0.95; measured by ``benchmarks/cpu_loops.py``.)
+output once, while its inputs are in the cache.  (Each loop's time against
+NumPy's, at AlexNet's shapes and batch 32: ``benchmarks/cpu_loops.py``.)
 
 Which loops the CPU uses is a setting (``tinynet.set_cpu_loops``, or the
 environment variable ``TINYNET_CPU_LOOPS``):
@@ -116,9 +115,10 @@ def _load(strict):
     ``strict``, else warn once and return None."""
     with _lock:
         if _state["library"] is None and _state["failure"] is None:
+            flags = _flags()  # a bad TINYNET_CPU_LOOPS_SANITIZE is refused, not a failed build
             try:
                 source = cbuild.kernel_path("cpu_loops.cpp")
-                path = cbuild.build_library("cpu-loops", "cpu_loops", source, [source], _flags())
+                path = cbuild.build_library("cpu-loops", "cpu_loops", source, [source], flags)
                 lib = ctypes.CDLL(path)
                 for name, argtypes in _SIGNATURES.items():
                     for suffix in _SUFFIX.values():
@@ -248,9 +248,10 @@ def maxpool_backward(argmax, gy, x_shape, kh, kw, sh, sw):
     """-> gx: x_shape; see cpu_kernels.maxpool_backward."""
     if not _compiled(gy):
         return cpu_kernels.maxpool_backward(argmax, gy, x_shape, kh, kw, sh, sw)
-    if argmax.shape != gy.shape or argmax.dtype != np.int32:
-        raise ValueError(f"maxpool_backward: argmax must be int32 of the gradient's shape {gy.shape}, "
-                         f"got {argmax.dtype} {argmax.shape}")
+    if argmax.shape != gy.shape or argmax.dtype != np.int32 or tuple(x_shape[:2]) != gy.shape[:2]:
+        raise ValueError(f"maxpool_backward: argmax must be int32 of the gradient's shape {gy.shape}, and "
+                         f"x_shape's images and channels the gradient's; got argmax {argmax.dtype} "
+                         f"{argmax.shape}, x_shape {tuple(x_shape)}")
     argmax, gy = _c(argmax), _c(gy)
     N, C, H, W = x_shape
     oh, ow = gy.shape[2:]

@@ -8,7 +8,7 @@ can collect gradient from several outputs, and those add.  On ties the
 first maximum in row-major window order (top-most, then left-most) wins.
 Forward records where each window's maximum sits (argmax, int32, an index
 into the input plane), so backward is one scatter of the gradient; it costs
-4 bytes per output, about a quarter of the input's bytes at stride 2.
+4 bytes per output: at stride 2, about a quarter of a float32 input's bytes.
 """
 
 import numpy as np
@@ -29,6 +29,9 @@ class MaxPool2d(Function):
             xpad = x
         oh = (xpad.shape[2] - kh) // sh + 1
         ow = (xpad.shape[3] - kw) // sw + 1
+        if xpad.shape[2] * xpad.shape[3] > np.iinfo(np.int32).max:  # argmax is an int32 place in a plane
+            raise ValueError(f"max_pool2d: a padded plane of {xpad.shape[2]}x{xpad.shape[3]} pixels has more "
+                             f"places than an int32 argmax can name ({np.iinfo(np.int32).max})")
         y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
         self.save_for_backward(argmax)
         self.geometry = (x.shape, xpad.shape, kh, kw, sh, sw, ph, pw)
