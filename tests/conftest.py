@@ -1,6 +1,7 @@
 import contextlib
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +111,22 @@ def asan_runtime(cxx):
         return None
     path = out.stdout.strip()
     return path if out.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+def run_under_asan(script, cxx, **env):
+    """Run the test file ``script`` as a program, in a process with the AddressSanitizer runtime
+    of compiler ``cxx`` preloaded (the test is skipped if there is none), with ``env`` added to
+    its environment; it must print "every access in bounds".  Every heap buffer then has
+    poisoned memory right before and after it, so one element read or written out of bounds
+    aborts that process with a report, which the failure shows."""
+    runtime = asan_runtime(cxx) if cxx else None
+    if runtime is None:
+        pytest.skip(f"{cxx or 'no C++ compiler'}: no AddressSanitizer runtime (libasan), so out-of-bounds "
+                    "reads that do not reach an output are not checked here")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    out = subprocess.run([sys.executable, os.path.abspath(script)], capture_output=True, text=True, timeout=600,
+                         cwd=root, env={**os.environ, "PYTHONPATH": path, "LD_PRELOAD": runtime,
+                                        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", **env})
+    report = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("  0x"))[-4000:]
+    assert out.returncode == 0 and "every access in bounds" in out.stdout, report

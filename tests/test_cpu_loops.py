@@ -333,19 +333,9 @@ def run_every_loop_on_exact_buffers(cases=60):
 
 
 def test_no_out_of_bounds_access_under_address_sanitizer():
-    from conftest import asan_runtime
+    from conftest import run_under_asan
 
-    runtime = asan_runtime(compiler()) if compiler() else None
-    if runtime is None:
-        pytest.skip("no C++ compiler with an AddressSanitizer runtime (libasan): out-of-bounds reads "
-                    "that do not reach an output are not checked here")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True,
-                         timeout=600, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT, "LD_PRELOAD": runtime,
-                              "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-                              "TINYNET_CPU_LOOPS_SANITIZE": "address"})
-    report = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("  0x"))[-4000:]
-    assert out.returncode == 0 and "every access in bounds" in out.stdout, report
+    run_under_asan(__file__, compiler(), TINYNET_CPU_LOOPS_SANITIZE="address")
 
 
 if __name__ == "__main__":  # the process the sanitizer test starts

@@ -34,21 +34,21 @@ class MaxPool2d(Function):
                              f"places than an int32 argmax can name ({np.iinfo(np.int32).max})")
         y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
         self.save_for_backward(argmax)
-        self.geometry = (x.shape, xpad.shape, kh, kw, sh, sw, ph, pw)
+        self.geometry = (xpad.shape, kh, kw, sh, sw, ph, pw)
         return y
 
     def describe(self):
         """Window geometry of the last forward (for tinynet.trace/summary)."""
-        _, _, kh, kw, sh, sw, ph, pw = self.geometry
+        _, kh, kw, sh, sw, ph, pw = self.geometry
         return {"kind": "pool", "kernel": (kh, kw), "stride": (sh, sw), "padding": (ph, pw),
                 "overlapping": kh > sh or kw > sw}
 
     def backward(self, gy):
         (argmax,) = self.saved
-        x_shape, xpad_shape, kh, kw, sh, sw, ph, pw = self.geometry
+        xpad_shape, kh, kw, sh, sw, ph, pw = self.geometry
         gx = kernels_for(gy).maxpool_backward(argmax, gy, xpad_shape, kh, kw, sh, sw)
-        if ph or pw:
-            gx = gx[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
+        if ph or pw:  # the padding's gradient is dropped
+            gx = gx[:, :, ph:xpad_shape[2] - ph, pw:xpad_shape[3] - pw]
         return gx
 
 
