@@ -234,6 +234,12 @@ static INLINE void maxpool_backward(const int* argmax, const T* gy, T* gx, i64 C
 // window of channels c-before .. c+after), y = x * s^-beta.  The window sum is
 // added as NumPy's channel_window_sum adds it: the channel itself, then the
 // channels below, nearest first, then those above.
+//
+// Nothing but x is kept for backward: backward computes s and y again, one
+// image at a time while its channels are in the cache, with the same
+// operations in the same order, so they are the bits forward had.  Keeping s
+// and y would write two more activation-sized arrays in forward and read them
+// back in backward: more memory traffic than the arithmetic costs.
 
 // s^-beta; for the paper's beta = 0.75 (compared as the double it was given)
 // 1 / (sqrt(s) * sqrt(sqrt(s))), as cpu_kernels.power_neg_beta computes it.
@@ -246,66 +252,90 @@ static inline T power_neg_beta(T s, double beta) {
     return std::pow(s, -T(beta));
 }
 
+// sc[p] = s of channel c at the pixels p = 0 .. L-1 from xn, one image's channel 0
+// at some pixel (channels HW apart)
 template <typename T>
-static INLINE void lrn_forward(const T* x, T* y, T* scale, i64 C, i64 HW, i64 before, i64 after, double alpha,
-                        double beta, double k, i64 n0, i64 n1) {
-    const T a = T(alpha), kk = T(k);
+static inline void lrn_scale(const T* xn, T* __restrict__ sc, i64 c, i64 C, i64 HW, i64 L, i64 before,
+                             i64 after, T a, T kk) {
+    const T* xc = xn + c * HW;
+    for (i64 p = 0; p < L; ++p) sc[p] = xc[p] * xc[p];
+    for (i64 d = 1; d <= before && d <= c; ++d) {
+        const T* xd = xn + (c - d) * HW;
+        for (i64 p = 0; p < L; ++p) sc[p] += xd[p] * xd[p];
+    }
+    for (i64 d = 1; d <= after && c + d < C; ++d) {
+        const T* xd = xn + (c + d) * HW;
+        for (i64 p = 0; p < L; ++p) sc[p] += xd[p] * xd[p];
+    }
+    for (i64 p = 0; p < L; ++p) {
+        T s = sc[p] * a;
+        s += kk;
+        sc[p] = s;
+    }
+}
+
+template <typename T>
+static INLINE void lrn_forward(const T* x, T* y, i64 C, i64 HW, i64 before, i64 after, double alpha,
+                               double beta, double k, i64 n0, i64 n1) {
+    std::vector<T> sc(HW);  // s of one channel
     for (i64 n = n0; n < n1; ++n) {
         const T* xn = x + n * C * HW;
         for (i64 c = 0; c < C; ++c) {
-            T* sc = scale + (n * C + c) * HW;
+            lrn_scale(xn, sc.data(), c, C, HW, HW, before, after, T(alpha), T(k));
             T* yc = y + (n * C + c) * HW;
             const T* xc = xn + c * HW;
-            for (i64 p = 0; p < HW; ++p) sc[p] = xc[p] * xc[p];
-            for (i64 d = 1; d <= before && d <= c; ++d) {
-                const T* xd = xn + (c - d) * HW;
-                for (i64 p = 0; p < HW; ++p) sc[p] += xd[p] * xd[p];
-            }
-            for (i64 d = 1; d <= after && c + d < C; ++d) {
-                const T* xd = xn + (c + d) * HW;
-                for (i64 p = 0; p < HW; ++p) sc[p] += xd[p] * xd[p];
-            }
-            for (i64 p = 0; p < HW; ++p) {
-                T s = sc[p] * a;
-                s += kk;
-                sc[p] = s;
-                yc[p] = power_neg_beta(s, beta) * xc[p];
-            }
+            for (i64 p = 0; p < HW; ++p) yc[p] = power_neg_beta(sc[p], beta) * xc[p];
         }
     }
 }
 
 // gx_i = gy_i * s_i^-beta - 2*alpha*beta * x_i * sum_{j: i in window(j)} gy_j * y_j / s_j
+//
+// The sums run along channels only, so each image goes in tiles of pixels: a tile's
+// u = gy * y / s and s^-beta, for all its channels, stay in the core's L2 cache
+// between the pass that makes them and the pass that sums them.
 template <typename T>
-static INLINE void lrn_backward(const T* x, const T* y, const T* scale, const T* gy, T* gx, i64 C, i64 HW,
-                         i64 before, i64 after, double alpha, double beta, i64 n0, i64 n1) {
+static INLINE void lrn_backward(const T* x, const T* gy, T* gx, i64 C, i64 HW, i64 before, i64 after,
+                                double alpha, double beta, double k, i64 n0, i64 n1) {
     const T coef = T(-2.0 * alpha * beta);
-    std::vector<T> u(C * HW);  // gy * y / s of one image
+    const i64 tile = std::max<i64>(16, std::min<i64>(HW, (96 << 10) / (i64)sizeof(T) / std::max<i64>(C, 1)));
+    std::vector<T> u(C * tile), q(C * tile);  // of one tile: gy * y / s, and s^-beta; channels tile apart
     for (i64 n = n0; n < n1; ++n) {
-        const i64 base = n * C * HW;
-        for (i64 i = 0; i < C * HW; ++i) {
-            T v = gy[base + i] * y[base + i];
-            u[i] = v / scale[base + i];
-        }
-        for (i64 c = 0; c < C; ++c) {
-            T* g = gx + base + c * HW;
-            const T* uc = u.data() + c * HW;
-            for (i64 p = 0; p < HW; ++p) g[p] = uc[p];  // the window sum, built in g
-            for (i64 d = 1; d <= after && d <= c; ++d) {  // j whose window holds i: j = i - d
-                const T* ud = u.data() + (c - d) * HW;
-                for (i64 p = 0; p < HW; ++p) g[p] += ud[p];
+        for (i64 p0 = 0; p0 < HW; p0 += tile) {
+            const i64 L = std::min(tile, HW - p0), base = n * C * HW + p0;
+            for (i64 c = 0; c < C; ++c) {  // s, then y = s^-beta * x as forward made it
+                T* qc = q.data() + c * tile;
+                T* uc = u.data() + c * tile;
+                lrn_scale(x + base, qc, c, C, HW, L, before, after, T(alpha), T(k));
+                const T* xc = x + base + c * HW;
+                const T* gyc = gy + base + c * HW;
+                for (i64 p = 0; p < L; ++p) {
+                    const T s = qc[p], r = power_neg_beta(s, beta);
+                    T v = gyc[p] * (r * xc[p]);
+                    uc[p] = v / s;
+                    qc[p] = r;
+                }
             }
-            for (i64 d = 1; d <= before && c + d < C; ++d) {
-                const T* ud = u.data() + (c + d) * HW;
-                for (i64 p = 0; p < HW; ++p) g[p] += ud[p];
-            }
-            const T* xc = x + base + c * HW;
-            const T* sc = scale + base + c * HW;
-            const T* gyc = gy + base + c * HW;
-            for (i64 p = 0; p < HW; ++p) {
-                T t = g[p] * xc[p];
-                t *= coef;
-                g[p] = power_neg_beta(sc[p], beta) * gyc[p] + t;
+            for (i64 c = 0; c < C; ++c) {
+                T* g = gx + base + c * HW;
+                const T* uc = u.data() + c * tile;
+                for (i64 p = 0; p < L; ++p) g[p] = uc[p];  // the window sum, built in g
+                for (i64 d = 1; d <= after && d <= c; ++d) {  // j whose window holds i: j = i - d
+                    const T* ud = u.data() + (c - d) * tile;
+                    for (i64 p = 0; p < L; ++p) g[p] += ud[p];
+                }
+                for (i64 d = 1; d <= before && c + d < C; ++d) {
+                    const T* ud = u.data() + (c + d) * tile;
+                    for (i64 p = 0; p < L; ++p) g[p] += ud[p];
+                }
+                const T* xc = x + base + c * HW;
+                const T* qc = q.data() + c * tile;
+                const T* gyc = gy + base + c * HW;
+                for (i64 p = 0; p < L; ++p) {
+                    T t = g[p] * xc[p];
+                    t *= coef;
+                    g[p] = qc[p] * gyc[p] + t;
+                }
             }
         }
     }
@@ -415,15 +445,14 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
                                               i64 OHW, i64 n0, i64 n1) {                                \
         maxpool_backward(argmax, gy, gx, C, HW, OHW, n0, n1);                                           \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void lrn_forward_##SUFFIX(const T* x, T* y, T* scale, i64 C, i64 HW, i64 before,         \
-                                         i64 after, double alpha, double beta, double k, i64 n0,        \
-                                         i64 n1) {                                                      \
-        lrn_forward(x, y, scale, C, HW, before, after, alpha, beta, k, n0, n1);                         \
+    extern "C" TINYNET_CLONES void lrn_forward_##SUFFIX(const T* x, T* y, i64 C, i64 HW, i64 before, i64 after,      \
+                                         double alpha, double beta, double k, i64 n0, i64 n1) {         \
+        lrn_forward(x, y, C, HW, before, after, alpha, beta, k, n0, n1);                                \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void lrn_backward_##SUFFIX(const T* x, const T* y, const T* scale, const T* gy, T* gx,   \
-                                          i64 C, i64 HW, i64 before, i64 after, double alpha,           \
-                                          double beta, i64 n0, i64 n1) {                                \
-        lrn_backward(x, y, scale, gy, gx, C, HW, before, after, alpha, beta, n0, n1);                   \
+    extern "C" TINYNET_CLONES void lrn_backward_##SUFFIX(const T* x, const T* gy, T* gx, i64 C, i64 HW, i64 before,   \
+                                          i64 after, double alpha, double beta, double k, i64 n0,       \
+                                          i64 n1) {                                                     \
+        lrn_backward(x, gy, gx, C, HW, before, after, alpha, beta, k, n0, n1);                          \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void conv_output_##SUFFIX(const T* prod, const T* bias, T* y, i64 O, i64 n, i64 P,   \
                                                         i64 relu, i64 i0, i64 i1) {                     \

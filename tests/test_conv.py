@@ -156,9 +156,11 @@ def test_conv2d_float32_against_float64(rng):
     assert np.allclose(y32.data, y64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep", [0, 2**30], ids=["rebuilt", "kept"])
 @pytest.mark.parametrize("budget", [1, 5000, 10**9])
-def test_chunked_columns_give_identical_results(rng, budget):
-    # float64, so that only summation order (chunk by chunk) can differ
+def test_chunked_columns_give_identical_results(rng, budget, keep):
+    # float64, so that only summation order (chunk by chunk) can differ; with kept columns
+    # every chunk reads a slice of them (a view whose rows are the whole batch apart)
     x = rng.standard_normal((5, 4, 11, 11))
     w = rng.standard_normal((6, 2, 3, 3))
     gy = rng.standard_normal((5, 6, 6, 6))
@@ -170,13 +172,29 @@ def test_chunked_columns_give_identical_results(rng, budget):
         return y.data, xt.grad, wt.grad
 
     reference = run()
-    old = F.set_conv_workspace(budget)  # 1 byte -> one image per chunk
+    old, old_keep = F.set_conv_workspace(budget), F.set_conv_keep_columns(keep)  # 1 byte: one image per chunk
     try:
         chunked = run()
     finally:
         F.set_conv_workspace(old)
+        F.set_conv_keep_columns(old_keep)
     for a, b in zip(reference, chunked):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_weights_keep_and_build_no_columns(rng):
+    """Backward reads the columns only for the weight gradient: with the weights frozen,
+    forward keeps none and backward builds none (no columns role in its pass)."""
+    x, w = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((6, 2, 3, 3))
+    gy = rng.standard_normal((3, 6, 9, 9))
+    xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w)
+    y = F.conv2d(xt, wt, padding=1, groups=2)
+    assert y._creator.saved[2] is None
+    F.conv_workspace_peak(reset=True)
+    y.backward(gy)
+    assert set(F.conv_workspace_peak(by_role=True)) == {"gemm_output", "column_grad"}
+    np.testing.assert_allclose(xt.grad, conv2d_backward_naive(x, w, gy, (1, 1), (1, 1), 2)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_alexnet_conv1_shape_and_workspace():
@@ -275,29 +293,33 @@ def test_the_gemm_output_is_inside_the_workspace_budget():
     """A 1x1 convolution with many filters (as 64 -> 2048 at batch 32 on 56x56, whose columns
     are 26 MB and whose GEMM output is 822 MB): small columns, a huge GEMM output. Here, scaled
     down: 64 KB of columns, 4 MB of GEMM output, a 1 MiB budget. The output must be cut into
-    chunks like the columns (not kept whole for backward with its columns), counted in the
+    chunks, in forward and backward, whether the columns are kept or rebuilt, counted in the
     peak, and the buffers held between calls must stay within the budget."""
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((8, 4, 16, 16)), rng.standard_normal((256, 4, 1, 1))
     budget = 2**20
-    kept, roles, held = held_after_a_step(x, w, budget)
-    assert not kept                      # the whole batch's GEMM output would not fit
-    assert set(roles) == {"columns", "gemm_output", "column_grad"}
-    assert roles["gemm_output"] == 256 * 16 * 16 * 8   # one image per chunk: 524,288 bytes
-    assert 0 < sum(roles.values()) <= budget
-    assert held <= budget + PYTHON_OBJECTS, f"{held} bytes held between calls, budget {budget}"
+    for keep, columns_role in ((2**20, "kept_columns"), (0, "columns")):
+        kept, roles, held = held_after_a_step(x, w, budget, keep=keep)
+        assert kept == bool(keep)
+        # the largest pass: forward's when the columns are kept (it has no columns role and takes
+        # two images per chunk), backward's when they are rebuilt (one image per chunk)
+        assert columns_role in roles and "gemm_output" in roles
+        assert roles["gemm_output"] == 256 * 16 * 16 * 8 * (2 if keep else 1)  # of 4 MB for 8 images
+        assert 0 < sum(roles.values()) - (roles[columns_role] if keep else 0) <= budget
+        assert held <= budget + PYTHON_OBJECTS, f"{held} bytes held between calls, budget {budget}"
 
 
-def test_kept_columns_count_in_the_workspace_and_backward_fits_it():
+def test_kept_columns_have_their_own_cap_and_backward_reads_them_in_chunks():
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((5, 3, 3, 3))
     cols, out = 3 * 9 * 2 * 16 * 8, 5 * 2 * 16 * 8           # whole batch: 6,912 and 1,280 bytes
-    kept, roles, _ = held_after_a_step(x, w, workspace=2 * cols + out)   # backward pass fits
+    kept, roles, _ = held_after_a_step(x, w, workspace=10**9, keep=cols)  # at the cap: kept
     assert kept and roles == {"kept_columns": cols, "gemm_output": out, "column_grad": cols}
-    kept, roles, _ = held_after_a_step(x, w, workspace=2 * cols + out - 1)
-    assert not kept and "kept_columns" not in roles and sum(roles.values()) <= 2 * cols + out - 1
-    kept, _, _ = held_after_a_step(x, w, workspace=10**9, keep=cols - 1)  # over the keep cap
-    assert not kept
+    # a budget for one image's gradient rows and column gradient: backward in two chunks
+    kept, roles, _ = held_after_a_step(x, w, workspace=(cols + out) // 2, keep=cols)
+    assert kept and roles == {"kept_columns": cols, "gemm_output": out // 2, "column_grad": cols // 2}
+    kept, roles, _ = held_after_a_step(x, w, workspace=10**9, keep=cols - 1)  # over the keep cap
+    assert not kept and roles == {"columns": cols, "gemm_output": out, "column_grad": cols}
 
 
 def test_a_pass_over_the_budget_is_reported_and_not_held():
@@ -305,7 +327,7 @@ def test_a_pass_over_the_budget_is_reported_and_not_held():
     the peak shows it, and its buffer is freed afterwards instead of held."""
     rng = np.random.default_rng(2)
     x, w = rng.standard_normal((3, 2, 10, 10)), rng.standard_normal((4, 2, 3, 3))
-    kept, roles, held = held_after_a_step(x, w, workspace=1000)
+    kept, roles, held = held_after_a_step(x, w, workspace=1000, keep=0)  # columns rebuilt
     one_image = (2 * 9 * 2 + 4) * 64 * 8                       # columns, column grad, GEMM output
     assert not kept and sum(roles.values()) == one_image > 1000
     assert held < min(one_image, PYTHON_OBJECTS)

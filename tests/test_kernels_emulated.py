@@ -235,16 +235,15 @@ def test_lrn_forward_and_backward_match_numpy(c, dtype, seed, nans, data):
     t = np.dtype(dtype).type
     window = i32(c["size"] // 2, (c["size"] - 1) // 2)
     shape = i64(c["N"], c["C"], c["H"] * c["W"])
-    y, scale = run_both_ways(data, "lrn_forward_kernel", dtype, [x], [x.shape, x.shape],
-                             shape + window + [t(c["alpha"]), t(c["beta"]), t(c["k"])], x.size)
-    y_np, scale_np = cpu_kernels.lrn_forward(x, c["size"], c["alpha"], c["beta"], c["k"])
-    assert_close(scale, scale_np, dtype)
+    (y,) = run_both_ways(data, "lrn_forward_kernel", dtype, [x], [x.shape],
+                         shape + window + [t(c["alpha"]), t(c["beta"]), t(c["k"])], x.size)
+    y_np = cpu_kernels.lrn_forward(x, c["size"], c["alpha"], c["beta"], c["k"])
     assert_close(y, y_np, dtype)  # pow on the GPU, square roots on the CPU for beta = 0.75
 
     gy = values(x.shape, dtype, seed + 1)
-    (gx,) = run_both_ways(data, "lrn_backward_kernel", dtype, [x, y_np, scale_np, gy], [x.shape],
-                          shape + window + [t(c["alpha"]), t(c["beta"])], x.size)
-    expected = cpu_kernels.lrn_backward(x, y_np, scale_np, gy, c["size"], c["alpha"], c["beta"])
+    (gx,) = run_both_ways(data, "lrn_backward_kernel", dtype, [x, gy], [x.shape],
+                          shape + window + [t(c["alpha"]), t(c["beta"]), t(c["k"])], x.size)
+    expected = cpu_kernels.lrn_backward(x, gy, c["size"], c["alpha"], c["beta"], c["k"])
     # two terms of similar size are subtracted: float32 keeps ~1e-5 of the larger one
     assert_close(gx, expected, dtype, rtol32=4e-5)
 
@@ -340,8 +339,11 @@ def test_emulated_module_has_the_gpu_module_functions_and_agrees_with_numpy():
     gy = values(y.shape, np.float32, 1)
     assert np.array_equal(bits(emulate.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)),
                           bits(cpu_kernels.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)))
-    yl, _ = emulate.lrn_forward(x[:, :48, :13, :13], 5, 1e-4, 0.75, 2.0)
-    assert_close(yl, cpu_kernels.lrn_forward(x[:, :48, :13, :13], 5, 1e-4, 0.75, 2.0)[0], np.float32)
+    xl, gl = x[:, :48, :13, :13], values((2, 48, 13, 13), np.float32, 2)
+    assert_close(emulate.lrn_forward(xl, 5, 1e-4, 0.75, 2.0), cpu_kernels.lrn_forward(xl, 5, 1e-4, 0.75, 2.0),
+                 np.float32)
+    assert_close(emulate.lrn_backward(xl, gl, 5, 1e-4, 0.75, 2.0),
+                 cpu_kernels.lrn_backward(xl, gl, 5, 1e-4, 0.75, 2.0), np.float32, rtol32=4e-5)
 
 
 # ----------------------------------------------------------------------------
@@ -371,13 +373,12 @@ def run_exact_size_cases(cases=40):
         lrn = i64(N, C, H * W) + i32(size // 2, (size - 1) // 2)
         cols = np.empty((C * kh * kw, N * OH * OW), dtype)
         y, argmax = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, PH, PW)
-        ly, ls = cpu_kernels.lrn_forward(x, size, 1.0, 0.75, 2.0)
         calls = [("im2col_kernel", [x, cols] + conv, cols.size),
                  ("col2im_kernel", [cols, np.empty_like(x)] + conv, x.size),
                  ("maxpool_forward_kernel", [x, np.empty_like(y), np.empty_like(argmax)] + pool, y.size),
                  ("maxpool_backward_kernel", [argmax, np.ones_like(y), np.empty_like(x)] + pool, x.size),
-                 ("lrn_forward_kernel", [x, np.empty_like(x), np.empty_like(x)] + lrn + [t(1), t(0.75), t(2)], x.size),
-                 ("lrn_backward_kernel", [x, ly, ls, np.ones_like(x), np.empty_like(x)] + lrn + [t(1), t(0.75)],
+                 ("lrn_forward_kernel", [x, np.empty_like(x)] + lrn + [t(1), t(0.75), t(2)], x.size),
+                 ("lrn_backward_kernel", [x, np.ones_like(x), np.empty_like(x)] + lrn + [t(1), t(0.75), t(2)],
                   x.size)]
         for name, args, total in calls:
             for grid, block, order in launches:

@@ -130,22 +130,22 @@ class Kernels:
         xp = self.xp()
         x = xp.ascontiguousarray(x)
         N, C, H, W = x.shape
-        y, scale = xp.empty_like(x), xp.empty_like(x)
+        y = xp.empty_like(x)
         t = x.dtype.type
         self.run("lrn.cu", "lrn_forward_kernel", x.dtype, x.size,
-                 (x, y, scale, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                 (x, y, _i(N), _i(C), _i(H * W), np.int32(size // 2),
                   np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
-        return y, scale
+        return y
 
-    def lrn_backward(self, x, y, scale, gy, size, alpha, beta):
+    def lrn_backward(self, x, gy, size, alpha, beta, k):
         xp = self.xp()
-        x, y, scale, gy = (xp.ascontiguousarray(a) for a in (x, y, scale, gy))
+        x, gy = xp.ascontiguousarray(x), xp.ascontiguousarray(gy)
         N, C, H, W = x.shape
         gx = xp.empty_like(x)
         t = x.dtype.type
         self.run("lrn.cu", "lrn_backward_kernel", x.dtype, x.size,
-                 (x, y, scale, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
-                  np.int32((size - 1) // 2), t(alpha), t(beta)))
+                 (x, gy, gx, _i(N), _i(C), _i(H * W), np.int32(size // 2),
+                  np.int32((size - 1) // 2), t(alpha), t(beta), t(k)))
         return gx
 
 

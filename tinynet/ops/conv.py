@@ -44,26 +44,28 @@ from . import kernels_for
 #   gemm_output  (O, n*OH*OW)         forward's GEMM result; backward's gradient rows
 #   column_grad  (C*KH*KW, n*OH*OW)   backward's W^T @ gradient rows, before col2im
 #
-# and, when forward keeps the whole batch's columns for backward, a fourth:
+# One budget (set_conv_workspace) bounds them: a pass (forward, or backward)
+# takes as many images per chunk as its roles fit in the budget.  They are
+# carved out of one byte buffer per thread, reused between calls (no fresh
+# pages to fault in for every layer and step) and never larger than the budget.
+#
+# Beside them, when forward keeps the whole batch's columns for backward:
 #
 #   kept_columns (C*KH*KW, N*OH*OW)   made in forward, used and dropped in backward
 #
-# One budget (set_conv_workspace) bounds all of them: a pass (forward, or
-# backward) takes as many images per chunk as its roles fit in the budget,
-# and forward keeps its columns only when backward's whole-batch pass (kept
-# columns, gradient rows, column gradient) fits it in one chunk.  The scratch
-# roles are carved out of one byte buffer per thread, reused between calls
-# (no fresh pages to fault in for every layer and step) and never larger than
-# the budget.  conv_workspace_peak() reports the largest pass, role by role.
+# bounded by a cap of its own (set_conv_keep_columns).  Then no pass has a
+# columns role: each chunk reads its slice of the kept columns.
+# conv_workspace_peak() reports the largest pass, role by role.
 
-_workspace = {"bytes": 192 * 2**20, "keep": 144 * 2**20, "peak": 0, "peak_roles": {}}
+_workspace = {"bytes": 192 * 2**20, "keep": 256 * 2**20, "peak": 0, "peak_roles": {}}
 _peak_lock = threading.Lock()
 
 
 def set_conv_workspace(nbytes):
     """The workspace budget, in bytes: the most one convolution pass may hold
-    in its columns, GEMM output, column gradient and kept columns together.
-    Default 192 MiB.  Returns the previous value.
+    in its chunk's columns, GEMM output and column gradient together (kept
+    columns have their own cap, set_conv_keep_columns).  Default 192 MiB.
+    Returns the previous value.
 
     A chunk holds at least one image, so when one image alone needs more
     than the budget, that pass goes over it (conv_workspace_peak shows by
@@ -78,16 +80,14 @@ def set_conv_workspace(nbytes):
 def set_conv_keep_columns(nbytes):
     """Largest column matrix (whole batch) a convolution may keep from forward
     for its backward instead of rebuilding it, in bytes; 0 always rebuilds.
-    Kept columns are part of the workspace: they are kept only when backward's
-    whole-batch pass (kept columns, gradient rows, column gradient) also fits
-    the budget of set_conv_workspace.  They live from forward to backward, so
-    this cap bounds what each convolution holds across the step.
-    Default 144 MiB: at batch 32 on one device AlexNet's conv1 (134 MiB),
-    conv3 (48 MiB), conv4 and conv5 (71 MiB each) keep theirs, saving four of
-    the step's nine im2col passes; conv2 (214 MiB), and everything at batch
-    128, rebuild.  Keeping conv1's raises the step's peak from 1,380 to 1,561
-    MiB (PyTorch's: 1,808-1,845) and brings conv1's forward + backward from
-    1.40-1.47 to 1.22-1.30 times its GEMMs.
+    They live from forward to backward, so this cap bounds what each
+    convolution holds across the step; backward reads them chunk by chunk,
+    its other buffers within the workspace budget.  Columns are kept only
+    when the weights need a gradient (backward reads them for nothing else).
+    Default 256 MiB: at batch 32 on one device every AlexNet convolution
+    keeps its columns (conv1 134 MiB, conv2 214, conv3 48, conv4 and conv5
+    71 each), so backward runs no im2col; at batch 128 conv3 (190 MiB) keeps
+    them and the others rebuild.
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
@@ -199,8 +199,8 @@ class Conv2d(Function):
     y: (N, O, OH, OW).
     Saves (x, weight, the columns or None, y or None).  Backward rebuilds the
     columns chunk by chunk (memory over time, as Caffe), except when the whole
-    batch's columns fit the keep cap (``set_conv_keep_columns``) and backward's
-    whole-batch pass fits the workspace: then forward's are kept.
+    batch's columns fit the keep cap (``set_conv_keep_columns``): then
+    forward's are kept, and backward reads them chunk by chunk.
 
     The output pass.  The GEMM leaves each chunk filter-major, (O, n, OH*OW);
     the layer returns image-major (n, O, OH*OW).  One pass over memory turns
@@ -224,16 +224,18 @@ class Conv2d(Function):
         self.geometry = (KH, KW, stride, padding, G, OH, OW)
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias, self.relu = bool(bias), relu
-        # keep the columns for backward if backward will come and its whole-batch pass fits
-        keep = is_grad_enabled() and any(self.needs_input_grad) and self._can_keep_columns(N)
+        # keep the whole batch's columns for backward if its weight gradient will need them and they
+        # fit the keep cap: made once here, outside the workspace, and read chunk by chunk
+        keep = is_grad_enabled() and self.needs_input_grad[1] and self._can_keep_columns(N)
         self.kept_columns = keep  # for describe(): backward reuses them, or rebuilds them
+        kept = None
+        if keep:
+            with section("im2col"):
+                kept = im2col(x, KH, KW, stride, padding)
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
-        kept = None
-        for n0, n1, cols, prod in self._chunks(x, {"gemm_output": O}, keep=keep):
-            if keep:
-                kept = cols
+        for n0, n1, cols, prod in self._chunks(x, {"gemm_output": O}, kept):
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
             prod = prod.reshape(G, O // G, n * OH * OW)
@@ -247,51 +249,41 @@ class Conv2d(Function):
         return y.reshape(N, O, OH, OW)
 
     def _can_keep_columns(self, N):
-        """Whether forward may keep the whole batch's columns: they fit the keep cap, and
-        backward's whole-batch pass (kept columns, gradient rows and, if the input needs a
-        gradient, the column gradient) fits the workspace budget."""
-        (_, C, _, _), (O, _, KH, KW), itemsize = self.shapes
+        """Whether forward may keep the whole batch's columns: they fit the keep cap."""
+        (_, C, _, _), (_, _, KH, KW), itemsize = self.shapes
         OH, OW = self.geometry[5:]
-        image_bytes = OH * OW * itemsize  # one row of a role's matrix, for one image
-        backward_rows = C * KH * KW * (2 if self.needs_input_grad[0] else 1) + O
-        return (C * KH * KW * N * image_bytes <= _workspace["keep"]
-                and backward_rows * N * image_bytes <= _workspace["bytes"])
+        return C * KH * KW * N * OH * OW * itemsize <= _workspace["keep"]
 
-    def _chunks(self, x, roles, keep=False):
+    def _chunks(self, x, roles, kept=None, columns=True):
         """Cut the batch into chunks of images x[n0:n1] whose buffers fit the workspace and
         yield (n0, n1, cols, *scratch) for each:
 
-          cols      (C*KH*KW, n*OH*OW), the chunk's columns, filled by im2col; in backward
-                    after a forward that kept them, the whole batch's kept columns;
+          cols      (C*KH*KW, n*OH*OW), the chunk's columns: its slice of ``kept`` (the
+                    whole batch's columns, kept from forward), else filled by im2col into
+                    the workspace; None when ``columns`` is False (nothing will read them);
           scratch   one (rows, n*OH*OW) matrix for each role -> rows in ``roles``, in
                     order, for the caller to fill.
 
-        ``keep``: the whole batch in one chunk, its columns in a new array (not the shared
-        buffer), to be kept for backward."""
+        A chunk's column slice of ``kept`` is a view: its rows are N*OH*OW apart, which
+        the GEMMs take as their leading dimension."""
         KH, KW, stride, padding, G, OH, OW = self.geometry
         xp = get_array_module(x)
         N, C = x.shape[:2]
         col_rows, image_bytes = C * KH * KW, OH * OW * x.itemsize
-
-        def bytes_of(n):  # each role's bytes for a chunk of n images
-            return {role: rows * n * image_bytes for role, rows in roles.items()}
-
-        kept = self.saved[2] if self.saved else None
-        if keep or kept is not None:
-            _note_pass({"kept_columns": col_rows * N * image_bytes, **bytes_of(N)})
-            if kept is not None:
-                cols = kept
-            else:
-                with section("im2col"):
-                    cols = im2col(x, KH, KW, stride, padding)
-            yield (0, N, cols, *_scratch([(rows, N * OH * OW) for rows in roles.values()], x.dtype, xp))
-            return
-        step = _chunk_images(N, (col_rows + sum(roles.values())) * image_bytes)
-        _note_pass({"columns": col_rows * min(step, N) * image_bytes, **bytes_of(min(step, N))})
+        build = columns and kept is None  # the chunk's columns go in the workspace
+        step = _chunk_images(N, ((col_rows if build else 0) + sum(roles.values())) * image_bytes)
+        first = min(step, N)
+        held = ({"kept_columns": col_rows * N * image_bytes} if kept is not None else
+                {"columns": col_rows * first * image_bytes} if build else {})
+        _note_pass({**held, **{role: rows * first * image_bytes for role, rows in roles.items()}})
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
-            shapes = [(rows, (n1 - n0) * OH * OW) for rows in (col_rows, *roles.values())]
-            cols, *scratch = _scratch(shapes, x.dtype, xp)
+            shapes = [(rows, (n1 - n0) * OH * OW) for rows in roles.values()]
+            if not build:
+                cols = None if kept is None else kept[:, n0 * OH * OW:n1 * OH * OW]
+                yield (n0, n1, cols, *_scratch(shapes, x.dtype, xp))
+                continue
+            cols, *scratch = _scratch([(col_rows, (n1 - n0) * OH * OW)] + shapes, x.dtype, xp)
             with section("im2col"):
                 im2col(x[n0:n1], KH, KW, stride, padding, out=cols)
             yield (n0, n1, cols, *scratch)
@@ -328,7 +320,7 @@ class Conv2d(Function):
     def backward(self, gy):
         xp = get_array_module(gy)
         kernels = kernels_for(gy)
-        x, weight, _, y = self.saved
+        x, weight, kept, y = self.saved
         KH, KW, stride, padding, G, OH, OW = self.geometry
         N, C, H, W = x.shape
         O, Cg = weight.shape[:2]
@@ -346,7 +338,7 @@ class Conv2d(Function):
             gb = xp.zeros(O, dtype=weight.dtype)
         w_groups_t = weight.reshape(G, O // G, Cg * KH * KW).transpose(0, 2, 1)
         roles = {"gemm_output": O, "column_grad": C * KH * KW} if need_x else {"gemm_output": O}
-        for n0, n1, cols, g_rows, *gcols in self._chunks(x, roles):
+        for n0, n1, cols, g_rows, *gcols in self._chunks(x, roles, kept, columns=need_w):
             n = n1 - n0
             # gradient rows per filter: (n, O, OH*OW) -> (O, n, OH*OW), times the ReLU's mask
             with section("conv output pass (transpose, bias, ReLU)"):

@@ -312,29 +312,38 @@ def channel_window_sum(a, before, after, out):
     return out
 
 
-def lrn_forward(x, size, alpha, beta, k):
-    """Paper LRN: y = x * (k + alpha * sum_window x^2) ** -beta.
+def lrn_scale(x, size, alpha, k, out, scratch):
+    """out = s = k + alpha * sum_window x^2, the LRN's denominator before its power.
 
-    x: (N, C, H, W).  Window of ``size`` channels centred on c (size//2
-    below, (size-1)//2 above), clipped at the edges.  Returns (y, scale)
-    with scale = k + alpha * sum_window x^2, kept for backward.
+    x: (n, C, H, W).  Window of ``size`` channels centred on c (size//2 below,
+    (size-1)//2 above), clipped at the edges.  ``scratch``: an array like x
+    for x^2.  Forward and backward both compute it, by these same calls."""
+    np.multiply(x, x, out=scratch)                                        # x^2
+    channel_window_sum(scratch, size // 2, (size - 1) // 2, out=out)      # window sums
+    out *= alpha
+    out += k                                                              # s = k + alpha * sum
+    return out
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Paper LRN: y = x * s^-beta with s = k + alpha * sum_window x^2.
+
+    x: (N, C, H, W) -> y.  Nothing but x is kept for backward: backward
+    computes s and y again (lrn_backward), by the same calls, so with the same
+    bits.  Kept, they would be two more arrays the size of the activations,
+    written here and read back there: more memory traffic than the arithmetic.
     """
     N = x.shape[0]
     y = np.empty_like(x)
-    scale = np.empty_like(x)
-    before, after = size // 2, (size - 1) // 2
 
     def run(i0, i1):
-        xs, ys, ss = x[i0:i1], y[i0:i1], scale[i0:i1]
-        np.multiply(xs, xs, out=ys)                      # x^2 (ys as scratch)
-        channel_window_sum(ys, before, after, out=ss)    # window sums
-        ss *= alpha
-        ss += k                                          # s = k + alpha * sum
-        power_neg_beta(ss, beta, out=ys)                 # s^-beta
+        xs, ys = x[i0:i1], y[i0:i1]
+        s = lrn_scale(xs, size, alpha, k, np.empty_like(xs), scratch=ys)  # ys as scratch
+        power_neg_beta(s, beta, out=ys)                  # s^-beta
         ys *= xs                                         # y = x * s^-beta
 
-    parallel_chunks(run, N, 4 * _image_bytes(x))
-    return y, scale
+    parallel_chunks(run, N, 3 * _image_bytes(x))
+    return y
 
 
 def power_neg_beta(s, beta, out):
@@ -350,31 +359,33 @@ def power_neg_beta(s, beta, out):
     return out
 
 
-def lrn_backward(x, y, scale, gy, size, alpha, beta):
-    """Gradient of LRN: with s = scale,
+def lrn_backward(x, gy, size, alpha, beta, k):
+    """Gradient of LRN: with s and y as forward computed them (computed again here),
 
         gx_i = gy_i * s_i^-beta - 2*alpha*beta * x_i * sum_{j: i in window(j)} gy_j * y_j / s_j
 
     ``window(j)`` reversed is a window with ``before`` and ``after`` swapped.
-    x, y, scale, gy: (N, C, H, W) -> gx: (N, C, H, W).
+    x, gy: (N, C, H, W) -> gx: (N, C, H, W).
     """
     N = x.shape[0]
     gx = np.empty_like(x)
     before, after = size // 2, (size - 1) // 2
 
     def run(i0, i1):
-        xs, ys, ss, gys, gxs = x[i0:i1], y[i0:i1], scale[i0:i1], gy[i0:i1], gx[i0:i1]
-        u = gys * ys
-        u /= ss                                            # gy_j * y_j / s_j
-        t = np.empty_like(u)
-        channel_window_sum(u, after, before, out=t)        # sum over j whose window holds i
+        xs, gys, gxs = x[i0:i1], gy[i0:i1], gx[i0:i1]
+        u = np.empty_like(xs)
+        s = lrn_scale(xs, size, alpha, k, np.empty_like(xs), scratch=u)
+        power_neg_beta(s, beta, out=gxs)                   # r = s^-beta, kept in gx
+        np.multiply(gxs, xs, out=u)                        # y = r * x, as forward made it
+        u *= gys
+        u /= s                                             # gy_j * y_j / s_j
+        t = channel_window_sum(u, after, before, out=s)    # sum over j whose window holds i (s reused)
         t *= xs
         t *= -2.0 * alpha * beta
-        power_neg_beta(ss, beta, out=u)                    # s^-beta (u reused)
-        u *= gys
-        np.add(u, t, out=gxs)
+        gxs *= gys                                         # gy_i * s_i^-beta
+        gxs += t
 
-    parallel_chunks(run, N, 6 * _image_bytes(x))
+    parallel_chunks(run, N, 5 * _image_bytes(x))
     return gx
 
 

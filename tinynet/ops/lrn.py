@@ -27,25 +27,28 @@ from . import kernels_for
 
 
 class LocalResponseNorm(Function):
+    """Keeps only its input: backward computes the window sums and y again (the
+    kernels' lrn_backward), which costs less than writing them out in forward
+    and reading them back."""
+
     def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
         N, C, H, W = x.shape
-        self.params = (size, alpha, beta, groups, x.shape)
-        self.k = k  # for describe()
+        self.params = (size, alpha, beta, k, groups, x.shape)
         x = x.reshape(N * groups, C // groups, H, W)  # each group normalised on its own
-        y, scale = kernels_for(x).lrn_forward(x, size, alpha, beta, k)
-        self.save_for_backward(x, y, scale)
+        y = kernels_for(x).lrn_forward(x, size, alpha, beta, k)
+        self.save_for_backward(x)
         return y.reshape(N, C, H, W)
 
     def describe(self):
         """The constants of the last forward (alpha as applied: the paper's
         convention), for tinynet.trace/summary."""
-        size, alpha, beta, groups, _ = self.params
-        return {"kind": "lrn", "size": size, "alpha": alpha, "beta": beta, "k": self.k, "groups": groups}
+        size, alpha, beta, k, groups, _ = self.params
+        return {"kind": "lrn", "size": size, "alpha": alpha, "beta": beta, "k": k, "groups": groups}
 
     def backward(self, gy):
-        x, y, scale = self.saved
-        size, alpha, beta, groups, shape = self.params
-        gx = kernels_for(gy).lrn_backward(x, y, scale, gy.reshape(x.shape), size, alpha, beta)
+        (x,) = self.saved
+        size, alpha, beta, k, groups, shape = self.params
+        gx = kernels_for(gy).lrn_backward(x, gy.reshape(x.shape), size, alpha, beta, k)
         return gx.reshape(shape)
 
 
