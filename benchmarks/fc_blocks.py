@@ -20,9 +20,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-
 import tinynet as tn  # noqa: E402
+import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.functional as F  # noqa: E402
 from benchmarks.common import interleaved, machine, ms, save  # noqa: E402
 from tinynet.ops import linear  # noqa: E402

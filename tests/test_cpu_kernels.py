@@ -205,6 +205,38 @@ print(os.environ["OPENBLAS_THREAD_TIMEOUT"], time.process_time() - t0)
 """
 
 
+def test_every_script_imports_tinynet_before_numpy():
+    """The setting above takes effect only if tinynet comes before NumPy.  A benchmark whose bare
+    step ran with spinning BLAS threads measured a slower step than the program it was compared
+    with.  Each script's first module-level import of numpy, tinynet or the benchmarks package
+    (whose __init__ imports tinynet) must not be numpy's."""
+    import ast
+    import glob
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "benchmarks", "__init__.py")) as f:
+        assert any(isinstance(node, ast.Import) and node.names[0].name == "tinynet" for node in ast.parse(f.read()).body)
+    scripts = glob.glob(os.path.join(root, "benchmarks", "*.py")) + glob.glob(os.path.join(root, "examples", "*.py"))
+    assert len(scripts) > 5
+    for path in scripts:
+        if path.endswith("__init__.py"):
+            continue
+        with open(path) as f:
+            text = f.read()
+        if '__name__ == "__main__"' not in text:  # a module, imported as benchmarks.x: __init__ first
+            continue
+        body = ast.parse(text).body
+        first = None
+        for node in body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            tops = [name.split(".")[0] for name in names if name.split(".")[0] in ("numpy", "tinynet", "benchmarks")]
+            if tops:
+                first = tops[0]
+                break
+        assert first != "numpy", f"{os.path.relpath(path, root)} imports numpy before tinynet"
+
+
 def test_importing_tinynet_lets_idle_blas_threads_sleep():
     """OpenBLAS's idle workers spin for ~0.1 s after a GEMM, taking a core from the elementwise
     passes between GEMMs; importing tinynet before NumPy makes them sleep at once, and a value
