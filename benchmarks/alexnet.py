@@ -17,8 +17,9 @@ LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
 1e-4), interleaved with ours in the same run: PyTorch is a yardstick, never a
 dependency; without it the column says so.
 
-After its timed steps, each tinynet training worker profiles one more step
-(tn.profile()): the table under the results gives ms per kind of work (GEMM,
+After its timed steps, each tinynet training worker profiles PROFILED_STEPS
+(3) more steps (tn.profile()): the table under the results gives the median
+over them of the ms per kind of work (GEMM,
 im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.
@@ -57,11 +58,13 @@ from tinynet.ops import linear  # noqa: E402
 # Workers: one (engine, batch, mode) per process
 # ----------------------------------------------------------------------------
 
-# What a tinynet CPU training worker measures after its timed steps: one profiled step, and the
+# What a tinynet CPU training worker measures after its timed steps: PROFILED_STEPS profiled
+# steps (one alone moved a kind by up to a factor of 2 between runs), and the
 # GEMM floor in turn with whole steps.  The first round of a (batch, mode) does both; later
 # rounds time the floor again (a ratio that moves by 0.15 from one minute to the next needs
 # more than one round's repetitions) but not the profile.
 EXTRAS = ("profile", "floor")
+PROFILED_STEPS = 3
 
 def peak_rss_bytes():
     """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
@@ -111,9 +114,13 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
         devices = sorted({p.data.device.id for p in model.parameters()})
     result = timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
     if mode == "train" and device == "cpu" and "profile" in extras:
-        with tn.profile() as prof:  # one more step, profiled: where its time goes
-            train_step()
-        result["profile_ms"] = dict(prof.by_kind())
+        profiles = []
+        for _ in range(PROFILED_STEPS):  # more steps, profiled: where their time goes
+            with tn.profile() as prof:
+                train_step()
+            profiles.append(prof.by_kind())
+        kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
+        result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
     if mode == "train" and device == "cpu" and "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch)
@@ -367,13 +374,14 @@ def profile_groups(profile_ms):
 
 
 def profile_table(rows):
-    """Markdown: one profiled training step per batch, ms per group and share of the step."""
+    """Markdown: profiled training steps per batch, ms per group (each kind's median over the
+    profiled steps) and share of their total."""
     rows = [r for r in rows if r["mode"] == "train" and "profile_ms" in r.get("tinynet", {})]
     if not rows:
         return []
     names = list(profile_groups({}))
-    lines = ["", "Where a training step's time goes (tn.profile(), one extra step after the timed ones; "
-             "ms and share of the profiled step):", "",
+    lines = ["", f"Where a training step's time goes (tn.profile(), {PROFILED_STEPS} extra steps after the timed "
+             "ones; each kind's median in ms, and its share of their total):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
              "| the same and the conv output pass (where the convolutions' ReLUs run) |",
              "|---" * (len(names) + 4) + "|"]

@@ -6,8 +6,8 @@ they sleep at once) unless the variable is set.  This script measures what that 
 worth: AlexNet training steps (benchmarks/alexnet.py's worker: 1000 classes, float32,
 random data) with 28 and with 4, in fresh processes, interleaved pair by pair, so
 that the shared machine's drift hits both alike.  It prints and saves each pair's
-ratio and, from one profiled step per process, the milliseconds of the passes
-between GEMMs (im2col, col2im, LRN, max-pool, ReLU, SGD), where the spinning
+ratio and, from three profiled steps per process (each kind's median), the
+milliseconds of the passes between GEMMs (im2col, col2im, LRN, max-pool, ReLU, SGD), where the spinning
 threads take a core.
 
     python benchmarks/blas_threads.py                    # batches 16 and 32, 4 pairs each
@@ -40,7 +40,7 @@ def main():
     lines = [f"# OpenBLAS idle threads: spinning (28) against sleeping (4), {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. AlexNet (1000 classes, "
              f"float32) training steps, median of {args.repeat} per process; pairs interleaved; the "
-             f"between-GEMM passes and GEMMs from one profiled step per process.\n"]
+             f"between-GEMM passes and GEMMs from the profiled steps per process (median of 3).\n"]
     lines += table(rows, list(SETTINGS), args.batches)
     print("\n".join(lines))
     save(args.out, dict(machine=info, rows=rows), "\n".join(lines) + "\n")

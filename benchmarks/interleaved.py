@@ -3,9 +3,9 @@
 Each setting is a set of environment variables (OPENBLAS_THREAD_TIMEOUT,
 TINYNET_CPU_LOOPS, ...).  For every batch size, ``pairs`` times: one fresh
 process with the first setting, then one with the second (benchmarks/alexnet.py's
-worker: 1000 classes, float32, random data, median of ``repeat`` steps, then one
-profiled step).  Pair by pair, the shared machine's drift hits both alike, so the
-ratio inside a pair is the number to read, never one setting's time alone.
+worker: 1000 classes, float32, random data, median of ``repeat`` steps, then
+three profiled steps, each kind's median).  Pair by pair, the shared machine's drift
+hits both alike, so the ratio inside a pair is the number to read, never one setting's time alone.
 """
 
 import statistics
