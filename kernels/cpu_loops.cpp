@@ -236,7 +236,7 @@ static INLINE void maxpool_backward(const int* argmax, const T* gy, T* gx, i64 C
 // channels below, nearest first, then those above.
 //
 // Nothing but x is kept for backward: backward computes s and y again, one
-// image at a time while its channels are in the cache, with the same
+// tile of pixels at a time while its channels are in the cache, with the same
 // operations in the same order, so they are the bits forward had.  Keeping s
 // and y would write two more activation-sized arrays in forward and read them
 // back in backward: more memory traffic than the arithmetic costs.

@@ -156,9 +156,10 @@ def test_conv2d_float32_against_float64(rng):
     assert np.allclose(y32.data, y64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv+relu"])
 @pytest.mark.parametrize("keep", [0, 2**30], ids=["rebuilt", "kept"])
 @pytest.mark.parametrize("budget", [1, 5000, 10**9])
-def test_chunked_columns_give_identical_results(rng, budget, keep):
+def test_chunked_columns_give_identical_results(rng, budget, keep, relu):
     # float64, so that only summation order (chunk by chunk) can differ; with kept columns
     # every chunk reads a slice of them (a view whose rows are the whole batch apart)
     x = rng.standard_normal((5, 4, 11, 11))
@@ -167,7 +168,7 @@ def test_chunked_columns_give_identical_results(rng, budget, keep):
 
     def run():
         xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
-        y = F.conv2d(xt, wt, stride=2, padding=1, groups=2)
+        y = F.conv2d(xt, wt, stride=2, padding=1, groups=2, relu=relu)
         y.backward(gy)
         return y.data, xt.grad, wt.grad
 

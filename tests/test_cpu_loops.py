@@ -215,6 +215,22 @@ def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
         np.testing.assert_allclose(gx2, gx, rtol=rtol, atol=4 * rtol * np.abs(gy).max())
 
 
+@pytest.mark.parametrize("shape,size", [((1, 48, 50, 50), 5), ((2, 7000, 5, 5), 9), ((1, 300, 31, 31), 5)],
+                         ids=["two tiles", "16-pixel tiles", "uneven tiles"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_backward_in_several_pixel_tiles_gives_the_numpy_bits(shape, size, dtype):
+    """The compiled backward goes through each image in tiles of pixels (up to 384 KB of
+    scratch per array, so a tile holds 384 KB / (itemsize * C) pixels, at least 16): these
+    shapes take two tiles (float32; three in float64), 16-pixel tiles (C = 7000, a 9-channel
+    window) with a 9-pixel last one, and three tiles with a shorter last one.  The
+    hypothesis test above always fits in one tile."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    gx = cpu_kernels.lrn_backward(x, gy, size, 1e-2, 0.75, 2.0)
+    assert same_bits(cpu_loops.lrn_backward(x, gy, size, 1e-2, 0.75, 2.0), gx)
+
+
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES, st.integers(0, 2**31))
 def test_lrn_backward_recomputes_forwards_bits(n, c, hw, size, dtype, seed):
     """Backward keeps nothing from forward but x: the s and y it computes again must be
@@ -343,6 +359,9 @@ def run_every_loop_on_exact_buffers(cases=60):
         size = int(rng.integers(1, 8))
         cpu_loops.lrn_forward(x, size, 1e-4, 0.75, 2.0)
         cpu_loops.lrn_backward(x, np.ones_like(x), size, 1e-4, 0.75, 2.0)
+        if case < 2:  # backward in several pixel tiles, the last one shorter (see the bit test)
+            wide = rng.standard_normal((1, 7000, 5, 7)).astype(dtype)  # tiles of 16, 16 and 3 pixels
+            cpu_loops.lrn_backward(wide, np.ones_like(wide), 9, 1e-4, 0.75, 2.0)
         O, P = C + 1, oh * ow
         prod = rng.standard_normal((O, N, P)).astype(dtype)
         out = np.empty((N, O, P), dtype)

@@ -18,7 +18,9 @@ The column matrix is (KH*KW / stride^2) times larger than the input: for
 AlexNet's conv1 at batch 128 it would be 560 MB.  So the batch is processed
 in chunks of images whose columns, GEMM output (and, in backward, column
 gradient) fit in a fixed workspace budget (``set_conv_workspace``), as Caffe
-builds its columns one image at a time.  The results do not depend on the
+builds its columns one image at a time; the whole batch's columns are kept
+from forward for backward, outside that budget, only when they fit a cap of
+their own (``set_conv_keep_columns``).  The results do not depend on the
 chunk size.
 
 OH = (H + 2*ph - KH) // sh + 1 and OW likewise (floor rounding, as Caffe).
@@ -86,8 +88,11 @@ def set_conv_keep_columns(nbytes):
     when the weights need a gradient (backward reads them for nothing else).
     Default 256 MiB: at batch 32 on one device every AlexNet convolution
     keeps its columns (conv1 134 MiB, conv2 214, conv3 48, conv4 and conv5
-    71 each), so backward runs no im2col; at batch 128 conv3 (190 MiB) keeps
-    them and the others rebuild.
+    71 each: 538 MiB held at the start of backward), so backward runs no
+    im2col; at batch 128 conv3 (190 MiB) keeps them and the others rebuild.
+    The step's peak at batch 32 is 1,668 MiB (PyTorch's: 1,793-1,845); it
+    was 1,730 MiB with conv2's kept before LRN stopped keeping its scale and
+    output, and 1,566 with the previous cap (144 MiB, conv2's rebuilt).
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
@@ -197,10 +202,12 @@ class Conv2d(Function):
 
     x: (N, C, H, W); weight: (O, C/G, KH, KW); bias: (O,) or absent;
     y: (N, O, OH, OW).
-    Saves (x, weight, the columns or None, y or None).  Backward rebuilds the
-    columns chunk by chunk (memory over time, as Caffe), except when the whole
-    batch's columns fit the keep cap (``set_conv_keep_columns``): then
-    forward's are kept, and backward reads them chunk by chunk.
+    Saves (x, weight, the columns or None, y or None).  Backward needs the
+    columns for the weight gradient only.  It rebuilds them chunk by chunk
+    (memory over time, as Caffe), except when the whole batch's fit the keep
+    cap (``set_conv_keep_columns``): then forward keeps them, and backward
+    reads them chunk by chunk.  With frozen weights it neither keeps nor
+    builds any.
 
     The output pass.  The GEMM leaves each chunk filter-major, (O, n, OH*OW);
     the layer returns image-major (n, O, OH*OW).  One pass over memory turns
@@ -301,7 +308,8 @@ class Conv2d(Function):
             col_bytes     bytes of the whole column matrix (the forward builds it
                           in chunks of images, see set_conv_workspace)
             columns_kept  True if forward kept the columns for backward (they fit
-                          set_conv_keep_columns), False if backward rebuilds them
+                          set_conv_keep_columns); False if backward rebuilds them,
+                          or needs none (frozen weights)
             relu          True if the ReLU after the convolution ran in its output pass
         """
         (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
