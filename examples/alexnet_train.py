@@ -129,7 +129,8 @@ def parse_args(argv=None):
     ap.add_argument("--lr-schedule", choices=["plateau", "budget"],
                     help="after warm-up: 'plateau' divides the rate by 10 when the held-out error "
                          "stops improving (the paper); 'budget' decays it linearly to zero at the "
-                         "end of --time-budget (default: the preset's)")
+                         "end of --time-budget, or at the end of the last epoch if that comes first "
+                         "(default: the preset's)")
     ap.add_argument("--momentum", type=float, help="momentum (default: the preset's)")
     ap.add_argument("--weight-decay", type=float, help="weight decay (default: the preset's)")
     ap.add_argument("--dropout", type=float,
@@ -935,14 +936,18 @@ class Run:
     def learning_rate(self):
         """Warm-up: a linear ramp to the base rate over warmup_steps. Then, by the recipe's
         lr_schedule: "plateau" keeps the base rate, divided by 10 when the held-out error stops
-        improving (the paper); "budget" decays it linearly to zero at the step where the time
-        budget is predicted to run out (its horizon, re-measured at every evaluation)."""
+        improving (the paper); "budget" decays it linearly to zero at the step where the run
+        ends: where the time budget is predicted to run out (its horizon, re-measured at every
+        evaluation) or the last epoch's last step, whichever comes first. (A machine fast
+        enough to finish the epochs early would otherwise end them at a rate still on its way
+        down.)"""
         cfg, s = self.cfg, self.global_step
         warmup = cfg["warmup_steps"]
         if warmup and s < warmup:
             return self.base_lr * (s + 1) / warmup
-        if cfg["lr_schedule"] == "budget" and self.horizon:
-            return budget_lr(self.base_lr, (s - warmup) / max(self.horizon - warmup, 1))
+        if cfg["lr_schedule"] == "budget":
+            end = min(self.horizon or math.inf, cfg["epochs"] * len(self.loader))
+            return budget_lr(self.base_lr, (s - warmup) / max(end - warmup, 1))
         return self.base_lr
 
     def step_done(self, value, stop):

@@ -89,6 +89,19 @@ def test_a_budgeted_run_stops_in_time_and_scores_the_whole_held_out_set(prog, tm
     assert os.path.exists(out / "conv1_filters.png") and os.path.exists(out / "curves.png")
 
 
+def test_budget_schedule_ends_with_the_epochs_when_they_end_first(prog, tmp_path):
+    """A run whose epochs end long before its time budget: the rate still reaches zero at its
+    last step, not at the deadline it never gets to (then it would end at almost --lr)."""
+    out = tmp_path / "run"
+    prog.main(["--preset", "demo", "--batch-size", "2", "--epochs", "3", "--max-train-images", "8",
+               "--max-val-images", "4", "--lr", str(LR), "--lr-schedule", "budget", "--warmup-steps", "2",
+               "--time-budget", "3600", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    train = [m for m in metrics(out) if m["kind"] == "train"]
+    assert train[-1]["step"] == 12                          # 3 epochs of 4 steps
+    # the last step (global step 11) is 9 of the 10 steps after warm-up: 1/10 of the rate is left
+    assert train[-1]["lr"] == pytest.approx(LR * (1 - 9 / 10))
+
+
 def test_budget_schedule_needs_a_budget(prog, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prog.main(["--preset", "demo", "--lr-schedule", "budget", "--time-budget", "0",
