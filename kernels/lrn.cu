@@ -53,15 +53,16 @@ __global__ void lrn_backward_kernel(const T* __restrict__ x, const T* __restrict
         // channels j whose window contains c: c - after <= j <= c + before
         const long long lo = c - after < 0 ? 0 : c - after;
         const long long hi = c + before > C - 1 ? C - 1 : c + before;
-        T acc = T(0);
+        T acc = T(0), r_c = T(0);  // r_c: s^-beta of channel c itself, one of the j
         for (long long j = lo; j <= hi; ++j) {
             const long long p = base + j * HW;
             const T s = lrn_scale(x, base, j, C, HW, before, after, alpha, k);
-            const T y = x[p] * pow(s, -beta);  // as forward computed it
+            const T r = pow(s, -beta);
+            if (j == c) r_c = r;
+            const T y = x[p] * r;  // as forward computed it
             acc += gy[p] * y / s;
         }
-        const T s = lrn_scale(x, base, c, C, HW, before, after, alpha, k);
-        gx[i] = gy[i] * pow(s, -beta) - T(2) * alpha * beta * x[i] * acc;
+        gx[i] = gy[i] * r_c - T(2) * alpha * beta * x[i] * acc;
     }
 }
 
