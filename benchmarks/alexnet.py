@@ -266,11 +266,22 @@ def peak_used_bytes_gpu(fn, devices, synchronize):
 
 def floor_products(batch):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
-    input gradient), each a callable on ready operands, whole batch at once."""
+    input gradient), each a callable on ready operands, whole batch at once.  They are the
+    products the engine does: a 3x3, stride-1 convolution's 16 per group of Winograd's
+    F(2x2, 3x3) unless F.set_conv_algorithm("im2col") is in force (ops/conv.py)."""
+    from tinynet.ops.conv import get_conv_algorithm
+
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
         oh = (h + 2 * p - k) // s + 1
+        if (k, s) == (3, 1) and get_conv_algorithm() == "auto":  # U (16G, O/G, C/G), V, Z: (16G, ., tiles)
+            tiles = batch * ((oh + 1) // 2) ** 2
+            u = rng.standard_normal((16 * g, o // g, c // g)).astype(np.float32)
+            v = rng.standard_normal((16 * g, c // g, tiles)).astype(np.float32)
+            z = rng.standard_normal((16 * g, o // g, tiles)).astype(np.float32)
+            products += [(u, v), (z, v.transpose(0, 2, 1)), (u.transpose(0, 2, 1), z)]
+            continue
         kk, cols = c // g * k * k, batch * oh * oh
         w = rng.standard_normal((g, o // g, kk)).astype(np.float32)
         col = rng.standard_normal((g, kk, cols)).astype(np.float32)

@@ -402,6 +402,199 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 }
 
 // ---------------------------------------------------------------------------
+// Winograd's F(2x2, 3x3), the transforms around its 16 GEMMs (the NumPy twins in
+// cpu_kernels.py say what each computes, and in which order each sum is taken;
+// these follow them to the bit).  Tiles: TH x TW per image, tile (ty, tx) reading
+// the padded rows 2*ty .. 2*ty+3 and columns 2*tx .. 2*tx+3 and writing the output
+// block rows 2*ty, 2*ty+1.  A tile matrix (16, rows, T) holds entry xi = 4*i + j of
+// tile t of row r at [xi][r][t], T = n*TH*TW, t = (image*TH + ty)*TW + tx.
+// Each call does the (image, channel) planes [i0, i1) x [c0, c1).
+
+// The loops run over whole planes at once, vectorised over the tiles: a padded
+// plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
+// (TH + 1) x QW with QW = TW + 1, so that the input tile entry (r, s) of every tile
+// is one contiguous run of a phase, shifted by (r/2)*QW + s/2, when tiles are
+// numbered "wide", t' = ty*QW + tx (one spare column per tile row).
+
+template <typename T>
+static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH,
+                                   i64 PW, i64 TH, i64 TW) {  // q: 4 phases of (TH + 1) x (TW + 1)
+    const i64 QW = TW + 1, QS = (TH + 1) * QW;
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            T* dst = q + (2 * a + b) * QS;
+            for (i64 y = 0; y <= TH; ++y) {
+                const i64 h = 2 * y + a - PH;
+                for (i64 x = 0; x <= TW; ++x) {
+                    const i64 w = 2 * x + b - PW;
+                    dst[y * QW + x] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[h * W + w] : T(0);
+                }
+            }
+        }
+}
+
+template <typename T>
+static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
+                                  i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
+    const i64 QW = TW + 1, QS = (TH + 1) * QW, WIDE = TH * QW - 1, T_ = n * TH * TW, XI = C * T_;
+    std::vector<T> q(4 * QS), wide(16 * WIDE + 16);
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 c = c0; c < c1; ++c) {
+            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
+            const T* __restrict__ d[4][4];  // d[r][s][t']: entry (r, s) of wide tile t'
+            for (int r = 0; r < 4; ++r)
+                for (int s = 0; s < 4; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+            T* __restrict__ o = wide.data();
+            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            for (i64 t = 0; t < WIDE; ++t) {
+                T u[4][4];  // B^T d, then (B^T d) B
+                for (int s = 0; s < 4; ++s) {
+                    const T d0 = d[0][s][t], d1 = d[1][s][t], d2 = d[2][s][t], d3 = d[3][s][t];
+                    u[0][s] = d0 - d2;
+                    u[1][s] = d1 + d2;
+                    u[2][s] = d2 - d1;
+                    u[3][s] = d1 - d3;
+                }
+                for (int r = 0; r < 4; ++r) {
+                    o[(4 * r + 0) * WIDE + t] = u[r][0] - u[r][2];
+                    o[(4 * r + 1) * WIDE + t] = u[r][1] + u[r][2];
+                    o[(4 * r + 2) * WIDE + t] = u[r][2] - u[r][1];
+                    o[(4 * r + 3) * WIDE + t] = u[r][1] - u[r][3];
+                }
+            }
+            for (int e = 0; e < 16; ++e)  // the wide rows, without their spare column, into V
+                for (i64 ty = 0; ty < TH; ++ty)
+                    std::memcpy(v + e * XI + c * T_ + i * TH * TW + ty * TW, o + e * WIDE + ty * QW, TW * sizeof(T));
+        }
+}
+
+template <typename T>
+static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
+                                   i64 TW, i64 relu, i64 i0, i64 i1, i64 o0, i64 o1) {
+    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
+    std::vector<T> block(4 * TT);
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 o = o0; o < o1; ++o) {
+            const T* __restrict__ q = m + o * T_ + i * TT;
+            T* __restrict__ out = block.data();
+            const T b = bias ? bias[o] : T(0);
+            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            for (i64 t = 0; t < TT; ++t) {
+                T u[2][4];  // A^T M
+                for (int j = 0; j < 4; ++j) {
+                    const T m0 = q[j * XI + t], m1 = q[(4 + j) * XI + t], m2 = q[(8 + j) * XI + t],
+                            m3 = q[(12 + j) * XI + t];
+                    u[0][j] = m0 + m1 + m2;
+                    u[1][j] = m1 - m2 - m3;
+                }
+                for (int a = 0; a < 2; ++a) {  // (A^T M) A, the bias, the ReLU
+                    T val[2] = {u[a][0] + u[a][1] + u[a][2], u[a][1] - u[a][2] - u[a][3]};
+                    for (int c = 0; c < 2; ++c) {
+                        T w = bias ? val[c] + b : val[c];
+                        if (relu) w = (w >= T(0) || w != w) ? w : T(0);
+                        out[(2 * a + c) * TT + t] = w;
+                    }
+                }
+            }
+            T* dst = y + (i * O + o) * OH * OW;  // each tile's 2x2 at its place, past OH, OW dropped
+            for (i64 row = 0; row < OH; ++row) {
+                const T* src = out + (row & 1) * 2 * TT + (row >> 1) * TW;
+                for (i64 col = 0; col < OW; ++col) dst[row * OW + col] = src[(col & 1) * TT + (col >> 1)];
+            }
+        }
+}
+
+template <typename T>
+static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
+                                        i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
+    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
+    std::vector<T> block(4 * TT);
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 o = o0; o < o1; ++o) {
+            const i64 plane = (i * O + o) * OH * OW;
+            T* __restrict__ g = block.data();  // g[(2a + b)*TT + t]: the block's (a, b), masked, 0 past the output
+            for (int a = 0; a < 2; ++a)
+                for (int b = 0; b < 2; ++b)
+                    for (i64 ty = 0; ty < TH; ++ty)
+                        for (i64 tx = 0; tx < TW; ++tx) {
+                            const i64 row = 2 * ty + a, col = 2 * tx + b;
+                            T v = T(0);
+                            if (row < OH && col < OW) {
+                                v = gy[plane + row * OW + col];
+                                if (y) v = y[plane + row * OW + col] > T(0) ? v : v * T(0);
+                            }
+                            g[(2 * a + b) * TT + ty * TW + tx] = v;
+                        }
+            T* __restrict__ q = z + o * T_ + i * TT;
+            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            for (i64 t = 0; t < TT; ++t) {
+                const T g00 = g[t], g01 = g[TT + t], g10 = g[2 * TT + t], g11 = g[3 * TT + t];
+                const T rows[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11}, {-g10, -g11}};
+                for (int r = 0; r < 4; ++r) {  // A g, then (A g) A^T
+                    const T t0 = rows[r][0], t1 = rows[r][1];
+                    q[(4 * r + 0) * XI + t] = t0;
+                    q[(4 * r + 1) * XI + t] = t0 + t1;
+                    q[(4 * r + 2) * XI + t] = t0 - t1;
+                    q[(4 * r + 3) * XI + t] = -t1;
+                }
+            }
+        }
+}
+
+template <typename T>
+static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
+                                       i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
+    const i64 QW = TW + 1, QS = (TH + 1) * QW, WIDE = TH * QW - 1, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    // gd: B gV B^T of every tile, wide (the spare column -0.0, which adds nothing to any sum);
+    // q: the padded plane's gradient as its four phases (see winograd_phases)
+    std::vector<T> gd(16 * WIDE), q(4 * QS);
+    for (i64 i = i0; i < i1; ++i)
+        for (i64 c = c0; c < c1; ++c) {
+            const T* __restrict__ src = gv + c * T_ + i * TT;
+            for (int e = 0; e < 16; ++e)  // the last tile row has no spare column (WIDE ends there)
+                for (i64 ty = 0; ty + 1 < TH; ++ty) gd[e * WIDE + ty * QW + TW] = -T(0);
+            for (i64 ty = 0; ty < TH; ++ty) {
+                T* __restrict__ g = gd.data() + ty * QW;
+                const T* __restrict__ row = src + ty * TW;
+                #pragma GCC ivdep  // the 16 entries' rows never overlap
+                for (i64 tx = 0; tx < TW; ++tx) {
+                    T u[4][4];  // B gV
+                    for (int j = 0; j < 4; ++j) {
+                        const T v0 = row[j * XI + tx], v1 = row[(4 + j) * XI + tx], v2 = row[(8 + j) * XI + tx],
+                                v3 = row[(12 + j) * XI + tx];
+                        u[0][j] = v0;
+                        u[1][j] = v1 - v2 + v3;
+                        u[2][j] = v1 + v2 - v0;
+                        u[3][j] = -v3;
+                    }
+                    for (int r = 0; r < 4; ++r) {  // (B gV) B^T
+                        g[(4 * r + 0) * WIDE + tx] = u[r][0];
+                        g[(4 * r + 1) * WIDE + tx] = u[r][1] - u[r][2] + u[r][3];
+                        g[(4 * r + 2) * WIDE + tx] = u[r][1] + u[r][2] - u[r][0];
+                        g[(4 * r + 3) * WIDE + tx] = -u[r][3];
+                    }
+                }
+            }
+            for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
+            for (int e = 0; e < 16; ++e) {  // added at the tiles' places, entry by entry as the twin
+                const int r = e / 4, s = e % 4;
+                T* __restrict__ dst = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+                const T* __restrict__ g = gd.data() + e * WIDE;
+                for (i64 t = 0; t < WIDE; ++t) dst[t] += g[t];
+            }
+            T* out = gx + (i * C + c) * H * W;
+            for (i64 h = 0; h < H; ++h) {
+                const i64 ph = h + PH;
+                const T* row = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
+                for (i64 w = 0; w < W; ++w) {
+                    const i64 pw = w + PW;
+                    out[h * W + w] = row[(pw & 1) * QS + (pw >> 1)];
+                }
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------
 // The paper's SGD update, in place over flat arrays [i0, i1):
 //   v = m*v - (wd*lr)*w - lr*g;  w = w + v
 // rounded step by step as NumPy's four in-place passes round it (optim._update).
@@ -466,6 +659,25 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
     extern "C" TINYNET_CLONES void conv_grad_rows_##SUFFIX(const T* gy, const T* y, T* g, i64 O, i64 n, i64 P,     \
                                                            i64 i0, i64 i1) {                            \
         conv_grad_rows(gy, y, g, O, n, P, i0, i1);                                                      \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_input_##SUFFIX(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH,   \
+                                       i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {       \
+        winograd_input(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                               \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_output_##SUFFIX(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, \
+                                        i64 OW, i64 TH, i64 TW, i64 relu, i64 i0, i64 i1, i64 o0,      \
+                                        i64 o1) {                                                       \
+        winograd_output(m, bias, y, n, O, OH, OW, TH, TW, relu, i0, i1, o0, o1);                        \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_grad_output_##SUFFIX(const T* gy, const T* y, T* z, i64 n, i64 O,      \
+                                             i64 OH, i64 OW, i64 TH, i64 TW, i64 i0, i64 i1, i64 o0,   \
+                                             i64 o1) {                                                  \
+        winograd_grad_output(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);                           \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_input_grad_##SUFFIX(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W,    \
+                                            i64 PH, i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0,    \
+                                            i64 c1) {                                                   \
+        winograd_input_grad(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                        \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
                                                        double wd, i64 i0, i64 i1) {                     \

@@ -93,6 +93,8 @@ def test_conv2d_fast_matches_naive_forward_and_backward(path, g, with_bias):
     # the path taken is the one asked for
     assert kept == (path in ("whole", "numpy"))
     one_image = x.shape[1] * g["kh"] * g["kw"] * y.shape[2] * y.shape[3] * x.itemsize
+    if y._creator.describe()["algorithm"] == "winograd":  # 3x3, stride 1: V, 16 rows per channel, a column per tile
+        one_image = x.shape[1] * 16 * ((y.shape[2] + 1) // 2) * ((y.shape[3] + 1) // 2) * x.itemsize
     assert peak == ({"kept_columns": one_image * g["n"]} if path in ("whole", "numpy") else
                     {"columns": one_image * (1 if path == "chunked" else g["n"])}) | \
         {role: peak[role] for role in ("gemm_output", "column_grad")}
@@ -264,10 +266,12 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
 PYTHON_OBJECTS = 32 * 2**10
 
 
-def held_after_a_step(x, w, workspace, keep=64 * 2**20):
+def held_after_a_step(x, w, workspace, keep=64 * 2**20, algorithm="im2col"):
     """Run forward and backward within a workspace budget; return (columns kept from forward?,
-    the peak pass by role, bytes still held once every output is dropped: the reused buffers)."""
+    the peak pass by role, bytes still held once every output is dropped: the reused buffers).
+    By im2col unless ``algorithm`` says "auto" (the byte counts below are im2col's)."""
     old_budget, old_keep = F.set_conv_workspace(workspace), F.set_conv_keep_columns(keep)
+    old_algorithm = F.set_conv_algorithm(algorithm)
     tracemalloc.start()  # NumPy reports its arrays to tracemalloc
     try:
         release_workspace()
@@ -287,7 +291,22 @@ def held_after_a_step(x, w, workspace, keep=64 * 2**20):
         release_workspace()
         F.set_conv_workspace(old_budget)
         F.set_conv_keep_columns(old_keep)
+        F.set_conv_algorithm(old_algorithm)
     return kept, F.conv_workspace_peak(by_role=True), held
+
+
+def test_winograd_tiles_are_the_columns_of_the_workspace():
+    """By Winograd, V (16 rows per channel, a column per 2x2 output tile) takes the columns'
+    place: kept within the keep cap, else rebuilt, and backward cut into chunks of images."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((5, 3, 3, 3))  # 4x4 out: 2x2 tiles
+    v, m, gv = 16 * 3 * 2 * 4 * 8, 16 * 5 * 2 * 4 * 8, 16 * 3 * 2 * 4 * 8  # whole batch, bytes
+    kept, roles, _ = held_after_a_step(x, w, workspace=10**9, keep=v, algorithm="auto")
+    assert kept and roles == {"kept_columns": v, "gemm_output": m, "column_grad": gv}
+    kept, roles, _ = held_after_a_step(x, w, workspace=(m + gv) // 2, keep=v, algorithm="auto")
+    assert kept and roles == {"kept_columns": v, "gemm_output": m // 2, "column_grad": gv // 2}
+    kept, roles, _ = held_after_a_step(x, w, workspace=10**9, keep=v - 1, algorithm="auto")
+    assert not kept and roles == {"columns": v, "gemm_output": m, "column_grad": gv}
 
 
 def test_the_gemm_output_is_inside_the_workspace_budget():
@@ -332,3 +351,84 @@ def test_a_pass_over_the_budget_is_reported_and_not_held():
     one_image = (2 * 9 * 2 + 4) * 64 * 8                       # columns, column grad, GEMM output
     assert not kept and sum(roles.values()) == one_image > 1000
     assert held < min(one_image, PYTHON_OBJECTS)
+
+
+# ----------------------------------------------------------------------------
+# Winograd's F(2x2, 3x3): every 3x3, stride-1 convolution on the CPU
+# ----------------------------------------------------------------------------
+
+@st.composite
+def winograd_geometry(draw):
+    groups = draw(st.integers(1, 3))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    g = dict(n=draw(st.integers(0, 3)), groups=groups, c=groups * draw(st.integers(1, 3)),
+             o=groups * draw(st.integers(1, 3)), kh=3, kw=3, sh=1, sw=1, ph=pad[0], pw=pad[1],
+             h=draw(st.integers(max(1, 3 - 2 * pad[0]), 11)), w=draw(st.integers(max(1, 3 - 2 * pad[1]), 11)))
+    return g
+
+
+def conv_by_winograd(x, w, b, g, relu=False):
+    """F.conv2d on a 3x3, stride-1 geometry, checking that it took the Winograd path."""
+    y = F.conv2d(x, w, b, (1, 1), (g["ph"], g["pw"]), g["groups"], relu=relu)
+    if y._creator is not None:  # (gradcheck's perturbed evaluations run without a graph)
+        assert y._creator.describe()["algorithm"] == "winograd"
+    return y
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(winograd_geometry(), st.booleans(), st.booleans())
+def test_winograd_convolution_matches_the_naive_twins(path, g, relu, with_bias):
+    """Forward and all three gradients against the naive loops, float64, with and without the
+    ReLU in the output pass, down every code path (chunks of one image, threads, NumPy loops);
+    an empty batch too."""
+    rng = np.random.default_rng(7)
+    x, w, b = make(g, rng)
+    p = (g["ph"], g["pw"])
+    xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+    bt = tn.tensor(b, requires_grad=True) if with_bias else None
+    with conv_path(path):
+        y = conv_by_winograd(xt, wt, bt, g, relu)
+        want = conv2d_naive(x, w, b if with_bias else None, (1, 1), p, g["groups"])
+        if relu:
+            want = np.maximum(want, 0)
+        assert np.allclose(y.data, want, rtol=1e-12, atol=1e-12)
+        gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+    gy = gy * (want > 0) if relu else gy
+    gx, gw = conv2d_backward_naive(x, w, gy, (1, 1), p, g["groups"])[:2]
+    assert np.allclose(xt.grad, gx, rtol=1e-12, atol=1e-12) and np.allclose(wt.grad, gw, rtol=1e-12, atol=1e-12)
+    if with_bias:
+        assert np.allclose(bt.grad, gy.sum(axis=(0, 2, 3)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@given(winograd_geometry())
+def test_winograd_convolution_gradcheck_float64(path, g):
+    rng = np.random.default_rng(8)
+    x, w, b = make(g, rng)
+    if g["n"] == 0:
+        return
+    with conv_path(path):
+        gradcheck(lambda x, w, b: conv_by_winograd(x, w, b, g, relu=True), [x, w, b], max_checks=60)
+
+
+def test_the_algorithm_setting_chooses_and_refuses(rng):
+    """"im2col" runs a 3x3 stride-1 convolution by im2col, "auto" by Winograd, to float32's
+    rounding of each other; other kernels and strides always run im2col; an unknown name is
+    refused, naming the setting."""
+    x = tn.tensor(rng.standard_normal((2, 8, 13, 13)).astype(np.float32))
+    w = tn.tensor((0.1 * rng.standard_normal((6, 4, 3, 3))).astype(np.float32), requires_grad=True)
+    assert F.get_conv_algorithm() == "auto"
+    y_auto = F.conv2d(x, w, None, 1, 1, 2)
+    old = F.set_conv_algorithm("im2col")
+    try:
+        y_im2col = F.conv2d(x, w, None, 1, 1, 2)
+    finally:
+        F.set_conv_algorithm(old)
+    assert y_auto._creator.describe()["algorithm"] == "winograd"
+    assert y_im2col._creator.describe()["algorithm"] == "im2col"
+    assert np.allclose(y_auto.data, y_im2col.data, rtol=1e-5, atol=1e-5)
+    strided = F.conv2d(x, w, None, 2, 1, 2)
+    assert strided._creator.describe()["algorithm"] == "im2col"
+    with pytest.raises(ValueError, match="set_conv_algorithm: expected one of"):
+        F.set_conv_algorithm("fft")

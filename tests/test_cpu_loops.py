@@ -24,6 +24,15 @@ def same_bits(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+def same_bits_but_nan(a, b):
+    """Same bits, except that where both are NaN their signs and payloads may differ: which
+    NaN a sum of NaN operands gives depends on their order, and the compiler may swap a sum's
+    operands (the Winograd transforms' sums of several terms)."""
+    a, b = np.asarray(a), np.asarray(b)
+    both_nan = np.isnan(a) & np.isnan(b)
+    return same_bits(np.where(both_nan, 0, a).astype(a.dtype), np.where(both_nan, 0, b).astype(b.dtype))
+
+
 @st.composite
 def conv_geometry(draw):
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
@@ -192,6 +201,34 @@ def test_conv_output_pass_gives_the_numpy_bits_with_zeros_infinities_and_nan(n, 
     if relu:  # the fused pass is the ReLU op's arithmetic
         t = np.transpose(prod, (1, 0, 2)) + (0 if b is None else b[None, :, None])
         assert same_bits(out, np.maximum(t, 0).astype(dtype))
+
+
+@given(st.integers(0, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 12), st.integers(1, 12),
+       st.integers(0, 2), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**31))
+def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, bias, relu, dtype, seed):
+    """The four Winograd transforms around the 16 GEMMs, every geometry from 1x1 images
+    (only padding) to uneven tiles, one image (split by channels) and none, with exact zeros,
+    NaN and infinities on a few levels: the NumPy twins' bits, NaN for NaN."""
+    h, w = max(h, 3 - 2 * pad), max(w, 3 - 2 * pad)  # at least one output
+    rng = np.random.default_rng(seed)
+    levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan], dtype)
+    x = rng.choice(levels, (n, c, h, w))
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    tiles = cpu_kernels.winograd_tiles(oh, ow)
+    t = n * tiles[0] * tiles[1]
+    with np.errstate(invalid="ignore"):  # inf - inf, inf * 0
+        v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.full((16, c, t), 7.0, dtype))
+        assert same_bits_but_nan(v, cpu_kernels.winograd_input(x, (pad, pad), tiles, np.empty((16, c, t), dtype)))
+        m = rng.choice(levels, (16, o, t))
+        b = rng.choice(levels[:7], o) if bias else None
+        y = cpu_loops.winograd_output(m, b, relu, tiles, np.full((n, o, oh, ow), 7.0, dtype))
+        assert same_bits_but_nan(y, cpu_kernels.winograd_output(m, b, relu, tiles, np.empty((n, o, oh, ow), dtype)))
+        gy = rng.choice(levels, (n, o, oh, ow))
+        for mask in (None, y):
+            z = cpu_loops.winograd_grad_output(gy, mask, tiles, np.full((16, o, t), 7.0, dtype))
+            assert same_bits_but_nan(z, cpu_kernels.winograd_grad_output(gy, mask, tiles, np.empty((16, o, t), dtype)))
+        gx = cpu_loops.winograd_input_grad(v, (pad, pad), tiles, np.full((n, c, h, w), 7.0, dtype))
+        assert same_bits_but_nan(gx, cpu_kernels.winograd_input_grad(v, (pad, pad), tiles, np.empty((n, c, h, w), dtype)))
 
 
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES,
@@ -367,6 +404,16 @@ def run_every_loop_on_exact_buffers(cases=60):
         out = np.empty((N, O, P), dtype)
         cpu_loops.conv_output(prod, rng.standard_normal(O).astype(dtype), True, out)
         cpu_loops.conv_grad_rows(out, out, np.empty((O, N, P), dtype))
+        pad = int(rng.integers(0, 3))
+        if H + 2 * pad >= 3 and W + 2 * pad >= 3:  # Winograd's transforms, when a 3x3 fits
+            tiles = cpu_kernels.winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2)
+            t = N * tiles[0] * tiles[1]
+            v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.empty((16, C, t), dtype))
+            cpu_loops.winograd_input_grad(v, (pad, pad), tiles, np.empty_like(x))
+            y = np.empty((N, O, H + 2 * pad - 2, W + 2 * pad - 2), dtype)
+            cpu_loops.winograd_output(rng.standard_normal((16, O, t)).astype(dtype),
+                                      rng.standard_normal(O).astype(dtype), True, tiles, y)
+            cpu_loops.winograd_grad_output(y, y, tiles, np.empty((16, O, t), dtype))
         n = int(rng.integers(1, 5000))
         w, g, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
         cpu_loops.sgd_update(w, g, v, 0.01, 0.9, 5e-4)

@@ -33,7 +33,7 @@ import numpy as np
 from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
 from ..profile import section
-from . import kernels_for
+from . import cpu_kernels, kernels_for
 
 # ----------------------------------------------------------------------------
 # The workspace: every big buffer a convolution needs, under one budget
@@ -59,7 +59,7 @@ from . import kernels_for
 # columns role: each chunk reads its slice of the kept columns.
 # conv_workspace_peak() reports the largest pass, role by role.
 
-_workspace = {"bytes": 192 * 2**20, "keep": 256 * 2**20, "peak": 0, "peak_roles": {}}
+_workspace = {"bytes": 192 * 2**20, "keep": 256 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
 _peak_lock = threading.Lock()
 
 
@@ -99,6 +99,27 @@ def set_conv_keep_columns(nbytes):
     old = _workspace["keep"]
     _workspace["keep"] = int(nbytes)
     return old
+
+
+ALGORITHMS = ("auto", "im2col")
+
+
+def set_conv_algorithm(name):
+    """How the CPU convolves: "auto" (the default) runs every 3x3, stride-1
+    convolution by Winograd's F(2x2, 3x3) (``cpu_kernels.winograd_*``: 2.25
+    times fewer multiply-adds, AlexNet's conv3-5) and the others by im2col;
+    "im2col" runs them all by im2col, the picture of the tour.  The two differ
+    in the last bits, as two orders of summation do.  A GPU always runs
+    im2col.  Returns the previous value."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"set_conv_algorithm: expected one of {ALGORITHMS}, got {name!r}")
+    old, _workspace["algorithm"] = _workspace["algorithm"], name
+    return old
+
+
+def get_conv_algorithm():
+    """"auto" or "im2col": see set_conv_algorithm."""
+    return _workspace["algorithm"]
 
 
 def conv_workspace_peak(reset=False, by_role=False):
@@ -231,17 +252,29 @@ class Conv2d(Function):
         self.geometry = (KH, KW, stride, padding, G, OH, OW)
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias, self.relu = bool(bias), relu
+        self.winograd = (xp is np and get_conv_algorithm() == "auto" and (KH, KW) == (3, 3)
+                         and tuple(stride) == (1, 1))
+        self.tiles = cpu_kernels.winograd_tiles(OH, OW) if self.winograd else None
         # keep the whole batch's columns for backward if its weight gradient will need them and they
         # fit the keep cap: made once here, outside the workspace, and read chunk by chunk
         keep = is_grad_enabled() and self.needs_input_grad[1] and self._can_keep_columns(N)
         self.kept_columns = keep  # for describe(): backward reuses them, or rebuilds them
-        kept = None
-        if keep:
-            with section("im2col"):
-                kept = im2col(x, KH, KW, stride, padding)
+        kept = self._columns(x) if keep else None
+
+        y = xp.empty((N, O, OH * OW), dtype=x.dtype)
+        if self.winograd:  # 16 products per group, one per entry of a 4x4 tile (cpu_kernels)
+            u = cpu_kernels.winograd_weight(weight)  # (16, O, C/G)
+            for n0, n1, v, m in self._chunks(x, {"gemm_output": 16 * O}, kept):
+                # (16*G, O/G, n*TH*TW) = (16*G, O/G, C/G) @ (16*G, C/G, n*TH*TW)
+                with section("GEMM"):
+                    xp.matmul(u.reshape(16 * G, O // G, Cg), v.reshape(16 * G, Cg, -1), out=m.reshape(16 * G, O // G, -1))
+                with section("conv output pass (transpose, bias, ReLU)"):  # A^T M A, bias, ReLU
+                    kernels.winograd_output(m.reshape(16, O, -1), bias[0] if bias else None, relu, self.tiles,
+                                            y[n0:n1].reshape(n1 - n0, O, OH, OW))
+            self.save_for_backward(x, u, kept, y if relu else None)
+            return y.reshape(N, O, OH, OW)
 
         w_groups = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, C/G*KH*KW)
-        y = xp.empty((N, O, OH * OW), dtype=x.dtype)
         for n0, n1, cols, prod in self._chunks(x, {"gemm_output": O}, kept):
             n = n1 - n0
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
@@ -255,28 +288,47 @@ class Conv2d(Function):
         self.save_for_backward(x, weight, kept, y if relu else None)
         return y.reshape(N, O, OH, OW)
 
+    def _layout(self):
+        """(rows, positions per image) of the column matrix: (C*KH*KW, OH*OW) for im2col;
+        for Winograd, V: (16*C, TH*TW), one column per tile."""
+        (_, C, _, _), (_, _, KH, KW), _ = self.shapes
+        OH, OW = self.geometry[5:]
+        if self.winograd:
+            return 16 * C, self.tiles[0] * self.tiles[1]
+        return C * KH * KW, OH * OW
+
+    def _columns(self, x, out=None):
+        """The column matrix of images x: im2col's, or Winograd's input tiles V."""
+        KH, KW, stride, padding = self.geometry[:4]
+        if self.winograd:
+            with section("Winograd input tiles"):
+                if out is None:
+                    out = np.empty((16, x.shape[1], x.shape[0] * self.tiles[0] * self.tiles[1]), x.dtype)
+                return kernels_for(x).winograd_input(x, padding, self.tiles, out.reshape(16, x.shape[1], -1))
+        with section("im2col"):
+            return im2col(x, KH, KW, stride, padding, out=out)
+
     def _can_keep_columns(self, N):
         """Whether forward may keep the whole batch's columns: they fit the keep cap."""
-        (_, C, _, _), (_, _, KH, KW), itemsize = self.shapes
-        OH, OW = self.geometry[5:]
-        return C * KH * KW * N * OH * OW * itemsize <= _workspace["keep"]
+        rows, positions = self._layout()
+        return rows * N * positions * self.shapes[2] <= _workspace["keep"]
 
     def _chunks(self, x, roles, kept=None, columns=True):
         """Cut the batch into chunks of images x[n0:n1] whose buffers fit the workspace and
         yield (n0, n1, cols, *scratch) for each:
 
-          cols      (C*KH*KW, n*OH*OW), the chunk's columns: its slice of ``kept`` (the
-                    whole batch's columns, kept from forward), else filled by im2col into
+          cols      (rows, n*positions), the chunk's columns (``_layout``): its slice of
+                    ``kept`` (the whole batch's columns, kept from forward), else built into
                     the workspace; None when ``columns`` is False (nothing will read them);
-          scratch   one (rows, n*OH*OW) matrix for each role -> rows in ``roles``, in
+          scratch   one (rows, n*positions) matrix for each role -> rows in ``roles``, in
                     order, for the caller to fill.
 
-        A chunk's column slice of ``kept`` is a view: its rows are N*OH*OW apart, which
+        A chunk's column slice of ``kept`` is a view: its rows are N*positions apart, which
         the GEMMs take as their leading dimension."""
-        KH, KW, stride, padding, G, OH, OW = self.geometry
         xp = get_array_module(x)
-        N, C = x.shape[:2]
-        col_rows, image_bytes = C * KH * KW, OH * OW * x.itemsize
+        N = x.shape[0]
+        col_rows, positions = self._layout()
+        image_bytes = positions * x.itemsize
         build = columns and kept is None  # the chunk's columns go in the workspace
         step = _chunk_images(N, ((col_rows if build else 0) + sum(roles.values())) * image_bytes)
         first = min(step, N)
@@ -285,15 +337,13 @@ class Conv2d(Function):
         _note_pass({**held, **{role: rows * first * image_bytes for role, rows in roles.items()}})
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
-            shapes = [(rows, (n1 - n0) * OH * OW) for rows in roles.values()]
+            shapes = [(rows, (n1 - n0) * positions) for rows in roles.values()]
             if not build:
-                cols = None if kept is None else kept[:, n0 * OH * OW:n1 * OH * OW]
+                cols = None if kept is None else kept.reshape(col_rows, -1)[:, n0 * positions:n1 * positions]
                 yield (n0, n1, cols, *_scratch(shapes, x.dtype, xp))
                 continue
-            cols, *scratch = _scratch([(col_rows, (n1 - n0) * OH * OW)] + shapes, x.dtype, xp)
-            with section("im2col"):
-                im2col(x[n0:n1], KH, KW, stride, padding, out=cols)
-            yield (n0, n1, cols, *scratch)
+            cols, *scratch = _scratch([(col_rows, (n1 - n0) * positions)] + shapes, x.dtype, xp)
+            yield (n0, n1, self._columns(x[n0:n1], out=cols), *scratch)
 
     def describe(self):
         """The im2col and GEMM shapes of the last forward (whole batch), for
@@ -311,6 +361,10 @@ class Conv2d(Function):
                           set_conv_keep_columns); False if backward rebuilds them,
                           or needs none (frozen weights)
             relu          True if the ReLU after the convolution ran in its output pass
+            algorithm     "winograd" (F(2x2, 3x3), see set_conv_algorithm) or "im2col"; with
+                          "winograd" the CPU ran 16 GEMMs per group on V (16*C, tiles) instead
+                          of the im2col product above (cols, gemm, col_bytes describe that one;
+                          columns_kept says whether V was kept)
         """
         (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
         _, _, stride, padding, G, OH, OW = self.geometry
@@ -323,9 +377,12 @@ class Conv2d(Function):
             "needs_input_grad": self.needs_input_grad,
             "columns_kept": getattr(self, "kept_columns", False),
             "relu": getattr(self, "relu", False),
+            "algorithm": "winograd" if getattr(self, "winograd", False) else "im2col",
         }
 
     def backward(self, gy):
+        if self.winograd:
+            return self._winograd_backward(gy)
         xp = get_array_module(gy)
         kernels = kernels_for(gy)
         x, weight, kept, y = self.saved
@@ -371,6 +428,46 @@ class Conv2d(Function):
                     col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride,
                            padding, out=gx[n0:n1])
         grads = [gx, gw.reshape(weight.shape) if need_w else None]
+        if self.has_bias:
+            grads.append(gb)
+        return tuple(grads)
+
+    def _winograd_backward(self, gy):
+        """Backward of the Winograd forward, chunk by chunk (see cpu_kernels): Z = A gy A^T
+        (times the ReLU's mask), U's gradient Z @ V^T, V's U^T @ Z and from it the input's."""
+        x, u, kept, y = self.saved
+        _, _, _, padding, G, OH, OW = self.geometry
+        N, C = x.shape[:2]
+        O, Cg = u.shape[1:]
+        kernels = kernels_for(gy)
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        gx = np.empty_like(x) if need_x else None
+        gb = np.zeros(O, dtype=u.dtype) if self.has_bias and self.needs_input_grad[2] else None
+        gy = gy.reshape(N, O, OH, OW)
+        y = None if y is None else y.reshape(N, O, OH, OW)
+        gu = (np.empty if N else np.zeros)((16 * G, O // G, Cg), dtype=u.dtype) if need_w else None
+        roles = {"gemm_output": 16 * O, "column_grad": 16 * C} if need_x else {"gemm_output": 16 * O}
+        for n0, n1, v, z, *gv in self._chunks(x, roles, kept, columns=need_w):
+            with section("conv output pass (transpose, bias, ReLU)"):
+                kernels.winograd_grad_output(gy[n0:n1], None if y is None else y[n0:n1], self.tiles,
+                                             z.reshape(16, O, -1))
+                if gb is not None:  # entry (1, 1) of a tile's Z is the sum of its 2x2 gradients
+                    gb += z.reshape(16, O, -1)[5].sum(axis=1)
+            z = z.reshape(16 * G, O // G, -1)
+            if need_w:  # (16*G, O/G, C/G) += (16*G, O/G, n*TH*TW) @ (16*G, n*TH*TW, C/G)
+                v_t = v.reshape(16 * G, Cg, -1).transpose(0, 2, 1)
+                with section("GEMM"):
+                    if n0 == 0:
+                        np.matmul(z, v_t, out=gu)
+                    else:
+                        gu += np.matmul(z, v_t)
+            if need_x:  # (16*G, C/G, n*TH*TW) = (16*G, C/G, O/G) @ (16*G, O/G, n*TH*TW)
+                gv = gv[0].reshape(16 * G, Cg, -1)
+                with section("GEMM"):
+                    np.matmul(u.reshape(16 * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
+                with section("col2im"):  # B gV B^T, added back onto the pixels
+                    kernels.winograd_input_grad(gv.reshape(16, C, -1), padding, self.tiles, gx[n0:n1])
+        grads = [gx, cpu_kernels.winograd_weight_grad(gu.reshape(16, O, Cg)) if need_w else None]
         if self.has_bias:
             grads.append(gb)
         return tuple(grads)

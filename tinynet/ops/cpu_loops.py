@@ -62,6 +62,10 @@ _SIGNATURES = {
     "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
     "conv_output": [_ptr] * 3 + [_i64] * 6,
     "conv_grad_rows": [_ptr] * 3 + [_i64] * 5,
+    "winograd_input": [_ptr] * 2 + [_i64] * 12,
+    "winograd_output": [_ptr] * 3 + [_i64] * 11,
+    "winograd_grad_output": [_ptr] * 3 + [_i64] * 10,
+    "winograd_input_grad": [_ptr] * 2 + [_i64] * 12,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -342,6 +346,65 @@ def conv_grad_rows(gy, y, out):
         fn(gy.ctypes.data, None if y is None else y.ctypes.data, out.ctypes.data, O, n, P, i0, i1)
 
     cpu_kernels.parallel_runs(run, n)  # a transpose: streams, reuses nothing
+    return out
+
+
+def _planes(run, n, rows):
+    """run(i0, i1, r0, r1) over n images of ``rows`` planes each, one run per thread: of
+    images, or for one image of its planes (channels or filters)."""
+    if n == 1:
+        cpu_kernels.parallel_runs(lambda r0, r1: run(0, 1, r0, r1), rows)
+    else:
+        cpu_kernels.parallel_runs(lambda i0, i1: run(i0, i1, 0, rows), n)
+
+
+def winograd_input(x, padding, tiles, out):
+    """x (n, C, H, W) -> out (16, C, n*TH*TW); see cpu_kernels.winograd_input."""
+    if not _compiled(x, out) or not out.flags.c_contiguous:
+        return cpu_kernels.winograd_input(x, padding, tiles, out)
+    x = _c(x)
+    n, C, H, W = x.shape
+    fn = _function("winograd_input", x.dtype)
+    _planes(lambda i0, i1, c0, c1: fn(x.ctypes.data, out.ctypes.data, n, C, H, W, *padding, *tiles, i0, i1, c0, c1),
+            n, C)
+    return out
+
+
+def winograd_output(m, bias, relu, tiles, out):
+    """m (16, O, n*TH*TW) -> out (n, O, OH, OW); see cpu_kernels.winograd_output."""
+    arrays = (m, out) if bias is None else (m, out, bias)
+    if not _compiled(*arrays) or not (m.flags.c_contiguous and out.flags.c_contiguous):
+        return cpu_kernels.winograd_output(m, bias, relu, tiles, out)
+    bias = None if bias is None else _c(bias)
+    n, O, OH, OW = out.shape
+    fn = _function("winograd_output", m.dtype)
+    _planes(lambda i0, i1, o0, o1: fn(m.ctypes.data, None if bias is None else bias.ctypes.data, out.ctypes.data,
+                                      n, O, OH, OW, *tiles, int(bool(relu)), i0, i1, o0, o1), n, O)
+    return out
+
+
+def winograd_grad_output(gy, y, tiles, out):
+    """gy (n, O, OH, OW) -> out (16, O, n*TH*TW); see cpu_kernels.winograd_grad_output."""
+    arrays = (gy, out) if y is None else (gy, out, y)
+    if not _compiled(*arrays) or not out.flags.c_contiguous:
+        return cpu_kernels.winograd_grad_output(gy, y, tiles, out)
+    gy, y = _c(gy), None if y is None else _c(y)
+    n, O, OH, OW = gy.shape
+    fn = _function("winograd_grad_output", gy.dtype)
+    _planes(lambda i0, i1, o0, o1: fn(gy.ctypes.data, None if y is None else y.ctypes.data, out.ctypes.data,
+                                      n, O, OH, OW, *tiles, i0, i1, o0, o1), n, O)
+    return out
+
+
+def winograd_input_grad(gv, padding, tiles, out):
+    """gv (16, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
+    if not _compiled(gv, out) or not out.flags.c_contiguous:
+        return cpu_kernels.winograd_input_grad(gv, padding, tiles, out)
+    gv = _c(gv)
+    n, C, H, W = out.shape
+    fn = _function("winograd_input_grad", gv.dtype)
+    _planes(lambda i0, i1, c0, c1: fn(gv.ctypes.data, out.ctypes.data, n, C, H, W, *padding, *tiles,
+                                      i0, i1, c0, c1), n, C)
     return out
 
 
