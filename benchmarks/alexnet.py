@@ -21,6 +21,8 @@ After its timed steps, each tinynet training worker profiles PROFILED_STEPS
 (3) more steps (tn.profile()): the table under the results gives the median
 over them of the ms per kind of work (GEMM,
 im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
+the Winograd transforms of the 3x3 convolutions (input tiles, output tiles with
+bias and ReLU, their backward twins),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.
 
@@ -364,7 +366,8 @@ def combine(rounds, batch):
 # a convolution's and a linear layer's own sections by theirs.
 PROFILE_GROUPS = [
     ("GEMM", ("GEMM",)), ("im2col", ("im2col",)), ("col2im", ("col2im",)),
-    ("conv output pass", ("conv output pass",)), ("LRN", ("LocalResponseNorm",)),
+    ("conv output pass", ("conv output pass",)), ("Winograd transforms", ("Winograd",)),
+    ("LRN", ("LocalResponseNorm",)),
     ("max-pool", ("MaxPool2d",)), ("ReLU", ("ReLU",)), ("dropout", ("Dropout",)),
     ("loss", ("CrossEntropy",)), ("SGD update", ("SGD update",)),
 ]

@@ -268,7 +268,7 @@ class Conv2d(Function):
                 # (16*G, O/G, n*TH*TW) = (16*G, O/G, C/G) @ (16*G, C/G, n*TH*TW)
                 with section("GEMM"):
                     xp.matmul(u.reshape(16 * G, O // G, Cg), v.reshape(16 * G, Cg, -1), out=m.reshape(16 * G, O // G, -1))
-                with section("conv output pass (transpose, bias, ReLU)"):  # A^T M A, bias, ReLU
+                with section("Winograd output tiles"):  # A^T M A, the bias, the ReLU
                     kernels.winograd_output(m.reshape(16, O, -1), bias[0] if bias else None, relu, self.tiles,
                                             y[n0:n1].reshape(n1 - n0, O, OH, OW))
             self.save_for_backward(x, u, kept, y if relu else None)
@@ -448,7 +448,7 @@ class Conv2d(Function):
         gu = (np.empty if N else np.zeros)((16 * G, O // G, Cg), dtype=u.dtype) if need_w else None
         roles = {"gemm_output": 16 * O, "column_grad": 16 * C} if need_x else {"gemm_output": 16 * O}
         for n0, n1, v, z, *gv in self._chunks(x, roles, kept, columns=need_w):
-            with section("conv output pass (transpose, bias, ReLU)"):
+            with section("Winograd gradient tiles"):  # A gy A^T, times the ReLU's mask
                 kernels.winograd_grad_output(gy[n0:n1], None if y is None else y[n0:n1], self.tiles,
                                              z.reshape(16, O, -1))
                 if gb is not None:  # entry (1, 1) of a tile's Z is the sum of its 2x2 gradients
@@ -465,7 +465,7 @@ class Conv2d(Function):
                 gv = gv[0].reshape(16 * G, Cg, -1)
                 with section("GEMM"):
                     np.matmul(u.reshape(16 * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
-                with section("col2im"):  # B gV B^T, added back onto the pixels
+                with section("Winograd input gradient"):  # B gV B^T, added back onto the pixels
                     kernels.winograd_input_grad(gv.reshape(16, C, -1), padding, self.tiles, gx[n0:n1])
         grads = [gx, cpu_kernels.winograd_weight_grad(gu.reshape(16, O, Cg)) if need_w else None]
         if self.has_bias:
