@@ -270,14 +270,14 @@ def floor_products(batch):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
     input gradient), each a callable on ready operands, whole batch at once.  They are the
     products the engine does: a 3x3, stride-1 convolution's 16 per group of Winograd's
-    F(2x2, 3x3) unless F.set_conv_algorithm("im2col") is in force (ops/conv.py)."""
-    from tinynet.ops.conv import get_conv_algorithm
+    F(2x2, 3x3) where the engine takes it (ops/conv.py, set_conv_algorithm)."""
+    from tinynet.ops.conv import uses_winograd
 
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
         oh = (h + 2 * p - k) // s + 1
-        if (k, s) == (3, 1) and get_conv_algorithm() == "auto":  # U (16G, O/G, C/G), V, Z: (16G, ., tiles)
+        if uses_winograd((k, k), (s, s), batch):  # U (16G, O/G, C/G), V, Z: (16G, ., tiles)
             tiles = batch * ((oh + 1) // 2) ** 2
             u = rng.standard_normal((16 * g, o // g, c // g)).astype(np.float32)
             v = rng.standard_normal((16 * g, c // g, tiles)).astype(np.float32)

@@ -4,7 +4,8 @@ For every layer shape of AlexNet at batch 32: forward and backward times of
 tinynet's op, and for convolutions and fully connected layers the time of
 their GEMMs alone (the same matrix products on ready-made operands, measured
 in this run at this machine's sgemm rate): the floor no im2col engine can
-beat.  Each convolution runs as in the network: with the ReLU that follows
+beat.  conv3-5 run by Winograd's F(2x2, 3x3) (ops/conv.py): their floor is
+the 16 products per group that they do, and the table gives im2col's beside.  Each convolution runs as in the network: with the ReLU that follows
 it, done in its output pass (``F.conv2d(relu=True)``); and conv1's input,
 the image, needs no gradient, so neither the op nor its floor computes one.
 The ratio op/GEMMs says what im2col, col2im, the output pass and Python add:
@@ -28,6 +29,7 @@ import tinynet.functional as F  # noqa: E402
 from benchmarks.common import interleaved, machine, ms, save, timeit  # noqa: E402
 from tinynet.autograd import run_backward  # noqa: E402
 from tinynet.ops import linear  # noqa: E402
+from tinynet.ops.conv import uses_winograd  # noqa: E402
 
 # name, input (C, H, W), filters, kernel, stride, padding, groups
 CONVS = [
@@ -74,25 +76,42 @@ def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
     gy = rng.standard_normal(state["y"].shape).astype(np.float32)
     t_f = timeit(fwd, repeat)
 
-    # the GEMMs alone, whole batch, operands ready
+    # the GEMMs alone, whole batch, operands ready: im2col's, and Winograd's where the op runs those
     oh = ow = F.conv_output_size(h, k, s, p)
     kk = c // g * k * k
     cols = rng.standard_normal((g, kk, n * oh * ow)).astype(np.float32)
     wg = rng.standard_normal((g, o // g, kk)).astype(np.float32)
     gr = rng.standard_normal((g, o // g, n * oh * ow)).astype(np.float32)
 
-    def gemms():
+    def im2col_gemms():
         np.matmul(wg, cols)
         np.matmul(gr, cols.transpose(0, 2, 1))
         if needs_gx:
             np.matmul(wg.transpose(0, 2, 1), gr)
 
+    gemms, winograd = im2col_gemms, uses_winograd((k, k), (s, s), n)
+    if winograd:  # 16 products per group on the tiles (ops/conv.py)
+        tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+        u = rng.standard_normal((16 * g, o // g, c // g)).astype(np.float32)
+        v = rng.standard_normal((16 * g, c // g, tiles)).astype(np.float32)
+        z = rng.standard_normal((16 * g, o // g, tiles)).astype(np.float32)
+
+        def gemms():
+            np.matmul(u, v)
+            np.matmul(z, v.transpose(0, 2, 1))
+            if needs_gx:
+                np.matmul(u.transpose(0, 2, 1), z)
+
     t_fb, g_fb, ratio = interleaved(bwd, gemms, repeat)
     flops = 2 * o * kk * n * oh * ow
     row_gflop = flops * (3 if needs_gx else 2) / 1e9
-    return dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
-                gemm_fwd_bwd=g_fb["median"], ratio_to_gemm=ratio, gflop_fwd=flops / 1e9, gflop_fwd_bwd=row_gflop,
-                shape=f"{n}x{c}x{h}x{w} -> {n}x{o}x{oh}x{ow}")
+    row = dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
+               gemm_fwd_bwd=g_fb["median"], ratio_to_gemm=ratio, gflop_fwd=flops / 1e9, gflop_fwd_bwd=row_gflop,
+               shape=f"{n}x{c}x{h}x{w} -> {n}x{o}x{oh}x{ow}", algorithm="winograd" if winograd else "im2col")
+    if winograd:  # what the direct convolution's products alone take: the floor of an im2col engine
+        row["im2col_gemm_fwd_bwd"] = timeit(im2col_gemms, repeat)["median"]
+        row["gflop_fwd_bwd"] = 2 * 16 * o * (c // g) * tiles * (3 if needs_gx else 2) / 1e9  # Winograd's products
+    return row
 
 
 def simple_case(name, make_input, op, repeat, rng, gemms=None, params=()):
@@ -181,12 +200,16 @@ def main():
         elif row["layer"].startswith(("lrn", "pool")):
             row["ratio_to_conv1"] = fb["median"] / conv1
             extra = f"| {row['ratio_to_conv1']:.2f} x conv1 | |"
+        if row.get("algorithm") == "winograd":
+            gem += f" (Winograd's; im2col's: {ms(row['im2col_gemm_fwd_bwd'])})"
         lines.append(f"| {row['layer']} | {row['shape']} | {ms(row['fwd']['median'])} | "
                      f"{ms(fb['median'])} ({ms(fb['min'])}-{ms(fb['max'])}) | {gem} {extra}")
     total = sum(r_["fwd_bwd"]["median"] for r_ in rows)
     floor = sum(r_.get("gemm_fwd_bwd", 0) for r_ in rows)
+    direct = sum(r_.get("im2col_gemm_fwd_bwd", r_.get("gemm_fwd_bwd", 0)) for r_ in rows)
     lines.append(f"\nSum of listed layers: {ms(total)} ms; their GEMMs alone: {ms(floor)} ms "
-                 f"(ratio {total / floor:.2f}).\n")
+                 f"(ratio {total / floor:.2f}); with im2col's products for the Winograd layers: {ms(direct)} ms "
+                 f"(ratio {total / direct:.2f}).\n")
     info = machine()
     lines.append(f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
                  f"tinynet threads {info['tinynet_threads']}; {info['date']}\n")

@@ -417,30 +417,38 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 // numbered "wide", t' = ty*QW + tx (one spare column per tile row).
 
 template <typename T>
-static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH,
-                                   i64 PW, i64 TH, i64 TW) {  // q: 4 phases of (TH + 1) x (TW + 1)
-    const i64 QW = TW + 1, QS = (TH + 1) * QW;
-    for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) {
-            T* dst = q + (2 * a + b) * QS;
-            for (i64 y = 0; y <= TH; ++y) {
-                const i64 h = 2 * y + a - PH;
-                for (i64 x = 0; x <= TW; ++x) {
-                    const i64 w = 2 * x + b - PW;
-                    dst[y * QW + x] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[h * W + w] : T(0);
-                }
-            }
+static inline void winograd_phases(T* __restrict__ q, T* __restrict__ pad, const T* __restrict__ plane, i64 H,
+                                   i64 W, i64 PH, i64 PW, i64 TH, i64 TW) {
+    // q: 4 phases of (TH + 1) x (TW + 1); pad: scratch for the padded plane, (2*TH + 2) x (2*TW + 2)
+    const i64 QW = TW + 1, QS = (TH + 1) * QW, PR = 2 * TH + 2, PC = 2 * TW + 2;
+    for (i64 r = 0; r < PR; ++r) {
+        T* __restrict__ dst = pad + r * PC;
+        const i64 h = r - PH;
+        if (h < 0 || h >= H) {
+            for (i64 c = 0; c < PC; ++c) dst[c] = T(0);
+            continue;
         }
+        for (i64 c = 0; c < PW; ++c) dst[c] = T(0);
+        std::memcpy(dst + PW, plane + h * W, W * sizeof(T));
+        for (i64 c = PW + W; c < PC; ++c) dst[c] = T(0);
+    }
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+            for (i64 y = 0; y <= TH; ++y) {
+                const T* __restrict__ src = pad + (2 * y + a) * PC + b;
+                T* __restrict__ dst = q + (2 * a + b) * QS + y * QW;
+                for (i64 x = 0; x <= TW; ++x) dst[x] = src[2 * x];
+            }
 }
 
 template <typename T>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     const i64 QW = TW + 1, QS = (TH + 1) * QW, WIDE = TH * QW - 1, T_ = n * TH * TW, XI = C * T_;
-    std::vector<T> q(4 * QS), wide(16 * WIDE + 16);
+    std::vector<T> q(4 * QS), wide(16 * WIDE + 16), pad((2 * TH + 2) * (2 * TW + 2));
     for (i64 i = i0; i < i1; ++i)
         for (i64 c = c0; c < c1; ++c) {
-            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
+            winograd_phases(q.data(), pad.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
             const T* __restrict__ d[4][4];  // d[r][s][t']: entry (r, s) of wide tile t'
             for (int r = 0; r < 4; ++r)
                 for (int s = 0; s < 4; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
@@ -462,9 +470,12 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
                     o[(4 * r + 3) * WIDE + t] = u[r][1] - u[r][3];
                 }
             }
-            for (int e = 0; e < 16; ++e)  // the wide rows, without their spare column, into V
+            for (int e = 0; e < 16; ++e) {  // the wide rows, without their spare column, into V
+                T* __restrict__ dst = v + e * XI + c * T_ + i * TH * TW;
+                const T* __restrict__ src = o + e * WIDE;
                 for (i64 ty = 0; ty < TH; ++ty)
-                    std::memcpy(v + e * XI + c * T_ + i * TH * TW + ty * TW, o + e * WIDE + ty * QW, TW * sizeof(T));
+                    for (i64 tx = 0; tx < TW; ++tx) dst[ty * TW + tx] = src[ty * QW + tx];
+            }
         }
 }
 
@@ -508,23 +519,36 @@ template <typename T>
 static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                         i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
-    std::vector<T> block(4 * TT);
+    std::vector<T> block(4 * TT), padded(4 * TT);
     for (i64 i = i0; i < i1; ++i)
         for (i64 o = o0; o < o1; ++o) {
             const i64 plane = (i * O + o) * OH * OW;
-            T* __restrict__ g = block.data();  // g[(2a + b)*TT + t]: the block's (a, b), masked, 0 past the output
+            T* __restrict__ pad = padded.data();  // the plane, masked, in 2*TH x 2*TW with zeros past the output
+            for (i64 row = 0; row < 2 * TH; ++row) {
+                T* __restrict__ dst = pad + row * 2 * TW;
+                const T* __restrict__ src = gy + plane + row * OW;
+                const T* __restrict__ out = y ? y + plane + row * OW : nullptr;
+                i64 col = 0;
+                if (row < OH) {
+                    if (out) {
+                        for (; col < OW; ++col) {
+                            const T v = src[col];
+                            dst[col] = out[col] > T(0) ? v : v * T(0);
+                        }
+                    } else {
+                        for (; col < OW; ++col) dst[col] = src[col];
+                    }
+                }
+                for (; col < 2 * TW; ++col) dst[col] = T(0);
+            }
+            T* __restrict__ g = block.data();  // g[(2a + b)*TT + t]: the block's (a, b)
             for (int a = 0; a < 2; ++a)
                 for (int b = 0; b < 2; ++b)
-                    for (i64 ty = 0; ty < TH; ++ty)
-                        for (i64 tx = 0; tx < TW; ++tx) {
-                            const i64 row = 2 * ty + a, col = 2 * tx + b;
-                            T v = T(0);
-                            if (row < OH && col < OW) {
-                                v = gy[plane + row * OW + col];
-                                if (y) v = y[plane + row * OW + col] > T(0) ? v : v * T(0);
-                            }
-                            g[(2 * a + b) * TT + ty * TW + tx] = v;
-                        }
+                    for (i64 ty = 0; ty < TH; ++ty) {
+                        const T* __restrict__ src = pad + (2 * ty + a) * 2 * TW + b;
+                        T* __restrict__ dst = g + (2 * a + b) * TT + ty * TW;
+                        for (i64 tx = 0; tx < TW; ++tx) dst[tx] = src[2 * tx];
+                    }
             T* __restrict__ q = z + o * T_ + i * TT;
             #pragma GCC ivdep  // the 16 entries' rows never overlap
             for (i64 t = 0; t < TT; ++t) {
@@ -544,43 +568,38 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
 template <typename T>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                        i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    const i64 QW = TW + 1, QS = (TH + 1) * QW, WIDE = TH * QW - 1, TT = TH * TW, T_ = n * TT, XI = C * T_;
-    // gd: B gV B^T of every tile, wide (the spare column -0.0, which adds nothing to any sum);
-    // q: the padded plane's gradient as its four phases (see winograd_phases)
-    std::vector<T> gd(16 * WIDE), q(4 * QS);
+    const i64 QW = TW + 1, QS = (TH + 1) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases)
+    std::vector<T> gd(16 * TT), q(4 * QS);
     for (i64 i = i0; i < i1; ++i)
         for (i64 c = c0; c < c1; ++c) {
             const T* __restrict__ src = gv + c * T_ + i * TT;
-            for (int e = 0; e < 16; ++e)  // the last tile row has no spare column (WIDE ends there)
-                for (i64 ty = 0; ty + 1 < TH; ++ty) gd[e * WIDE + ty * QW + TW] = -T(0);
-            for (i64 ty = 0; ty < TH; ++ty) {
-                T* __restrict__ g = gd.data() + ty * QW;
-                const T* __restrict__ row = src + ty * TW;
-                #pragma GCC ivdep  // the 16 entries' rows never overlap
-                for (i64 tx = 0; tx < TW; ++tx) {
-                    T u[4][4];  // B gV
-                    for (int j = 0; j < 4; ++j) {
-                        const T v0 = row[j * XI + tx], v1 = row[(4 + j) * XI + tx], v2 = row[(8 + j) * XI + tx],
-                                v3 = row[(12 + j) * XI + tx];
-                        u[0][j] = v0;
-                        u[1][j] = v1 - v2 + v3;
-                        u[2][j] = v1 + v2 - v0;
-                        u[3][j] = -v3;
-                    }
-                    for (int r = 0; r < 4; ++r) {  // (B gV) B^T
-                        g[(4 * r + 0) * WIDE + tx] = u[r][0];
-                        g[(4 * r + 1) * WIDE + tx] = u[r][1] - u[r][2] + u[r][3];
-                        g[(4 * r + 2) * WIDE + tx] = u[r][1] + u[r][2] - u[r][0];
-                        g[(4 * r + 3) * WIDE + tx] = -u[r][3];
-                    }
+            T* __restrict__ g = gd.data();
+            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            for (i64 t = 0; t < TT; ++t) {
+                T u[4][4];  // B gV
+                for (int j = 0; j < 4; ++j) {
+                    const T v0 = src[j * XI + t], v1 = src[(4 + j) * XI + t], v2 = src[(8 + j) * XI + t],
+                            v3 = src[(12 + j) * XI + t];
+                    u[0][j] = v0;
+                    u[1][j] = v1 - v2 + v3;
+                    u[2][j] = v1 + v2 - v0;
+                    u[3][j] = -v3;
+                }
+                for (int r = 0; r < 4; ++r) {  // (B gV) B^T
+                    g[(4 * r + 0) * TT + t] = u[r][0];
+                    g[(4 * r + 1) * TT + t] = u[r][1] - u[r][2] + u[r][3];
+                    g[(4 * r + 2) * TT + t] = u[r][1] + u[r][2] - u[r][0];
+                    g[(4 * r + 3) * TT + t] = -u[r][3];
                 }
             }
             for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
             for (int e = 0; e < 16; ++e) {  // added at the tiles' places, entry by entry as the twin
                 const int r = e / 4, s = e % 4;
-                T* __restrict__ dst = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
-                const T* __restrict__ g = gd.data() + e * WIDE;
-                for (i64 t = 0; t < WIDE; ++t) dst[t] += g[t];
+                T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+                const T* __restrict__ ge = gd.data() + e * TT;
+                for (i64 ty = 0; ty < TH; ++ty)
+                    for (i64 tx = 0; tx < TW; ++tx) phase[ty * QW + tx] += ge[ty * TW + tx];
             }
             T* out = gx + (i * C + c) * H * W;
             for (i64 h = 0; h < H; ++h) {
@@ -592,6 +611,63 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 }
             }
         }
+}
+
+// The filters' maps, over the (filter, channel) pairs [p0, p1): U = G g G^T, w (P, 3, 3) ->
+// u (16, P); and the gradient's way back, G^T gU G, gu (16, P) -> gw (P, 3, 3).
+
+template <typename T>
+static inline void winograd_weight_block(const T* w, T* u, i64 B, i64 b0, i64 b1) {  // u[e * B + p - b0]
+#pragma GCC ivdep  // the 16 entries' rows never overlap
+    for (i64 p = b0; p < b1; ++p) {
+        T t[4][3];  // G g
+        for (int s = 0; s < 3; ++s) {
+            const T g0 = w[9 * p + s], g1 = w[9 * p + 3 + s], g2 = w[9 * p + 6 + s];
+            t[0][s] = g0;
+            t[1][s] = (g0 + g1 + g2) * T(0.5);
+            t[2][s] = (g0 - g1 + g2) * T(0.5);
+            t[3][s] = g2;
+        }
+        for (int i = 0; i < 4; ++i) {  // (G g) G^T
+            u[(4 * i + 0) * B + p - b0] = t[i][0];
+            u[(4 * i + 1) * B + p - b0] = (t[i][0] + t[i][1] + t[i][2]) * T(0.5);
+            u[(4 * i + 2) * B + p - b0] = (t[i][0] - t[i][1] + t[i][2]) * T(0.5);
+            u[(4 * i + 3) * B + p - b0] = t[i][2];
+        }
+    }
+}
+
+template <typename T>
+static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
+    constexpr i64 B = 64;  // pairs per block: U's 16 rows lie P apart (often a multiple of 4 KiB: one
+    T block[16 * B];       // cache set), so a block is made here and copied out row by row
+    for (i64 b0 = p0; b0 < p1; b0 += B) {
+        const i64 b1 = std::min(p1, b0 + B);
+        winograd_weight_block(w, block, B, b0, b1);
+        for (int e = 0; e < 16; ++e) std::memcpy(u + e * P + b0, block + e * B, (b1 - b0) * sizeof(T));
+    }
+}
+
+template <typename T>
+static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p1) {
+#pragma GCC ivdep  // every pair writes its own nine taps
+    for (i64 p = p0; p < p1; ++p) {
+        T t[3][4];  // G^T gU
+        for (int j = 0; j < 4; ++j) {
+            const T u0 = gu[j * P + p], h0 = gu[(4 + j) * P + p] * T(0.5), h1 = gu[(8 + j) * P + p] * T(0.5),
+                    u3 = gu[(12 + j) * P + p];
+            t[0][j] = u0 + h0 + h1;
+            t[1][j] = h0 - h1;
+            t[2][j] = h0 + h1 + u3;
+        }
+        T* g = gw + 9 * p;
+        for (int r = 0; r < 3; ++r) {  // (G^T gU) G
+            const T h1 = t[r][1] * T(0.5), h2 = t[r][2] * T(0.5);
+            g[3 * r + 0] = t[r][0] + h1 + h2;
+            g[3 * r + 1] = h1 - h2;
+            g[3 * r + 2] = h1 + h2 + t[r][3];
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -678,6 +754,12 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
                                             i64 PH, i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0,    \
                                             i64 c1) {                                                   \
         winograd_input_grad(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                        \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_weight_##SUFFIX(const T* w, T* u, i64 P, i64 p0, i64 p1) {      \
+        winograd_weight(w, u, P, p0, p1);                                                               \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void winograd_weight_grad_##SUFFIX(const T* gu, T* gw, i64 P, i64 p0, i64 p1) { \
+        winograd_weight_grad(gu, gw, P, p0, p1);                                                        \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
                                                        double wd, i64 i0, i64 i1) {                     \

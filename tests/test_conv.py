@@ -368,8 +368,13 @@ def winograd_geometry(draw):
 
 
 def conv_by_winograd(x, w, b, g, relu=False):
-    """F.conv2d on a 3x3, stride-1 geometry, checking that it took the Winograd path."""
-    y = F.conv2d(x, w, b, (1, 1), (g["ph"], g["pw"]), g["groups"], relu=relu)
+    """F.conv2d on a 3x3, stride-1 geometry by Winograd (also for 0 and 1 images, which
+    "auto" runs by im2col), checking that it took that path."""
+    old = F.set_conv_algorithm("winograd")
+    try:
+        y = F.conv2d(x, w, b, (1, 1), (g["ph"], g["pw"]), g["groups"], relu=relu)
+    finally:
+        F.set_conv_algorithm(old)
     if y._creator is not None:  # (gradcheck's perturbed evaluations run without a graph)
         assert y._creator.describe()["algorithm"] == "winograd"
     return y
@@ -413,9 +418,9 @@ def test_winograd_convolution_gradcheck_float64(path, g):
 
 
 def test_the_algorithm_setting_chooses_and_refuses(rng):
-    """"im2col" runs a 3x3 stride-1 convolution by im2col, "auto" by Winograd, to float32's
-    rounding of each other; other kernels and strides always run im2col; an unknown name is
-    refused, naming the setting."""
+    """"im2col" runs a 3x3 stride-1 convolution by im2col, "auto" by Winograd from two images
+    on (one image by im2col), "winograd" always, to float32's rounding of each other; other
+    kernels and strides always run im2col; an unknown name is refused, naming the setting."""
     x = tn.tensor(rng.standard_normal((2, 8, 13, 13)).astype(np.float32))
     w = tn.tensor((0.1 * rng.standard_normal((6, 4, 3, 3))).astype(np.float32), requires_grad=True)
     assert F.get_conv_algorithm() == "auto"
@@ -430,5 +435,13 @@ def test_the_algorithm_setting_chooses_and_refuses(rng):
     assert np.allclose(y_auto.data, y_im2col.data, rtol=1e-5, atol=1e-5)
     strided = F.conv2d(x, w, None, 2, 1, 2)
     assert strided._creator.describe()["algorithm"] == "im2col"
+    one = tn.tensor(x.data[:1])
+    assert F.conv2d(one, w, None, 1, 1, 2)._creator.describe()["algorithm"] == "im2col"
+    old = F.set_conv_algorithm("winograd")
+    try:
+        assert F.conv2d(one, w, None, 1, 1, 2)._creator.describe()["algorithm"] == "winograd"
+        assert F.conv2d(x, w, None, (1, 2), 1, 2)._creator.describe()["algorithm"] == "im2col"
+    finally:
+        F.set_conv_algorithm(old)
     with pytest.raises(ValueError, match="set_conv_algorithm: expected one of"):
         F.set_conv_algorithm("fft")

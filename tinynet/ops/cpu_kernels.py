@@ -488,27 +488,31 @@ def winograd_tiles(oh, ow):
 
 
 def winograd_weight(w):
-    """U = G g G^T for every filter: w (O, C/G, 3, 3) -> (16, O, C/G)."""
-    g = [w[:, :, r, :] for r in range(3)]  # rows of every filter
+    """U = G g G^T for every filter: w (O, C/G, 3, 3) -> (16, O, C/G).  The nine taps
+    are first made nine contiguous rows over all (filter, channel) pairs, so that every
+    step below is one pass over a row that stays in the cache."""
+    O, Cg = w.shape[:2]
+    taps = np.ascontiguousarray(w.reshape(O * Cg, 9).T)  # taps[3*r + s]: tap (r, s) of every pair
+    g = [taps[3 * r:3 * r + 3] for r in range(3)]  # g[r][s]: row r of the filters
     rows = [g[0], (g[0] + g[1] + g[2]) * 0.5, (g[0] - g[1] + g[2]) * 0.5, g[2]]  # G g
-    out = np.empty((16,) + w.shape[:2], w.dtype)
+    out = np.empty((16, O, Cg), w.dtype)
     for i, t in enumerate(rows):  # (G g) G^T, the same sums along the columns
-        c = [t[..., s] for s in range(3)]
-        for j, v in enumerate([c[0], (c[0] + c[1] + c[2]) * 0.5, (c[0] - c[1] + c[2]) * 0.5, c[2]]):
-            out[4 * i + j] = v
+        for j, v in enumerate([t[0], (t[0] + t[1] + t[2]) * 0.5, (t[0] - t[1] + t[2]) * 0.5, t[2]]):
+            out[4 * i + j] = v.reshape(O, Cg)
     return out
 
 
 def winograd_weight_grad(gu):
     """The filters' gradient from U's: G^T gU G, (16, O, C/G) -> (O, C/G, 3, 3)."""
-    u = gu.reshape((4, 4) + gu.shape[1:])
+    O, Cg = gu.shape[1:]
+    u = gu.reshape(4, 4, O * Cg)  # u[i][j]: entry (i, j) of every pair
     half = [u[1] * 0.5, u[2] * 0.5]
     rows = [u[0] + half[0] + half[1], half[0] - half[1], half[0] + half[1] + u[3]]  # G^T gU
-    out = np.empty(gu.shape[1:] + (3, 3), gu.dtype)
+    taps = np.empty((9, O * Cg), gu.dtype)
     for r, t in enumerate(rows):  # (G^T gU) G, the same sums along the columns
         h1, h2 = t[1] * 0.5, t[2] * 0.5
-        out[:, :, r, 0], out[:, :, r, 1], out[:, :, r, 2] = t[0] + h1 + h2, h1 - h2, h1 + h2 + t[3]
-    return out
+        taps[3 * r], taps[3 * r + 1], taps[3 * r + 2] = t[0] + h1 + h2, h1 - h2, h1 + h2 + t[3]
+    return np.ascontiguousarray(taps.T).reshape(O, Cg, 3, 3)
 
 
 def winograd_input(x, padding, tiles, out):

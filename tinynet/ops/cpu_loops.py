@@ -66,6 +66,8 @@ _SIGNATURES = {
     "winograd_output": [_ptr] * 3 + [_i64] * 11,
     "winograd_grad_output": [_ptr] * 3 + [_i64] * 10,
     "winograd_input_grad": [_ptr] * 2 + [_i64] * 12,
+    "winograd_weight": [_ptr] * 2 + [_i64] * 3,
+    "winograd_weight_grad": [_ptr] * 2 + [_i64] * 3,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -356,6 +358,30 @@ def _planes(run, n, rows):
         cpu_kernels.parallel_runs(lambda r0, r1: run(0, 1, r0, r1), rows)
     else:
         cpu_kernels.parallel_runs(lambda i0, i1: run(i0, i1, 0, rows), n)
+
+
+def winograd_weight(w):
+    """w (O, C/G, 3, 3) -> U (16, O, C/G); see cpu_kernels.winograd_weight."""
+    if not _compiled(w):
+        return cpu_kernels.winograd_weight(w)
+    w = _c(w)
+    O, Cg = w.shape[:2]
+    u = np.empty((16, O, Cg), w.dtype)
+    fn = _function("winograd_weight", w.dtype)
+    cpu_kernels.parallel_runs(lambda p0, p1: fn(w.ctypes.data, u.ctypes.data, O * Cg, p0, p1), O * Cg)
+    return u
+
+
+def winograd_weight_grad(gu):
+    """gU (16, O, C/G) -> (O, C/G, 3, 3); see cpu_kernels.winograd_weight_grad."""
+    if not _compiled(gu):
+        return cpu_kernels.winograd_weight_grad(gu)
+    gu = _c(gu)
+    O, Cg = gu.shape[1:]
+    gw = np.empty((O, Cg, 3, 3), gu.dtype)
+    fn = _function("winograd_weight_grad", gu.dtype)
+    cpu_kernels.parallel_runs(lambda p0, p1: fn(gu.ctypes.data, gw.ctypes.data, O * Cg, p0, p1), O * Cg)
+    return gw
 
 
 def winograd_input(x, padding, tiles, out):
