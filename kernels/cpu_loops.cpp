@@ -417,64 +417,64 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 // numbered "wide", t' = ty*QW + tx (one spare column per tile row).
 
 template <typename T>
-static inline void winograd_phases(T* __restrict__ q, T* __restrict__ pad, const T* __restrict__ plane, i64 H,
-                                   i64 W, i64 PH, i64 PW, i64 TH, i64 TW) {
-    // q: 4 phases of (TH + 1) x (TW + 1); pad: scratch for the padded plane, (2*TH + 2) x (2*TW + 2)
-    const i64 QW = TW + 1, QS = (TH + 1) * QW, PR = 2 * TH + 2, PC = 2 * TW + 2;
-    for (i64 r = 0; r < PR; ++r) {
-        T* __restrict__ dst = pad + r * PC;
-        const i64 h = r - PH;
-        if (h < 0 || h >= H) {
-            for (i64 c = 0; c < PC; ++c) dst[c] = T(0);
-            continue;
-        }
-        for (i64 c = 0; c < PW; ++c) dst[c] = T(0);
-        std::memcpy(dst + PW, plane + h * W, W * sizeof(T));
-        for (i64 c = PW + W; c < PC; ++c) dst[c] = T(0);
-    }
+static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH, i64 PW,
+                                   i64 TH, i64 TW) {  // q: 4 phases of (TH + 1) x (TW + 1)
+    const i64 QW = TW + 1, QS = (TH + 1) * QW;
     for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b)
+        for (int b = 0; b < 2; ++b) {
+            // phase column x reads image column w = 2x + b - PW: inside the image for x in [lo, hi)
+            const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + 1) / 2));
+            const i64 hi = std::max(lo, std::min(QW, (W + PW - b + 1) / 2));
             for (i64 y = 0; y <= TH; ++y) {
-                const T* __restrict__ src = pad + (2 * y + a) * PC + b;
                 T* __restrict__ dst = q + (2 * a + b) * QS + y * QW;
-                for (i64 x = 0; x <= TW; ++x) dst[x] = src[2 * x];
+                const i64 h = 2 * y + a - PH;
+                if (h < 0 || h >= H) {
+                    for (i64 x = 0; x < QW; ++x) dst[x] = T(0);
+                    continue;
+                }
+                const T* __restrict__ src = plane + h * W + b - PW;  // src[2x] = plane[h][2x + b - PW]
+                for (i64 x = 0; x < lo; ++x) dst[x] = T(0);
+                for (i64 x = lo; x < hi; ++x) dst[x] = src[2 * x];
+                for (i64 x = hi; x < QW; ++x) dst[x] = T(0);
             }
+        }
 }
 
 template <typename T>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    const i64 QW = TW + 1, QS = (TH + 1) * QW, WIDE = TH * QW - 1, T_ = n * TH * TW, XI = C * T_;
-    std::vector<T> q(4 * QS), wide(16 * WIDE + 16), pad((2 * TH + 2) * (2 * TW + 2));
+    const i64 QW = TW + 1, QS = (TH + 1) * QW, T_ = n * TH * TW, XI = C * T_;
+    std::vector<T> q(4 * QS);
     for (i64 i = i0; i < i1; ++i)
         for (i64 c = c0; c < c1; ++c) {
-            winograd_phases(q.data(), pad.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
+            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
             const T* __restrict__ d[4][4];  // d[r][s][t']: entry (r, s) of wide tile t'
             for (int r = 0; r < 4; ++r)
                 for (int s = 0; s < 4; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
-            T* __restrict__ o = wide.data();
-            #pragma GCC ivdep  // the 16 entries' rows never overlap
-            for (i64 t = 0; t < WIDE; ++t) {
-                T u[4][4];  // B^T d, then (B^T d) B
-                for (int s = 0; s < 4; ++s) {
-                    const T d0 = d[0][s][t], d1 = d[1][s][t], d2 = d[2][s][t], d3 = d[3][s][t];
-                    u[0][s] = d0 - d2;
-                    u[1][s] = d1 + d2;
-                    u[2][s] = d2 - d1;
-                    u[3][s] = d1 - d3;
+            T* __restrict__ o = v + c * T_ + i * TH * TW;  // entry e of tile t at o[e * XI + t]
+            for (i64 ty = 0; ty < TH; ++ty) {
+                // a row of tiles, and but for the last row its spare lane too: that one lands on the
+                // next row's first tile, which the next row writes again (all on this thread)
+                const i64 lanes = ty + 1 < TH ? QW : TW, from = ty * QW, to = ty * TW;
+                #pragma GCC ivdep  // the 16 entries' rows never overlap
+                for (i64 tx = 0; tx < lanes; ++tx) {
+                    const i64 t = from + tx;
+                    T u[4][4];  // B^T d, then (B^T d) B
+                    for (int s = 0; s < 4; ++s) {
+                        const T d0 = d[0][s][t], d1 = d[1][s][t], d2 = d[2][s][t], d3 = d[3][s][t];
+                        u[0][s] = d0 - d2;
+                        u[1][s] = d1 + d2;
+                        u[2][s] = d2 - d1;
+                        u[3][s] = d1 - d3;
+                    }
+                    T* __restrict__ out = o + to + tx;
+                    for (int r = 0; r < 4; ++r) {
+                        out[(4 * r + 0) * XI] = u[r][0] - u[r][2];
+                        out[(4 * r + 1) * XI] = u[r][1] + u[r][2];
+                        out[(4 * r + 2) * XI] = u[r][2] - u[r][1];
+                        out[(4 * r + 3) * XI] = u[r][1] - u[r][3];
+                    }
                 }
-                for (int r = 0; r < 4; ++r) {
-                    o[(4 * r + 0) * WIDE + t] = u[r][0] - u[r][2];
-                    o[(4 * r + 1) * WIDE + t] = u[r][1] + u[r][2];
-                    o[(4 * r + 2) * WIDE + t] = u[r][2] - u[r][1];
-                    o[(4 * r + 3) * WIDE + t] = u[r][1] - u[r][3];
-                }
-            }
-            for (int e = 0; e < 16; ++e) {  // the wide rows, without their spare column, into V
-                T* __restrict__ dst = v + e * XI + c * T_ + i * TH * TW;
-                const T* __restrict__ src = o + e * WIDE;
-                for (i64 ty = 0; ty < TH; ++ty)
-                    for (i64 tx = 0; tx < TW; ++tx) dst[ty * TW + tx] = src[ty * QW + tx];
             }
         }
 }
