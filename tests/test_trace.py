@@ -119,3 +119,21 @@ def test_training_program_traces_one_step(tmp_path, capsys):
     assert "fc8.weight (10, 4096)" in text
     assert "--trace: traced one training step on a batch of 2" in text
     assert not (out / "latest.npz").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_a_winograd_convolution_prints_what_ran():
+    """conv3 at batch 2 runs by Winograd on the CPU: the trace shows its tiles and 16 products,
+    its cost beside im2col's, and backward the same maps transposed; by im2col it shows cols."""
+    conv3 = nn.Conv2d(256, 384, 3, padding=1)
+    x = tn.tensor(np.zeros((2, 256, 13, 13), np.float32), requires_grad=True)
+    y, text = traced(lambda: conv3(x).sum().backward())
+    assert "V [4096 x 98]" in text and "N*TH*TW = 2*7*7" in text
+    assert "16 tile entries x U [384 x 256] @ V [256 x 98] -> [384 x 98]" in text
+    assert f"{16 * 384 * 256 * 98:,} multiply-adds" in text and f"im2col's product: {384 * 2304 * 338:,}" in text
+    assert "grad V = U^T [256 x 384] @ Z [384 x 98]" in text and "added back onto its pixels" in text
+    old = F.set_conv_algorithm("im2col")
+    try:
+        _, text = traced(lambda: conv3(x))
+    finally:
+        F.set_conv_algorithm(old)
+    assert "cols [2304 x 338]" in text and "V [" not in text

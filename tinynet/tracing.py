@@ -90,6 +90,8 @@ def describe_forward(info):
     """Lines explaining an op's forward from its ``describe()`` dict
     (empty for ops that describe nothing)."""
     kind = info.get("kind")
+    if kind == "conv" and info.get("algorithm") == "winograd":
+        return _winograd_forward(info)
     if kind == "conv":
         N, C, H, W = info["input"]
         KH, KW = info["kernel"]
@@ -131,11 +133,48 @@ def describe_forward(info):
     return []
 
 
+def _winograd_forward(info):
+    """A 3x3, stride-1 convolution the CPU ran by Winograd's F(2x2, 3x3) (ops/conv.py)."""
+    N, C, _, _ = info["input"]
+    _, O, OH, OW = info["output"]
+    E, Og, Cg, T = info["winograd_gemm"]
+    th, tw = info["tiles"]
+    groups = f"{E // 16} groups x " if E > 16 else ""
+    lines = [f"tiles   x {format_shape(info['input'])} -> V {_mat(16 * C, T)}  (B^T d B of every 4x4 input "
+             f"tile: 16 rows per channel, a column per 2x2 output block, N*TH*TW = {N}*{th}*{tw}; "
+             f"{_megabytes(info['tile_bytes'])})",
+             f"GEMM    16 tile entries x {groups}U {_mat(Og, Cg)} @ V {_mat(Cg, T)} -> {_mat(Og, T)}"
+             f"  (U = G g G^T of the filters)",
+             f"tiles   A^T M A of every tile -> y {format_shape(info['output'])}" +
+             (", then max(y, 0) in the same pass" if info.get("relu") else "")]
+    lines.append(f"cost    {_cost(info['winograd_macs'])}; im2col's product: {_cost(info['macs'])}")
+    return lines
+
+
+def _winograd_backward(info, need):
+    """Backward of a Winograd convolution: the same maps transposed."""
+    _, Og, Cg, T = info["winograd_gemm"]
+    lines = [f"tiles   Z = A gY A^T of every 2x2 output block -> Z {_mat(16 * info['output'][1], T)}"]
+    if len(need) > 1 and need[1]:
+        lines.append(f"GEMM    grad U = Z {_mat(Og, T)} @ V^T {_mat(T, Cg)} per tile entry; grad W = G^T (grad U) G")
+    if need and need[0]:
+        lines.append(f"GEMM    grad V = U^T {_mat(Cg, Og)} @ Z {_mat(Og, T)} per tile entry")
+        lines.append(f"tiles   B (grad V) B^T of every tile, added back onto its pixels -> grad x "
+                     f"{format_shape(info['input'])}")
+    if len(need) > 2 and need[2]:
+        lines.append("sum     grad bias = the sum of every block's Z entry (1, 1), its four gradients' sum")
+    products = int(bool(need and need[0])) + int(len(need) > 1 and bool(need[1]))
+    lines.append(f"cost    {_cost(info['winograd_macs'] * products)}")
+    return lines
+
+
 def describe_backward(info):
     """Lines explaining an op's backward (the GEMMs that give its input
     gradients) from its ``describe()`` dict."""
     kind = info.get("kind")
     need = info.get("needs_input_grad", ())
+    if kind == "conv" and info.get("algorithm") == "winograd":
+        return _winograd_backward(info, need)
     if kind == "conv":
         G, Og, K, P = info["gemm"]
         each = f"{G} groups, each: " if G > 1 else ""

@@ -377,7 +377,11 @@ class Conv2d(Function):
             algorithm     "winograd" (F(2x2, 3x3), see set_conv_algorithm) or "im2col"; with
                           "winograd" the CPU ran 16 GEMMs per group on V (16*C, tiles) instead
                           of the im2col product above (cols, gemm, col_bytes describe that one;
-                          columns_kept says whether V was kept)
+                          columns_kept says whether V was kept), and these keys say what ran:
+            tiles         (TH, TW) 2x2 output blocks per image
+            winograd_gemm (16*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
+            winograd_macs their multiply-adds
+            tile_bytes    bytes of V
         """
         (N, C, H, W), (O, Cg, KH, KW), itemsize = self.shapes
         _, _, stride, padding, G, OH, OW = self.geometry
@@ -391,7 +395,19 @@ class Conv2d(Function):
             "columns_kept": getattr(self, "kept_columns", False),
             "relu": getattr(self, "relu", False),
             "algorithm": "winograd" if getattr(self, "winograd", False) else "im2col",
+            **self._describe_winograd(),
         }
+
+    def _describe_winograd(self):
+        """For a Winograd forward: tiles (TH, TW) per image, the 16 products per group as
+        winograd_gemm (16*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
+        if not getattr(self, "winograd", False):
+            return {}
+        (N, C, _, _), (O, Cg, _, _), itemsize = self.shapes
+        G, (th, tw) = self.geometry[4], self.tiles
+        T = N * th * tw
+        return {"tiles": (th, tw), "winograd_gemm": (16 * G, O // G, Cg, T),
+                "winograd_macs": 16 * O * Cg * T, "tile_bytes": 16 * C * T * itemsize}
 
     def backward(self, gy):
         if self.winograd:
