@@ -1,7 +1,8 @@
 """CPU kernels in NumPy: the loops that differ between CPU and GPU.
 
 Each function here has a CUDA twin in ``kernels/*.cu`` computing the same
-thing with one GPU thread per output element.  On the CPU the rule is: loop
+thing with one GPU thread per output element, except the Winograd transforms
+of the CPU's 3x3 convolutions (a GPU convolves by im2col).  On the CPU the rule is: loop
 over the few kernel offsets (KH*KW, or the LRN window), never over pixels or
 images, and let each step be one NumPy call over a whole strided slice.
 

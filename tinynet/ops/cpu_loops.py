@@ -2,7 +2,10 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update.  The
+lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, and the
+Winograd transforms (winograd_input, winograd_output, winograd_grad_output,
+winograd_input_grad, winograd_weight, winograd_weight_grad; where a sum of
+NaN operands gives a NaN, its sign may differ from NumPy's).  The
 NumPy versions are the ones to read first; this module exists for speed.  A
 NumPy call is one pass over memory, so the paper's LRN takes about ten passes
 over the activations and a 3x3 max-pool nine; a compiled loop visits each
