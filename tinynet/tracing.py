@@ -164,7 +164,8 @@ def _winograd_backward(info, need):
     if len(need) > 2 and need[2]:
         lines.append("sum     grad bias = the sum of every block's Z entry (1, 1), its four gradients' sum")
     products = int(bool(need and need[0])) + int(len(need) > 1 and bool(need[1]))
-    lines.append(f"cost    {_cost(info['winograd_macs'] * products)}")
+    lines.append(f"cost    {_cost(info['winograd_macs'] * products)}; im2col's products: "
+                 f"{_cost(info['macs'] * products)}")
     return lines
 
 
