@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
 from benchmarks.common import interleaved, machine, ms, save, stats  # noqa: E402
-from benchmarks.layers import CONVS, FCS  # noqa: E402  the layer shapes, one table for both scripts
+from benchmarks.layers import CONVS, FCS, conv_products  # noqa: E402  the layer shapes and their products, for both scripts
 from tinynet.ops import linear  # noqa: E402
 
 
@@ -276,21 +276,7 @@ def floor_products(batch):
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
-        oh = (h + 2 * p - k) // s + 1
-        if uses_winograd((k, k), (s, s), batch):  # U (16G, O/G, C/G), V, Z: (16G, ., tiles)
-            tiles = batch * ((oh + 1) // 2) ** 2
-            u = rng.standard_normal((16 * g, o // g, c // g)).astype(np.float32)
-            v = rng.standard_normal((16 * g, c // g, tiles)).astype(np.float32)
-            z = rng.standard_normal((16 * g, o // g, tiles)).astype(np.float32)
-            products += [(u, v), (z, v.transpose(0, 2, 1)), (u.transpose(0, 2, 1), z)]
-            continue
-        kk, cols = c // g * k * k, batch * oh * oh
-        w = rng.standard_normal((g, o // g, kk)).astype(np.float32)
-        col = rng.standard_normal((g, kk, cols)).astype(np.float32)
-        gr = rng.standard_normal((g, o // g, cols)).astype(np.float32)
-        products += [(w, col), (gr, col.transpose(0, 2, 1))]
-        if c != 3:
-            products.append((w.transpose(0, 2, 1), gr))
+        products += conv_products(c, h, o, k, s, p, g, batch, rng, uses_winograd((k, k), (s, s), batch))
     products = [lambda a=a, b=b: np.matmul(a, b) for a, b in products]
     for _, fin, fout in FCS:
         x = rng.standard_normal((batch, fin)).astype(np.float32)

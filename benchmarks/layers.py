@@ -78,40 +78,47 @@ def conv_case(name, chw, o, k, s, p, g, n, repeat, rng):
 
     # the GEMMs alone, whole batch, operands ready: im2col's, and Winograd's where the op runs those
     oh = ow = F.conv_output_size(h, k, s, p)
-    kk = c // g * k * k
-    cols = rng.standard_normal((g, kk, n * oh * ow)).astype(np.float32)
-    wg = rng.standard_normal((g, o // g, kk)).astype(np.float32)
-    gr = rng.standard_normal((g, o // g, n * oh * ow)).astype(np.float32)
-
-    def im2col_gemms():
-        np.matmul(wg, cols)
-        np.matmul(gr, cols.transpose(0, 2, 1))
-        if needs_gx:
-            np.matmul(wg.transpose(0, 2, 1), gr)
-
-    gemms, winograd = im2col_gemms, uses_winograd((k, k), (s, s), n)
-    if winograd:  # 16 products per group on the tiles (ops/conv.py)
-        tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
-        u = rng.standard_normal((16 * g, o // g, c // g)).astype(np.float32)
-        v = rng.standard_normal((16 * g, c // g, tiles)).astype(np.float32)
-        z = rng.standard_normal((16 * g, o // g, tiles)).astype(np.float32)
-
-        def gemms():
-            np.matmul(u, v)
-            np.matmul(z, v.transpose(0, 2, 1))
-            if needs_gx:
-                np.matmul(u.transpose(0, 2, 1), z)
-
-    t_fb, g_fb, ratio = interleaved(bwd, gemms, repeat)
-    flops = 2 * o * kk * n * oh * ow
-    row_gflop = flops * (3 if needs_gx else 2) / 1e9
+    winograd = uses_winograd((k, k), (s, s), n)
+    im2col_pairs = conv_products(c, h, o, k, s, p, g, n, rng, winograd=False)
+    pairs = conv_products(c, h, o, k, s, p, g, n, rng, winograd=True) if winograd else im2col_pairs
+    t_fb, g_fb, ratio = interleaved(bwd, lambda: run_products(pairs), repeat)
+    flops = 2 * o * (c // g * k * k) * n * oh * ow
     row = dict(layer=name, fwd=t_f, fwd_bwd=t_fb, bwd_median=t_fb["median"] - t_f["median"],
-               gemm_fwd_bwd=g_fb["median"], ratio_to_gemm=ratio, gflop_fwd=flops / 1e9, gflop_fwd_bwd=row_gflop,
+               gemm_fwd_bwd=g_fb["median"], ratio_to_gemm=ratio, gflop_fwd=flops / 1e9,
+               gflop_fwd_bwd=product_flops(pairs) / 1e9,  # of the products the op runs
                shape=f"{n}x{c}x{h}x{w} -> {n}x{o}x{oh}x{ow}", algorithm="winograd" if winograd else "im2col")
     if winograd:  # what the direct convolution's products alone take: the floor of an im2col engine
-        row["im2col_gemm_fwd_bwd"] = timeit(im2col_gemms, repeat)["median"]
-        row["gflop_fwd_bwd"] = 2 * 16 * o * (c // g) * tiles * (3 if needs_gx else 2) / 1e9  # Winograd's products
+        row["im2col_gemm_fwd_bwd"] = timeit(lambda: run_products(im2col_pairs), repeat)["median"]
     return row
+
+
+def conv_products(c, h, o, k, s, p, g, n, rng, winograd):
+    """The GEMMs of one convolution's training step at batch n, as (a, b) operand pairs, ready:
+    forward, weight gradient and, unless the input is the image (c == 3, no gradient), input
+    gradient.  By im2col: filters (G, O/G, K), columns (G, K, n*OH*OW), gradient rows; with
+    ``winograd``, Winograd's 16 per group (ops/conv.py): U (16G, O/G, C/G), V (16G, C/G, tiles), Z."""
+    oh = (h + 2 * p - k) // s + 1
+    if winograd:
+        batch, rows, cols = 16 * g, c // g, n * ((oh + 1) // 2) ** 2
+    else:
+        batch, rows, cols = g, c // g * k * k, n * oh * oh
+    weights = rng.standard_normal((batch, o // g, rows)).astype(np.float32)
+    columns = rng.standard_normal((batch, rows, cols)).astype(np.float32)
+    grad_rows = rng.standard_normal((batch, o // g, cols)).astype(np.float32)
+    pairs = [(weights, columns), (grad_rows, columns.transpose(0, 2, 1))]
+    if c != 3:
+        pairs.append((weights.transpose(0, 2, 1), grad_rows))
+    return pairs
+
+
+def run_products(pairs):
+    for a, b in pairs:
+        np.matmul(a, b)
+
+
+def product_flops(pairs):
+    """Floating-point operations of the batched products a @ b."""
+    return sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b in pairs)
 
 
 def simple_case(name, make_input, op, repeat, rng, gemms=None, params=()):

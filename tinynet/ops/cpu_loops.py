@@ -387,16 +387,22 @@ def winograd_weight_grad(gu):
     return gw
 
 
+def _image_tiles(name, src, dst, images, padding, tiles):
+    """The compiled loop ``name`` between images (n, C, H, W) and their tiles (16, C, n*TH*TW):
+    src -> dst, over the images' (image, channel) planes."""
+    src = _c(src)
+    n, C, H, W = images.shape
+    fn = _function(name, src.dtype)
+    _planes(lambda i0, i1, c0, c1: fn(src.ctypes.data, dst.ctypes.data, n, C, H, W, *padding, *tiles,
+                                      i0, i1, c0, c1), n, C)
+    return dst
+
+
 def winograd_input(x, padding, tiles, out):
     """x (n, C, H, W) -> out (16, C, n*TH*TW); see cpu_kernels.winograd_input."""
     if not _compiled(x, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input(x, padding, tiles, out)
-    x = _c(x)
-    n, C, H, W = x.shape
-    fn = _function("winograd_input", x.dtype)
-    _planes(lambda i0, i1, c0, c1: fn(x.ctypes.data, out.ctypes.data, n, C, H, W, *padding, *tiles, i0, i1, c0, c1),
-            n, C)
-    return out
+    return _image_tiles("winograd_input", x, out, x, padding, tiles)
 
 
 def winograd_output(m, bias, relu, tiles, out):
@@ -429,12 +435,7 @@ def winograd_input_grad(gv, padding, tiles, out):
     """gv (16, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
     if not _compiled(gv, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input_grad(gv, padding, tiles, out)
-    gv = _c(gv)
-    n, C, H, W = out.shape
-    fn = _function("winograd_input_grad", gv.dtype)
-    _planes(lambda i0, i1, c0, c1: fn(gv.ctypes.data, out.ctypes.data, n, C, H, W, *padding, *tiles,
-                                      i0, i1, c0, c1), n, C)
-    return out
+    return _image_tiles("winograd_input_grad", gv, out, out, padding, tiles)
 
 
 def sgd_update(w, g, v, lr, m, wd):
