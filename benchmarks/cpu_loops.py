@@ -7,7 +7,8 @@ Two parts, both interleaved so that the shared machine's drift hits both alike:
    after conv1, conv2 and conv5, LRN forward and backward after conv1 and
    conv2.  For each, NumPy and compiled take turns, ``--reps`` calls each; the
    median of each is printed with their ratio, after checking that both give the
-   same bits.
+   same bits.  Also the Winograd transforms of conv3-conv5 (input tiles,
+   output tiles, gradient tiles, input gradient).
 2. Whole training steps (benchmarks/interleaved.py): fresh processes with
    TINYNET_CPU_LOOPS=numpy and =compiled, pair by pair.
 
@@ -32,6 +33,7 @@ SETTINGS = {"numpy": {"TINYNET_CPU_LOOPS": "numpy"}, "compiled": {"TINYNET_CPU_L
 # (layer, input shape without the batch, kernel, stride, padding) of AlexNet's convolutions (one device)
 CONVS = [("conv1", (3, 227, 227), 11, 4, 0), ("conv2", (96, 27, 27), 5, 1, 2), ("conv3", (256, 13, 13), 3, 1, 1),
          ("conv4", (384, 13, 13), 3, 1, 1), ("conv5", (384, 13, 13), 3, 1, 1)]
+WINOGRAD_FILTERS = {"conv3": 384, "conv4": 384, "conv5": 256}  # filters of the 3x3 layers (one device)
 POOLS = [("pool1", (96, 55, 55)), ("pool2", (256, 27, 27)), ("pool5", (256, 13, 13))]
 LRNS = [("lrn1", (96, 55, 55)), ("lrn2", (256, 27, 27))]
 
@@ -44,6 +46,21 @@ def loop_cases(batch, rng):
         cols = cpu_kernels.im2col(x, k, k, (s, s), (p, p))
         cases.append((f"{layer} im2col", "im2col", (x, k, k, (s, s), (p, p), np.empty_like(cols))))
         cases.append((f"{layer} col2im", "col2im", (cols, x.shape, k, k, (s, s), (p, p), np.empty_like(x))))
+    for layer, (C, H, W), k, s, p in CONVS:  # the Winograd transforms of the 3x3, stride-1 layers
+        if k != 3 or s != 1:
+            continue
+        O = WINOGRAD_FILTERS[layer]
+        tiles = cpu_kernels.winograd_tiles(H, W)
+        t = batch * tiles[0] * tiles[1]
+        x = rng.standard_normal((batch, C, H, W)).astype(np.float32)
+        y = np.maximum(rng.standard_normal((batch, O, H, W)).astype(np.float32), 0)
+        m = rng.standard_normal((16, O, t)).astype(np.float32)
+        gv = rng.standard_normal((16, C, t)).astype(np.float32)
+        bias = rng.standard_normal(O).astype(np.float32)
+        cases.append((f"{layer} Winograd input", "winograd_input", (x, (p, p), tiles, np.empty((16, C, t), np.float32))))
+        cases.append((f"{layer} Winograd output", "winograd_output", (m, bias, True, tiles, np.empty_like(y))))
+        cases.append((f"{layer} Winograd grad output", "winograd_grad_output", (y * 0.5, y, tiles, np.empty_like(m))))
+        cases.append((f"{layer} Winograd input grad", "winograd_input_grad", (gv, (p, p), tiles, np.empty_like(x))))
     for layer, shape in POOLS:
         x = np.maximum(rng.standard_normal((batch,) + shape).astype(np.float32), 0)
         oh, ow = (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1

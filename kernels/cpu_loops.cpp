@@ -408,7 +408,10 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 // the padded rows 2*ty .. 2*ty+3 and columns 2*tx .. 2*tx+3 and writing the output
 // block rows 2*ty, 2*ty+1.  A tile matrix (16, rows, T) holds entry xi = 4*i + j of
 // tile t of row r at [xi][r][t], T = n*TH*TW, t = (image*TH + ty)*TW + tx.
-// Each call does the (image, channel) planes [i0, i1) x [c0, c1).
+// Each call does the (image, channel) planes [i0, i1) x [c0, c1), channel by channel and
+// within a channel image by image: row (xi, c) of the tile matrix holds channel c's tiles of
+// every image in turn, so a call given all the images reads or writes each of its 16 rows
+// from end to end (tinynet/ops/cpu_loops.py gives each thread its own channels so).
 
 // The loops run over whole planes at once, vectorised over the tiles: a padded
 // plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
@@ -445,8 +448,8 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     const i64 QW = TW + 1, QS = (TH + 1) * QW, T_ = n * TH * TW, XI = C * T_;
     std::vector<T> q(4 * QS);
-    for (i64 i = i0; i < i1; ++i)
-        for (i64 c = c0; c < c1; ++c) {
+    for (i64 c = c0; c < c1; ++c)
+        for (i64 i = i0; i < i1; ++i) {
             winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
             const T* __restrict__ d[4][4];  // d[r][s][t']: entry (r, s) of wide tile t'
             for (int r = 0; r < 4; ++r)
@@ -484,8 +487,8 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
                                    i64 TW, i64 relu, i64 i0, i64 i1, i64 o0, i64 o1) {
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
     std::vector<T> block(4 * TT);
-    for (i64 i = i0; i < i1; ++i)
-        for (i64 o = o0; o < o1; ++o) {
+    for (i64 o = o0; o < o1; ++o)
+        for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ q = m + o * T_ + i * TT;
             T* __restrict__ out = block.data();
             const T b = bias ? bias[o] : T(0);
@@ -520,8 +523,8 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                                         i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
     std::vector<T> block(4 * TT), padded(4 * TT);
-    for (i64 i = i0; i < i1; ++i)
-        for (i64 o = o0; o < o1; ++o) {
+    for (i64 o = o0; o < o1; ++o)
+        for (i64 i = i0; i < i1; ++i) {
             const i64 plane = (i * O + o) * OH * OW;
             T* __restrict__ pad = padded.data();  // the plane, masked, in 2*TH x 2*TW with zeros past the output
             for (i64 row = 0; row < 2 * TH; ++row) {
@@ -571,8 +574,8 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
     const i64 QW = TW + 1, QS = (TH + 1) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
     // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases)
     std::vector<T> gd(16 * TT), q(4 * QS);
-    for (i64 i = i0; i < i1; ++i)
-        for (i64 c = c0; c < c1; ++c) {
+    for (i64 c = c0; c < c1; ++c)
+        for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ src = gv + c * T_ + i * TT;
             T* __restrict__ g = gd.data();
             #pragma GCC ivdep  // the 16 entries' rows never overlap
