@@ -27,8 +27,9 @@ LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.
 
 The floor: the GEMMs of one training step alone (the same matrix products the
-engine does, operands ready), and the engine's time as a ratio to it.  The
-training worker times them in turn with whole steps, repetition after
+engine does, operands ready), and the engine's time as a ratio to it; for
+inference, the forward pass's GEMMs.  The
+worker times them in turn with whole steps, repetition after
 repetition (common.interleaved), after its timed steps and its peak memory
 are read, in every round: the ratio is the median of all rounds' repetitions
 of step / floor, with its range, so that the shared machine's drift hits both
@@ -60,7 +61,7 @@ from tinynet.ops import linear  # noqa: E402
 # Workers: one (engine, batch, mode) per process
 # ----------------------------------------------------------------------------
 
-# What a tinynet CPU training worker measures after its timed steps: PROFILED_STEPS profiled
+# What a tinynet CPU worker measures after its timed steps: (training) PROFILED_STEPS profiled
 # steps (one alone moved a kind by up to a factor of 2 between runs), and the
 # GEMM floor in turn with whole steps.  The first round of a (batch, mode) does both; later
 # rounds time the floor again (a ratio that moves by 0.15 from one minute to the next needs
@@ -123,10 +124,11 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
-    if mode == "train" and device == "cpu" and "floor" in extras:
+    if device == "cpu" and "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
-        products = floor_products(batch)
-        steps, floor, ratio = interleaved(train_step, lambda: [product() for product in products], repeat)
+        products = floor_products(batch, mode)
+        steps, floor, ratio = interleaved(train_step if mode == "train" else infer,
+                                          lambda: [product() for product in products], repeat)
         result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
     return result
 
@@ -263,28 +265,32 @@ def peak_used_bytes_gpu(fn, devices, synchronize):
 
 
 # ----------------------------------------------------------------------------
-# The floor: one training step's GEMMs alone
+# The floor: one step's GEMMs alone (training or inference)
 # ----------------------------------------------------------------------------
 
-def floor_products(batch):
+def floor_products(batch, mode="train"):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
-    input gradient), each a callable on ready operands, whole batch at once.  They are the
-    products the engine does: a 3x3, stride-1 convolution's 16 per group of Winograd's
-    F(2x2, 3x3) where the engine takes it (ops/conv.py, set_conv_algorithm)."""
+    input gradient), or for mode "infer" of one forward pass, each a callable on ready
+    operands, whole batch at once.  They are the products the engine does: a 3x3, stride-1
+    convolution's 16 per group of Winograd's F(2x2, 3x3) where the engine takes it
+    (ops/conv.py, set_conv_algorithm).  At batch 1 the fully connected layers' products only
+    stream their weights (234 MB) from memory: their part of the floor is the memory's speed."""
     from tinynet.ops.conv import uses_winograd
 
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
-        products += conv_products(c, h, o, k, s, p, g, batch, rng, uses_winograd((k, k), (s, s), batch))
+        pairs = conv_products(c, h, o, k, s, p, g, batch, rng, uses_winograd((k, k), (s, s), batch))
+        products += pairs if mode == "train" else pairs[:1]
     products = [lambda a=a, b=b: np.matmul(a, b) for a, b in products]
     for _, fin, fout in FCS:
         x = rng.standard_normal((batch, fin)).astype(np.float32)
         w = rng.standard_normal((fout, fin)).astype(np.float32)
         gy = rng.standard_normal((batch, fout)).astype(np.float32)
         # the routes the engine takes (for a small batch, blocks of weight rows; see ops/linear.py)
-        products += [lambda x=x, w=w: linear.forward_gemm(x, w), lambda gy=gy, x=x: linear.weight_grad_gemm(gy, x),
-                     lambda gy=gy, w=w: np.matmul(gy, w)]
+        products.append(lambda x=x, w=w: linear.forward_gemm(x, w))
+        if mode == "train":
+            products += [lambda gy=gy, x=x: linear.weight_grad_gemm(gy, x), lambda gy=gy, w=w: np.matmul(gy, w)]
     return products
 
 
