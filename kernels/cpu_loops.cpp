@@ -419,6 +419,9 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 // is one contiguous run of a phase, shifted by (r/2)*QW + s/2, when tiles are
 // numbered "wide", t' = ty*QW + tx (one spare column per tile row).
 
+// Each phase's pixels that fall on the padding are zero whatever the plane: q starts as zeros
+// (winograd_input) and winograd_phases writes only the pixels inside the image, so that
+// no plane pays for its borders again.
 template <typename T>
 static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH, i64 PW,
                                    i64 TH, i64 TW) {  // q: 4 phases of (TH + 1) x (TW + 1)
@@ -429,16 +432,12 @@ static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plan
             const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + 1) / 2));
             const i64 hi = std::max(lo, std::min(QW, (W + PW - b + 1) / 2));
             for (i64 y = 0; y <= TH; ++y) {
-                T* __restrict__ dst = q + (2 * a + b) * QS + y * QW;
                 const i64 h = 2 * y + a - PH;
-                if (h < 0 || h >= H) {
-                    for (i64 x = 0; x < QW; ++x) dst[x] = T(0);
+                if (h < 0 || h >= H)
                     continue;
-                }
+                T* __restrict__ dst = q + (2 * a + b) * QS + y * QW;
                 const T* __restrict__ src = plane + h * W + b - PW;  // src[2x] = plane[h][2x + b - PW]
-                for (i64 x = 0; x < lo; ++x) dst[x] = T(0);
                 for (i64 x = lo; x < hi; ++x) dst[x] = src[2 * x];
-                for (i64 x = hi; x < QW; ++x) dst[x] = T(0);
             }
         }
 }
@@ -447,7 +446,7 @@ template <typename T>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     const i64 QW = TW + 1, QS = (TH + 1) * QW, T_ = n * TH * TW, XI = C * T_;
-    std::vector<T> q(4 * QS);
+    std::vector<T> q(4 * QS + QW);  // QW zeros past the phases: the last spare lane reads one
     for (i64 c = c0; c < c1; ++c)
         for (i64 i = i0; i < i1; ++i) {
             winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
@@ -456,9 +455,11 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
                 for (int s = 0; s < 4; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
             T* __restrict__ o = v + c * T_ + i * TH * TW;  // entry e of tile t at o[e * XI + t]
             for (i64 ty = 0; ty < TH; ++ty) {
-                // a row of tiles, and but for the last row its spare lane too: that one lands on the
-                // next row's first tile, which the next row writes again (all on this thread)
-                const i64 lanes = ty + 1 < TH ? QW : TW, from = ty * QW, to = ty * TW;
+                // a row of tiles and its spare lane too, which lands on the first tile of the next
+                // row, or after the last row on the next image's first tile: both are written again
+                // later in this call.  Only the call's last image leaves its last spare lane out
+                // (it would land on the next channel's row).  Every row is then one SIMD run.
+                const i64 lanes = ty + 1 < TH || i + 1 < i1 ? QW : TW, from = ty * QW, to = ty * TW;
                 #pragma GCC ivdep  // the 16 entries' rows never overlap
                 for (i64 tx = 0; tx < lanes; ++tx) {
                     const i64 t = from + tx;
