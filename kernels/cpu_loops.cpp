@@ -24,8 +24,10 @@
 //                                              pooled output's maximum sits
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 typedef long long i64;
@@ -569,12 +571,29 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
         }
 }
 
+// L lanes of T in one 32-byte SIMD register (GCC's vector extensions), and as many integer lanes
+template <typename T>
+struct Lanes {
+    static constexpr int L = 32 / sizeof(T);
+    typedef T V __attribute__((vector_size(32)));
+    typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type Int;
+    typedef Int I __attribute__((vector_size(32)));
+};
+
 template <typename T>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                        i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     const i64 QW = TW + 1, QS = (TH + 1) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
-    // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases)
-    std::vector<T> gd(16 * TT), q(4 * QS);
+    // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases).
+    // Each row of TW tiles is added to its phase in SIMD runs of L lanes, the lanes past the row
+    // adding -0.0 (x + -0.0 is x, to the bit): they may read past gd's end and reach past q's.
+    typedef typename Lanes<T>::V V;
+    typedef typename Lanes<T>::I I;
+    const int L = Lanes<T>::L;
+    I lane;
+    for (int j = 0; j < L; ++j) lane[j] = j;
+    const V minus_zero = V{} - T(0);  // every lane -0.0
+    std::vector<T> gd(16 * TT + L), q(4 * QS + QW + L);
     for (i64 c = c0; c < c1; ++c)
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ src = gv + c * T_ + i * TT;
@@ -603,7 +622,14 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
                 const T* __restrict__ ge = gd.data() + e * TT;
                 for (i64 ty = 0; ty < TH; ++ty)
-                    for (i64 tx = 0; tx < TW; ++tx) phase[ty * QW + tx] += ge[ty * TW + tx];
+                    for (i64 tx = 0; tx < TW; tx += L) {
+                        V add, sum;
+                        std::memcpy(&add, ge + ty * TW + tx, sizeof(V));
+                        std::memcpy(&sum, phase + ty * QW + tx, sizeof(V));
+                        add = lane < I{} + typename Lanes<T>::Int(TW - tx) ? add : minus_zero;  // lanes past the row: -0.0
+                        sum += add;
+                        std::memcpy(phase + ty * QW + tx, &sum, sizeof(V));
+                    }
             }
             T* out = gx + (i * C + c) * H * W;
             for (i64 h = 0; h < H; ++h) {
