@@ -360,11 +360,26 @@ static INLINE void lrn_backward(const T* x, const T* gy, T* gx, i64 C, i64 HW, i
 // Each works on the images [i0, i1) of the chunk; a row of P values is contiguous
 // on both sides.
 
+// The ReLU, max(v, 0) by np.maximum's rule (a NaN stays), and backward's mask, g * (y > 0) as
+// NumPy computes it: a factor 1 or 0, so g * 0 keeps the sign of zero and is NaN for an
+// infinite g.  Both written as a choice, so that a loop over them is SIMD code.  The Winograd
+// transforms below apply the same two.
+template <typename T>
+static inline T relu(T v) {
+    return (v >= T(0) || v != v) ? v : T(0);
+}
+
+template <typename T>
+static inline T relu_mask(T g, T y) {
+    const T zero = g * T(0);
+    return y > T(0) ? g : zero;
+}
+
 template <typename T, bool BIAS, bool RELU>
 static inline void output_row(T* __restrict__ dst, const T* __restrict__ src, T b, i64 P) {
     for (i64 p = 0; p < P; ++p) {
         T v = BIAS ? src[p] + b : src[p];
-        if (RELU) v = (v >= T(0) || v != v) ? v : T(0);
+        if (RELU) v = relu(v);
         dst[p] = v;
     }
 }
@@ -391,12 +406,7 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
             T* __restrict__ dst = g + (o * n + i) * P;
             if (y) {
                 const T* __restrict__ out = y + (i * O + o) * P;
-                // gy * (y > 0) as NumPy computes it, the mask a factor 1 or 0 (gy * 0 keeps the sign
-                // of zero, and is NaN for an infinite gy), written as a choice so that it is SIMD code
-                for (i64 p = 0; p < P; ++p) {
-                    const T g = src[p], zero = g * T(0);
-                    dst[p] = out[p] > T(0) ? g : zero;
-                }
+                for (i64 p = 0; p < P; ++p) dst[p] = relu_mask(src[p], out[p]);
             } else {
                 for (i64 p = 0; p < P; ++p) dst[p] = src[p];
             }
@@ -508,7 +518,7 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
                     T val[2] = {u[a][0] + u[a][1] + u[a][2], u[a][1] - u[a][2] - u[a][3]};
                     for (int c = 0; c < 2; ++c) {
                         T w = bias ? val[c] + b : val[c];
-                        if (relu) w = (w >= T(0) || w != w) ? w : T(0);
+                        if (relu) w = ::relu(w);
                         out[(2 * a + c) * TT + t] = w;
                     }
                 }
@@ -537,10 +547,7 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                 i64 col = 0;
                 if (row < OH) {
                     if (out) {
-                        for (; col < OW; ++col) {
-                            const T v = src[col];
-                            dst[col] = out[col] > T(0) ? v : v * T(0);
-                        }
+                        for (; col < OW; ++col) dst[col] = relu_mask(src[col], out[col]);
                     } else {
                         for (; col < OW; ++col) dst[col] = src[col];
                     }
