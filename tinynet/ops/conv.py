@@ -110,8 +110,9 @@ def set_conv_algorithm(name):
     "winograd" by Winograd's F(2x2, 3x3) (``cpu_kernels.winograd_*``: 2.25 times
     fewer multiply-adds); "im2col" by im2col, the picture of the tour; "auto"
     (the default) by Winograd from WINOGRAD_MIN_BATCH (2) images on, by im2col
-    for a single image, where the filters' transforms and the short rows of
-    tiles cost more than the products save (on the 2-core development machine,
+    for a single image, whose 16 products per group have one column per tile
+    (49 for a 13x13 output), too thin to run faster than im2col's one product,
+    and the filters' transforms come on top (on the 2-core development machine,
     AlexNet inference at batch 1: 22 ms by Winograd against 20 by im2col; at
     batch 8, 91 against 97; a batch-32 training step 0.81-0.90 s against
     0.94-1.06).  Other kernels and strides, and every convolution on a GPU, run
