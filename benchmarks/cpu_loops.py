@@ -27,13 +27,10 @@ import tinynet  # noqa: E402
 import numpy as np  # noqa: E402
 from benchmarks.common import machine, save  # noqa: E402
 from benchmarks.interleaved import compare, table  # noqa: E402
+from benchmarks.layers import CONVS  # noqa: E402  AlexNet's convolutions, one table for the benchmarks
 from tinynet.ops import cpu_kernels, cpu_loops  # noqa: E402
 
 SETTINGS = {"numpy": {"TINYNET_CPU_LOOPS": "numpy"}, "compiled": {"TINYNET_CPU_LOOPS": "compiled"}}
-# (layer, input shape without the batch, kernel, stride, padding) of AlexNet's convolutions (one device)
-CONVS = [("conv1", (3, 227, 227), 11, 4, 0), ("conv2", (96, 27, 27), 5, 1, 2), ("conv3", (256, 13, 13), 3, 1, 1),
-         ("conv4", (384, 13, 13), 3, 1, 1), ("conv5", (384, 13, 13), 3, 1, 1)]
-WINOGRAD_FILTERS = {"conv3": 384, "conv4": 384, "conv5": 256}  # filters of the 3x3 layers (one device)
 POOLS = [("pool1", (96, 55, 55)), ("pool2", (256, 27, 27)), ("pool5", (256, 13, 13))]
 LRNS = [("lrn1", (96, 55, 55)), ("lrn2", (256, 27, 27))]
 
@@ -41,15 +38,14 @@ LRNS = [("lrn1", (96, 55, 55)), ("lrn2", (256, 27, 27))]
 def loop_cases(batch, rng):
     """(name, function name, arguments) for every loop, with inputs drawn once."""
     cases = []
-    for layer, shape, k, s, p in CONVS:
+    for layer, shape, _, k, s, p, _ in CONVS:
         x = rng.standard_normal((batch,) + shape).astype(np.float32)
         cols = cpu_kernels.im2col(x, k, k, (s, s), (p, p))
         cases.append((f"{layer} im2col", "im2col", (x, k, k, (s, s), (p, p), np.empty_like(cols))))
         cases.append((f"{layer} col2im", "col2im", (cols, x.shape, k, k, (s, s), (p, p), np.empty_like(x))))
-    for layer, (C, H, W), k, s, p in CONVS:  # the Winograd transforms of the 3x3, stride-1 layers
+    for layer, (C, H, W), O, k, s, p, _ in CONVS:  # the Winograd transforms of the 3x3, stride-1 layers
         if k != 3 or s != 1:
             continue
-        O = WINOGRAD_FILTERS[layer]
         tiles = cpu_kernels.winograd_tiles(H, W)
         t = batch * tiles[0] * tiles[1]
         x = rng.standard_normal((batch, C, H, W)).astype(np.float32)
