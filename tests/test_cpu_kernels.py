@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -64,6 +65,45 @@ def test_the_calling_thread_and_the_workers_run_pieces_at_once(threads):
 
     cpu_kernels.parallel_chunks(fn, 3, bytes_per_item=1, target_bytes=1)
     assert len(set(names)) == 3 and threading.current_thread().name in names
+
+
+def test_the_caller_waits_for_the_pieces_not_for_a_late_worker(threads, monkeypatch):
+    """A worker that wakes only after the caller has run every piece finds none to run; the
+    call returns without waiting for it.  Here the workers are held until the call is over:
+    had it waited for them, it would still be running when the guard's time is up."""
+    release = threading.Event()
+    late = []
+
+    class LateWorkers:
+        def submit(self, fn):  # as ThreadPoolExecutor.submit: a future, here already running
+            future = Future()
+            future.set_running_or_notify_cancel()
+
+            def run():
+                release.wait(timeout=30)
+                fn()  # the queue is empty by now: this must run no piece
+                late.append(threading.current_thread().name)
+                future.set_result(None)
+            thread = threading.Thread(target=run, name=f"late-{len(started)}")
+            thread.start()
+            started.append(thread)
+            return future
+
+    started = []
+    monkeypatch.setattr(cpu_kernels, "_executor", lambda n: LateWorkers())
+    seen = []
+    call = threading.Thread(target=cpu_kernels.parallel_chunks,
+                            args=(lambda i0, i1: seen.append((i0, i1, threading.current_thread().name)), 3),
+                            kwargs=dict(bytes_per_item=1, target_bytes=1), name="caller")
+    call.start()
+    call.join(timeout=10)  # a guard against waiting for the held workers, not a timing
+    returned = not call.is_alive()
+    release.set()
+    for thread in started + [call]:
+        thread.join()
+    assert returned, "parallel_chunks waited for workers that had no piece left to run"
+    assert sorted(seen) == [(0, 1, "caller"), (1, 2, "caller"), (2, 3, "caller")]
+    assert len(late) == 2  # both held workers ran afterwards, and found nothing
 
 
 def test_two_threads_starting_the_pool_at_once_make_one_pool(threads, monkeypatch):

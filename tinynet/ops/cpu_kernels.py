@@ -16,7 +16,7 @@ chunking.
 import os
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -88,7 +88,10 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
 
     Returns only when every piece has finished, also when one raised: the
     caller may reuse its buffers as soon as this returns or raises, and no
-    piece still running could write into them."""
+    piece still running could write into them.  It waits for the pieces, not
+    for the workers: a worker that wakes after the caller has taken every
+    piece finds none and touches nothing, and the caller need not wait for it
+    to wake (that wait was 30-40 microseconds a call)."""
     target_bytes = _pool["chunk_bytes"] if target_bytes is None else target_bytes
     step = int(max(1, min(n, target_bytes // max(bytes_per_item, 1))))
     ranges = [(i, min(n, i + step)) for i in range(0, n, step)]
@@ -100,6 +103,8 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
         return
     queue = deque(ranges)  # popleft is atomic: each piece goes to exactly one thread
     errors = []
+    unfinished = [len(ranges)]  # pieces not finished yet, counted down under `lock`
+    lock, all_finished = threading.Lock(), threading.Event()
 
     def work():
         while True:
@@ -111,13 +116,17 @@ def parallel_chunks(fn, n, bytes_per_item, target_bytes=None):
                 fn(i0, i1)
             except BaseException as error:  # noqa: B036  kept for the caller; the others go on
                 errors.append(error)
+            finally:
+                with lock:
+                    unfinished[0] -= 1
+                    if unfinished[0] == 0:
+                        all_finished.set()
 
     executor = _executor(pool_threads)
-    helpers = [executor.submit(work) for _ in range(threads - 1)]
+    for _ in range(threads - 1):
+        executor.submit(work)
     work()
-    for helper in helpers:  # the queue is empty: a helper not started yet need not start
-        helper.cancel()
-    wait(helpers)  # every piece has finished, also after one has raised
+    all_finished.wait()  # every piece has finished, also after one has raised
     if errors:
         raise errors[0]
 
