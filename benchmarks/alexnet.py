@@ -3,7 +3,8 @@
 For each batch size (1, 8, 32, 128): a training step (forward, loss, backward,
 SGD) and an inference pass (forward only, no graph), float32, 1000 classes:
 images/s, time per step (median, min, max over repetitions after warm-up
-steps) and peak memory.  On the CPU: the process's peak RSS.  On a GPU, like
+steps: --repeat of them, or more until they add up to MIN_TIMED_SECONDS, so
+that a 20 ms pass is timed about 50 times) and peak memory.  On the CPU: the process's peak RSS.  On a GPU, like
 with like: the peak bytes in use by arrays (CuPy pool's used bytes, PyTorch's
 max_memory_allocated) and the peak the allocator holds from the device (CuPy
 pool's total bytes, PyTorch's max_memory_reserved).  Every (engine, batch,
@@ -52,7 +53,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
-from benchmarks.common import interleaved, machine, ms, save, stats  # noqa: E402
+from benchmarks.common import enough, interleaved, machine, ms, save, stats  # noqa: E402
 from benchmarks.layers import CONVS, FCS, conv_products  # noqa: E402  the layer shapes and their products, for both scripts
 from tinynet.ops import linear  # noqa: E402
 
@@ -68,6 +69,9 @@ from tinynet.ops import linear  # noqa: E402
 # more than one round's repetitions) but not the profile.
 EXTRAS = ("profile", "floor")
 PROFILED_STEPS = 3
+# Every worker times --repeat calls, or more until its timings add up to MIN_TIMED_SECONDS
+# (common.enough): a batch-1 inference pass is timed about 50 times, a batch-128 step 5.
+MIN_TIMED_SECONDS = 1.0
 
 def peak_rss_bytes():
     """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
@@ -128,7 +132,7 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch, mode)
         steps, floor, ratio = interleaved(train_step if mode == "train" else infer,
-                                          lambda: [product() for product in products], repeat)
+                                          lambda: [product() for product in products], repeat, MIN_TIMED_SECONDS)
         result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
     return result
 
@@ -177,7 +181,7 @@ def worker_torch(batch, mode, repeat, device):
     sync()
     if device != "cpu":  # peaks of the timed steps only (cuDNN's autotuning tries are warm-up)
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeat):
+    while not enough(times, repeat, MIN_TIMED_SECONDS):
         sync()
         t0 = time.perf_counter()
         train_step() if mode == "train" else infer()
@@ -200,7 +204,7 @@ def timed(fn, repeat, devices, prepare=None):
     if devices is None:
         fn()  # warm-up
         times = []
-        for _ in range(repeat):
+        while not enough(times, repeat, MIN_TIMED_SECONDS):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
@@ -217,7 +221,7 @@ def timed(fn, repeat, devices, prepare=None):
         fn()
     synchronize()
     times = []
-    for _ in range(repeat):  # as PyTorch's worker: synchronize, clock, step, synchronize, clock
+    while not enough(times, repeat, MIN_TIMED_SECONDS):  # as PyTorch's worker: synchronize, clock, step, synchronize, clock
         t0 = time.perf_counter()
         fn()
         synchronize()
@@ -413,7 +417,8 @@ def memory_cell(result):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="timed calls per worker, at least (more until they add up to MIN_TIMED_SECONDS)")
     ap.add_argument("--quick", action="store_true", help="batches 1 and 8, 2 repetitions, one round")
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     ap.add_argument("--towers", action="store_true", help="tinynet's two-tower model (TINYNET_DEVICES)")

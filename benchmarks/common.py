@@ -29,13 +29,22 @@ def timeit(fn, repeat=5, warmup=1):
     return stats(times)
 
 
-def interleaved(first, second, repeat):
-    """Time first() and second() in turn, repeat times each after one warm-up of each,
-    so that the shared machine's drift hits both alike.  Returns their timings
-    and the ratios first / second of the repetitions, each as stats() gives them."""
+def enough(times, repeat, min_seconds):
+    """True once ``times`` holds ``repeat`` timings that add up to ``min_seconds`` or more:
+    a short call is timed more often than ``repeat``, so that one slow moment of the
+    shared machine moves the median of many calls, not of a few (a batch-1 inference
+    pass takes 20 ms: five of them are a tenth of a second)."""
+    return len(times) >= repeat and sum(times) >= min_seconds
+
+
+def interleaved(first, second, repeat, min_seconds=0.0):
+    """Time first() and second() in turn, repeat times each after one warm-up of each
+    (more, until first's timings add up to ``min_seconds``: ``enough``), so that the
+    shared machine's drift hits both alike.  Returns their timings and the ratios
+    first / second of the repetitions, each as stats() gives them."""
     first(), second()
     t_first, t_second = [], []
-    for _ in range(repeat):
+    while not enough(t_first, repeat, min_seconds):
         for fn, times in ((first, t_first), (second, t_second)):
             t0 = time.perf_counter()
             fn()
