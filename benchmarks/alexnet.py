@@ -355,6 +355,7 @@ def combine(rounds, batch):
         out["floor"] = {part: stats([v for f in floors for v in f[part]["values"]])
                         for part in ("steps", "floor", "ratio")}
         out["floor"]["rounds"] = len(floors)
+        out["floor"]["round_ratios"] = [f["ratio"]["median"] for f in floors]
     return out
 
 
@@ -475,7 +476,7 @@ def main():
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
               "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),
              "| batch | mode | tinynet img/s | ms/step, median of the rounds (min-max of all steps) | peak MB | GEMM floor ms | tinynet / floor, "
-             "median of the repetitions of every round (min-max) | "
+             "median of the repetitions of every round (min-max; each round's median) | "
              "PyTorch img/s | PyTorch peak MB | tinynet / PyTorch throughput, median of the rounds (min-max) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -484,8 +485,13 @@ def main():
             lines.append(f"| {row['batch']} | {row['mode']} | error: {t['error']} | | | | | | | |")
             continue
         floor = t.get("floor")
-        ratio = (f"{floor['ratio']['median']:.2f} ({floor['ratio']['min']:.2f}-{floor['ratio']['max']:.2f})"
-                 if floor else "")
+        ratio = ""
+        if floor:
+            per_round = floor.get("round_ratios", [])
+            ratio = (f"{floor['ratio']['median']:.2f} ({floor['ratio']['min']:.2f}-{floor['ratio']['max']:.2f}; "
+                     f"rounds {', '.join(f'{r:.2f}' for r in per_round)})")
+            if any(r < 1 for r in per_round):  # said, not left for the reader to find
+                ratio += " - in a round under 1 the GEMMs alone were slower than whole steps: not a valid floor there"
         tt = row.get("torch")
         torch_cols = "| | |"
         if tt and "error" not in tt:
