@@ -36,6 +36,15 @@ typedef long long i64;
 // instruction set that function is cloned for.
 #define INLINE inline __attribute__((always_inline))
 
+// L lanes of T in one 32-byte SIMD register (GCC's vector extensions), and as many integer lanes
+template <typename T>
+struct Lanes {
+    static constexpr int L = 32 / sizeof(T);
+    typedef T V __attribute__((vector_size(32)));
+    typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type Int;
+    typedef Int I __attribute__((vector_size(32)));
+};
+
 // The output positions o in [0, out_len) whose input position o*stride - pad + k
 // lies inside [0, in_len): o_lo <= o < o_hi.
 static inline void inside(i64 in_len, i64 out_len, i64 stride, i64 pad, i64 k, i64& o_lo, i64& o_hi) {
@@ -202,7 +211,7 @@ static inline void max_lanes(T* __restrict__ m, int* __restrict__ where, const T
 template <typename T>
 static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
                                    i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
-    const i64 P = (OW + 7) / 8 * 8;            // lanes per row of outputs
+    const i64 L = Lanes<T>::L, P = (OW + L - 1) / L * L;  // lanes per row of outputs
     const i64 PL = (H * W + SW - 1) / SW + P;  // one phase, and room for the lanes past OW
     std::vector<T> phases(SW * PL, T(0)), m(P);
     std::vector<int> where(P);
@@ -597,15 +606,6 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
             }
         }
 }
-
-// L lanes of T in one 32-byte SIMD register (GCC's vector extensions), and as many integer lanes
-template <typename T>
-struct Lanes {
-    static constexpr int L = 32 / sizeof(T);
-    typedef T V __attribute__((vector_size(32)));
-    typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type Int;
-    typedef Int I __attribute__((vector_size(32)));
-};
 
 template <typename T>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
