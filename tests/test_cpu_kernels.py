@@ -72,7 +72,7 @@ def test_the_caller_waits_for_the_pieces_not_for_a_late_worker(threads, monkeypa
     call returns without waiting for it.  Here the workers are held until the call is over:
     had it waited for them, it would still be running when the guard's time is up."""
     release = threading.Event()
-    late = []
+    started, late = [], []  # the held workers' threads; those that ran after the call
 
     class LateWorkers:
         def submit(self, fn):  # as ThreadPoolExecutor.submit: a future, here already running
@@ -89,7 +89,6 @@ def test_the_caller_waits_for_the_pieces_not_for_a_late_worker(threads, monkeypa
             started.append(thread)
             return future
 
-    started = []
     monkeypatch.setattr(cpu_kernels, "_executor", lambda n: LateWorkers())
     seen = []
     call = threading.Thread(target=cpu_kernels.parallel_chunks,
