@@ -275,8 +275,8 @@ def peak_used_bytes_gpu(fn, devices, synchronize):
 def floor_products(batch, mode="train"):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
     input gradient), or for mode "infer" of one forward pass, each a callable on ready
-    operands, whole batch at once.  They are the products the engine does: a 3x3, stride-1
-    convolution's 16 per group of Winograd's F(2x2, 3x3) where the engine takes it
+    operands, whole batch at once.  They are the products the engine does: a 3x3 or 5x5,
+    stride-1 convolution's (K+1)^2 per group of Winograd's F(2x2, KxK) where the engine takes it
     (ops/conv.py, set_conv_algorithm).  At batch 1 the fully connected layers' products only
     stream their weights (234 MB) from memory: their part of the floor is the memory's speed."""
     from tinynet.ops.conv import uses_winograd

@@ -43,17 +43,17 @@ def loop_cases(batch, rng):
         cols = cpu_kernels.im2col(x, k, k, (s, s), (p, p))
         cases.append((f"{layer} im2col", "im2col", (x, k, k, (s, s), (p, p), np.empty_like(cols))))
         cases.append((f"{layer} col2im", "col2im", (cols, x.shape, k, k, (s, s), (p, p), np.empty_like(x))))
-    for layer, (C, H, W), O, k, s, p, _ in CONVS:  # the Winograd transforms of the 3x3, stride-1 layers
-        if k != 3 or s != 1:
+    for layer, (C, H, W), O, k, s, p, _ in CONVS:  # the Winograd transforms of the 3x3 and 5x5, stride-1 layers
+        if k not in (3, 5) or s != 1:
             continue
-        tiles = cpu_kernels.winograd_tiles(H, W)
+        tiles, e = cpu_kernels.winograd_tiles(H, W), (k + 1) ** 2
         t = batch * tiles[0] * tiles[1]
         x = rng.standard_normal((batch, C, H, W)).astype(np.float32)
         y = np.maximum(rng.standard_normal((batch, O, H, W)).astype(np.float32), 0)
-        m = rng.standard_normal((16, O, t)).astype(np.float32)
-        gv = rng.standard_normal((16, C, t)).astype(np.float32)
+        m = rng.standard_normal((e, O, t)).astype(np.float32)
+        gv = rng.standard_normal((e, C, t)).astype(np.float32)
         bias = rng.standard_normal(O).astype(np.float32)
-        cases.append((f"{layer} Winograd input", "winograd_input", (x, (p, p), tiles, np.empty((16, C, t), np.float32))))
+        cases.append((f"{layer} Winograd input", "winograd_input", (x, (p, p), tiles, np.empty((e, C, t), np.float32))))
         cases.append((f"{layer} Winograd output", "winograd_output", (m, bias, True, tiles, np.empty_like(y))))
         cases.append((f"{layer} Winograd grad output", "winograd_grad_output", (y * 0.5, y, tiles, np.empty_like(m))))
         cases.append((f"{layer} Winograd input grad", "winograd_input_grad", (gv, (p, p), tiles, np.empty_like(x))))

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 typedef long long i64;
@@ -443,36 +444,94 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 }
 
 // ---------------------------------------------------------------------------
-// Winograd's F(2x2, 3x3), the transforms around its 16 GEMMs (the NumPy twins in
-// cpu_kernels.py say what each computes, and in which order each sum is taken;
-// these follow them to the bit).  Tiles: TH x TW per image, tile (ty, tx) reading
-// the padded rows 2*ty .. 2*ty+3 and columns 2*tx .. 2*tx+3 and writing the output
-// block rows 2*ty, 2*ty+1.  A tile matrix (16, rows, T) holds entry xi = 4*i + j of
-// tile t of row r at [xi][r][t], T = n*TH*TW, t = (image*TH + ty)*TW + tx.
+// Winograd's F(2x2, KxK), K = 3 or 5, the transforms around its A*A GEMMs (A = K + 1: the
+// tile's side).  The NumPy twins in cpu_kernels.py say what each computes; every sum is
+// cpu_kernels._combine's, its terms in the order its matrix writes them, and these follow
+// them to the bit.  Tiles: TH x TW per image, tile (ty, tx) reading the padded rows
+// 2*ty .. 2*ty+A-1 and columns 2*tx .. 2*tx+A-1 and writing the output block rows 2*ty,
+// 2*ty+1.  A tile matrix (A*A, rows, T) holds entry xi = A*i + j of tile t of row r at
+// [xi][r][t], T = n*TH*TW, t = (image*TH + ty)*TW + tx.
 // Each call does the (image, channel) planes [i0, i1) x [c0, c1), channel by channel and
 // within a channel image by image: row (xi, c) of the tile matrix holds channel c's tiles of
-// every image in turn, so a call given all the images reads or writes each of its 16 rows
+// every image in turn, so a call given all the images reads or writes each of its A*A rows
 // from end to end (tinynet/ops/cpu_loops.py gives each thread its own channels so).
+
+// The maps of cpu_kernels.WINOGRAD_MAPS: B^T (A x A), G (A x K), A^T (2 x A).
+template <int K>
+struct Maps;
+template <>
+struct Maps<3> {
+    static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+    static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Maps<5> {
+    static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                        {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+    static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
+                                       {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                       {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+                                       {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+                                       {0, 0, 0, 0, 1}};
+    static constexpr double AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+};
+
+// f(0), f(1), ... f(N-1), each index a compile-time constant (std::integral_constant): a loop
+// unrolled by the compiler, so that the matrix entries it indexes are constants and the loop
+// of tiles around it is one straight run of arithmetic, made SIMD code
+template <typename F, int... I>
+static INLINE void unroll_sequence(F&& f, std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+static INLINE void unroll(F&& f) {
+    unroll_sequence(f, std::make_integer_sequence<int, N>{});
+}
+
+// sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine: the
+// first term starts the sum, a coefficient 1 or -1 adds or subtracts its term as it is, any
+// other multiplies it first.  c and v are known at compile time once the loops are unrolled.
+template <typename T, int N, typename C>
+static INLINE T combine(C c, const T (&v)[N]) {
+    T total = T(0);
+    bool first = true;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) {
+        const double ck = c(k);
+        if (ck == 0)
+            continue;
+        if (ck == 1)
+            total = first ? v[k] : total + v[k];
+        else if (ck == -1)
+            total = first ? -v[k] : total - v[k];
+        else
+            total = first ? v[k] * T(ck) : total + v[k] * T(ck);
+        first = false;
+    }
+    return total;
+}
 
 // The loops run over whole planes at once, vectorised over the tiles: a padded
 // plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
-// (TH + 1) x QW with QW = TW + 1, so that the input tile entry (r, s) of every tile
-// is one contiguous run of a phase, shifted by (r/2)*QW + s/2, when tiles are
-// numbered "wide", t' = ty*QW + tx (one spare column per tile row).
+// (TH + E) x QW with E = A/2 - 1 and QW = TW + E, so that the input tile entry (r, s)
+// of every tile is one contiguous run of a phase, shifted by (r/2)*QW + s/2, when tiles
+// are numbered "wide", t' = ty*QW + tx (E spare columns per tile row).
 
 // Each phase's pixels that fall on the padding are zero whatever the plane: q starts as zeros
 // (winograd_input) and winograd_phases writes only the pixels inside the image, so that
 // no plane pays for its borders again.
 template <typename T>
 static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH, i64 PW,
-                                   i64 TH, i64 TW) {  // q: 4 phases of (TH + 1) x (TW + 1)
-    const i64 QW = TW + 1, QS = (TH + 1) * QW;
+                                   i64 TH, i64 TW, i64 E) {  // q: 4 phases of (TH + E) x (TW + E)
+    const i64 QW = TW + E, QS = (TH + E) * QW;
     for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
             // phase column x reads image column w = 2x + b - PW: inside the image for x in [lo, hi)
             const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + 1) / 2));
             const i64 hi = std::max(lo, std::min(QW, (W + PW - b + 1) / 2));
-            for (i64 y = 0; y <= TH; ++y) {
+            for (i64 y = 0; y < TH + E; ++y) {
                 const i64 h = 2 * y + a - PH;
                 if (h < 0 || h >= H)
                     continue;
@@ -483,50 +542,55 @@ static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plan
         }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    const i64 QW = TW + 1, QS = (TH + 1) * QW, T_ = n * TH * TW, XI = C * T_;
-    std::vector<T> q(4 * QS + QW);  // QW zeros past the phases: the last spare lane reads one
+    typedef Maps<K> M;
+    constexpr int A = K + 1, E = A / 2 - 1;
+    const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    std::vector<T> q(4 * QS + QW);  // QW zeros past the phases: the last spare lanes read there
     for (i64 c = c0; c < c1; ++c)
         for (i64 i = i0; i < i1; ++i) {
-            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW);
-            const T* __restrict__ d[4][4];  // d[r][s][t']: entry (r, s) of wide tile t'
-            for (int r = 0; r < 4; ++r)
-                for (int s = 0; s < 4; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
-            T* __restrict__ o = v + c * T_ + i * TH * TW;  // entry e of tile t at o[e * XI + t]
+            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
+            const T* __restrict__ d[A][A];  // d[r][s][t']: entry (r, s) of wide tile t'
+            #pragma GCC unroll 8
+            for (int r = 0; r < A; ++r)
+                #pragma GCC unroll 8
+                for (int s = 0; s < A; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+            T* __restrict__ o = v + c * T_ + i * TT;  // entry e of tile t at o[e * XI + t]
             for (i64 ty = 0; ty < TH; ++ty) {
-                // a row of tiles and its spare lane too, which lands on the first tile of the next
-                // row, or after the last row on the next image's first tile: both are written again
-                // later in this call.  Only the call's last image leaves its last spare lane out
-                // (it would land on the next channel's row).  Every row is then one SIMD run.
-                const i64 lanes = ty + 1 < TH || i + 1 < i1 ? QW : TW, from = ty * QW, to = ty * TW;
-                #pragma GCC ivdep  // the 16 entries' rows never overlap
+                // a row of tiles and its E spare lanes too, which land on the next tiles of this
+                // channel's row in the call (written again later in it), never past the call's
+                // last tile (which would be the next channel's).  Every row is then one SIMD run.
+                const i64 lanes = std::min(QW, (i1 - i) * TT - ty * TW), from = ty * QW, to = ty * TW;
+                #pragma GCC ivdep  // the entries' rows never overlap
                 for (i64 tx = 0; tx < lanes; ++tx) {
                     const i64 t = from + tx;
-                    T u[4][4];  // B^T d, then (B^T d) B
-                    for (int s = 0; s < 4; ++s) {
-                        const T d0 = d[0][s][t], d1 = d[1][s][t], d2 = d[2][s][t], d3 = d[3][s][t];
-                        u[0][s] = d0 - d2;
-                        u[1][s] = d1 + d2;
-                        u[2][s] = d2 - d1;
-                        u[3][s] = d1 - d3;
+                    T u[A][A];  // B^T d, then (B^T d) B
+                    #pragma GCC unroll 8
+                    for (int s = 0; s < A; ++s) {
+                        T col[A];
+                        #pragma GCC unroll 8
+                        for (int r = 0; r < A; ++r) col[r] = d[r][s][t];
+                        #pragma GCC unroll 8
+                        for (int r = 0; r < A; ++r) u[r][s] = combine([r](int k) { return M::BT[r][k]; }, col);
                     }
                     T* __restrict__ out = o + to + tx;
-                    for (int r = 0; r < 4; ++r) {
-                        out[(4 * r + 0) * XI] = u[r][0] - u[r][2];
-                        out[(4 * r + 1) * XI] = u[r][1] + u[r][2];
-                        out[(4 * r + 2) * XI] = u[r][2] - u[r][1];
-                        out[(4 * r + 3) * XI] = u[r][1] - u[r][3];
-                    }
+                    #pragma GCC unroll 8
+                    for (int r = 0; r < A; ++r)
+                        #pragma GCC unroll 8
+                        for (int j = 0; j < A; ++j)
+                            out[(A * r + j) * XI] = combine([j](int k) { return M::BT[j][k]; }, u[r]);
                 }
             }
         }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                    i64 TW, i64 relu, i64 i0, i64 i1, i64 o0, i64 o1) {
+    typedef Maps<K> M;
+    constexpr int A = K + 1;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
     std::vector<T> block(4 * TT);
     for (i64 o = o0; o < o1; ++o)
@@ -534,24 +598,28 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
             const T* __restrict__ q = m + o * T_ + i * TT;
             T* __restrict__ out = block.data();
             const T b = bias ? bias[o] : T(0);
-            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            const T* __restrict__ e[A][A];  // e[i][j][t]: entry (i, j) of tile t
+            for (int i = 0; i < A; ++i)
+                for (int j = 0; j < A; ++j) e[i][j] = q + (A * i + j) * XI;
+            #pragma GCC ivdep  // the entries' rows never overlap
             for (i64 t = 0; t < TT; ++t) {
-                T u[2][4];  // A^T M
-                for (int j = 0; j < 4; ++j) {
-                    const T m0 = q[j * XI + t], m1 = q[(4 + j) * XI + t], m2 = q[(8 + j) * XI + t],
-                            m3 = q[(12 + j) * XI + t];
-                    u[0][j] = m0 + m1 + m2;
-                    u[1][j] = m1 - m2 - m3;
-                }
-                for (int a = 0; a < 2; ++a) {  // (A^T M) A, the bias, the ReLU
-                    T val[2] = {u[a][0] + u[a][1] + u[a][2], u[a][1] - u[a][2] - u[a][3]};
-                    for (int c = 0; c < 2; ++c) {
-                        T w = bias ? val[c] + b : val[c];
-                        if (relu) w = ::relu(w);
-                        out[(2 * a + c) * TT + t] = w;
-                    }
-                }
+                T u[2][A];  // A^T M
+                unroll<A>([&](auto j) {
+                    T col[A];
+                    unroll<A>([&](auto i) { col[i] = e[i][j][t]; });
+                    unroll<2>([&](auto a) { u[a][j] = combine([](int k) { return M::AT[decltype(a)::value][k]; }, col); });
+                });
+                unroll<2>([&](auto a) {  // (A^T M) A
+                    unroll<2>([&](auto c) {
+                        out[(2 * a + c) * TT + t] = combine([](int k) { return M::AT[decltype(c)::value][k]; }, u[a]);
+                    });
+                });
             }
+            if (bias || relu)  // the bias, then the ReLU, over the block while it is in the cache
+                for (i64 k = 0; k < 4 * TT; ++k) {
+                    const T w = bias ? out[k] + b : out[k];
+                    out[k] = relu ? ::relu(w) : w;
+                }
             T* dst = y + (i * O + o) * OH * OW;  // each tile's 2x2 at its place, past OH, OW dropped
             for (i64 row = 0; row < OH; ++row) {
                 const T* src = out + (row & 1) * 2 * TT + (row >> 1) * TW;
@@ -560,9 +628,11 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
         }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                         i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
+    typedef Maps<K> M;
+    constexpr int A = K + 1;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
     std::vector<T> block(4 * TT), padded(4 * TT);
     for (i64 o = o0; o < o1; ++o)
@@ -584,7 +654,9 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                 for (; col < 2 * TW; ++col) dst[col] = T(0);
             }
             T* __restrict__ g = block.data();  // g[(2a + b)*TT + t]: the block's (a, b)
+            #pragma GCC unroll 8
             for (int a = 0; a < 2; ++a)
+                #pragma GCC unroll 8
                 for (int b = 0; b < 2; ++b)
                     for (i64 ty = 0; ty < TH; ++ty) {
                         const T* __restrict__ src = pad + (2 * ty + a) * 2 * TW + b;
@@ -592,25 +664,31 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                         for (i64 tx = 0; tx < TW; ++tx) dst[tx] = src[2 * tx];
                     }
             T* __restrict__ q = z + o * T_ + i * TT;
-            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            #pragma GCC ivdep  // the entries' rows never overlap
             for (i64 t = 0; t < TT; ++t) {
-                const T g00 = g[t], g01 = g[TT + t], g10 = g[2 * TT + t], g11 = g[3 * TT + t];
-                const T rows[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11}, {-g10, -g11}};
-                for (int r = 0; r < 4; ++r) {  // A g, then (A g) A^T
-                    const T t0 = rows[r][0], t1 = rows[r][1];
-                    q[(4 * r + 0) * XI + t] = t0;
-                    q[(4 * r + 1) * XI + t] = t0 + t1;
-                    q[(4 * r + 2) * XI + t] = t0 - t1;
-                    q[(4 * r + 3) * XI + t] = -t1;
+                T rows[2][A];  // A g: rows[j][i], column j of the block
+                #pragma GCC unroll 8
+                for (int j = 0; j < 2; ++j) {
+                    const T col[2] = {g[j * TT + t], g[(2 + j) * TT + t]};
+                    #pragma GCC unroll 8
+                    for (int i = 0; i < A; ++i) rows[j][i] = combine([i](int k) { return M::AT[k][i]; }, col);
+                }
+                #pragma GCC unroll 8
+                for (int i = 0; i < A; ++i) {  // (A g) A^T
+                    const T pair[2] = {rows[0][i], rows[1][i]};
+                    #pragma GCC unroll 8
+                    for (int j = 0; j < A; ++j) q[(A * i + j) * XI + t] = combine([j](int k) { return M::AT[k][j]; }, pair);
                 }
             }
         }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                        i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    const i64 QW = TW + 1, QS = (TH + 1) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    typedef Maps<K> M;
+    constexpr int A = K + 1, E = A / 2 - 1;
+    const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
     // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases).
     // Each row of TW tiles is added to its phase in SIMD runs of L lanes, the lanes past the row
     // adding -0.0 (x + -0.0 is x, to the bit): they may read past gd's end and reach past q's.
@@ -618,34 +696,34 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
     typedef typename Lanes<T>::I I;
     const int L = Lanes<T>::L;
     I lane;
+    #pragma GCC unroll 8
     for (int j = 0; j < L; ++j) lane[j] = j;
     const V minus_zero = V{} - T(0);  // every lane -0.0
-    std::vector<T> gd(16 * TT + L), q(4 * QS + QW + L);
+    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L);
     for (i64 c = c0; c < c1; ++c)
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ src = gv + c * T_ + i * TT;
             T* __restrict__ g = gd.data();
-            #pragma GCC ivdep  // the 16 entries' rows never overlap
+            #pragma GCC ivdep  // the entries' rows never overlap
             for (i64 t = 0; t < TT; ++t) {
-                T u[4][4];  // B gV
-                for (int j = 0; j < 4; ++j) {
-                    const T v0 = src[j * XI + t], v1 = src[(4 + j) * XI + t], v2 = src[(8 + j) * XI + t],
-                            v3 = src[(12 + j) * XI + t];
-                    u[0][j] = v0;
-                    u[1][j] = v1 - v2 + v3;
-                    u[2][j] = v1 + v2 - v0;
-                    u[3][j] = -v3;
+                T u[A][A];  // B gV: u[r][j]
+                #pragma GCC unroll 8
+                for (int j = 0; j < A; ++j) {
+                    T col[A];
+                    #pragma GCC unroll 8
+                    for (int i = 0; i < A; ++i) col[i] = src[(A * i + j) * XI + t];
+                    #pragma GCC unroll 8
+                    for (int r = 0; r < A; ++r) u[r][j] = combine([r](int k) { return M::BT[k][r]; }, col);
                 }
-                for (int r = 0; r < 4; ++r) {  // (B gV) B^T
-                    g[(4 * r + 0) * TT + t] = u[r][0];
-                    g[(4 * r + 1) * TT + t] = u[r][1] - u[r][2] + u[r][3];
-                    g[(4 * r + 2) * TT + t] = u[r][1] + u[r][2] - u[r][0];
-                    g[(4 * r + 3) * TT + t] = -u[r][3];
-                }
+                #pragma GCC unroll 8
+                for (int r = 0; r < A; ++r)  // (B gV) B^T
+                    #pragma GCC unroll 8
+                    for (int s = 0; s < A; ++s) g[(A * r + s) * TT + t] = combine([s](int k) { return M::BT[k][s]; }, u[r]);
             }
             for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
-            for (int e = 0; e < 16; ++e) {  // added at the tiles' places, entry by entry as the twin
-                const int r = e / 4, s = e % 4;
+            #pragma GCC unroll 8
+            for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
+                const int r = e / A, s = e % A;
                 T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
                 const T* __restrict__ ge = gd.data() + e * TT;
                 for (i64 ty = 0; ty < TH; ++ty)
@@ -670,60 +748,64 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
         }
 }
 
-// The filters' maps, over the (filter, channel) pairs [p0, p1): U = G g G^T, w (P, 3, 3) ->
-// u (16, P); and the gradient's way back, G^T gU G, gu (16, P) -> gw (P, 3, 3).
+// The filters' maps, over the (filter, channel) pairs [p0, p1): U = G g G^T, w (P, K, K) ->
+// u (A*A, P); and the gradient's way back, G^T gU G, gu (A*A, P) -> gw (P, K, K).
 
-template <typename T>
+template <typename T, int K>
 static inline void winograd_weight_block(const T* w, T* u, i64 B, i64 b0, i64 b1) {  // u[e * B + p - b0]
-#pragma GCC ivdep  // the 16 entries' rows never overlap
+    typedef Maps<K> M;
+    constexpr int A = K + 1;
+#pragma GCC ivdep  // the entries' rows never overlap
     for (i64 p = b0; p < b1; ++p) {
-        T t[4][3];  // G g
-        for (int s = 0; s < 3; ++s) {
-            const T g0 = w[9 * p + s], g1 = w[9 * p + 3 + s], g2 = w[9 * p + 6 + s];
-            t[0][s] = g0;
-            t[1][s] = (g0 + g1 + g2) * T(0.5);
-            t[2][s] = (g0 - g1 + g2) * T(0.5);
-            t[3][s] = g2;
+        T t[A][K];  // G g
+        #pragma GCC unroll 8
+        for (int s = 0; s < K; ++s) {
+            T col[K];
+            #pragma GCC unroll 8
+            for (int r = 0; r < K; ++r) col[r] = w[K * K * p + K * r + s];
+            #pragma GCC unroll 8
+            for (int i = 0; i < A; ++i) t[i][s] = combine([i](int k) { return M::G[i][k]; }, col);
         }
-        for (int i = 0; i < 4; ++i) {  // (G g) G^T
-            u[(4 * i + 0) * B + p - b0] = t[i][0];
-            u[(4 * i + 1) * B + p - b0] = (t[i][0] + t[i][1] + t[i][2]) * T(0.5);
-            u[(4 * i + 2) * B + p - b0] = (t[i][0] - t[i][1] + t[i][2]) * T(0.5);
-            u[(4 * i + 3) * B + p - b0] = t[i][2];
-        }
+        #pragma GCC unroll 8
+        for (int i = 0; i < A; ++i)  // (G g) G^T
+            #pragma GCC unroll 8
+            for (int j = 0; j < A; ++j) u[(A * i + j) * B + p - b0] = combine([j](int k) { return M::G[j][k]; }, t[i]);
     }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
-    constexpr i64 B = 64;  // pairs per block: U's 16 rows lie P apart (often a multiple of 4 KiB: one
-    T block[16 * B];       // cache set), so a block is made here and copied out row by row
+    constexpr int A = K + 1;
+    constexpr i64 B = 64;  // pairs per block: U's rows lie P apart (often a multiple of 4 KiB: one
+    T block[A * A * B];    // cache set), so a block is made here and copied out row by row
     for (i64 b0 = p0; b0 < p1; b0 += B) {
         const i64 b1 = std::min(p1, b0 + B);
-        winograd_weight_block(w, block, B, b0, b1);
-        for (int e = 0; e < 16; ++e) std::memcpy(u + e * P + b0, block + e * B, (b1 - b0) * sizeof(T));
+        winograd_weight_block<T, K>(w, block, B, b0, b1);
+        #pragma GCC unroll 8
+        for (int e = 0; e < A * A; ++e) std::memcpy(u + e * P + b0, block + e * B, (b1 - b0) * sizeof(T));
     }
 }
 
-template <typename T>
+template <typename T, int K>
 static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p1) {
-#pragma GCC ivdep  // every pair writes its own nine taps
+    typedef Maps<K> M;
+    constexpr int A = K + 1;
+#pragma GCC ivdep  // every pair writes its own taps
     for (i64 p = p0; p < p1; ++p) {
-        T t[3][4];  // G^T gU
-        for (int j = 0; j < 4; ++j) {
-            const T u0 = gu[j * P + p], h0 = gu[(4 + j) * P + p] * T(0.5), h1 = gu[(8 + j) * P + p] * T(0.5),
-                    u3 = gu[(12 + j) * P + p];
-            t[0][j] = u0 + h0 + h1;
-            t[1][j] = h0 - h1;
-            t[2][j] = h0 + h1 + u3;
+        T t[K][A];  // G^T gU
+        #pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) {
+            T col[A];
+            #pragma GCC unroll 8
+            for (int i = 0; i < A; ++i) col[i] = gu[(A * i + j) * P + p];
+            #pragma GCC unroll 8
+            for (int r = 0; r < K; ++r) t[r][j] = combine([r](int k) { return M::G[k][r]; }, col);
         }
-        T* g = gw + 9 * p;
-        for (int r = 0; r < 3; ++r) {  // (G^T gU) G
-            const T h1 = t[r][1] * T(0.5), h2 = t[r][2] * T(0.5);
-            g[3 * r + 0] = t[r][0] + h1 + h2;
-            g[3 * r + 1] = h1 - h2;
-            g[3 * r + 2] = h1 + h2 + t[r][3];
-        }
+        T* g = gw + K * K * p;
+        #pragma GCC unroll 8
+        for (int r = 0; r < K; ++r)  // (G^T gU) G
+            #pragma GCC unroll 8
+            for (int s = 0; s < K; ++s) g[K * r + s] = combine([s](int k) { return M::G[k][s]; }, t[r]);
     }
 }
 
@@ -794,29 +876,36 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
         conv_grad_rows(gy, y, g, O, n, P, i0, i1);                                                      \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_input_##SUFFIX(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH,   \
-                                       i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {       \
-        winograd_input(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                               \
+                                       i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1, i64 K) {\
+        if (K == 5) winograd_input<T, 5>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);             \
+        else winograd_input<T, 3>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                    \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_output_##SUFFIX(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, \
                                         i64 OW, i64 TH, i64 TW, i64 relu, i64 i0, i64 i1, i64 o0,      \
-                                        i64 o1) {                                                       \
-        winograd_output(m, bias, y, n, O, OH, OW, TH, TW, relu, i0, i1, o0, o1);                        \
+                                        i64 o1, i64 K) {                                                \
+        if (K == 5) winograd_output<T, 5>(m, bias, y, n, O, OH, OW, TH, TW, relu, i0, i1, o0, o1);      \
+        else winograd_output<T, 3>(m, bias, y, n, O, OH, OW, TH, TW, relu, i0, i1, o0, o1);             \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_grad_output_##SUFFIX(const T* gy, const T* y, T* z, i64 n, i64 O,      \
                                              i64 OH, i64 OW, i64 TH, i64 TW, i64 i0, i64 i1, i64 o0,   \
-                                             i64 o1) {                                                  \
-        winograd_grad_output(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);                           \
+                                             i64 o1, i64 K) {                                           \
+        if (K == 5) winograd_grad_output<T, 5>(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);         \
+        else winograd_grad_output<T, 3>(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);                \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_input_grad_##SUFFIX(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W,    \
                                             i64 PH, i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0,    \
-                                            i64 c1) {                                                   \
-        winograd_input_grad(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                        \
+                                            i64 c1, i64 K) {                                            \
+        if (K == 5) winograd_input_grad<T, 5>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);      \
+        else winograd_input_grad<T, 3>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);             \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void winograd_weight_##SUFFIX(const T* w, T* u, i64 P, i64 p0, i64 p1) {      \
-        winograd_weight(w, u, P, p0, p1);                                                               \
+    extern "C" TINYNET_CLONES void winograd_weight_##SUFFIX(const T* w, T* u, i64 P, i64 p0, i64 p1, i64 K) { \
+        if (K == 5) winograd_weight<T, 5>(w, u, P, p0, p1);                                             \
+        else winograd_weight<T, 3>(w, u, P, p0, p1);                                                    \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void winograd_weight_grad_##SUFFIX(const T* gu, T* gw, i64 P, i64 p0, i64 p1) { \
-        winograd_weight_grad(gu, gw, P, p0, p1);                                                        \
+    extern "C" TINYNET_CLONES void winograd_weight_grad_##SUFFIX(const T* gu, T* gw, i64 P, i64 p0, i64 p1,  \
+                                                                 i64 K) {                               \
+        if (K == 5) winograd_weight_grad<T, 5>(gu, gw, P, p0, p1);                                      \
+        else winograd_weight_grad<T, 3>(gu, gw, P, p0, p1);                                             \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void sgd_update_##SUFFIX(T* w, const T* g, T* v, double lr, double m,     \
                                                        double wd, i64 i0, i64 i1) {                     \

@@ -354,21 +354,21 @@ def test_a_pass_over_the_budget_is_reported_and_not_held():
 
 
 # ----------------------------------------------------------------------------
-# Winograd's F(2x2, 3x3): every 3x3, stride-1 convolution on the CPU
+# Winograd's F(2x2, 3x3) and F(2x2, 5x5): every 3x3 and 5x5, stride-1 convolution on the CPU
 # ----------------------------------------------------------------------------
 
 @st.composite
 def winograd_geometry(draw):
-    groups = draw(st.integers(1, 3))
-    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    groups, k = draw(st.integers(1, 3)), draw(st.sampled_from([3, 5]))
+    pad = (draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1)))
     g = dict(n=draw(st.integers(0, 3)), groups=groups, c=groups * draw(st.integers(1, 3)),
-             o=groups * draw(st.integers(1, 3)), kh=3, kw=3, sh=1, sw=1, ph=pad[0], pw=pad[1],
-             h=draw(st.integers(max(1, 3 - 2 * pad[0]), 11)), w=draw(st.integers(max(1, 3 - 2 * pad[1]), 11)))
+             o=groups * draw(st.integers(1, 3)), kh=k, kw=k, sh=1, sw=1, ph=pad[0], pw=pad[1],
+             h=draw(st.integers(max(1, k - 2 * pad[0]), 11)), w=draw(st.integers(max(1, k - 2 * pad[1]), 11)))
     return g
 
 
 def conv_by_winograd(x, w, b, g, relu=False):
-    """F.conv2d on a 3x3, stride-1 geometry by Winograd (also for 0 and 1 images, which
+    """F.conv2d on a 3x3 or 5x5, stride-1 geometry by Winograd (also for 0 and 1 images, which
     "auto" runs by im2col), checking that it took that path."""
     old = F.set_conv_algorithm("winograd")
     try:

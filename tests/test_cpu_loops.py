@@ -204,31 +204,46 @@ def test_conv_output_pass_gives_the_numpy_bits_with_zeros_infinities_and_nan(n, 
 
 
 @given(st.integers(0, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 12), st.integers(1, 12),
-       st.integers(0, 2), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**31))
-def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, bias, relu, dtype, seed):
-    """The four Winograd transforms around the 16 GEMMs, every geometry from 1x1 images
-    (only padding) to uneven tiles, one image (split by channels) and none, with exact zeros,
-    NaN and infinities on a few levels: the NumPy twins' bits, NaN for NaN."""
-    h, w = max(h, 3 - 2 * pad), max(w, 3 - 2 * pad)  # at least one output
+       st.integers(0, 4), st.sampled_from([3, 5]), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**31))
+def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, k, bias, relu, dtype, seed):
+    """The four Winograd transforms around the (K+1)^2 GEMMs, for 3x3 and 5x5 filters, every
+    geometry from 1x1 images (only padding) to uneven tiles, one image (split by channels) and
+    none, with exact zeros, NaN and infinities on a few levels: the NumPy twins' bits, NaN for
+    NaN."""
+    h, w = max(h, k - 2 * pad), max(w, k - 2 * pad)  # at least one output
     rng = np.random.default_rng(seed)
     levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan], dtype)
     x = rng.choice(levels, (n, c, h, w))
-    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
     tiles = cpu_kernels.winograd_tiles(oh, ow)
-    t = n * tiles[0] * tiles[1]
-    with np.errstate(invalid="ignore"):  # inf - inf, inf * 0
-        v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.full((16, c, t), 7.0, dtype))
-        assert same_bits_but_nan(v, cpu_kernels.winograd_input(x, (pad, pad), tiles, np.empty((16, c, t), dtype)))
-        m = rng.choice(levels, (16, o, t))
+    t, e = n * tiles[0] * tiles[1], (k + 1) ** 2
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf * 0
+        v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.full((e, c, t), 7.0, dtype))
+        assert same_bits_but_nan(v, cpu_kernels.winograd_input(x, (pad, pad), tiles, np.empty((e, c, t), dtype)))
+        m = rng.choice(levels, (e, o, t))
         b = rng.choice(levels[:7], o) if bias else None
         y = cpu_loops.winograd_output(m, b, relu, tiles, np.full((n, o, oh, ow), 7.0, dtype))
         assert same_bits_but_nan(y, cpu_kernels.winograd_output(m, b, relu, tiles, np.empty((n, o, oh, ow), dtype)))
         gy = rng.choice(levels, (n, o, oh, ow))
         for mask in (None, y):
-            z = cpu_loops.winograd_grad_output(gy, mask, tiles, np.full((16, o, t), 7.0, dtype))
-            assert same_bits_but_nan(z, cpu_kernels.winograd_grad_output(gy, mask, tiles, np.empty((16, o, t), dtype)))
+            z = cpu_loops.winograd_grad_output(gy, mask, tiles, np.full((e, o, t), 7.0, dtype))
+            assert same_bits_but_nan(z, cpu_kernels.winograd_grad_output(gy, mask, tiles, np.empty((e, o, t), dtype)))
         gx = cpu_loops.winograd_input_grad(v, (pad, pad), tiles, np.full((n, c, h, w), 7.0, dtype))
         assert same_bits_but_nan(gx, cpu_kernels.winograd_input_grad(v, (pad, pad), tiles, np.empty((n, c, h, w), dtype)))
+
+
+@given(st.integers(1, 70), st.integers(1, 5), st.sampled_from([3, 5]), DTYPES, st.integers(0, 2**31))
+def test_winograd_filter_transforms_give_the_numpy_bits(o, c, k, dtype, seed):
+    """U = G g G^T and the gradient's G^T gU G, for 3x3 and 5x5 filters, over more (filter,
+    channel) pairs than a block of the compiled loop holds: the NumPy twins' bits."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, np.inf, np.nan], dtype)
+    w = np.where(rng.random((o, c, k, k)) < 0.9, rng.standard_normal((o, c, k, k)), rng.choice(levels, (o, c, k, k)))
+    w = w.astype(dtype)
+    gu = rng.standard_normal(((k + 1) ** 2, o, c)).astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        assert same_bits_but_nan(cpu_loops.winograd_weight(w), cpu_kernels.winograd_weight(w))
+        assert same_bits_but_nan(cpu_loops.winograd_weight_grad(gu), cpu_kernels.winograd_weight_grad(gu))
 
 
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES,
@@ -404,16 +419,20 @@ def run_every_loop_on_exact_buffers(cases=60):
         out = np.empty((N, O, P), dtype)
         cpu_loops.conv_output(prod, rng.standard_normal(O).astype(dtype), True, out)
         cpu_loops.conv_grad_rows(out, out, np.empty((O, N, P), dtype))
-        pad = int(rng.integers(0, 3))
-        if H + 2 * pad >= 3 and W + 2 * pad >= 3:  # Winograd's transforms, when a 3x3 fits
-            tiles = cpu_kernels.winograd_tiles(H + 2 * pad - 2, W + 2 * pad - 2)
+        k = int(rng.choice([3, 5]))
+        pad, e = int(rng.integers(0, k)), (k + 1) ** 2
+        if H + 2 * pad >= k and W + 2 * pad >= k:  # Winograd's transforms, when a kxk fits
+            oh, ow = H + 2 * pad - k + 1, W + 2 * pad - k + 1
+            tiles = cpu_kernels.winograd_tiles(oh, ow)
             t = N * tiles[0] * tiles[1]
-            v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.empty((16, C, t), dtype))
+            v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.empty((e, C, t), dtype))
             cpu_loops.winograd_input_grad(v, (pad, pad), tiles, np.empty_like(x))
-            y = np.empty((N, O, H + 2 * pad - 2, W + 2 * pad - 2), dtype)
-            cpu_loops.winograd_output(rng.standard_normal((16, O, t)).astype(dtype),
+            y = np.empty((N, O, oh, ow), dtype)
+            cpu_loops.winograd_output(rng.standard_normal((e, O, t)).astype(dtype),
                                       rng.standard_normal(O).astype(dtype), True, tiles, y)
-            cpu_loops.winograd_grad_output(y, y, tiles, np.empty((16, O, t), dtype))
+            cpu_loops.winograd_grad_output(y, y, tiles, np.empty((e, O, t), dtype))
+            u = cpu_loops.winograd_weight(rng.standard_normal((O, C, k, k)).astype(dtype))
+            cpu_loops.winograd_weight_grad(u)
         n = int(rng.integers(1, 5000))
         w, g, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
         cpu_loops.sgd_update(w, g, v, 0.01, 0.9, 5e-4)

@@ -14,7 +14,7 @@ from tinynet.profile import section
 
 def test_profile_splits_a_step_into_kinds_that_add_up():
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2, rng=rng), nn.ReLU(), nn.MaxPool2d(2),  # im2col (3x3: Winograd)
+    model = nn.Sequential(nn.Conv2d(3, 8, 7, padding=3, rng=rng), nn.ReLU(), nn.MaxPool2d(2),  # im2col (3x3, 5x5: Winograd)
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 5, rng=rng))
     opt = SGD(model.parameters(), lr=0.1)
     x = tn.tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32), requires_grad=True)  # col2im too

@@ -134,16 +134,18 @@ def describe_forward(info):
 
 
 def _winograd_forward(info):
-    """A 3x3, stride-1 convolution the CPU ran by Winograd's F(2x2, 3x3) (ops/conv.py)."""
+    """A 3x3 or 5x5, stride-1 convolution the CPU ran by Winograd's F(2x2, KxK) (ops/conv.py)."""
     N, C, _, _ = info["input"]
     _, O, OH, OW = info["output"]
-    E, Og, Cg, T = info["winograd_gemm"]
+    EG, Og, Cg, T = info["winograd_gemm"]
+    a = info["kernel"][0] + 1  # the tile's side
+    E = a * a
     th, tw = info["tiles"]
-    groups = f"{E // 16} groups x " if E > 16 else ""
-    lines = [f"tiles   x {format_shape(info['input'])} -> V {_mat(16 * C, T)}  (B^T d B of every 4x4 input "
-             f"tile: 16 rows per channel, a column per 2x2 output block, N*TH*TW = {N}*{th}*{tw}; "
+    groups = f"{EG // E} groups x " if EG > E else ""
+    lines = [f"tiles   x {format_shape(info['input'])} -> V {_mat(E * C, T)}  (B^T d B of every {a}x{a} input "
+             f"tile: {E} rows per channel, a column per 2x2 output block, N*TH*TW = {N}*{th}*{tw}; "
              f"{_megabytes(info['tile_bytes'])})",
-             f"GEMM    16 tile entries x {groups}U {_mat(Og, Cg)} @ V {_mat(Cg, T)} -> {_mat(Og, T)}"
+             f"GEMM    {E} tile entries x {groups}U {_mat(Og, Cg)} @ V {_mat(Cg, T)} -> {_mat(Og, T)}"
              f"  (U = G g G^T of the filters)",
              f"tiles   A^T M A of every tile -> y {format_shape(info['output'])}" +
              (", then max(y, 0) in the same pass" if info.get("relu") else "")]
@@ -154,7 +156,8 @@ def _winograd_forward(info):
 def _winograd_backward(info, need):
     """Backward of a Winograd convolution: the same maps transposed."""
     _, Og, Cg, T = info["winograd_gemm"]
-    lines = [f"tiles   Z = A gY A^T of every 2x2 output block -> Z {_mat(16 * info['output'][1], T)}"]
+    E = (info["kernel"][0] + 1) ** 2
+    lines = [f"tiles   Z = A gY A^T of every 2x2 output block -> Z {_mat(E * info['output'][1], T)}"]
     if len(need) > 1 and need[1]:
         lines.append(f"GEMM    grad U = Z {_mat(Og, T)} @ V^T {_mat(T, Cg)} per tile entry; grad W = G^T (grad U) G")
     if need and need[0]:

@@ -106,18 +106,20 @@ WINOGRAD_MIN_BATCH = 2  # "auto": a single image runs im2col (see set_conv_algor
 
 
 def set_conv_algorithm(name):
-    """How the CPU convolves a 3x3, stride-1 convolution (AlexNet's conv3-5):
-    "winograd" by Winograd's F(2x2, 3x3) (``cpu_kernels.winograd_*``: 2.25 times
-    fewer multiply-adds); "im2col" by im2col, the picture of the tour; "auto"
+    """How the CPU convolves a 3x3 or 5x5, stride-1 convolution (AlexNet's conv3-5 and
+    conv2): "winograd" by Winograd's F(2x2, 3x3) or F(2x2, 5x5) (``cpu_kernels.winograd_*``:
+    2.25 and 2.78 times fewer multiply-adds; the 5x5 maps round in float32, see there);
+    "im2col" by im2col, the picture of the tour; "auto"
     (the default) by Winograd from WINOGRAD_MIN_BATCH (2) images on, by im2col
     for a single image, whose 16 products per group have one column per tile
     (49 for a 13x13 output), too thin to run faster than im2col's one product,
     and the filters' transforms come on top (on the 2-core development machine,
     AlexNet inference at batch 1: 22 ms by Winograd against 20 by im2col; at
     batch 8, 91 against 97; a batch-32 training step 0.81-0.90 s against
-    0.94-1.06).  Other kernels and strides, and every convolution on a GPU, run
-    by im2col.  The two differ in the last bits, as two orders of summation do.
-    Returns the previous value."""
+    0.94-1.06; with conv2 by Winograd too, 0.88 times the step with conv2 by
+    im2col).  Other kernels and strides, and every convolution on a GPU, run by
+    im2col.  The two differ in the last bits, as two orders of summation do (the
+    5x5 maps a little more: their sixths round).  Returns the previous value."""
     if name not in ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: expected one of {ALGORITHMS}, got {name!r}")
     old, _workspace["algorithm"] = _workspace["algorithm"], name
@@ -128,7 +130,7 @@ def uses_winograd(kernel_size, stride, batch):
     """Whether the CPU runs a convolution of this kernel, stride and batch size by Winograd,
     under the present set_conv_algorithm."""
     algorithm = _workspace["algorithm"]
-    return (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1) and
+    return (tuple(kernel_size) in ((3, 3), (5, 5)) and tuple(stride) == (1, 1) and
             (algorithm == "winograd" or algorithm == "auto" and batch >= WINOGRAD_MIN_BATCH))
 
 
@@ -276,14 +278,15 @@ class Conv2d(Function):
         kept = self._columns(x) if keep else None
 
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
-        if self.winograd:  # 16 products per group, one per entry of a 4x4 tile (cpu_kernels)
-            u = kernels.winograd_weight(weight)  # (16, O, C/G)
-            for n0, n1, v, m in self._chunks(x, {"gemm_output": 16 * O}, kept):
-                # (16*G, O/G, n*TH*TW) = (16*G, O/G, C/G) @ (16*G, C/G, n*TH*TW)
+        if self.winograd:  # E = (K+1)^2 products per group, one per entry of a tile (cpu_kernels)
+            E = (KH + 1) ** 2
+            u = kernels.winograd_weight(weight)  # (E, O, C/G)
+            for n0, n1, v, m in self._chunks(x, {"gemm_output": E * O}, kept):
+                # (E*G, O/G, n*TH*TW) = (E*G, O/G, C/G) @ (E*G, C/G, n*TH*TW)
                 with section("GEMM"):
-                    xp.matmul(u.reshape(16 * G, O // G, Cg), v.reshape(16 * G, Cg, -1), out=m.reshape(16 * G, O // G, -1))
+                    xp.matmul(u.reshape(E * G, O // G, Cg), v.reshape(E * G, Cg, -1), out=m.reshape(E * G, O // G, -1))
                 with section("Winograd output tiles"):  # A^T M A, the bias, the ReLU
-                    kernels.winograd_output(m.reshape(16, O, -1), bias[0] if bias else None, relu, self.tiles,
+                    kernels.winograd_output(m.reshape(E, O, -1), bias[0] if bias else None, relu, self.tiles,
                                             y[n0:n1].reshape(n1 - n0, O, OH, OW))
             self.save_for_backward(x, u, kept, y if relu else None)
             return y.reshape(N, O, OH, OW)
@@ -304,11 +307,11 @@ class Conv2d(Function):
 
     def _layout(self):
         """(rows, positions per image) of the column matrix: (C*KH*KW, OH*OW) for im2col;
-        for Winograd, V: (16*C, TH*TW), one column per tile."""
+        for Winograd, V: ((K+1)^2*C, TH*TW), one column per tile."""
         (_, C, _, _), (_, _, KH, KW), _ = self.shapes
         OH, OW = self.geometry[5:]
         if self.winograd:
-            return 16 * C, self.tiles[0] * self.tiles[1]
+            return (KH + 1) ** 2 * C, self.tiles[0] * self.tiles[1]
         return C * KH * KW, OH * OW
 
     def _columns(self, x, out=None):
@@ -317,8 +320,8 @@ class Conv2d(Function):
         if self.winograd:
             with section("Winograd input tiles"):
                 if out is None:
-                    out = np.empty((16, x.shape[1], x.shape[0] * self.tiles[0] * self.tiles[1]), x.dtype)
-                return kernels_for(x).winograd_input(x, padding, self.tiles, out.reshape(16, x.shape[1], -1))
+                    out = np.empty(((KH + 1) ** 2, x.shape[1], x.shape[0] * self.tiles[0] * self.tiles[1]), x.dtype)
+                return kernels_for(x).winograd_input(x, padding, self.tiles, out.reshape((KH + 1) ** 2, x.shape[1], -1))
         with section("im2col"):
             return im2col(x, KH, KW, stride, padding, out=out)
 
@@ -375,12 +378,12 @@ class Conv2d(Function):
                           set_conv_keep_columns); False if backward rebuilds them,
                           or needs none (frozen weights)
             relu          True if the ReLU after the convolution ran in its output pass
-            algorithm     "winograd" (F(2x2, 3x3), see set_conv_algorithm) or "im2col"; with
-                          "winograd" the CPU ran 16 GEMMs per group on V (16*C, tiles) instead
+            algorithm     "winograd" (F(2x2, KxK), see set_conv_algorithm) or "im2col"; with
+                          "winograd" the CPU ran E = (K+1)^2 GEMMs per group on V (E*C, tiles) instead
                           of the im2col product above (cols, gemm, col_bytes describe that one;
                           columns_kept says whether V was kept), and these keys say what ran:
             tiles         (TH, TW) 2x2 output blocks per image
-            winograd_gemm (16*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
+            winograd_gemm (E*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
             winograd_macs their multiply-adds
             tile_bytes    bytes of V
         """
@@ -400,15 +403,15 @@ class Conv2d(Function):
         }
 
     def _describe_winograd(self):
-        """For a Winograd forward: tiles (TH, TW) per image, the 16 products per group as
-        winograd_gemm (16*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
+        """For a Winograd forward: tiles (TH, TW) per image, the E = (K+1)^2 products per
+        group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
         if not getattr(self, "winograd", False):
             return {}
-        (N, C, _, _), (O, Cg, _, _), itemsize = self.shapes
+        (N, C, _, _), (O, Cg, KH, _), itemsize = self.shapes
         G, (th, tw) = self.geometry[4], self.tiles
-        T = N * th * tw
-        return {"tiles": (th, tw), "winograd_gemm": (16 * G, O // G, Cg, T),
-                "winograd_macs": 16 * O * Cg * T, "tile_bytes": 16 * C * T * itemsize}
+        T, E = N * th * tw, (KH + 1) ** 2
+        return {"tiles": (th, tw), "winograd_gemm": (E * G, O // G, Cg, T),
+                "winograd_macs": E * O * Cg * T, "tile_bytes": E * C * T * itemsize}
 
     def backward(self, gy):
         if self.winograd:
@@ -468,36 +471,36 @@ class Conv2d(Function):
         x, u, kept, y = self.saved
         _, _, _, padding, G, OH, OW = self.geometry
         N, C = x.shape[:2]
-        O, Cg = u.shape[1:]
+        E, O, Cg = u.shape  # E = (K+1)^2 entries of a tile
         kernels = kernels_for(gy)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         gx = np.empty_like(x) if need_x else None
         gb = np.zeros(O, dtype=u.dtype) if self.has_bias and self.needs_input_grad[2] else None
         gy = gy.reshape(N, O, OH, OW)
         y = None if y is None else y.reshape(N, O, OH, OW)
-        gu = (np.empty if N else np.zeros)((16 * G, O // G, Cg), dtype=u.dtype) if need_w else None
-        roles = {"gemm_output": 16 * O, "column_grad": 16 * C} if need_x else {"gemm_output": 16 * O}
+        gu = (np.empty if N else np.zeros)((E * G, O // G, Cg), dtype=u.dtype) if need_w else None
+        roles = {"gemm_output": E * O, "column_grad": E * C} if need_x else {"gemm_output": E * O}
         for n0, n1, v, z, *gv in self._chunks(x, roles, kept, columns=need_w):
             with section("Winograd gradient tiles"):  # A gy A^T, times the ReLU's mask
                 kernels.winograd_grad_output(gy[n0:n1], None if y is None else y[n0:n1], self.tiles,
-                                             z.reshape(16, O, -1))
+                                             z.reshape(E, O, -1))
                 if gb is not None:  # entry (1, 1) of a tile's Z is the sum of its 2x2 gradients
-                    gb += z.reshape(16, O, -1)[5].sum(axis=1)
-            z = z.reshape(16 * G, O // G, -1)
-            if need_w:  # (16*G, O/G, C/G) += (16*G, O/G, n*TH*TW) @ (16*G, n*TH*TW, C/G)
-                v_t = v.reshape(16 * G, Cg, -1).transpose(0, 2, 1)
+                    gb += z.reshape(E, O, -1)[self.geometry[0] + 2].sum(axis=1)
+            z = z.reshape(E * G, O // G, -1)
+            if need_w:  # (E*G, O/G, C/G) += (E*G, O/G, n*TH*TW) @ (E*G, n*TH*TW, C/G)
+                v_t = v.reshape(E * G, Cg, -1).transpose(0, 2, 1)
                 with section("GEMM"):
                     if n0 == 0:
                         np.matmul(z, v_t, out=gu)
                     else:
                         gu += np.matmul(z, v_t)
-            if need_x:  # (16*G, C/G, n*TH*TW) = (16*G, C/G, O/G) @ (16*G, O/G, n*TH*TW)
-                gv = gv[0].reshape(16 * G, Cg, -1)
+            if need_x:  # (E*G, C/G, n*TH*TW) = (E*G, C/G, O/G) @ (E*G, O/G, n*TH*TW)
+                gv = gv[0].reshape(E * G, Cg, -1)
                 with section("GEMM"):
-                    np.matmul(u.reshape(16 * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
+                    np.matmul(u.reshape(E * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
                 with section("Winograd input gradient"):  # B gV B^T, added back onto the pixels
-                    kernels.winograd_input_grad(gv.reshape(16, C, -1), padding, self.tiles, gx[n0:n1])
-        grads = [gx, kernels.winograd_weight_grad(gu.reshape(16, O, Cg)) if need_w else None]
+                    kernels.winograd_input_grad(gv.reshape(E, C, -1), padding, self.tiles, gx[n0:n1])
+        grads = [gx, kernels.winograd_weight_grad(gu.reshape(E, O, Cg)) if need_w else None]
         if self.has_bias:
             grads.append(gb)
         return tuple(grads)

@@ -456,7 +456,7 @@ def _over_images(xp, run, images):
 
 
 # ----------------------------------------------------------------------------
-# Winograd's F(2x2, 3x3): the CPU's 3x3, stride-1 convolutions
+# Winograd's F(2x2, 3x3) and F(2x2, 5x5): the CPU's 3x3 and 5x5, stride-1 convolutions
 # ----------------------------------------------------------------------------
 #
 # Lavin and Gray (2016): a 2x2 block of a 3x3 convolution's outputs needs 36
@@ -474,22 +474,81 @@ def _over_images(xp, run, images):
 # Summed over input channels, each of the 16 entries of the elementwise product
 # is one matrix product, so a layer is 16 GEMMs of (O, C) @ (C, tiles) instead
 # of one of (O, 9C) @ (9C, pixels): 2.25 times fewer multiply-adds, less the
-# tiles that stick out past an odd output (13x13 is 7x7 tiles of 2x2).  The
+# tiles that stick out past an odd output (13x13 is 7x7 tiles of 2x2).  These
 # maps only add, subtract and halve (exact in binary), so they are accurate in
 # float32; the results differ from im2col's in the last bits, as any other
-# order of summation would.  The products' layout, with xi = 4*i + j the entry
-# of a 4x4 tile and t = (image, tile row, tile column):
+# order of summation would.
 #
-#     V (16, C, t)  input tiles       B^T d B   (winograd_input)
-#     U (16, O, C/G) filters          G g G^T   (winograd_weight)
-#     M (16, O, t)  = U @ V, per entry and group; y = A^T M A (winograd_output)
+# A 5x5 filter (AlexNet's conv2) takes the same 2x2 blocks from 6x6 tiles: 36
+# products instead of 100, 2.78 times fewer, with (points 0, 1, -1, 2, -2 and
+# infinity; the construction is the paper's)
+#
+#     B^T = [4  0 -5  0  1  0]   G = [ 1/4    0     0     0     0 ]   A^T = [1  1  1  1  1  0]
+#           [0 -4 -4  1  1  0]       [-1/6 -1/6  -1/6  -1/6  -1/6 ]         [0  1 -1  2 -2  1]
+#           [0  4 -4 -1  1  0]       [-1/6  1/6  -1/6   1/6  -1/6 ]
+#           [0 -2 -1  2  1  0]       [1/24 1/12   1/6   1/3   2/3 ]
+#           [0  2 -1 -2  1  0]       [1/24 -1/12  1/6  -1/3   2/3 ]
+#           [0  4  0 -5  0  1]       [  0    0     0     0     1  ]
+#
+# whose sixths are not exact in binary: in float32 its results are a few times
+# further from the exact ones than im2col's (AlexNet's conv2: 2.9e-6 of the
+# largest output against 1.0e-6 by im2col; conv3-5's F(2x2, 3x3): 4.5e-7).
+#
+# The products' layout, with A = K + 1 the tile's side, xi = A*i + j the entry
+# of an AxA tile and t = (image, tile row, tile column):
+#
+#     V (A*A, C, t)   input tiles       B^T d B   (winograd_input)
+#     U (A*A, O, C/G) filters           G g G^T   (winograd_weight)
+#     M (A*A, O, t)   = U @ V, per entry and group; y = A^T M A (winograd_output)
 #
 # Backward is the same maps transposed: Z = A gy A^T (winograd_grad_output);
 # U's gradient is Z @ V^T and the filter's G^T (Z @ V^T) G
 # (winograd_weight_grad); V's is U^T @ Z and the input's B (U^T @ Z) B^T, each
-# 4x4 tile added back onto the pixels it came from (winograd_input_grad).
-# Each function spells its sums out in one order, which the compiled twins
-# (cpu_loops) follow to the bit.  The GPU convolves by im2col (no twins there).
+# AxA tile added back onto the pixels it came from (winograd_input_grad).
+# Every map is a sum of terms c*v, taken by _combine in the order the matrix
+# writes them; the compiled twins (cpu_loops) follow that order to the bit.
+# The GPU convolves by im2col (no twins there).
+
+WINOGRAD_MAPS = {  # K -> (B^T, G, A^T), rows as written above
+    3: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1))),
+    5: (((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        ((1 / 4, 0, 0, 0, 0), (-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6),
+         (1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3), (1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3), (0, 0, 0, 0, 1)),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 1))),
+}
+
+
+def winograd_kernel(entries):
+    """The filter size K of a tile matrix with ``entries`` rows per channel ((K+1)^2)."""
+    for k in WINOGRAD_MAPS:
+        if (k + 1) ** 2 == entries:
+            return k
+    raise ValueError(f"winograd: a tile matrix has 16 (3x3) or 36 (5x5) entries per channel, got {entries}")
+
+
+def _combine(coefs, terms):
+    """sum_k coefs[k] * terms[k] over the nonzero coefficients, in the order of k: the first
+    term starts the sum; a coefficient 1 or -1 adds or subtracts its term as it is, any
+    other multiplies it first (by the coefficient in the terms' dtype)."""
+    total = None
+    for c, t in zip(coefs, terms):
+        if c == 0:
+            continue
+        if c == 1:
+            total = t if total is None else total + t
+        elif c == -1:
+            total = -t if total is None else total - t
+        else:
+            term = t * t.dtype.type(c)
+            total = term if total is None else total + term
+    return total
+
+
+def _column(matrix, j):
+    return [row[j] for row in matrix]
 
 
 def winograd_tiles(oh, ow):
@@ -498,51 +557,57 @@ def winograd_tiles(oh, ow):
 
 
 def winograd_weight(w):
-    """U = G g G^T for every filter: w (O, C/G, 3, 3) -> (16, O, C/G).  The nine taps
-    are first made nine contiguous rows over all (filter, channel) pairs, so that every
+    """U = G g G^T for every filter: w (O, C/G, K, K) -> (A*A, O, C/G).  The K*K taps
+    are first made K*K contiguous rows over all (filter, channel) pairs, so that every
     step below is one pass over a row that stays in the cache."""
-    O, Cg = w.shape[:2]
-    taps = np.ascontiguousarray(w.reshape(O * Cg, 9).T)  # taps[3*r + s]: tap (r, s) of every pair
-    g = [taps[3 * r:3 * r + 3] for r in range(3)]  # g[r][s]: row r of the filters
-    rows = [g[0], (g[0] + g[1] + g[2]) * 0.5, (g[0] - g[1] + g[2]) * 0.5, g[2]]  # G g
-    out = np.empty((16, O, Cg), w.dtype)
+    O, Cg, K = w.shape[:3]
+    _, G, _ = WINOGRAD_MAPS[K]
+    A = K + 1
+    taps = np.ascontiguousarray(w.reshape(O * Cg, K * K).T)  # taps[K*r + s]: tap (r, s) of every pair
+    rows = [[_combine(G[i], [taps[K * r + s] for r in range(K)]) for s in range(K)] for i in range(A)]  # G g
+    out = np.empty((A * A, O, Cg), w.dtype)
     for i, t in enumerate(rows):  # (G g) G^T, the same sums along the columns
-        for j, v in enumerate([t[0], (t[0] + t[1] + t[2]) * 0.5, (t[0] - t[1] + t[2]) * 0.5, t[2]]):
-            out[4 * i + j] = v.reshape(O, Cg)
+        for j in range(A):
+            out[A * i + j] = _combine(G[j], t).reshape(O, Cg)
     return out
 
 
 def winograd_weight_grad(gu):
-    """The filters' gradient from U's: G^T gU G, (16, O, C/G) -> (O, C/G, 3, 3)."""
+    """The filters' gradient from U's: G^T gU G, (A*A, O, C/G) -> (O, C/G, K, K)."""
+    K = winograd_kernel(gu.shape[0])
+    _, G, _ = WINOGRAD_MAPS[K]
+    A = K + 1
     O, Cg = gu.shape[1:]
-    u = gu.reshape(4, 4, O * Cg)  # u[i][j]: entry (i, j) of every pair
-    half = [u[1] * 0.5, u[2] * 0.5]
-    rows = [u[0] + half[0] + half[1], half[0] - half[1], half[0] + half[1] + u[3]]  # G^T gU
-    taps = np.empty((9, O * Cg), gu.dtype)
+    u = gu.reshape(A, A, O * Cg)  # u[i][j]: entry (i, j) of every pair
+    rows = [[_combine(_column(G, r), [u[i][j] for i in range(A)]) for j in range(A)] for r in range(K)]  # G^T gU
+    taps = np.empty((K * K, O * Cg), gu.dtype)
     for r, t in enumerate(rows):  # (G^T gU) G, the same sums along the columns
-        h1, h2 = t[1] * 0.5, t[2] * 0.5
-        taps[3 * r], taps[3 * r + 1], taps[3 * r + 2] = t[0] + h1 + h2, h1 - h2, h1 + h2 + t[3]
-    return np.ascontiguousarray(taps.T).reshape(O, Cg, 3, 3)
+        for s in range(K):
+            taps[K * r + s] = _combine(_column(G, s), t)
+    return np.ascontiguousarray(taps.T).reshape(O, Cg, K, K)
 
 
 def winograd_input(x, padding, tiles, out):
-    """V = B^T d B for every 4x4 input tile d: x (n, C, H, W) -> out (16, C, n*TH*TW).
+    """V = B^T d B for every AxA input tile d: x (n, C, H, W) -> out (A*A, C, n*TH*TW).
 
-    Tile (ty, tx) covers input rows 2*ty - ph ... 2*ty - ph + 3 (and the columns
+    Tile (ty, tx) covers input rows 2*ty - ph ... 2*ty - ph + A - 1 (and the columns
     likewise); what lies outside the image is zero.  Returns out."""
     (ph, pw), (th, tw) = padding, tiles
     C, H, W = x.shape[1:]
+    K = winograd_kernel(out.shape[0])
+    BT, _, _ = WINOGRAD_MAPS[K]
+    A = K + 1
 
     def run(i0, i1):
-        xpad = np.zeros((i1 - i0, C, 2 * th + 2, 2 * tw + 2), x.dtype)  # 2*TH + 2 >= H + 2*ph
+        xpad = np.zeros((i1 - i0, C, 2 * th + A - 2, 2 * tw + A - 2), x.dtype)  # >= H + 2*ph
         xpad[:, :, ph:ph + H, pw:pw + W] = x[i0:i1]
-        d = [[xpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] for s in range(4)] for r in range(4)]
-        rows = [[d[0][s] - d[2][s], d[1][s] + d[2][s], d[2][s] - d[1][s], d[1][s] - d[3][s]] for s in range(4)]
-        dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(16, C, i1 - i0, th, tw)
-        for i in range(4):  # B^T d, then (B^T d) B along the columns
-            t = [rows[s][i] for s in range(4)]
-            for j, v in enumerate([t[0] - t[2], t[1] + t[2], t[2] - t[1], t[1] - t[3]]):
-                dst[4 * i + j] = v.transpose(1, 0, 2, 3)
+        d = [[xpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] for s in range(A)] for r in range(A)]
+        rows = [[_combine(BT[i], [d[r][s] for r in range(A)]) for i in range(A)] for s in range(A)]  # B^T d
+        dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(A * A, C, i1 - i0, th, tw)
+        for i in range(A):  # (B^T d) B along the columns
+            t = [rows[s][i] for s in range(A)]
+            for j in range(A):
+                dst[A * i + j] = _combine(BT[j], t).transpose(1, 0, 2, 3)
 
     _over_images(np, run, x)
     return out
@@ -550,20 +615,22 @@ def winograd_input(x, padding, tiles, out):
 
 def winograd_output(m, bias, relu, tiles, out):
     """y = A^T M A for every tile, plus the bias, then max(., 0) if ``relu``:
-    m (16, O, n*TH*TW) -> out (n, O, OH, OW), the tiles past OH, OW dropped.
+    m (A*A, O, n*TH*TW) -> out (n, O, OH, OW), the tiles past OH, OW dropped.
     The bias and ReLU as conv_output adds them.  Returns out."""
     th, tw = tiles
     O, oh, ow = out.shape[1:]
+    K = winograd_kernel(m.shape[0])
+    _, _, AT = WINOGRAD_MAPS[K]
+    A = K + 1
 
     def run(i0, i1):
         k = i1 - i0
-        mm = m[:, :, i0 * th * tw:i1 * th * tw].reshape(4, 4, O, k, th, tw)
+        mm = m[:, :, i0 * th * tw:i1 * th * tw].reshape(A, A, O, k, th, tw)
         full = np.empty((k, O, 2 * th, 2 * tw), m.dtype)
-        rows = [[mm[0][j] + mm[1][j] + mm[2][j] for j in range(4)],  # A^T M
-                [mm[1][j] - mm[2][j] - mm[3][j] for j in range(4)]]
-        for i, t in enumerate(rows):  # (A^T M) A along the columns
-            full[:, :, i::2, 0::2] = (t[0] + t[1] + t[2]).transpose(1, 0, 2, 3)
-            full[:, :, i::2, 1::2] = (t[1] - t[2] - t[3]).transpose(1, 0, 2, 3)
+        rows = [[_combine(AT[a], [mm[i][j] for i in range(A)]) for j in range(A)] for a in range(2)]  # A^T M
+        for a, t in enumerate(rows):  # (A^T M) A along the columns
+            for c in range(2):
+                full[:, :, a::2, c::2] = _combine(AT[c], t).transpose(1, 0, 2, 3)
         dst = out[i0:i1]
         if bias is None:
             dst[...] = full[:, :, :oh, :ow]
@@ -579,10 +646,13 @@ def winograd_output(m, bias, relu, tiles, out):
 def winograd_grad_output(gy, y, tiles, out):
     """Z = A g A^T for every 2x2 block g of the output gradient (zero past OH,
     OW), times the ReLU's mask (y > 0) when ``y`` is given (as conv_grad_rows):
-    gy (n, O, OH, OW) -> out (16, O, n*TH*TW).  Entry (1, 1) of each tile,
-    out[5], is the block's sum: the bias gradient sums it.  Returns out."""
+    gy (n, O, OH, OW) -> out (A*A, O, n*TH*TW).  Entry (1, 1) of each tile,
+    out[A + 1], is the block's sum: the bias gradient sums it.  Returns out."""
     th, tw = tiles
     O, oh, ow = gy.shape[1:]
+    K = winograd_kernel(out.shape[0])
+    _, _, AT = WINOGRAD_MAPS[K]
+    A = K + 1
 
     def run(i0, i1):
         k = i1 - i0
@@ -592,35 +662,37 @@ def winograd_grad_output(gy, y, tiles, out):
         else:
             np.multiply(gy[i0:i1], y[i0:i1] > 0, out=g[:, :, :oh, :ow])
         b = [[g[:, :, i::2, j::2] for j in range(2)] for i in range(2)]  # b[i][j]: (k, O, TH, TW)
-        rows = [[b[0][j], b[0][j] + b[1][j], b[0][j] - b[1][j], -b[1][j]] for j in range(2)]  # A g
-        dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(16, O, k, th, tw)
-        for i in range(4):  # (A g) A^T along the columns
-            t0, t1 = rows[0][i], rows[1][i]
-            for j, v in enumerate([t0, t0 + t1, t0 - t1, -t1]):
-                dst[4 * i + j] = v.transpose(1, 0, 2, 3)
+        rows = [[_combine(_column(AT, i), [b[0][j], b[1][j]]) for i in range(A)] for j in range(2)]  # A g
+        dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(A * A, O, k, th, tw)
+        for i in range(A):  # (A g) A^T along the columns
+            t = [rows[0][i], rows[1][i]]
+            for j in range(A):
+                dst[A * i + j] = _combine(_column(AT, j), t).transpose(1, 0, 2, 3)
 
     _over_images(np, run, gy)
     return out
 
 
 def winograd_input_grad(gv, padding, tiles, out):
-    """The input's gradient from V's: B gV B^T for every tile, each 4x4 added
-    back onto the pixels the tile was read from (in the order of its 16 entries,
-    (0, 0), (0, 1), ... (3, 3); the padding's share dropped):
-    gv (16, C, n*TH*TW) -> out (n, C, H, W).  Returns out."""
+    """The input's gradient from V's: B gV B^T for every tile, each AxA added
+    back onto the pixels the tile was read from (in the order of its entries,
+    (0, 0), (0, 1), ... (A-1, A-1); the padding's share dropped):
+    gv (A*A, C, n*TH*TW) -> out (n, C, H, W).  Returns out."""
     (ph, pw), (th, tw) = padding, tiles
     C, H, W = out.shape[1:]
+    K = winograd_kernel(gv.shape[0])
+    BT, _, _ = WINOGRAD_MAPS[K]
+    A = K + 1
 
     def run(i0, i1):
         k = i1 - i0
-        v = gv[:, :, i0 * th * tw:i1 * th * tw].reshape(4, 4, C, k, th, tw)
-        rows = [[v[0][j], v[1][j] - v[2][j] + v[3][j], v[1][j] + v[2][j] - v[0][j], -v[3][j]]
-                for j in range(4)]  # B gV
-        gpad = np.zeros((k, C, 2 * th + 2, 2 * tw + 2), gv.dtype)
-        for r in range(4):  # (B gV) B^T along the columns, added at the tile's place
-            t = [rows[j][r] for j in range(4)]
-            for s, d in enumerate([t[0], t[1] - t[2] + t[3], t[1] + t[2] - t[0], -t[3]]):
-                gpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] += d.transpose(1, 0, 2, 3)
+        v = gv[:, :, i0 * th * tw:i1 * th * tw].reshape(A, A, C, k, th, tw)
+        rows = [[_combine(_column(BT, r), [v[i][j] for i in range(A)]) for r in range(A)] for j in range(A)]  # B gV
+        gpad = np.zeros((k, C, 2 * th + A - 2, 2 * tw + A - 2), gv.dtype)
+        for r in range(A):  # (B gV) B^T along the columns, added at the tile's place
+            t = [rows[j][r] for j in range(A)]
+            for s in range(A):
+                gpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] += _combine(_column(BT, s), t).transpose(1, 0, 2, 3)
         out[i0:i1] = gpad[:, :, ph:ph + H, pw:pw + W]
 
     _over_images(np, run, out)

@@ -65,12 +65,12 @@ _SIGNATURES = {
     "sgd_update": [_ptr] * 3 + [_dbl] * 3 + [_i64] * 2,
     "conv_output": [_ptr] * 3 + [_i64] * 6,
     "conv_grad_rows": [_ptr] * 3 + [_i64] * 5,
-    "winograd_input": [_ptr] * 2 + [_i64] * 12,
-    "winograd_output": [_ptr] * 3 + [_i64] * 11,
-    "winograd_grad_output": [_ptr] * 3 + [_i64] * 10,
-    "winograd_input_grad": [_ptr] * 2 + [_i64] * 12,
-    "winograd_weight": [_ptr] * 2 + [_i64] * 3,
-    "winograd_weight_grad": [_ptr] * 2 + [_i64] * 3,
+    "winograd_input": [_ptr] * 2 + [_i64] * 13,  # the Winograd loops end with the filter size K
+    "winograd_output": [_ptr] * 3 + [_i64] * 12,
+    "winograd_grad_output": [_ptr] * 3 + [_i64] * 11,
+    "winograd_input_grad": [_ptr] * 2 + [_i64] * 13,
+    "winograd_weight": [_ptr] * 2 + [_i64] * 4,
+    "winograd_weight_grad": [_ptr] * 2 + [_i64] * 4,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -357,7 +357,7 @@ def conv_grad_rows(gy, y, out):
 def _planes(run, n, rows):
     """run(i0, i1, r0, r1) over n images of ``rows`` planes each (channels or filters): one run
     of planes per thread, each with every image.  A thread then owns whole rows of the tile
-    matrix (16, rows, n*TH*TW) and streams through them; split by images instead, both
+    matrix ((K+1)^2, rows, n*TH*TW) and streams through them; split by images instead, both
     threads would write or read pieces of every row, and the four image-side transforms took
     17-32% longer at AlexNet's conv3-conv5 (batch 2 to 128, measured interleaved in one
     process)."""
@@ -365,49 +365,51 @@ def _planes(run, n, rows):
 
 
 def winograd_weight(w):
-    """w (O, C/G, 3, 3) -> U (16, O, C/G); see cpu_kernels.winograd_weight."""
+    """w (O, C/G, K, K) -> U ((K+1)^2, O, C/G); see cpu_kernels.winograd_weight."""
     if not _compiled(w):
         return cpu_kernels.winograd_weight(w)
     w = _c(w)
-    O, Cg = w.shape[:2]
-    u = np.empty((16, O, Cg), w.dtype)
+    O, Cg, K = w.shape[:3]
+    u = np.empty(((K + 1) ** 2, O, Cg), w.dtype)
     fn = _function("winograd_weight", w.dtype)
-    cpu_kernels.parallel_runs(lambda p0, p1: fn(w.ctypes.data, u.ctypes.data, O * Cg, p0, p1), O * Cg)
+    cpu_kernels.parallel_runs(lambda p0, p1: fn(w.ctypes.data, u.ctypes.data, O * Cg, p0, p1, K), O * Cg)
     return u
 
 
 def winograd_weight_grad(gu):
-    """gU (16, O, C/G) -> (O, C/G, 3, 3); see cpu_kernels.winograd_weight_grad."""
+    """gU ((K+1)^2, O, C/G) -> (O, C/G, K, K); see cpu_kernels.winograd_weight_grad."""
     if not _compiled(gu):
         return cpu_kernels.winograd_weight_grad(gu)
     gu = _c(gu)
+    K = cpu_kernels.winograd_kernel(gu.shape[0])
     O, Cg = gu.shape[1:]
-    gw = np.empty((O, Cg, 3, 3), gu.dtype)
+    gw = np.empty((O, Cg, K, K), gu.dtype)
     fn = _function("winograd_weight_grad", gu.dtype)
-    cpu_kernels.parallel_runs(lambda p0, p1: fn(gu.ctypes.data, gw.ctypes.data, O * Cg, p0, p1), O * Cg)
+    cpu_kernels.parallel_runs(lambda p0, p1: fn(gu.ctypes.data, gw.ctypes.data, O * Cg, p0, p1, K), O * Cg)
     return gw
 
 
-def _image_tiles(name, src, dst, images, padding, tiles):
-    """The compiled loop ``name`` between images (n, C, H, W) and their tiles (16, C, n*TH*TW):
-    src -> dst, over the images' (image, channel) planes."""
+def _image_tiles(name, src, dst, images, tiles_of, padding, tiles):
+    """The compiled loop ``name`` between images (n, C, H, W) and their tiles ((K+1)^2, C,
+    n*TH*TW), ``tiles_of`` (src or dst): src -> dst, over the images' (image, channel) planes."""
     src = _c(src)
     n, C, H, W = images.shape
+    K = cpu_kernels.winograd_kernel(tiles_of.shape[0])
     fn = _function(name, src.dtype)
     _planes(lambda i0, i1, c0, c1: fn(src.ctypes.data, dst.ctypes.data, n, C, H, W, *padding, *tiles,
-                                      i0, i1, c0, c1), n, C)
+                                      i0, i1, c0, c1, K), n, C)
     return dst
 
 
 def winograd_input(x, padding, tiles, out):
-    """x (n, C, H, W) -> out (16, C, n*TH*TW); see cpu_kernels.winograd_input."""
+    """x (n, C, H, W) -> out ((K+1)^2, C, n*TH*TW); see cpu_kernels.winograd_input."""
     if not _compiled(x, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input(x, padding, tiles, out)
-    return _image_tiles("winograd_input", x, out, x, padding, tiles)
+    return _image_tiles("winograd_input", x, out, x, out, padding, tiles)
 
 
 def winograd_output(m, bias, relu, tiles, out):
-    """m (16, O, n*TH*TW) -> out (n, O, OH, OW); see cpu_kernels.winograd_output."""
+    """m ((K+1)^2, O, n*TH*TW) -> out (n, O, OH, OW); see cpu_kernels.winograd_output."""
     arrays = (m, out) if bias is None else (m, out, bias)
     if not _compiled(*arrays) or not (m.flags.c_contiguous and out.flags.c_contiguous):
         return cpu_kernels.winograd_output(m, bias, relu, tiles, out)
@@ -415,12 +417,13 @@ def winograd_output(m, bias, relu, tiles, out):
     n, O, OH, OW = out.shape
     fn = _function("winograd_output", m.dtype)
     _planes(lambda i0, i1, o0, o1: fn(m.ctypes.data, None if bias is None else bias.ctypes.data, out.ctypes.data,
-                                      n, O, OH, OW, *tiles, int(bool(relu)), i0, i1, o0, o1), n, O)
+                                      n, O, OH, OW, *tiles, int(bool(relu)), i0, i1, o0, o1,
+                                      cpu_kernels.winograd_kernel(m.shape[0])), n, O)
     return out
 
 
 def winograd_grad_output(gy, y, tiles, out):
-    """gy (n, O, OH, OW) -> out (16, O, n*TH*TW); see cpu_kernels.winograd_grad_output."""
+    """gy (n, O, OH, OW) -> out ((K+1)^2, O, n*TH*TW); see cpu_kernels.winograd_grad_output."""
     arrays = (gy, out) if y is None else (gy, out, y)
     if not _compiled(*arrays) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_grad_output(gy, y, tiles, out)
@@ -428,15 +431,16 @@ def winograd_grad_output(gy, y, tiles, out):
     n, O, OH, OW = gy.shape
     fn = _function("winograd_grad_output", gy.dtype)
     _planes(lambda i0, i1, o0, o1: fn(gy.ctypes.data, None if y is None else y.ctypes.data, out.ctypes.data,
-                                      n, O, OH, OW, *tiles, i0, i1, o0, o1), n, O)
+                                      n, O, OH, OW, *tiles, i0, i1, o0, o1,
+                                      cpu_kernels.winograd_kernel(out.shape[0])), n, O)
     return out
 
 
 def winograd_input_grad(gv, padding, tiles, out):
-    """gv (16, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
+    """gv ((K+1)^2, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
     if not _compiled(gv, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input_grad(gv, padding, tiles, out)
-    return _image_tiles("winograd_input_grad", gv, out, out, padding, tiles)
+    return _image_tiles("winograd_input_grad", gv, out, out, gv, padding, tiles)
 
 
 def sgd_update(w, g, v, lr, m, wd):
