@@ -490,6 +490,15 @@ static INLINE void unroll(F&& f) {
     unroll_sequence(f, std::make_integer_sequence<int, N>{});
 }
 
+// Whether coefficient k of a row is its first nonzero one (the term that starts combine's sum)
+template <int N>
+static constexpr bool first_term(const double (&row)[N], int k) {
+    for (int l = 0; l < k; ++l)
+        if (row[l] != 0)
+            return false;
+    return true;
+}
+
 // sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine: the
 // first term starts the sum, a coefficient 1 or -1 adds or subtracts its term as it is, any
 // other multiplies it first.  c and v are known at compile time once the loops are unrolled.
@@ -548,42 +557,53 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
     typedef Maps<K> M;
     constexpr int A = K + 1, E = A / 2 - 1;
     const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
-    std::vector<T> q(4 * QS + QW);  // QW zeros past the phases: the last spare lanes read there
-    for (i64 c = c0; c < c1; ++c)
-        for (i64 i = i0; i < i1; ++i) {
-            winograd_phases(q.data(), x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
-            const T* __restrict__ d[A][A];  // d[r][s][t']: entry (r, s) of wide tile t'
-            #pragma GCC unroll 8
-            for (int r = 0; r < A; ++r)
-                #pragma GCC unroll 8
-                for (int s = 0; s < A; ++s) d[r][s] = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
-            T* __restrict__ o = v + c * T_ + i * TT;  // entry e of tile t at o[e * XI + t]
-            for (i64 ty = 0; ty < TH; ++ty) {
-                // a row of tiles and its E spare lanes too, which land on the next tiles of this
-                // channel's row in the call (written again later in it), never past the call's
-                // last tile (which would be the next channel's).  Every row is then one SIMD run.
-                const i64 lanes = std::min(QW, (i1 - i) * TT - ty * TW), from = ty * QW, to = ty * TW;
-                #pragma GCC ivdep  // the entries' rows never overlap
-                for (i64 tx = 0; tx < lanes; ++tx) {
-                    const i64 t = from + tx;
-                    T u[A][A];  // B^T d, then (B^T d) B
-                    #pragma GCC unroll 8
-                    for (int s = 0; s < A; ++s) {
-                        T col[A];
-                        #pragma GCC unroll 8
-                        for (int r = 0; r < A; ++r) col[r] = d[r][s][t];
-                        #pragma GCC unroll 8
-                        for (int r = 0; r < A; ++r) u[r][s] = combine([r](int k) { return M::BT[r][k]; }, col);
+    // the phases of channel c in every image of the call, each followed by QW zeros (the last
+    // spare lanes read there); V is then written A rows at a time (r = 0 .. A-1), each row from
+    // end to end over the images
+    const i64 P = 4 * QS + QW;
+    std::vector<T> q((i1 - i0) * P);
+    for (i64 c = c0; c < c1; ++c) {
+        for (i64 i = i0; i < i1; ++i)
+            winograd_phases(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
+        unroll<A>([&](auto rc) {
+            constexpr int r = decltype(rc)::value;
+            for (i64 i = i0; i < i1; ++i) {
+                const T* __restrict__ d[A][A];  // d[k][s][t']: entry (k, s) of wide tile t'
+                for (int k = 0; k < A; ++k)
+                    for (int s = 0; s < A; ++s)
+                        d[k][s] = q.data() + (i - i0) * P + (2 * (k & 1) + (s & 1)) * QS + (k >> 1) * QW + (s >> 1);
+                T* __restrict__ o = v + c * T_ + i * TT;  // entry e of tile t at o[e * XI + t]
+                for (i64 ty = 0; ty < TH; ++ty) {
+                    // a row of tiles and its E spare lanes too, which land on the next tiles of
+                    // these rows in the call (written again later in this pass), never past the
+                    // call's last tile (which would be the next channel's).  Every row is then one
+                    // SIMD run.
+                    const i64 lanes = std::min(QW, (i1 - i) * TT - ty * TW), from = ty * QW, to = ty * TW;
+                    #pragma GCC ivdep  // the entries' rows never overlap
+                    for (i64 tx = 0; tx < lanes; ++tx) {
+                        const i64 t = from + tx;
+                        T u[A];  // row r of B^T d
+                        unroll<A>([&](auto s) {
+                            T col[A];
+                            unroll<A>([&](auto k) { col[k] = d[k][s][t]; });
+                            u[s] = combine([](int k) { return M::BT[r][k]; }, col);
+                        });
+                        unroll<A>([&](auto jc) {  // (B^T d) B
+                            constexpr int j = decltype(jc)::value;
+                            o[(A * r + j) * XI + to + tx] = combine([](int k) { return M::BT[j][k]; }, u);
+                        });
                     }
-                    T* __restrict__ out = o + to + tx;
-                    #pragma GCC unroll 8
-                    for (int r = 0; r < A; ++r)
-                        #pragma GCC unroll 8
-                        for (int j = 0; j < A; ++j)
-                            out[(A * r + j) * XI] = combine([j](int k) { return M::BT[j][k]; }, u[r]);
                 }
             }
-        }
+        });
+    }
+}
+
+// One term c * v of a sum that combine() would take in the same order: the first starts it.
+template <typename T>
+static inline T add_term(T total, T v, double c, bool first) {
+    const T term = c == 1 ? v : c == -1 ? -v : v * T(c);
+    return first ? term : (c == -1 ? total - v : total + term);
 }
 
 template <typename T, int K>
@@ -591,41 +611,63 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
                                    i64 TW, i64 relu, i64 i0, i64 i1, i64 o0, i64 o1) {
     typedef Maps<K> M;
     constexpr int A = K + 1;
-    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
-    std::vector<T> block(4 * TT);
-    for (i64 o = o0; o < o1; ++o)
-        for (i64 i = i0; i < i1; ++i) {
-            const T* __restrict__ q = m + o * T_ + i * TT;
-            T* __restrict__ out = block.data();
-            const T b = bias ? bias[o] : T(0);
-            const T* __restrict__ e[A][A];  // e[i][j][t]: entry (i, j) of tile t
-            for (int i = 0; i < A; ++i)
-                for (int j = 0; j < A; ++j) e[i][j] = q + (A * i + j) * XI;
-            #pragma GCC ivdep  // the entries' rows never overlap
-            for (i64 t = 0; t < TT; ++t) {
-                T u[2][A];  // A^T M
+    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
+    // u = A^T M for filter o's tiles of all the call's images, u[(A*a + j)*L + t], built row of
+    // entries by row (i = 0 .. A-1): each pass reads A rows of M from end to end, not A*A at once
+    std::vector<T> u(2 * A * L), block(4 * TT);
+    for (i64 o = o0; o < o1; ++o) {
+        const T* __restrict__ q = m + o * T_ + i0 * TT;
+        T* __restrict__ uu = u.data();
+        unroll<A>([&](auto ic) {
+            constexpr int i = decltype(ic)::value;
+            const T* __restrict__ e[A];  // e[j][t]: entry (i, j) of tile t
+            for (int j = 0; j < A; ++j) e[j] = q + (A * i + j) * XI;
+            #pragma GCC ivdep  // the entries' rows and u never overlap
+            for (i64 t = 0; t < L; ++t)
                 unroll<A>([&](auto j) {
-                    T col[A];
-                    unroll<A>([&](auto i) { col[i] = e[i][j][t]; });
-                    unroll<2>([&](auto a) { u[a][j] = combine([](int k) { return M::AT[decltype(a)::value][k]; }, col); });
-                });
-                unroll<2>([&](auto a) {  // (A^T M) A
-                    unroll<2>([&](auto c) {
-                        out[(2 * a + c) * TT + t] = combine([](int k) { return M::AT[decltype(c)::value][k]; }, u[a]);
+                    unroll<2>([&](auto ac) {
+                        constexpr int a = decltype(ac)::value;
+                        constexpr double c = M::AT[a][i];
+                        if constexpr (c != 0) {
+                            constexpr bool first = first_term<A>(M::AT[a], i);
+                            T& dst = uu[(A * a + j) * L + t];
+                            dst = add_term(dst, e[j][t], c, first);
+                        }
                     });
                 });
-            }
+        });
+        const T b = bias ? bias[o] : T(0);
+        for (i64 i = i0; i < i1; ++i) {
+            const T* __restrict__ ui = uu + (i - i0) * TT;
+            T* __restrict__ out = block.data();
+            #pragma GCC ivdep  // u's rows and the block never overlap
+            for (i64 t = 0; t < TT; ++t)
+                unroll<2>([&](auto a) {  // (A^T M) A
+                    T row[A];
+                    unroll<A>([&](auto j) { row[j] = ui[(A * a + j) * L + t]; });
+                    unroll<2>([&](auto c) {
+                        out[(2 * a + c) * TT + t] = combine([](int k) { return M::AT[decltype(c)::value][k]; }, row);
+                    });
+                });
             if (bias || relu)  // the bias, then the ReLU, over the block while it is in the cache
                 for (i64 k = 0; k < 4 * TT; ++k) {
                     const T w = bias ? out[k] + b : out[k];
                     out[k] = relu ? ::relu(w) : w;
                 }
             T* dst = y + (i * O + o) * OH * OW;  // each tile's 2x2 at its place, past OH, OW dropped
-            for (i64 row = 0; row < OH; ++row) {
-                const T* src = out + (row & 1) * 2 * TT + (row >> 1) * TW;
-                for (i64 col = 0; col < OW; ++col) dst[row * OW + col] = src[(col & 1) * TT + (col >> 1)];
+            for (i64 row = 0; row < OH; ++row) {  // the block's columns 0 and 1, side by side
+                const T* __restrict__ c0 = out + (row & 1) * 2 * TT + (row >> 1) * TW;
+                const T* __restrict__ c1 = c0 + TT;
+                T* __restrict__ d = dst + row * OW;
+                for (i64 tx = 0; tx < OW / 2; ++tx) {
+                    d[2 * tx] = c0[tx];
+                    d[2 * tx + 1] = c1[tx];
+                }
+                if (OW & 1)
+                    d[OW - 1] = c0[OW / 2];
             }
         }
+    }
 }
 
 template <typename T, int K>
@@ -633,9 +675,11 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                                         i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
     typedef Maps<K> M;
     constexpr int A = K + 1;
-    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_;
-    std::vector<T> block(4 * TT), padded(4 * TT);
-    for (i64 o = o0; o < o1; ++o)
+    const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
+    // g: the 2x2 blocks of filter o's gradient in all the call's images, g[(2a + b)*L + t]: the
+    // block's (a, b); Z is then written A rows at a time (i = 0 .. A-1), each from end to end
+    std::vector<T> g(4 * L), padded(4 * TT);
+    for (i64 o = o0; o < o1; ++o) {
         for (i64 i = i0; i < i1; ++i) {
             const i64 plane = (i * O + o) * OH * OW;
             T* __restrict__ pad = padded.data();  // the plane, masked, in 2*TH x 2*TW with zeros past the output
@@ -653,34 +697,34 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                 }
                 for (; col < 2 * TW; ++col) dst[col] = T(0);
             }
-            T* __restrict__ g = block.data();  // g[(2a + b)*TT + t]: the block's (a, b)
-            #pragma GCC unroll 8
             for (int a = 0; a < 2; ++a)
-                #pragma GCC unroll 8
                 for (int b = 0; b < 2; ++b)
                     for (i64 ty = 0; ty < TH; ++ty) {
                         const T* __restrict__ src = pad + (2 * ty + a) * 2 * TW + b;
-                        T* __restrict__ dst = g + (2 * a + b) * TT + ty * TW;
+                        T* __restrict__ dst = g.data() + (2 * a + b) * L + (i - i0) * TT + ty * TW;
                         for (i64 tx = 0; tx < TW; ++tx) dst[tx] = src[2 * tx];
                     }
-            T* __restrict__ q = z + o * T_ + i * TT;
-            #pragma GCC ivdep  // the entries' rows never overlap
-            for (i64 t = 0; t < TT; ++t) {
-                T rows[2][A];  // A g: rows[j][i], column j of the block
-                #pragma GCC unroll 8
-                for (int j = 0; j < 2; ++j) {
-                    const T col[2] = {g[j * TT + t], g[(2 + j) * TT + t]};
-                    #pragma GCC unroll 8
-                    for (int i = 0; i < A; ++i) rows[j][i] = combine([i](int k) { return M::AT[k][i]; }, col);
-                }
-                #pragma GCC unroll 8
-                for (int i = 0; i < A; ++i) {  // (A g) A^T
-                    const T pair[2] = {rows[0][i], rows[1][i]};
-                    #pragma GCC unroll 8
-                    for (int j = 0; j < A; ++j) q[(A * i + j) * XI + t] = combine([j](int k) { return M::AT[k][j]; }, pair);
-                }
-            }
         }
+        const T* __restrict__ gb = g.data();
+        T* __restrict__ q = z + o * T_ + i0 * TT;
+        unroll<A>([&](auto ic) {
+            constexpr int i = decltype(ic)::value;
+            T* __restrict__ zr[A];  // zr[j][t]: entry (i, j) of tile t
+            for (int j = 0; j < A; ++j) zr[j] = q + (A * i + j) * XI;
+            #pragma GCC ivdep  // the entries' rows and g never overlap
+            for (i64 t = 0; t < L; ++t) {
+                T row[2];  // row i of A g, its two columns
+                unroll<2>([&](auto j) {
+                    const T col[2] = {gb[j * L + t], gb[(2 + j) * L + t]};
+                    row[j] = combine([](int k) { return M::AT[k][i]; }, col);
+                });
+                unroll<A>([&](auto jc) {  // (A g) A^T
+                    constexpr int j = decltype(jc)::value;
+                    zr[j][t] = combine([](int k) { return M::AT[k][j]; }, row);
+                });
+            }
+        });
+    }
 }
 
 template <typename T, int K>

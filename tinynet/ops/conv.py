@@ -195,8 +195,12 @@ def conv_output_size(size, kernel, stride, padding):
 
 
 def _chunk_images(n, per_image_bytes):
-    """How many images one chunk may hold within the workspace budget (at least one)."""
-    return int(max(1, min(n, _workspace["bytes"] // max(per_image_bytes, 1))))
+    """How many images one chunk holds: as few chunks as the workspace budget allows, of
+    equal size (32 images in two chunks of 16, not 26 and 6: a small last chunk makes thin
+    GEMMs), at least one image each."""
+    most = int(max(1, min(n, _workspace["bytes"] // max(per_image_bytes, 1))))
+    chunks = -(-n // most)
+    return -(-n // chunks) if n else most
 
 
 # ----------------------------------------------------------------------------
