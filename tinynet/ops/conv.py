@@ -59,7 +59,7 @@ from . import cpu_kernels, kernels_for
 # columns role: each chunk reads its slice of the kept columns.
 # conv_workspace_peak() reports the largest pass, role by role.
 
-_workspace = {"bytes": 192 * 2**20, "keep": 256 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
+_workspace = {"bytes": 192 * 2**20, "keep": 384 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
 _peak_lock = threading.Lock()
 
 
@@ -86,13 +86,15 @@ def set_conv_keep_columns(nbytes):
     convolution holds across the step; backward reads them chunk by chunk,
     its other buffers within the workspace budget.  Columns are kept only
     when the weights need a gradient (backward reads them for nothing else).
-    Default 256 MiB: at batch 32 on one device every AlexNet convolution
-    keeps its columns (conv1 134 MiB, conv2 214, conv3 48, conv4 and conv5
-    71 each: 538 MiB held at the start of backward), so backward runs no
-    im2col; at batch 128 conv3 (190 MiB) keeps them and the others rebuild.
-    The step's peak at batch 32 is 1,668 MiB (PyTorch's: 1,793-1,845); it
-    was 1,730 MiB with conv2's kept before LRN stopped keeping its scale and
-    output, and 1,566 with the previous cap (144 MiB, conv2's rebuilt).
+    Default 384 MiB.  What a convolution keeps is its column matrix, or for one
+    run by Winograd its input tiles V.  At batch 32 on one device every AlexNet
+    convolution keeps them (conv1's columns 134 MiB, conv2's tiles 83, conv3's
+    24.5, conv4's and conv5's 36.8 each), so backward rebuilds nothing; at batch
+    128 conv2-5 keep their tiles (conv2's 331 MiB) and conv1 rebuilds its
+    columns (538 MiB) chunk by chunk.  On the 2-core development machine the
+    batch-128 step took 2.67 s with this cap and 2.79 s with the previous one
+    (256 MiB: conv2's tiles rebuilt), and its peak was 2,469 MB (PyTorch's:
+    2,987); the batch-32 step's peak is 1,516 MB (PyTorch's: 1,786).
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
@@ -116,7 +118,7 @@ def set_conv_algorithm(name):
     and the filters' transforms come on top (on the 2-core development machine,
     AlexNet inference at batch 1: 22 ms by Winograd against 20 by im2col; at
     batch 8, 91 against 97; a batch-32 training step 0.81-0.90 s against
-    0.94-1.06; with conv2 by Winograd too, 0.88 times the step with conv2 by
+    0.94-1.06; with conv2 by Winograd too, 0.89 times the step with conv2 by
     im2col).  Other kernels and strides, and every convolution on a GPU, run by
     im2col.  The two differ in the last bits, as two orders of summation do (the
     5x5 maps a little more: their sixths round).  Returns the previous value."""
