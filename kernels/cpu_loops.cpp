@@ -522,6 +522,27 @@ static INLINE T combine(C c, const T (&v)[N]) {
     return total;
 }
 
+// Y = M^T X M for one A x A tile X, read as x(i, j), and a map M (A x R) given as m(k, r):
+// y(r, s, value) for r, s < R.  The sums as the twins take them: first down X's columns
+// (M^T X), then along the rows of that.  The input's gradient (B gV B^T) and the filters'
+// (G^T gU G) are both this.
+template <typename T, int A, int R, typename Map, typename Read, typename Write>
+static INLINE void transposed_sandwich(Map m, Read x, Write y) {
+    T t[R][A];  // M^T X
+    #pragma GCC unroll 8
+    for (int j = 0; j < A; ++j) {
+        T col[A];
+        #pragma GCC unroll 8
+        for (int i = 0; i < A; ++i) col[i] = x(i, j);
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) t[r][j] = combine([&](int k) { return m(k, r); }, col);
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)  // (M^T X) M
+        #pragma GCC unroll 8
+        for (int s = 0; s < R; ++s) y(r, s, combine([&](int k) { return m(k, s); }, t[r]));
+}
+
 // The loops run over whole planes at once, vectorised over the tiles: a padded
 // plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
 // (TH + E) x QW with E = A/2 - 1 and QW = TW + E, so that the input tile entry (r, s)
@@ -749,21 +770,10 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
             const T* __restrict__ src = gv + c * T_ + i * TT;
             T* __restrict__ g = gd.data();
             #pragma GCC ivdep  // the entries' rows never overlap
-            for (i64 t = 0; t < TT; ++t) {
-                T u[A][A];  // B gV: u[r][j]
-                #pragma GCC unroll 8
-                for (int j = 0; j < A; ++j) {
-                    T col[A];
-                    #pragma GCC unroll 8
-                    for (int i = 0; i < A; ++i) col[i] = src[(A * i + j) * XI + t];
-                    #pragma GCC unroll 8
-                    for (int r = 0; r < A; ++r) u[r][j] = combine([r](int k) { return M::BT[k][r]; }, col);
-                }
-                #pragma GCC unroll 8
-                for (int r = 0; r < A; ++r)  // (B gV) B^T
-                    #pragma GCC unroll 8
-                    for (int s = 0; s < A; ++s) g[(A * r + s) * TT + t] = combine([s](int k) { return M::BT[k][s]; }, u[r]);
-            }
+            for (i64 t = 0; t < TT; ++t)  // B gV B^T
+                transposed_sandwich<T, A, A>([](int k, int r) { return M::BT[k][r]; },
+                                             [&](int i, int j) { return src[(A * i + j) * XI + t]; },
+                                             [&](int r, int s, T v) { g[(A * r + s) * TT + t] = v; });
             for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
             #pragma GCC unroll 8
             for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
@@ -835,22 +845,10 @@ static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p
     typedef Maps<K> M;
     constexpr int A = K + 1;
 #pragma GCC ivdep  // every pair writes its own taps
-    for (i64 p = p0; p < p1; ++p) {
-        T t[K][A];  // G^T gU
-        #pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) {
-            T col[A];
-            #pragma GCC unroll 8
-            for (int i = 0; i < A; ++i) col[i] = gu[(A * i + j) * P + p];
-            #pragma GCC unroll 8
-            for (int r = 0; r < K; ++r) t[r][j] = combine([r](int k) { return M::G[k][r]; }, col);
-        }
-        T* g = gw + K * K * p;
-        #pragma GCC unroll 8
-        for (int r = 0; r < K; ++r)  // (G^T gU) G
-            #pragma GCC unroll 8
-            for (int s = 0; s < K; ++s) g[K * r + s] = combine([s](int k) { return M::G[k][s]; }, t[r]);
-    }
+    for (i64 p = p0; p < p1; ++p)  // G^T gU G
+        transposed_sandwich<T, A, K>([](int k, int r) { return M::G[k][r]; },
+                                     [&](int i, int j) { return gu[(A * i + j) * P + p]; },
+                                     [&](int r, int s, T v) { gw[K * K * p + K * r + s] = v; });
 }
 
 // ---------------------------------------------------------------------------
