@@ -22,7 +22,7 @@ After its timed steps, each tinynet training worker profiles PROFILED_STEPS
 (3) more steps (tn.profile()): the table under the results gives the median
 over them of the ms per kind of work (GEMM,
 im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
-the Winograd transforms of the 3x3 convolutions (input tiles, output tiles with
+the Winograd transforms of the 3x3 and 5x5 convolutions (input tiles, output tiles with
 bias and ReLU, their backward twins),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.

@@ -144,3 +144,14 @@ def test_a_winograd_convolution_prints_what_ran():
     finally:
         F.set_conv_algorithm(old)
     assert "cols [2304 x 338]" in text and "V [" not in text
+
+
+def test_a_5x5_winograd_convolution_prints_its_6x6_tiles():
+    """conv2 (5x5, two groups) at batch 2: 6x6 tiles, 36 entries per channel, 36 products per group."""
+    conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=2)
+    x = tn.tensor(np.zeros((2, 96, 27, 27), np.float32), requires_grad=True)
+    y, text = traced(lambda: conv2(x).sum().backward())
+    assert "every 6x6 input tile: 36 rows per channel" in text and "V [3456 x 392]" in text
+    assert "36 tile entries x 2 groups x U [128 x 48] @ V [48 x 392] -> [128 x 392]" in text
+    assert f"{36 * 256 * 48 * 392:,} multiply-adds" in text
+    assert "Z [9216 x 392]" in text
