@@ -490,7 +490,7 @@ static INLINE void unroll(F&& f) {
     unroll_sequence(f, std::make_integer_sequence<int, N>{});
 }
 
-// Whether coefficient k of a row is its first nonzero one (the term that starts combine's sum)
+// Whether coefficient k of a row is its first nonzero one (the term that starts the sum)
 template <int N>
 static constexpr bool first_term(const double (&row)[N], int k) {
     for (int l = 0; l < k; ++l)
@@ -499,9 +499,20 @@ static constexpr bool first_term(const double (&row)[N], int k) {
     return true;
 }
 
-// sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine: the
-// first term starts the sum, a coefficient 1 or -1 adds or subtracts its term as it is, any
-// other multiplies it first.  c and v are known at compile time once the loops are unrolled.
+// One step of cpu_kernels._combine's sum: the term c * v (c nonzero) added to total, or
+// starting the sum if it is the first; a coefficient 1 or -1 adds or subtracts v as it is,
+// any other multiplies it first.
+template <typename T>
+static INLINE T add_term(T total, T v, double c, bool first) {
+    if (c == 1)
+        return first ? v : total + v;
+    if (c == -1)
+        return first ? -v : total - v;
+    return first ? v * T(c) : total + v * T(c);
+}
+
+// sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine.  c and
+// v are known at compile time once the loops are unrolled.
 template <typename T, int N, typename C>
 static INLINE T combine(C c, const T (&v)[N]) {
     T total = T(0);
@@ -511,12 +522,7 @@ static INLINE T combine(C c, const T (&v)[N]) {
         const double ck = c(k);
         if (ck == 0)
             continue;
-        if (ck == 1)
-            total = first ? v[k] : total + v[k];
-        else if (ck == -1)
-            total = first ? -v[k] : total - v[k];
-        else
-            total = first ? v[k] * T(ck) : total + v[k] * T(ck);
+        total = add_term(total, v[k], ck, first);
         first = false;
     }
     return total;
@@ -618,13 +624,6 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
             }
         });
     }
-}
-
-// One term c * v of a sum that combine() would take in the same order: the first starts it.
-template <typename T>
-static inline T add_term(T total, T v, double c, bool first) {
-    const T term = c == 1 ? v : c == -1 ? -v : v * T(c);
-    return first ? term : (c == -1 ? total - v : total + term);
 }
 
 template <typename T, int K>
