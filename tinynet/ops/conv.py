@@ -277,6 +277,7 @@ class Conv2d(Function):
         self.has_bias, self.relu = bool(bias), relu
         self.winograd = xp is np and uses_winograd((KH, KW), stride, N)
         self.tiles = cpu_kernels.winograd_tiles(OH, OW) if self.winograd else None
+        self.side = KH + 1  # a Winograd tile's side A: A*A entries, one product per entry and group
         # keep the whole batch's columns for backward if its weight gradient will need them and they
         # fit the keep cap: made once here, outside the workspace, and read chunk by chunk
         keep = is_grad_enabled() and self.needs_input_grad[1] and self._can_keep_columns(N)
@@ -284,8 +285,8 @@ class Conv2d(Function):
         kept = self._columns(x) if keep else None
 
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
-        if self.winograd:  # E = (K+1)^2 products per group, one per entry of a tile (cpu_kernels)
-            E = (KH + 1) ** 2
+        if self.winograd:  # E = A*A products per group, one per entry of a tile (cpu_kernels)
+            E = self.side ** 2
             u = kernels.winograd_weight(weight)  # (E, O, C/G)
             for n0, n1, v, m in self._chunks(x, {"gemm_output": E * O}, kept):
                 # (E*G, O/G, n*TH*TW) = (E*G, O/G, C/G) @ (E*G, C/G, n*TH*TW)
@@ -317,7 +318,7 @@ class Conv2d(Function):
         (_, C, _, _), (_, _, KH, KW), _ = self.shapes
         OH, OW = self.geometry[5:]
         if self.winograd:
-            return (KH + 1) ** 2 * C, self.tiles[0] * self.tiles[1]
+            return self.side ** 2 * C, self.tiles[0] * self.tiles[1]
         return C * KH * KW, OH * OW
 
     def _columns(self, x, out=None):
@@ -325,9 +326,9 @@ class Conv2d(Function):
         KH, KW, stride, padding = self.geometry[:4]
         if self.winograd:
             with section("Winograd input tiles"):
-                if out is None:
-                    out = np.empty(((KH + 1) ** 2, x.shape[1], x.shape[0] * self.tiles[0] * self.tiles[1]), x.dtype)
-                return kernels_for(x).winograd_input(x, padding, self.tiles, out.reshape((KH + 1) ** 2, x.shape[1], -1))
+                shape = (self.side ** 2, x.shape[1], x.shape[0] * self.tiles[0] * self.tiles[1])
+                out = np.empty(shape, x.dtype) if out is None else out.reshape(shape)
+                return kernels_for(x).winograd_input(x, padding, self.tiles, out)
         with section("im2col"):
             return im2col(x, KH, KW, stride, padding, out=out)
 
@@ -413,9 +414,9 @@ class Conv2d(Function):
         group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
         if not getattr(self, "winograd", False):
             return {}
-        (N, C, _, _), (O, Cg, KH, _), itemsize = self.shapes
+        (N, C, _, _), (O, Cg, _, _), itemsize = self.shapes
         G, (th, tw) = self.geometry[4], self.tiles
-        T, E = N * th * tw, (KH + 1) ** 2
+        T, E = N * th * tw, self.side ** 2
         return {"tiles": (th, tw), "winograd_gemm": (E * G, O // G, Cg, T),
                 "winograd_macs": E * O * Cg * T, "tile_bytes": E * C * T * itemsize}
 
@@ -477,7 +478,8 @@ class Conv2d(Function):
         x, u, kept, y = self.saved
         _, _, _, padding, G, OH, OW = self.geometry
         N, C = x.shape[:2]
-        E, O, Cg = u.shape  # E = (K+1)^2 entries of a tile
+        E, O, Cg = u.shape  # E = A*A entries of a tile
+        block_sum = self.side + 1  # entry (1, 1) of a tile's Z: the sum of its 2x2 gradients
         kernels = kernels_for(gy)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         gx = np.empty_like(x) if need_x else None
@@ -490,8 +492,8 @@ class Conv2d(Function):
             with section("Winograd gradient tiles"):  # A gy A^T, times the ReLU's mask
                 kernels.winograd_grad_output(gy[n0:n1], None if y is None else y[n0:n1], self.tiles,
                                              z.reshape(E, O, -1))
-                if gb is not None:  # entry (1, 1) of a tile's Z is the sum of its 2x2 gradients
-                    gb += z.reshape(E, O, -1)[self.geometry[0] + 2].sum(axis=1)
+                if gb is not None:
+                    gb += z.reshape(E, O, -1)[block_sum].sum(axis=1)
             z = z.reshape(E * G, O // G, -1)
             if need_w:  # (E*G, O/G, C/G) += (E*G, O/G, n*TH*TW) @ (E*G, n*TH*TW, C/G)
                 v_t = v.reshape(E * G, Cg, -1).transpose(0, 2, 1)
