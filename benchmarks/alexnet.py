@@ -277,16 +277,18 @@ def floor_products(batch, mode="train"):
     input gradient), or for mode "infer" of one forward pass, each a callable on ready
     operands, whole batch at once.  They are the products the engine does: a 3x3 or 5x5,
     stride-1 convolution's (K+1)^2 per group of Winograd's F(2x2, KxK) where the engine takes it
-    (ops/conv.py, set_conv_algorithm).  At batch 1 the fully connected layers' products only
+    (ops/conv.py, set_conv_algorithm), run as the engine runs them (cpu_kernels.batched_matmul:
+    a convolution's batch of products shared between the threads).  At batch 1 the fully connected layers' products only
     stream their weights (234 MB) from memory: their part of the floor is the memory's speed."""
     from tinynet.ops.conv import uses_winograd
+    from tinynet.ops.cpu_kernels import batched_matmul
 
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
         pairs = conv_products(c, h, o, k, s, p, g, batch, rng, uses_winograd((k, k), (s, s), batch))
         products += pairs if mode == "train" else pairs[:1]
-    products = [lambda a=a, b=b: np.matmul(a, b) for a, b in products]
+    products = [lambda a=a, b=b: batched_matmul(a, b) for a, b in products]  # as conv.py runs them
     for _, fin, fout in FCS:
         x = rng.standard_normal((batch, fin)).astype(np.float32)
         w = rng.standard_normal((fout, fin)).astype(np.float32)
@@ -470,7 +472,8 @@ def main():
     lines = [f"# AlexNet (1000 classes, float32) on {args.device}"
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
-             f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}\n",
+             f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}; "
+             f"a convolution's batch of GEMMs: {info['batched_products']}\n",
              ("Peak MB: the process's peak RSS\n" if args.device == "cpu" else
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "

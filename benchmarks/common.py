@@ -93,6 +93,7 @@ def machine():
         "tinynet_threads": tinynet.get_num_threads(),
         "tinynet_cpu_loops": tinynet.get_cpu_loops(),
         "blas": blas_info(),
+        "batched_products": tinynet.ops.cpu_kernels.batched_matmul_route(),  # a convolution's GEMMs
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",
                                               "MKL_NUM_THREADS", "TINYNET_CPU_LOOPS")},

@@ -14,6 +14,9 @@ are each cut into G blocks, and one batched matmul does the G products:
 
     (G, O/G, N*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, N*OH*OW)
 
+(On the CPU that batch is ``cpu_kernels.batched_matmul``: the same products as
+``np.matmul``, shared between tinynet's threads, one BLAS thread each.)
+
 The column matrix is (KH*KW / stride^2) times larger than the input: for
 AlexNet's conv1 at batch 128 it would be 560 MB.  So the batch is processed
 in chunks of images whose columns, GEMM output (and, in backward, column
@@ -34,6 +37,7 @@ from ..autograd import Function, is_grad_enabled
 from ..backend import get_array_module
 from ..profile import section
 from . import cpu_kernels, kernels_for
+from .cpu_kernels import batched_matmul
 
 # ----------------------------------------------------------------------------
 # The workspace: every big buffer a convolution needs, under one budget
@@ -291,7 +295,7 @@ class Conv2d(Function):
             for n0, n1, v, m in self._chunks(x, {"gemm_output": E * O}, kept):
                 # (E*G, O/G, n*TH*TW) = (E*G, O/G, C/G) @ (E*G, C/G, n*TH*TW)
                 with section("GEMM"):
-                    xp.matmul(u.reshape(E * G, O // G, Cg), v.reshape(E * G, Cg, -1), out=m.reshape(E * G, O // G, -1))
+                    batched_matmul(u.reshape(E * G, O // G, Cg), v.reshape(E * G, Cg, -1), out=m.reshape(E * G, O // G, -1))
                 with section("Winograd output tiles"):  # A^T M A, the bias, the ReLU
                     kernels.winograd_output(m.reshape(E, O, -1), bias[0] if bias else None, relu, self.tiles,
                                             y[n0:n1].reshape(n1 - n0, O, OH, OW))
@@ -304,7 +308,7 @@ class Conv2d(Function):
             # (G, O/G, n*OH*OW) = (G, O/G, C/G*KH*KW) @ (G, C/G*KH*KW, n*OH*OW)
             prod = prod.reshape(G, O // G, n * OH * OW)
             with section("GEMM"):
-                xp.matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
+                batched_matmul(w_groups, cols.reshape(G, Cg * KH * KW, -1), out=prod)
             # (O, n, OH*OW) -> (n, O, OH*OW), adding the bias (and the ReLU) in the same pass
             with section("conv output pass (transpose, bias, ReLU)"):
                 kernels.conv_output(prod.reshape(O, n, OH * OW), bias[0] if bias else None, relu, y[n0:n1])
@@ -456,14 +460,14 @@ class Conv2d(Function):
                 cols_t = cols.reshape(G, Cg * KH * KW, -1).transpose(0, 2, 1)
                 with section("GEMM"):
                     if n0 == 0:  # the first chunk writes gw, later ones add to it
-                        xp.matmul(g_rows, cols_t, out=gw)
+                        batched_matmul(g_rows, cols_t, out=gw)
                     else:
-                        gw += xp.matmul(g_rows, cols_t)
+                        gw += batched_matmul(g_rows, cols_t)
             if need_x:
                 # (G, C/G*KH*KW, n*OH*OW) = (G, C/G*KH*KW, O/G) @ (G, O/G, n*OH*OW)
                 gcols = gcols[0].reshape(G, Cg * KH * KW, n * OH * OW)
                 with section("GEMM"):
-                    xp.matmul(w_groups_t, g_rows, out=gcols)
+                    batched_matmul(w_groups_t, g_rows, out=gcols)
                 with section("col2im"):
                     col2im(gcols.reshape(C * KH * KW, n * OH * OW), (n, C, H, W), KH, KW, stride,
                            padding, out=gx[n0:n1])
@@ -499,13 +503,13 @@ class Conv2d(Function):
                 v_t = v.reshape(E * G, Cg, -1).transpose(0, 2, 1)
                 with section("GEMM"):
                     if n0 == 0:
-                        np.matmul(z, v_t, out=gu)
+                        batched_matmul(z, v_t, out=gu)
                     else:
-                        gu += np.matmul(z, v_t)
+                        gu += batched_matmul(z, v_t)
             if need_x:  # (E*G, C/G, n*TH*TW) = (E*G, C/G, O/G) @ (E*G, O/G, n*TH*TW)
                 gv = gv[0].reshape(E * G, Cg, -1)
                 with section("GEMM"):
-                    np.matmul(u.reshape(E * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
+                    batched_matmul(u.reshape(E * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
                 with section("Winograd input gradient"):  # B gV B^T, added back onto the pixels
                     kernels.winograd_input_grad(gv.reshape(E, C, -1), padding, self.tiles, gx[n0:n1])
         grads = [gx, kernels.winograd_weight_grad(gu.reshape(E, O, Cg)) if need_w else None]

@@ -141,6 +141,96 @@ def parallel_runs(fn, n):
     parallel_chunks(fn, n, 1, target_bytes=-(-n // get_num_threads()))
 
 
+# ----------------------------------------------------------------------------
+# Batches of small matrix products: one BLAS thread per product
+# ----------------------------------------------------------------------------
+
+# OpenBLAS's setter and getter of its thread count, under the names its builds export: NumPy's
+# wheels bundle it as scipy_openblas (with 64-bit integers), a system OpenBLAS has plain names
+_OPENBLAS_NAMES = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                   ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+                   ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                   ("openblas_set_num_threads", "openblas_get_num_threads"))
+_blas = {"looked": False, "control": None, "found": None}
+_blas_lock = threading.Lock()
+
+
+def _find_openblas():
+    """((set, get), what) for the OpenBLAS this process has loaded, or (None, why not)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps
+                            if len(line.split()) >= 6 and "openblas" in line.split()[-1].lower()})
+    except OSError:
+        return None, "the loaded libraries cannot be listed (no /proc/self/maps)"
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _OPENBLAS_NAMES:
+            setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return (setter, getter), os.path.basename(path)
+    return None, "NumPy's BLAS is not an OpenBLAS whose thread count can be set"
+
+
+def _openblas_control():
+    with _blas_lock:
+        if not _blas["looked"]:
+            _blas["control"], _blas["found"] = _find_openblas()
+            _blas["looked"] = True
+        return _blas["control"]
+
+
+def batched_matmul_route():
+    """How batched_matmul runs a batch of products here, in words (benchmarks print it)."""
+    if get_num_threads() < 2:
+        return "np.matmul: tinynet has one thread"
+    if _openblas_control() is None:
+        return f"np.matmul, one product at a time: {_blas['found']}"
+    return f"one product per thread, each on one BLAS thread ({_blas['found']})"
+
+
+def batched_matmul(a, b, out=None):
+    """out[i] = a[i] @ b[i] for a batch of independent products: the G groups of a grouped
+    convolution, or Winograd's (K+1)^2 * G (ops/conv.py).  a (B, M, K), b (B, K, P).
+
+    np.matmul does the products one after the other, each split between OpenBLAS's threads.
+    A convolution's products are small (inner sizes of 48 to 384) and that split costs:
+    AlexNet's Winograd products at batch 32 ran at 90-170 GFLOP/s so, against 130-200 when
+    each of tinynet's threads took half of the batch and did its products on one BLAS thread
+    (a whole training step: 0.91 of the time).  So here OpenBLAS is set to one thread, the
+    batch is shared out as ``parallel_runs`` shares a pass, and OpenBLAS's thread count is
+    put back after, also on an error.  Each product is the same call on the same operands,
+    so the numbers are np.matmul's (OpenBLAS splits a product's rows and columns between
+    threads, never its sums).  Where the thread count cannot be set (another BLAS;
+    ``batched_matmul_route`` says why), or tinynet has one thread, or for CuPy arrays,
+    this is np.matmul (xp.matmul)."""
+    xp = get_array_module(a)
+    if out is None:
+        out = xp.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
+    control = None
+    if xp is np and a.ndim == b.ndim == out.ndim == 3 and a.shape[0] == b.shape[0] == out.shape[0] > 1 \
+            and get_num_threads() > 1:
+        control = _openblas_control()
+    if control is None:
+        return xp.matmul(a, b, out=out)
+    set_blas_threads, get_blas_threads = control
+    with _blas_lock:  # one batch at a time changes the count (two towers may get here at once)
+        blas_threads = get_blas_threads()
+        set_blas_threads(1)
+        try:
+            parallel_runs(lambda i0, i1: np.matmul(a[i0:i1], b[i0:i1], out=out[i0:i1]), a.shape[0])
+        finally:
+            set_blas_threads(blas_threads)
+    return out
+
+
 def _image_bytes(x):
     """Bytes of one item along the batch axis of x (N, ...); also for N = 0."""
     return x.itemsize * int(np.prod(x.shape[1:]))
