@@ -246,9 +246,11 @@ def test_winograd_filter_transforms_give_the_numpy_bits(o, c, k, dtype, seed):
         assert same_bits_but_nan(cpu_loops.winograd_weight_grad(gu), cpu_kernels.winograd_weight_grad(gu))
 
 
-@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES,
+@given(st.integers(1, 3), st.integers(1, 14), st.integers(1, 6), st.integers(1, 12), DTYPES,
        st.sampled_from([0.75, 0.5, 1.0]), st.integers(0, 2**31))
 def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
+    """Windows of up to 9 channels are summed in one pass (kernels/cpu_loops.cpp, MAX_WINDOW),
+    wider ones a row at a time: sizes up to 12 draw both."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, c, hw, hw)) * 3).astype(dtype)
     alpha, k = 1e-2, 2.0
@@ -267,8 +269,9 @@ def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
         np.testing.assert_allclose(gx2, gx, rtol=rtol, atol=4 * rtol * np.abs(gy).max())
 
 
-@pytest.mark.parametrize("shape,size", [((1, 48, 50, 50), 5), ((2, 7000, 5, 5), 9), ((1, 300, 31, 31), 5)],
-                         ids=["two tiles", "16-pixel tiles", "uneven tiles"])
+@pytest.mark.parametrize("shape,size", [((1, 48, 50, 50), 5), ((2, 7000, 5, 5), 9), ((1, 300, 31, 31), 5),
+                                        ((1, 7000, 5, 5), 11)],
+                         ids=["two tiles", "16-pixel tiles", "uneven tiles", "16-pixel tiles, wide window"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lrn_backward_in_several_pixel_tiles_gives_the_numpy_bits(shape, size, dtype):
     """The compiled backward goes through each image in tiles of pixels (up to 384 KB of
@@ -283,7 +286,7 @@ def test_lrn_backward_in_several_pixel_tiles_gives_the_numpy_bits(shape, size, d
     assert same_bits(cpu_loops.lrn_backward(x, gy, size, 1e-2, 0.75, 2.0), gx)
 
 
-@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 6), st.integers(1, 7), DTYPES, st.integers(0, 2**31))
+@given(st.integers(1, 3), st.integers(1, 14), st.integers(1, 6), st.integers(1, 12), DTYPES, st.integers(0, 2**31))
 def test_lrn_backward_recomputes_forwards_bits(n, c, hw, size, dtype, seed):
     """Backward keeps nothing from forward but x: the s and y it computes again must be
     forward's, bit for bit.  The reference here takes forward's y as returned, and s by
@@ -408,7 +411,7 @@ def run_every_loop_on_exact_buffers(cases=60):
         oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
         y, argmax = cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
         cpu_loops.maxpool_backward(argmax, np.ones_like(y), x.shape, kh, kw, sh, sw)
-        size = int(rng.integers(1, 8))
+        size = int(rng.integers(1, 13))  # both sides of MAX_WINDOW (9)
         cpu_loops.lrn_forward(x, size, 1e-4, 0.75, 2.0)
         cpu_loops.lrn_backward(x, np.ones_like(x), size, 1e-4, 0.75, 2.0)
         if case < 2:  # backward in several pixel tiles, the last one shorter (see the bit test)
