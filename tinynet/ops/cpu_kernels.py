@@ -212,16 +212,16 @@ def batched_matmul(a, b, out=None):
     ``batched_matmul_route`` says why), or tinynet has one thread, or for CuPy arrays,
     this is np.matmul (xp.matmul)."""
     xp = get_array_module(a)
-    if out is None:
-        out = xp.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
     control = None
-    if xp is np and a.ndim == b.ndim == out.ndim == 3 and a.shape[0] == b.shape[0] == out.shape[0] > 1 \
-            and get_num_threads() > 1:
+    if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] > 1 and get_num_threads() > 1 \
+            and (out is None or out.shape[0] == a.shape[0]):
         control = _openblas_control()
     if control is None:
-        return xp.matmul(a, b, out=out)
+        return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a.dtype, b.dtype))
     set_blas_threads, get_blas_threads = control
-    with _blas_lock:  # one batch at a time changes the count (two towers may get here at once)
+    with _blas_lock:  # one batch at a time changes the count (models may run in several threads)
         blas_threads = get_blas_threads()
         set_blas_threads(1)
         try:
