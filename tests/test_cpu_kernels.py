@@ -11,7 +11,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tinynet.ops import cpu_kernels
 
@@ -313,47 +313,38 @@ def test_importing_tinynet_lets_idle_blas_threads_sleep():
 # batched_matmul: a batch of products shared between the threads, one BLAS thread each
 # ----------------------------------------------------------------------------
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 9), m=st.integers(1, 40), k=st.integers(1, 70), p=st.integers(1, 50),
        transposed=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
-def test_batched_matmul_gives_np_matmuls_numbers(batch, m, k, p, transposed, dtype):
+def test_batched_matmul_gives_np_matmuls_numbers(threads, batch, m, k, p, transposed, dtype):
     """The same products as np.matmul, to the bit, on three threads (the route that splits,
-    where OpenBLAS's thread count can be set), with a transposed operand as conv.py passes."""
+    where OpenBLAS's thread count can be set), with a transposed operand as conv.py passes.
+    (The thread fixture holds for every example: none changes the count.)"""
     rng = np.random.default_rng(batch * 1000 + m * 100 + k)
     a = rng.standard_normal((batch, m, k)).astype(dtype)
     b = rng.standard_normal((batch, p, k)).astype(dtype).transpose(0, 2, 1) if transposed else \
         rng.standard_normal((batch, k, p)).astype(dtype)
-    old = cpu_kernels.get_num_threads()
-    cpu_kernels.set_num_threads(3)
-    try:
-        out = np.full((batch, m, p), np.nan, dtype)
-        assert cpu_kernels.batched_matmul(a, b, out=out) is out
-        np.testing.assert_array_equal(out, np.matmul(a, b))
-        fresh = cpu_kernels.batched_matmul(a, b)  # no out: a new array
-        np.testing.assert_array_equal(fresh, np.matmul(a, b))
-        assert fresh.dtype == dtype
-    finally:
-        cpu_kernels.set_num_threads(old)
+    out = np.full((batch, m, p), np.nan, dtype)
+    assert cpu_kernels.batched_matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+    fresh = cpu_kernels.batched_matmul(a, b)  # no out: a new array
+    np.testing.assert_array_equal(fresh, np.matmul(a, b))
+    assert fresh.dtype == dtype
 
 
-def test_batched_matmul_puts_blas_threads_back_also_after_an_error():
+def test_batched_matmul_puts_blas_threads_back_also_after_an_error(threads):
     control = cpu_kernels._openblas_control()
     if control is None:
         pytest.skip(f"no OpenBLAS thread control here: {cpu_kernels.batched_matmul_route()}")
     _, get_blas_threads = control
     before = get_blas_threads()
-    old = cpu_kernels.get_num_threads()
-    cpu_kernels.set_num_threads(2)
-    try:
-        assert "one product per thread" in cpu_kernels.batched_matmul_route()
-        a, b = np.ones((4, 3, 5), np.float32), np.ones((4, 5, 2), np.float32)
-        cpu_kernels.batched_matmul(a, b)
-        assert get_blas_threads() == before
-        with pytest.raises(ValueError):  # a wrong out shape fails inside the threads
-            cpu_kernels.batched_matmul(a, b, out=np.empty((4, 3, 7), np.float32))
-        assert get_blas_threads() == before
-    finally:
-        cpu_kernels.set_num_threads(old)
+    assert "one product per thread" in cpu_kernels.batched_matmul_route()
+    a, b = np.ones((4, 3, 5), np.float32), np.ones((4, 5, 2), np.float32)
+    cpu_kernels.batched_matmul(a, b)
+    assert get_blas_threads() == before
+    with pytest.raises(ValueError):  # a wrong out shape fails inside the threads
+        cpu_kernels.batched_matmul(a, b, out=np.empty((4, 3, 7), np.float32))
+    assert get_blas_threads() == before
 
 
 def test_batched_matmul_with_one_thread_is_np_matmul(monkeypatch):

@@ -160,9 +160,9 @@ def _find_openblas():
     import ctypes
 
     try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps
-                            if len(line.split()) >= 6 and "openblas" in line.split()[-1].lower()})
+        with open("/proc/self/maps") as maps:  # a mapped file's path: a line's sixth and last field
+            fields = [line.split() for line in maps]
+        paths = sorted({f[-1] for f in fields if len(f) >= 6 and "openblas" in f[-1].lower()})
     except OSError:
         return None, "the loaded libraries cannot be listed (no /proc/self/maps)"
     for path in paths:
