@@ -46,6 +46,19 @@ struct Lanes {
     typedef Int I __attribute__((vector_size(32)));
 };
 
+// f(0), f(1), ... f(N-1), each index a compile-time constant (std::integral_constant): a loop
+// unrolled by the compiler, so that what it indexes (a Winograd map's entries, an LRN window's
+// rows) is constant and the loop of pixels or tiles around it is one straight run of
+// arithmetic, made SIMD code
+template <typename F, int... I>
+static INLINE void unroll_sequence(F&& f, std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+static INLINE void unroll(F&& f) {
+    unroll_sequence(f, std::make_integer_sequence<int, N>{});
+}
+
 // The output positions o in [0, out_len) whose input position o*stride - pad + k
 // lies inside [0, in_len): o_lo <= o < o_hi.
 static inline void inside(i64 in_len, i64 out_len, i64 stride, i64 pad, i64 k, i64& o_lo, i64& o_hi) {
@@ -304,9 +317,12 @@ static inline int window_rows(const T* first, i64 stride, i64 c, i64 C, i64 belo
 // to 17.4 and 12.5 to 10.8 (one thread, 64 planes of 55x55 and 27x27).
 constexpr int MAX_WINDOW = 9;
 
-template <typename F, int... I>
-static INLINE void with_rows(int R, F&& f, std::integer_sequence<int, I...>) {
-    (void)((R == I + 1 ? (f(std::integral_constant<int, I + 1>{}), true) : false) || ...);
+template <int MAX, typename F>
+static INLINE void with_rows(int R, F&& f) {  // f(std::integral_constant<int, R>), for R in 1 .. MAX
+    unroll<MAX>([&](auto i) {
+        constexpr int rows = decltype(i)::value + 1;
+        if (R == rows) f(std::integral_constant<int, rows>{});
+    });
 }
 
 // use(p, sum) for p = 0 .. L-1, sum = the window's rows at p added in their order, each
@@ -315,7 +331,7 @@ template <bool SQUARES, typename T, typename Use>
 static INLINE void window_sum(const T* const* rows, int R, i64 L, T* __restrict__ scratch, Use use) {
     auto term = [](T v) { return SQUARES ? v * v : v; };
     if (R <= MAX_WINDOW) {
-        with_rows(R, [&](auto r) {
+        with_rows<MAX_WINDOW>(R, [&](auto r) {
             constexpr int N = decltype(r)::value;
             const T* __restrict__ w[N];
             for (int j = 0; j < N; ++j) w[j] = rows[j];
@@ -325,7 +341,7 @@ static INLINE void window_sum(const T* const* rows, int R, i64 L, T* __restrict_
                 for (int j = 1; j < N; ++j) sum += term(w[j][p]);
                 use(p, sum);
             }
-        }, std::make_integer_sequence<int, MAX_WINDOW>{});
+        });
         return;
     }
     for (i64 p = 0; p < L; ++p) scratch[p] = term(rows[0][p]);
@@ -511,18 +527,6 @@ struct Maps<5> {
                                        {0, 0, 0, 0, 1}};
     static constexpr double AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
 };
-
-// f(0), f(1), ... f(N-1), each index a compile-time constant (std::integral_constant): a loop
-// unrolled by the compiler, so that the matrix entries it indexes are constants and the loop
-// of tiles around it is one straight run of arithmetic, made SIMD code
-template <typename F, int... I>
-static INLINE void unroll_sequence(F&& f, std::integer_sequence<int, I...>) {
-    (f(std::integral_constant<int, I>{}), ...);
-}
-template <int N, typename F>
-static INLINE void unroll(F&& f) {
-    unroll_sequence(f, std::make_integer_sequence<int, N>{});
-}
 
 // Whether coefficient k of a row is its first nonzero one (the term that starts the sum)
 template <int N>
