@@ -566,25 +566,38 @@ static INLINE T combine(C c, const T (&v)[N]) {
     return total;
 }
 
-// Y = M^T X M for one A x A tile X, read as x(i, j), and a map M (A x R) given as m(k, r):
-// y(r, s, value) for r, s < R.  The sums as the twins take them: first down X's columns
-// (M^T X), then along the rows of that.  The input's gradient (B gV B^T) and the filters'
-// (G^T gU G) are both this.
-template <typename T, int A, int R, typename Map, typename Read, typename Write>
-static INLINE void transposed_sandwich(Map m, Read x, Write y) {
-    T t[R][A];  // M^T X
-    #pragma GCC unroll 8
-    for (int j = 0; j < A; ++j) {
-        T col[A];
-        #pragma GCC unroll 8
-        for (int i = 0; i < A; ++i) col[i] = x(i, j);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) t[r][j] = combine([&](int k) { return m(k, r); }, col);
-    }
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)  // (M^T X) M
-        #pragma GCC unroll 8
-        for (int s = 0; s < R; ++s) y(r, s, combine([&](int k) { return m(k, s); }, t[r]));
+// Y = M^T X M for each of n tiles X (A x A) and a map M (A x R), given as a type whose Map{}(k, r)
+// is M's entry (k, r): y(r, s, tile, value) for r, s < R.  The sums are taken as the twins take
+// them, first down X's columns (M^T X), then along the rows of that, and in two passes over
+// the tiles: sandwich_columns makes M^T X of every tile, one column j at a time, into
+// t[(r*A + j)*n + tile], and sandwich_rows then (M^T X) M tile by tile from t.  A pass so
+// reads A rows of the tile matrix at once, not all A*A: those rows often lie a multiple of
+// 4 KiB apart, in one cache set, and 16 or 36 of them evicted each other (the filters'
+// gradient ran 3 to 6 times as long taking each tile whole).  The input's gradient (B gV B^T)
+// and the filters' (G^T gU G) are both this.
+template <typename T, int A, int R, typename Map, typename Read>
+static INLINE void sandwich_columns(Read x, T* __restrict__ t, i64 n) {  // x(i, j, tile)
+    unroll<A>([&](auto jc) {
+        constexpr int j = decltype(jc)::value;
+        #pragma GCC ivdep  // t's rows never overlap
+        for (i64 tile = 0; tile < n; ++tile) {
+            T col[A];
+            unroll<A>([&](auto i) { col[i] = x(i, j, tile); });
+            unroll<R>([&](auto r) {
+                t[(r * A + j) * n + tile] = combine([](int k) { return Map{}(k, decltype(r)::value); }, col);
+            });
+        }
+    });
+}
+template <typename T, int A, int R, typename Map, typename Write>
+static INLINE void sandwich_rows(const T* __restrict__ t, i64 n, Write y) {
+    #pragma GCC ivdep  // every tile writes its own entries
+    for (i64 tile = 0; tile < n; ++tile)
+        unroll<R>([&](auto r) {
+            T row[A];
+            unroll<A>([&](auto j) { row[j] = t[(decltype(r)::value * A + j) * n + tile]; });
+            unroll<R>([&](auto s) { y(r, s, tile, combine([](int k) { return Map{}(k, decltype(s)::value); }, row)); });
+        });
 }
 
 // The loops run over whole planes at once, vectorised over the tiles: a padded
@@ -630,7 +643,7 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
     for (i64 c = c0; c < c1; ++c) {
         for (i64 i = i0; i < i1; ++i)
             winograd_phases(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
-        unroll<A>([&](auto rc) {
+        unroll<A>([&](auto rc) __attribute__((always_inline)) {  // see TINYNET_CLONES
             constexpr int r = decltype(rc)::value;
             for (i64 i = i0; i < i1; ++i) {
                 const T* __restrict__ d[A][A];  // d[k][s][t']: entry (k, s) of wide tile t'
@@ -801,16 +814,17 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
     #pragma GCC unroll 8
     for (int j = 0; j < L; ++j) lane[j] = j;
     const V minus_zero = V{} - T(0);  // every lane -0.0
-    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L);
+    struct BT {  // the map B (A x A) of B gV B^T = (B^T)^T gV B^T, as B^T's transpose
+        constexpr double operator()(int k, int r) const { return M::BT[k][r]; }
+    };
+    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L), half(A * A * TT);
     for (i64 c = c0; c < c1; ++c)
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ src = gv + c * T_ + i * TT;
             T* __restrict__ g = gd.data();
-            #pragma GCC ivdep  // the entries' rows never overlap
-            for (i64 t = 0; t < TT; ++t)  // B gV B^T
-                transposed_sandwich<T, A, A>([](int k, int r) { return M::BT[k][r]; },
-                                             [&](int i, int j) { return src[(A * i + j) * XI + t]; },
-                                             [&](int r, int s, T v) { g[(A * r + s) * TT + t] = v; });
+            sandwich_columns<T, A, A, BT>([&](int i, int j, i64 t) { return src[(A * i + j) * XI + t]; },
+                                          half.data(), TT);  // B gV B^T
+            sandwich_rows<T, A, A, BT>(half.data(), TT, [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
             for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
             #pragma GCC unroll 8
             for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
@@ -828,13 +842,22 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                     }
             }
             T* out = gx + (i * C + c) * H * W;
-            for (i64 h = 0; h < H; ++h) {
+            for (i64 h = 0; h < H; ++h) {  // padded column pw = w + PW: in phase pw & 1, at pw >> 1
                 const i64 ph = h + PH;
-                const T* row = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
-                for (i64 w = 0; w < W; ++w) {
-                    const i64 pw = w + PW;
-                    out[h * W + w] = row[(pw & 1) * QS + (pw >> 1)];
+                const T* __restrict__ even = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
+                const T* __restrict__ odd = even + QS;
+                T* __restrict__ d = out + h * W;
+                i64 w = 0;
+                if (PW & 1)  // the row starts at an odd padded column
+                    d[w++] = odd[PW >> 1];
+                const i64 b = (w + PW) >> 1, pairs = (W - w) / 2;
+                d += w;
+                for (i64 x = 0; x < pairs; ++x) {  // then (even, odd) pairs, the two phases side by side
+                    d[2 * x] = even[b + x];
+                    d[2 * x + 1] = odd[b + x];
                 }
+                if ((W - w) & 1)
+                    d[2 * pairs] = even[b + pairs];
             }
         }
 }
@@ -881,11 +904,16 @@ template <typename T, int K>
 static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p1) {
     typedef Maps<K> M;
     constexpr int A = K + 1;
-#pragma GCC ivdep  // every pair writes its own taps
-    for (i64 p = p0; p < p1; ++p)  // G^T gU G
-        transposed_sandwich<T, A, K>([](int k, int r) { return M::G[k][r]; },
-                                     [&](int i, int j) { return gu[(A * i + j) * P + p]; },
-                                     [&](int r, int s, T v) { gw[K * K * p + K * r + s] = v; });
+    struct G {  // the map G (A x K)
+        constexpr double operator()(int k, int r) const { return M::G[k][r]; }
+    };
+    constexpr i64 B = 64;  // pairs per block: the two passes' half-way values stay in the cache
+    T half[K * A * B];
+    for (i64 b0 = p0; b0 < p1; b0 += B) {  // G^T gU G
+        const i64 n = std::min(B, p1 - b0);
+        sandwich_columns<T, A, K, G>([&](int i, int j, i64 p) { return gu[(A * i + j) * P + b0 + p]; }, half, n);
+        sandwich_rows<T, A, K, G>(half, n, [&](int r, int s, i64 p, T v) { gw[K * K * (b0 + p) + K * r + s] = v; });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -911,10 +939,16 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
 // On x86-64 with GCC or clang each is compiled twice, for plain x86-64 (SSE2)
 // and for AVX2, and the loader picks the one the processor runs (ifunc): AVX2
 // does twice as many floats per instruction, and the results are the same
-// bits (no fused multiply-adds: the build passes -ffp-contract=off).
+// bits (no fused multiply-adds: the build passes -ffp-contract=off).  A function the
+// compiler leaves out of line is not cloned: it is compiled once, for SSE2, and called from
+// the AVX2 clone (GCC did so with the unrolled lambdas of winograd_input and
+// winograd_grad_output, 10-15% of their time).  So every call inside an exported function
+// is inlined into it (flatten), and the one lambda flatten still left out says
+// always_inline itself; tests/test_cpu_loops.py checks that the library defines no function
+// of its own but the exported ones and their clones.
 
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-#define TINYNET_CLONES __attribute__((target_clones("avx2", "default")))
+#define TINYNET_CLONES __attribute__((target_clones("avx2", "default"), flatten))
 #else
 #define TINYNET_CLONES
 #endif
