@@ -528,15 +528,6 @@ struct Maps<5> {
     static constexpr double AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
 };
 
-// Whether coefficient k of a row is its first nonzero one (the term that starts the sum)
-template <int N>
-static constexpr bool first_term(const double (&row)[N], int k) {
-    for (int l = 0; l < k; ++l)
-        if (row[l] != 0)
-            return false;
-    return true;
-}
-
 // One step of cpu_kernels._combine's sum: the term c * v (c nonzero) added to total, or
 // starting the sum if it is the first; a coefficient 1 or -1 adds or subtracts v as it is,
 // any other multiplies it first.
@@ -574,7 +565,8 @@ static INLINE T combine(C c, const T (&v)[N]) {
 // reads A rows of the tile matrix at once, not all A*A: those rows often lie a multiple of
 // 4 KiB apart, in one cache set, and 16 or 36 of them evicted each other (the filters'
 // gradient ran 3 to 6 times as long taking each tile whole).  The input's gradient (B gV B^T)
-// and the filters' (G^T gU G) are both this.
+// and the filters' (G^T gU G) are both this, and the output's A^T M A begins with
+// sandwich_columns.
 template <typename T, int A, int R, typename Map, typename Read>
 static INLINE void sandwich_columns(Read x, T* __restrict__ t, i64 n) {  // x(i, j, tile)
     unroll<A>([&](auto jc) {
@@ -683,30 +675,16 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
     typedef Maps<K> M;
     constexpr int A = K + 1;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
-    // u = A^T M for filter o's tiles of all the call's images, u[(A*a + j)*L + t], built row of
-    // entries by row (i = 0 .. A-1): each pass reads A rows of M from end to end, not A*A at once
+    // u = A^T M for filter o's tiles of all the call's images, u[(A*a + j)*L + t], made column
+    // by column (sandwich_columns: each pass reads A rows of M from end to end, not A*A at once)
+    struct AT {  // the map A (A x 2), as A^T's transpose
+        constexpr double operator()(int k, int r) const { return M::AT[r][k]; }
+    };
     std::vector<T> u(2 * A * L), block(4 * TT);
     for (i64 o = o0; o < o1; ++o) {
         const T* __restrict__ q = m + o * T_ + i0 * TT;
         T* __restrict__ uu = u.data();
-        unroll<A>([&](auto ic) {
-            constexpr int i = decltype(ic)::value;
-            const T* __restrict__ e[A];  // e[j][t]: entry (i, j) of tile t
-            for (int j = 0; j < A; ++j) e[j] = q + (A * i + j) * XI;
-            #pragma GCC ivdep  // the entries' rows and u never overlap
-            for (i64 t = 0; t < L; ++t)
-                unroll<A>([&](auto j) {
-                    unroll<2>([&](auto ac) {
-                        constexpr int a = decltype(ac)::value;
-                        constexpr double c = M::AT[a][i];
-                        if constexpr (c != 0) {
-                            constexpr bool first = first_term<A>(M::AT[a], i);
-                            T& dst = uu[(A * a + j) * L + t];
-                            dst = add_term(dst, e[j][t], c, first);
-                        }
-                    });
-                });
-        });
+        sandwich_columns<T, A, 2, AT>([&](int i, int j, i64 t) { return q[(A * i + j) * XI + t]; }, uu, L);
         const T b = bias ? bias[o] : T(0);
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ ui = uu + (i - i0) * TT;
