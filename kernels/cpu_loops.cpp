@@ -562,9 +562,10 @@ static INLINE T combine(C c, const T (&v)[N]) {
 // them, first down X's columns (M^T X), then along the rows of that, and in two passes over
 // the tiles: sandwich_columns makes M^T X of every tile, one column j at a time, into
 // t[(r*A + j)*n + tile], and sandwich_rows then (M^T X) M tile by tile from t.  A pass so
-// reads A rows of the tile matrix at once, not all A*A: those rows often lie a multiple of
-// 4 KiB apart, in one cache set, and 16 or 36 of them evicted each other (the filters'
-// gradient ran 3 to 6 times as long taking each tile whole).  The input's gradient (B gV B^T)
+// reads A rows of the tile matrix at once, not all A*A (those rows often lie a multiple of
+// 4 KiB apart, in one cache set, where 16 or 36 of them evict each other), each loop one SIMD
+// run over the tiles.  Taking each tile whole instead, the filters' gradient took 3 to 9
+// times as long (float32, one thread), the input's 1.1 times.  The input's gradient (B gV B^T)
 // and the filters' (G^T gU G) are both this, and the output's A^T M A begins with
 // sandwich_columns.
 template <typename T, int A, int R, typename Map, typename Read>
@@ -920,7 +921,7 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
 // bits (no fused multiply-adds: the build passes -ffp-contract=off).  A function the
 // compiler leaves out of line is not cloned: it is compiled once, for SSE2, and called from
 // the AVX2 clone (GCC did so with the unrolled lambdas of winograd_input and
-// winograd_grad_output, 10-15% of their time).  So every call inside an exported function
+// winograd_grad_output, which took 5-15% longer so).  So every call inside an exported function
 // is inlined into it (flatten), and the one lambda flatten still left out says
 // always_inline itself; tests/test_cpu_loops.py checks that the library defines no function
 // of its own but the exported ones and their clones.
