@@ -528,20 +528,9 @@ struct Maps<5> {
     static constexpr double AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
 };
 
-// One step of cpu_kernels._combine's sum: the term c * v (c nonzero) added to total, or
-// starting the sum if it is the first; a coefficient 1 or -1 adds or subtracts v as it is,
-// any other multiplies it first.
-template <typename T>
-static INLINE T add_term(T total, T v, double c, bool first) {
-    if (c == 1)
-        return first ? v : total + v;
-    if (c == -1)
-        return first ? -v : total - v;
-    return first ? v * T(c) : total + v * T(c);
-}
-
-// sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine.  c and
-// v are known at compile time once the loops are unrolled.
+// sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine: the
+// first term starts the sum, a coefficient 1 or -1 adds or subtracts its term as it is, any
+// other multiplies it first.  c and v are known at compile time once the loops are unrolled.
 template <typename T, int N, typename C>
 static INLINE T combine(C c, const T (&v)[N]) {
     T total = T(0);
@@ -551,7 +540,12 @@ static INLINE T combine(C c, const T (&v)[N]) {
         const double ck = c(k);
         if (ck == 0)
             continue;
-        total = add_term(total, v[k], ck, first);
+        if (ck == 1)
+            total = first ? v[k] : total + v[k];
+        else if (ck == -1)
+            total = first ? -v[k] : total - v[k];
+        else
+            total = first ? v[k] * T(ck) : total + v[k] * T(ck);
         first = false;
     }
     return total;
@@ -561,13 +555,13 @@ static INLINE T combine(C c, const T (&v)[N]) {
 // is M's entry (k, r): y(r, s, tile, value) for r, s < R.  The sums are taken as the twins take
 // them, first down X's columns (M^T X), then along the rows of that, and in two passes over
 // the tiles: sandwich_columns makes M^T X of every tile, one column j at a time, into
-// t[(r*A + j)*n + tile], and sandwich_rows then (M^T X) M tile by tile from t.  A pass so
+// t[(r*A + j)*n + tile], and sandwich_rows then (M^T X) M tile by tile from t (whose rows
+// may lie further apart than n: `stride`).  A pass so
 // reads A rows of the tile matrix at once, not all A*A (those rows often lie a multiple of
 // 4 KiB apart, in one cache set, where 16 or 36 of them evict each other), each loop one SIMD
 // run over the tiles.  Taking each tile whole instead, the filters' gradient took 3 to 9
-// times as long (float32, one thread), the input's 1.1 times.  The input's gradient (B gV B^T)
-// and the filters' (G^T gU G) are both this, and the output's A^T M A begins with
-// sandwich_columns.
+// times as long (float32, one thread), the input's 1.1 times.  The input's gradient (B gV B^T),
+// the filters' (G^T gU G), the output's A^T M A and the filters' own map G g G^T are all this.
 template <typename T, int A, int R, typename Map, typename Read>
 static INLINE void sandwich_columns(Read x, T* __restrict__ t, i64 n) {  // x(i, j, tile)
     unroll<A>([&](auto jc) {
@@ -583,12 +577,12 @@ static INLINE void sandwich_columns(Read x, T* __restrict__ t, i64 n) {  // x(i,
     });
 }
 template <typename T, int A, int R, typename Map, typename Write>
-static INLINE void sandwich_rows(const T* __restrict__ t, i64 n, Write y) {
+static INLINE void sandwich_rows(const T* __restrict__ t, i64 n, i64 stride, Write y) {
     #pragma GCC ivdep  // every tile writes its own entries
     for (i64 tile = 0; tile < n; ++tile)
         unroll<R>([&](auto r) {
             T row[A];
-            unroll<A>([&](auto j) { row[j] = t[(decltype(r)::value * A + j) * n + tile]; });
+            unroll<A>([&](auto j) { row[j] = t[(decltype(r)::value * A + j) * stride + tile]; });
             unroll<R>([&](auto s) { y(r, s, tile, combine([](int k) { return Map{}(k, decltype(s)::value); }, row)); });
         });
 }
@@ -677,7 +671,8 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
     constexpr int A = K + 1;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
     // u = A^T M for filter o's tiles of all the call's images, u[(A*a + j)*L + t], made column
-    // by column (sandwich_columns: each pass reads A rows of M from end to end, not A*A at once)
+    // by column (sandwich_columns: each pass reads A rows of M from end to end, not A*A at once);
+    // then (A^T M) A image by image, into a block of its 2x2 outputs
     struct AT {  // the map A (A x 2), as A^T's transpose
         constexpr double operator()(int k, int r) const { return M::AT[r][k]; }
     };
@@ -690,15 +685,7 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ ui = uu + (i - i0) * TT;
             T* __restrict__ out = block.data();
-            #pragma GCC ivdep  // u's rows and the block never overlap
-            for (i64 t = 0; t < TT; ++t)
-                unroll<2>([&](auto a) {  // (A^T M) A
-                    T row[A];
-                    unroll<A>([&](auto j) { row[j] = ui[(A * a + j) * L + t]; });
-                    unroll<2>([&](auto c) {
-                        out[(2 * a + c) * TT + t] = combine([](int k) { return M::AT[decltype(c)::value][k]; }, row);
-                    });
-                });
+            sandwich_rows<T, A, 2, AT>(ui, TT, L, [&](int a, int c, i64 t, T v) { out[(2 * a + c) * TT + t] = v; });
             if (bias || relu)  // the bias, then the ReLU, over the block while it is in the cache
                 for (i64 k = 0; k < 4 * TT; ++k) {
                     const T w = bias ? out[k] + b : out[k];
@@ -803,7 +790,7 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
             T* __restrict__ g = gd.data();
             sandwich_columns<T, A, A, BT>([&](int i, int j, i64 t) { return src[(A * i + j) * XI + t]; },
                                           half.data(), TT);  // B gV B^T
-            sandwich_rows<T, A, A, BT>(half.data(), TT, [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
+            sandwich_rows<T, A, A, BT>(half.data(), TT, TT, [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
             for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
             #pragma GCC unroll 8
             for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
@@ -845,37 +832,20 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
 // u (A*A, P); and the gradient's way back, G^T gU G, gu (A*A, P) -> gw (P, K, K).
 
 template <typename T, int K>
-static inline void winograd_weight_block(const T* w, T* u, i64 B, i64 b0, i64 b1) {  // u[e * B + p - b0]
+static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
     typedef Maps<K> M;
     constexpr int A = K + 1;
-#pragma GCC ivdep  // the entries' rows never overlap
-    for (i64 p = b0; p < b1; ++p) {
-        T t[A][K];  // G g
-        #pragma GCC unroll 8
-        for (int s = 0; s < K; ++s) {
-            T col[K];
-            #pragma GCC unroll 8
-            for (int r = 0; r < K; ++r) col[r] = w[K * K * p + K * r + s];
-            #pragma GCC unroll 8
-            for (int i = 0; i < A; ++i) t[i][s] = combine([i](int k) { return M::G[i][k]; }, col);
-        }
-        #pragma GCC unroll 8
-        for (int i = 0; i < A; ++i)  // (G g) G^T
-            #pragma GCC unroll 8
-            for (int j = 0; j < A; ++j) u[(A * i + j) * B + p - b0] = combine([j](int k) { return M::G[j][k]; }, t[i]);
-    }
-}
-
-template <typename T, int K>
-static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
-    constexpr int A = K + 1;
+    struct GT {  // the map G^T (K x A) of G g G^T = (G^T)^T g G^T
+        constexpr double operator()(int k, int r) const { return M::G[r][k]; }
+    };
     constexpr i64 B = 64;  // pairs per block: U's rows lie P apart (often a multiple of 4 KiB: one
-    T block[A * A * B];    // cache set), so a block is made here and copied out row by row
+    T half[A * K * B], block[A * A * B];  // cache set), so a block is made here and copied out row by row
     for (i64 b0 = p0; b0 < p1; b0 += B) {
-        const i64 b1 = std::min(p1, b0 + B);
-        winograd_weight_block<T, K>(w, block, B, b0, b1);
+        const i64 n = std::min(B, p1 - b0);
+        sandwich_columns<T, K, A, GT>([&](int i, int j, i64 p) { return w[K * K * (b0 + p) + K * i + j]; }, half, n);
+        sandwich_rows<T, K, A, GT>(half, n, n, [&](int r, int s, i64 p, T v) { block[(A * r + s) * B + p] = v; });
         #pragma GCC unroll 8
-        for (int e = 0; e < A * A; ++e) std::memcpy(u + e * P + b0, block + e * B, (b1 - b0) * sizeof(T));
+        for (int e = 0; e < A * A; ++e) std::memcpy(u + e * P + b0, block + e * B, n * sizeof(T));
     }
 }
 
@@ -891,7 +861,7 @@ static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p
     for (i64 b0 = p0; b0 < p1; b0 += B) {  // G^T gU G
         const i64 n = std::min(B, p1 - b0);
         sandwich_columns<T, A, K, G>([&](int i, int j, i64 p) { return gu[(A * i + j) * P + b0 + p]; }, half, n);
-        sandwich_rows<T, A, K, G>(half, n, [&](int r, int s, i64 p, T v) { gw[K * K * (b0 + p) + K * r + s] = v; });
+        sandwich_rows<T, A, K, G>(half, n, n, [&](int r, int s, i64 p, T v) { gw[K * K * (b0 + p) + K * r + s] = v; });
     }
 }
 
