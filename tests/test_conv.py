@@ -419,8 +419,9 @@ def test_winograd_convolution_gradcheck_float64(path, g):
 
 def test_the_algorithm_setting_chooses_and_refuses(rng):
     """"im2col" runs a 3x3 stride-1 convolution by im2col, "auto" by Winograd from two images
-    on (one image by im2col), "winograd" always, to float32's rounding of each other; other
-    kernels and strides always run im2col; an unknown name is refused, naming the setting."""
+    on (one image by im2col) and a 5x5 one from one image on, "winograd" always, to float32's
+    rounding of each other; other kernels and strides always run im2col; an unknown name is
+    refused, naming the setting."""
     x = tn.tensor(rng.standard_normal((2, 8, 13, 13)).astype(np.float32))
     w = tn.tensor((0.1 * rng.standard_normal((6, 4, 3, 3))).astype(np.float32), requires_grad=True)
     assert F.get_conv_algorithm() == "auto"
@@ -437,6 +438,10 @@ def test_the_algorithm_setting_chooses_and_refuses(rng):
     assert strided._creator.describe()["algorithm"] == "im2col"
     one = tn.tensor(x.data[:1])
     assert F.conv2d(one, w, None, 1, 1, 2)._creator.describe()["algorithm"] == "im2col"
+    w5 = tn.tensor((0.1 * rng.standard_normal((6, 4, 5, 5))).astype(np.float32), requires_grad=True)
+    assert F.conv2d(one, w5, None, 1, 2, 2)._creator.describe()["algorithm"] == "winograd"
+    assert F.conv2d(one, w5, None, 2, 2, 2)._creator.describe()["algorithm"] == "im2col"
+    assert F.conv2d(tn.tensor(x.data[:0]), w5, None, 1, 2, 2).shape == (0, 6, 13, 13)
     old = F.set_conv_algorithm("winograd")
     try:
         assert F.conv2d(one, w, None, 1, 1, 2)._creator.describe()["algorithm"] == "winograd"

@@ -108,24 +108,28 @@ def set_conv_keep_columns(nbytes):
 
 
 ALGORITHMS = ("auto", "winograd", "im2col")
-WINOGRAD_MIN_BATCH = 2  # "auto": a single image runs im2col (see set_conv_algorithm)
+# "auto": from how many images each kernel size runs by Winograd (see set_conv_algorithm)
+WINOGRAD_MIN_BATCH = {(3, 3): 2, (5, 5): 1}
 
 
 def set_conv_algorithm(name):
     """How the CPU convolves a 3x3 or 5x5, stride-1 convolution (AlexNet's conv3-5 and
     conv2): "winograd" by Winograd's F(2x2, 3x3) or F(2x2, 5x5) (``cpu_kernels.winograd_*``:
     2.25 and 2.78 times fewer multiply-adds; the 5x5 maps round in float32, see there);
-    "im2col" by im2col, the picture of the tour; "auto"
-    (the default) by Winograd from WINOGRAD_MIN_BATCH (2) images on, by im2col
-    for a single image, whose 16 products per group have one column per tile
-    (49 for a 13x13 output), too thin to run faster than im2col's one product,
-    and the filters' transforms come on top (on the 2-core development machine,
-    AlexNet inference at batch 1: 22 ms by Winograd against 20 by im2col; at
-    batch 8, 91 against 97; a batch-32 training step 0.81-0.90 s against
-    0.94-1.06; with conv2 by Winograd too, 0.89 times the step with conv2 by
-    im2col).  Other kernels and strides, and every convolution on a GPU, run by
-    im2col.  The two differ in the last bits, as two orders of summation do (the
-    5x5 maps a little more: their sixths round).  Returns the previous value."""
+    "im2col" by im2col, the picture of the tour; "auto" (the default) by Winograd
+    from WINOGRAD_MIN_BATCH images on: a 5x5 from one image, a 3x3 from two.  A
+    single image's 3x3 layers run im2col: their 16 products per group have one
+    column per tile (49 for a 13x13 output), too thin to run faster than im2col's
+    one product, and the filters' transforms come on top (on the 2-core development
+    machine, one image: conv3-5 by Winograd in 0.97-1.02 of their time by im2col).
+    A 5x5 saves enough for one image too: conv2 by Winograd in 0.75 of its time by
+    im2col, a whole batch-1 inference pass in 0.97.  From two images on both win:
+    AlexNet inference at batch 8, 91 ms against 97; a batch-32 training step
+    0.81-0.90 s against 0.94-1.06; with conv2 by Winograd too, 0.89 times the step
+    with conv2 by im2col.  Other kernels and strides, and every convolution on a
+    GPU, run by im2col.  The two differ in the last bits, as two orders of
+    summation do (the 5x5 maps a little more: their sixths round).  Returns the
+    previous value."""
     if name not in ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: expected one of {ALGORITHMS}, got {name!r}")
     old, _workspace["algorithm"] = _workspace["algorithm"], name
@@ -137,7 +141,7 @@ def uses_winograd(kernel_size, stride, batch):
     under the present set_conv_algorithm."""
     algorithm = _workspace["algorithm"]
     return (tuple(kernel_size) in ((3, 3), (5, 5)) and tuple(stride) == (1, 1) and
-            (algorithm == "winograd" or algorithm == "auto" and batch >= WINOGRAD_MIN_BATCH))
+            (algorithm == "winograd" or algorithm == "auto" and batch >= WINOGRAD_MIN_BATCH[tuple(kernel_size)]))
 
 
 def get_conv_algorithm():
