@@ -212,13 +212,13 @@ static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 
 // strided elements, and a row of 6 or 13 outputs ran mostly as the scalar tail of its vector
 // loop: pool5's forward took 2.9 times as long, pool1's and pool2's 1.7 (batch 32, one thread).
 template <typename T>
-static inline void max_lanes(T* __restrict__ m, int* __restrict__ where, const T* __restrict__ v, int at,
-                             i64 P, i64 SW) {
-    for (i64 i = 0; i < P; ++i) {  // lane i's candidate sits at plane index at + i * SW
+static inline void max_lanes(T* __restrict__ m, int* __restrict__ where, const T* __restrict__ v,
+                             const int* __restrict__ lane, int at, i64 P) {
+    for (i64 i = 0; i < P; ++i) {  // lane i's candidate sits at plane index at + lane[i]
         const T a = m[i], b = v[i];
         const bool keep = a >= b || a != a;
         m[i] = keep ? a : b;
-        where[i] = keep ? where[i] : int(at + i * SW);
+        where[i] = keep ? where[i] : at + lane[i];
     }
 }
 
@@ -228,7 +228,8 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
     const i64 L = Lanes<T>::L, P = (OW + L - 1) / L * L;  // lanes per row of outputs
     const i64 PL = (H * W + SW - 1) / SW + P;  // one phase, and room for the lanes past OW
     std::vector<T> phases(SW * PL, T(0)), m(P);
-    std::vector<int> where(P);
+    std::vector<int> where(P), lane(P);  // lane[i] = i * SW: lane i's offset in the plane
+    for (i64 i = 0; i < P; ++i) lane[i] = int(i * SW);
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
         const T* xp = x + plane * H * W;
         if (SW == 2) {  // AlexNet's stride, two runs the compiler turns into SIMD code
@@ -250,10 +251,10 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
                     if (ky == 0 && kx == 0) {  // the start
                         for (i64 i = 0; i < P; ++i) {
                             m[i] = v[i];
-                            where[i] = int(f0 + i * SW);
+                            where[i] = int(f0) + lane[i];
                         }
                     } else {
-                        max_lanes(m.data(), where.data(), v, int(f0), P, SW);
+                        max_lanes(m.data(), where.data(), v, lane.data(), int(f0), P);
                     }
                 }
             std::memcpy(y + (plane * OH + oy) * OW, m.data(), OW * sizeof(T));
