@@ -784,47 +784,58 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
     struct BT {  // the map B (A x A) of B gV B^T = (B^T)^T gV B^T, as B^T's transpose
         constexpr double operator()(int k, int r) const { return M::BT[k][r]; }
     };
-    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L), half(A * A * TT);
+    // half: B gV of channel c's tiles in IB images, made column by column, then (B gV) B^T and
+    // the rest image by image.  With the 36 rows of a 5x5 map the columns pass takes all the
+    // call's images at once, reading A rows of gV from end to end as the output's transform
+    // does: image by image it read 36 rows' short runs at a time, and conv2's input gradient
+    // took 1.3 times as long (one thread, float32).  The 16 rows of a 3x3 map go image by image:
+    // all at once, the 13x13 layers took up to 1.1 times as long.
+    const i64 IB = A * A > 16 ? i1 - i0 : 1;
+    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L), half(A * A * IB * TT);
     for (i64 c = c0; c < c1; ++c)
-        for (i64 i = i0; i < i1; ++i) {
-            const T* __restrict__ src = gv + c * T_ + i * TT;
-            T* __restrict__ g = gd.data();
+        for (i64 b0 = i0; b0 < i1; b0 += IB) {
+            const i64 b1 = std::min(i1, b0 + IB), NT = (b1 - b0) * TT;
+            const T* __restrict__ src = gv + c * T_ + b0 * TT;
             sandwich_columns<T, A, A, BT>([&](int i, int j, i64 t) { return src[(A * i + j) * XI + t]; },
-                                          half.data(), TT);  // B gV B^T
-            sandwich_rows<T, A, A, BT>(half.data(), TT, TT, [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
-            for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
-            #pragma GCC unroll 8
-            for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
-                const int r = e / A, s = e % A;
-                T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
-                const T* __restrict__ ge = gd.data() + e * TT;
-                for (i64 ty = 0; ty < TH; ++ty)
-                    for (i64 tx = 0; tx < TW; tx += L) {
-                        V add, sum;
-                        std::memcpy(&add, ge + ty * TW + tx, sizeof(V));
-                        std::memcpy(&sum, phase + ty * QW + tx, sizeof(V));
-                        add = lane < I{} + typename Lanes<T>::Int(TW - tx) ? add : minus_zero;  // lanes past the row: -0.0
-                        sum += add;
-                        std::memcpy(phase + ty * QW + tx, &sum, sizeof(V));
-                    }
-            }
-            T* out = gx + (i * C + c) * H * W;
-            for (i64 h = 0; h < H; ++h) {  // padded column pw = w + PW: in phase pw & 1, at pw >> 1
-                const i64 ph = h + PH;
-                const T* __restrict__ even = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
-                const T* __restrict__ odd = even + QS;
-                T* __restrict__ d = out + h * W;
-                i64 w = 0;
-                if (PW & 1)  // the row starts at an odd padded column
-                    d[w++] = odd[PW >> 1];
-                const i64 b = (w + PW) >> 1, pairs = (W - w) / 2;
-                d += w;
-                for (i64 x = 0; x < pairs; ++x) {  // then (even, odd) pairs, the two phases side by side
-                    d[2 * x] = even[b + x];
-                    d[2 * x + 1] = odd[b + x];
+                                          half.data(), NT);
+            for (i64 i = b0; i < b1; ++i) {
+                T* __restrict__ g = gd.data();
+                sandwich_rows<T, A, A, BT>(half.data() + (i - b0) * TT, TT, NT,
+                                           [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
+                for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
+                #pragma GCC unroll 8
+                for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
+                    const int r = e / A, s = e % A;
+                    T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+                    const T* __restrict__ ge = gd.data() + e * TT;
+                    for (i64 ty = 0; ty < TH; ++ty)
+                        for (i64 tx = 0; tx < TW; tx += L) {
+                            V add, sum;
+                            std::memcpy(&add, ge + ty * TW + tx, sizeof(V));
+                            std::memcpy(&sum, phase + ty * QW + tx, sizeof(V));
+                            add = lane < I{} + typename Lanes<T>::Int(TW - tx) ? add : minus_zero;  // lanes past the row: -0.0
+                            sum += add;
+                            std::memcpy(phase + ty * QW + tx, &sum, sizeof(V));
+                        }
                 }
-                if ((W - w) & 1)
-                    d[2 * pairs] = even[b + pairs];
+                T* out = gx + (i * C + c) * H * W;
+                for (i64 h = 0; h < H; ++h) {  // padded column pw = w + PW: in phase pw & 1, at pw >> 1
+                    const i64 ph = h + PH;
+                    const T* __restrict__ even = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
+                    const T* __restrict__ odd = even + QS;
+                    T* __restrict__ d = out + h * W;
+                    i64 w = 0;
+                    if (PW & 1)  // the row starts at an odd padded column
+                        d[w++] = odd[PW >> 1];
+                    const i64 b = (w + PW) >> 1, pairs = (W - w) / 2;
+                    d += w;
+                    for (i64 x = 0; x < pairs; ++x) {  // then (even, odd) pairs, the two phases side by side
+                        d[2 * x] = even[b + x];
+                        d[2 * x + 1] = odd[b + x];
+                    }
+                    if ((W - w) & 1)
+                        d[2 * pairs] = even[b + pairs];
+                }
             }
         }
 }
