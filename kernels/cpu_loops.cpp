@@ -788,8 +788,8 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
     // the rest image by image.  With the 36 rows of a 5x5 map the columns pass takes all the
     // call's images at once, reading A rows of gV from end to end as the output's transform
     // does: image by image it read 36 rows' short runs at a time, and conv2's input gradient
-    // took 1.3 times as long (one thread, float32).  The 16 rows of a 3x3 map go image by image:
-    // all at once, the 13x13 layers took up to 1.1 times as long.
+    // took 1.2-1.3 times as long (one thread, float32).  The 16 rows of a 3x3 map go image by
+    // image: all at once, the 13x13 layers took up to 1.1 times as long.
     const i64 IB = A * A > 16 ? i1 - i0 : 1;
     std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L), half(A * A * IB * TT);
     for (i64 c = c0; c < c1; ++c)
