@@ -108,7 +108,8 @@ def set_conv_keep_columns(nbytes):
 
 
 ALGORITHMS = ("auto", "winograd", "im2col")
-# "auto": from how many images each kernel size runs by Winograd (see set_conv_algorithm)
+# The kernel sizes Winograd runs (stride 1), and from how many images "auto" takes it for each
+# (see set_conv_algorithm)
 WINOGRAD_MIN_BATCH = {(3, 3): 2, (5, 5): 1}
 
 
@@ -140,7 +141,7 @@ def uses_winograd(kernel_size, stride, batch):
     """Whether the CPU runs a convolution of this kernel, stride and batch size by Winograd,
     under the present set_conv_algorithm."""
     algorithm = _workspace["algorithm"]
-    return (tuple(kernel_size) in ((3, 3), (5, 5)) and tuple(stride) == (1, 1) and
+    return (tuple(kernel_size) in WINOGRAD_MIN_BATCH and tuple(stride) == (1, 1) and
             (algorithm == "winograd" or algorithm == "auto" and batch >= WINOGRAD_MIN_BATCH[tuple(kernel_size)]))
 
 
