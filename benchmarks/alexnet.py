@@ -116,23 +116,30 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
         with tn.no_grad():
             model(x)
 
-    devices = None
+    devices, sync = None, None
     if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
         devices = sorted({p.data.device.id for p in model.parameters()})
-    result = timed(train_step if mode == "train" else infer, repeat, devices, model.eval if mode != "train" else None)
-    if mode == "train" and device == "cpu" and "profile" in extras:
+
+        def sync():  # every stream of every device in use: the queued work is done
+            for d in devices:
+                cp.cuda.Device(d).synchronize()
+
+    step = train_step if mode == "train" else infer
+    result = timed(step, repeat, devices, model.eval if mode != "train" else None)
+    if mode == "train" and "profile" in extras:
         profiles = []
         for _ in range(PROFILED_STEPS):  # more steps, profiled: where their time goes
-            with tn.profile() as prof:
+            with tn.profile(sync=sync) as prof:  # on a GPU each op waits for its kernels
                 train_step()
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
-    if device == "cpu" and "floor" in extras:
+    if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
-        products = floor_products(batch, mode)
-        steps, floor, ratio = interleaved(train_step if mode == "train" else infer,
-                                          lambda: [product() for product in products], repeat, MIN_TIMED_SECONDS)
+        products = floor_products(batch, mode, device)
+        waited = (lambda fn: fn) if sync is None else (lambda fn: lambda: (fn(), sync()))
+        steps, floor, ratio = interleaved(waited(step), waited(lambda: [product() for product in products]),
+                                          repeat, MIN_TIMED_SECONDS)
         result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
     return result
 
@@ -272,14 +279,19 @@ def peak_used_bytes_gpu(fn, devices, synchronize):
 # The floor: one step's GEMMs alone (training or inference)
 # ----------------------------------------------------------------------------
 
-def floor_products(batch, mode="train"):
+def floor_products(batch, mode="train", device="cpu"):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
     input gradient), or for mode "infer" of one forward pass, each a callable on ready
     operands, whole batch at once.  They are the products the engine does: a 3x3 or 5x5,
     stride-1 convolution's (K+1)^2 per group of Winograd's F(2x2, KxK) where the engine takes it
     (ops/conv.py, set_conv_algorithm), run as the engine runs them (cpu_kernels.batched_matmul:
     a convolution's batch of products shared between the threads).  At batch 1 the fully connected layers' products only
-    stream their weights (234 MB) from memory: their part of the floor is the memory's speed."""
+    stream their weights (234 MB) from memory: their part of the floor is the memory's speed.
+
+    On a GPU (``device`` "cuda") the engine convolves by im2col and every product is one
+    ``cupy.matmul`` (cuBLAS) on operands already on the GPU."""
+    if device != "cpu":
+        return floor_products_gpu(batch, mode)
     from tinynet.ops.conv import uses_winograd
     from tinynet.ops.cpu_kernels import batched_matmul
 
@@ -300,6 +312,28 @@ def floor_products(batch, mode="train"):
     return products
 
 
+def floor_products_gpu(batch, mode):
+    """floor_products on the current GPU: im2col's products, and the fully connected layers'."""
+    import cupy as cp
+
+    def on_gpu(a):  # a transposed view stays a transposed view (cuBLAS takes either)
+        return cp.asarray(a) if a.flags.c_contiguous else cp.asarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+    rng = np.random.default_rng(0)
+    products = []
+    for _, (c, h, _), o, k, s, p, g in CONVS:
+        pairs = conv_products(c, h, o, k, s, p, g, batch, rng, winograd=False)
+        for a, b in (pairs if mode == "train" else pairs[:1]):
+            products.append(lambda a=on_gpu(a), b=on_gpu(b): cp.matmul(a, b))
+    for _, fin, fout in FCS:
+        x, w, gy = (cp.asarray(rng.standard_normal(shape).astype(np.float32))
+                    for shape in ((batch, fin), (fout, fin), (batch, fout)))
+        products.append(lambda x=x, w=w: x @ w.T)
+        if mode == "train":
+            products += [lambda gy=gy, x=x: gy.T @ x, lambda gy=gy, w=w: gy @ w]
+    return products
+
+
 # ----------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------
@@ -315,6 +349,18 @@ def run_worker(engine, batch, mode, repeat, device, towers, env=None, extras=EXT
     if out.returncode != 0:
         return dict(error=(out.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_info():
+    """The current GPU, its driver and CUDA runtime, and CuPy's version, in one line."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    version = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731  12040 -> 12.4
+    return (f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, {props['multiProcessorCount']} SMs; "
+            f"driver CUDA {version(cp.cuda.runtime.driverGetVersion())}, runtime "
+            f"{version(cp.cuda.runtime.runtimeGetVersion())}; CuPy {cp.__version__}")
 
 
 def torch_available():
@@ -386,7 +432,7 @@ def profile_groups(profile_ms):
     return groups
 
 
-def profile_table(rows):
+def profile_table(rows, device="cpu"):
     """Markdown: profiled training steps per batch, ms per group (each kind's median over the
     profiled steps) and share of their total."""
     rows = [r for r in rows if r["mode"] == "train" and "profile_ms" in r.get("tinynet", {})]
@@ -394,7 +440,9 @@ def profile_table(rows):
         return []
     names = list(profile_groups({}))
     lines = ["", f"Where a training step's time goes (tn.profile(), {PROFILED_STEPS} extra steps after the timed "
-             "ones; each kind's median in ms, and its share of their total):", "",
+             "ones; each kind's median in ms, and its share of their total"
+             + ("; on the GPU every op waits for its own kernels before the clock is read, so ops do "
+                "not overlap and the total exceeds an unprofiled step" if device != "cpu" else "") + "):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
              "| the same and the conv output pass (where the convolutions' ReLUs run) |",
              "|---" * (len(names) + 4) + "|"]
@@ -449,6 +497,8 @@ def main():
     with_torch = torch_available() and not args.no_torch
     name = args.out or f"alexnet_{args.device}" + ("_towers" if args.towers else "")
     info = machine()
+    if args.device != "cpu":
+        info["gpu"] = gpu_info()
     rows = []
     engines = ("tinynet", "torch") if with_torch else ("tinynet",)
     for batch in args.batches:
@@ -473,7 +523,8 @@ def main():
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
              f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}; "
-             f"a convolution's batch of GEMMs: {info['batched_products']}\n",
+             + (f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else
+                f"GPU: {info['gpu']}; GEMMs by cuBLAS (cupy.matmul), convolutions by im2col\n"),
              ("Peak MB: the process's peak RSS\n" if args.device == "cpu" else
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
@@ -506,7 +557,7 @@ def main():
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
                      f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
                      f"{ms(floor['floor']['median']) if floor else ''} | {ratio} {torch_cols}")
-    lines += profile_table(rows)
+    lines += profile_table(rows, args.device)
     md = "\n".join(lines) + "\n"
     print(md)
     save(name, dict(machine=info, device=args.device, towers=args.towers, rows=rows), md)

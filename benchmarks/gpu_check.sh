@@ -6,8 +6,9 @@
 # Steps: the GPU tests (kernels against NumPy, AlexNet on the GPU against the CPU,
 # two towers on one GPU against one device in float64, the training program),
 # any other gpu-marked tests, two short training runs (--towers 1 and 2), the
-# whole-network benchmark at batch 32 and 128 beside PyTorch + cuDNN, and the
-# kernel tests under compute-sanitizer (memcheck, racecheck, initcheck).
+# whole-network benchmark at batch 32 and 128 beside PyTorch + cuDNN and again with
+# two towers on GPU 0, and the kernel tests under compute-sanitizer (memcheck,
+# racecheck, initcheck).
 #
 # Each step has its own time limit and the run goes on after a failure.  All logs
 # and results go into OUTDIR; OUTDIR/summary.txt lists every step as PASS, FAIL,
@@ -104,7 +105,7 @@ EOF
 GPU_REASON=$(echo "$GPU_REASON" | tail -n 1)
 
 GPU_STEPS="gpu_kernels alexnet_gpu_vs_cpu towers_0_0_vs_one_device training_program_tests other_gpu_tests
-train_cuda_towers1 train_cuda_towers2 benchmark_alexnet_cuda sanitizer_memcheck sanitizer_racecheck
+train_cuda_towers1 train_cuda_towers2 benchmark_alexnet_cuda benchmark_alexnet_cuda_towers sanitizer_memcheck sanitizer_racecheck
 sanitizer_initcheck"
 if [ -n "$GPU_REASON" ]; then
     for name in $GPU_STEPS; do skip "$name" "$GPU_REASON"; done
@@ -113,7 +114,7 @@ if [ -n "$GPU_REASON" ]; then
 fi
 
 # --- the GPU tests, one line each in the summary -----------------------------
-KERNELS="match_numpy"
+KERNELS="match_numpy or matches_numpy"  # im2col/col2im, max-pool, LRN against NumPy
 ALEXNET="alexnet_forward_backward_gpu_matches_cpu or a_few_training_steps_on_the_gpu"
 TOWERS="two_towers_on_one_gpu_match_one_device"
 PROGRAM="training_program_on_the_gpu"
@@ -132,8 +133,12 @@ for towers in 1 2; do
 done
 
 # --- the benchmark beside PyTorch + cuDNN ------------------------------------
-step benchmark_alexnet_cuda 200 "$PY" benchmarks/alexnet.py --device cuda --batches 32 128 --repeat 5 \
+# (with the GEMM floor, cuBLAS's products alone, and a profile whose ops each wait for their kernels)
+step benchmark_alexnet_cuda 230 "$PY" benchmarks/alexnet.py --device cuda --batches 32 128 --repeat 5 --rounds 2 \
     --out "$OUT/alexnet_cuda"
+# the two towers, both on GPU 0 (one stream each): what the split itself costs, against the row above
+step benchmark_alexnet_cuda_towers 90 env TINYNET_DEVICES=0,0 "$PY" benchmarks/alexnet.py --device cuda --towers \
+    --batches 32 128 --repeat 5 --rounds 1 --no-torch --out "$OUT/alexnet_cuda_towers"
 
 # --- the kernel tests under compute-sanitizer ---------------------------------
 SANITIZER=$(command -v compute-sanitizer || true)
@@ -150,7 +155,7 @@ for tool in memcheck racecheck initcheck; do
     # CuPy's memory pool off, so that every array is its own allocation and an access
     # past an array's end is outside any allocation (memcheck), not inside a pool block.
     step "sanitizer_$tool" 60 "$SANITIZER" --tool "$tool" --error-exitcode 1 "$PY" -c \
-        'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k", "match_numpy"]))'
+        'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k", sys.argv[1]]))' "$KERNELS"
 done
 
 # --- the numbers worth a glance, appended to the summary ----------------------
@@ -160,7 +165,9 @@ done
         [ -f "$log" ] && printf '\ntrain_cuda_towers%s, last lines of its log:\n%s\n' "$towers" "$(tail -n 4 "$log")"
     done
     # peak memory there: used / reserved for both engines alike
-    [ -f "$OUT/alexnet_cuda.md" ] && printf '\n%s\n' "$(cat "$OUT/alexnet_cuda.md")"
+    for name in alexnet_cuda alexnet_cuda_towers; do
+        [ -f "$OUT/$name.md" ] && printf '\n%s\n' "$(cat "$OUT/$name.md")"
+    done
 } >> "$SUMMARY"
 
 echo "results: $OUT"

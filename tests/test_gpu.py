@@ -92,28 +92,42 @@ def test_lrn_matches_numpy(cp, size, alpha, dtype):
     np.testing.assert_allclose(cp.asnumpy(gx_gpu), gx, rtol=tol * 10, atol=tol)
 
 
-def test_alexnet_forward_backward_gpu_matches_cpu(cp):
+def _alexnet_pass(dtype, device, x, labels):
+    """Logits (with dropout off) and every parameter's gradient of one pass, as NumPy arrays."""
     from tinynet.models import AlexNet
 
-    tn.manual_seed(0)
-    cpu = AlexNet(10, bias_init="caffe", dropout=0.0).eval()
-    gpu = AlexNet(10, bias_init="caffe", dropout=0.0).eval()
-    gpu.load_state_dict(cpu.state_dict())
-    gpu.to("cuda:0")
-    x = np.random.default_rng(3).standard_normal((4, 3, 227, 227)).astype(np.float32)
-    labels = np.arange(4) % 10
-    loss_c = F.cross_entropy(cpu(tn.tensor(x)), labels)
-    loss_c.backward()
-    logits_c = cpu(tn.tensor(x)).data
-    logits_g = cp.asnumpy(gpu(tn.tensor(cp.asarray(x))).data)
-    rel = np.abs(logits_g - logits_c).max() / np.abs(logits_c).max()
-    assert rel <= 1e-4, rel
-    loss_g = F.cross_entropy(gpu(tn.tensor(cp.asarray(x))), cp.asarray(labels))
-    loss_g.backward()
-    for (name, pc), (_, pg) in zip(cpu.named_parameters(), gpu.named_parameters()):
-        g_c, g_g = pc.grad, cp.asnumpy(pg.grad)
-        rel = np.abs(g_g - g_c).max() / max(np.abs(g_c).max(), 1e-12)
-        assert rel <= 1e-3, (name, rel)
+    model = AlexNet(10, bias_init="caffe", dropout=0.0, seed=11, dtype=dtype).eval()
+    xp = np
+    if device != "cpu":
+        model.to(device)
+        xp = cupy_or_none()
+    logits = model(tn.tensor(xp.asarray(x.astype(dtype))))
+    F.cross_entropy(logits, xp.asarray(labels)).backward()
+    host = (lambda a: a) if xp is np else xp.asnumpy
+    return host(logits.data), {name: host(p.grad) for name, p in model.named_parameters()}
+
+
+def _relative(a, ref):
+    return float(np.linalg.norm(a.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def test_alexnet_forward_backward_gpu_matches_cpu(cp):
+    """In float64 the GPU's logits and every gradient equal the CPU's to rounding (im2col and
+    cuBLAS against the CPU's Winograd and OpenBLAS: other summation orders).  In float32 only
+    the logits are compared: a max-pool's choice between two values 1e-8 apart is rounding's
+    to make, and one such choice moves every gradient below it.  (Measured on the CPU alone,
+    these inputs: in float32, pool5's input holds 0.13359751 twice where float64 has
+    0.1335975 and 0.13359751, and with that one flip conv1's weight gradient is 8e-3 from
+    float64's by norm.)"""
+    rng = np.random.default_rng(3)
+    x, labels = rng.standard_normal((4, 3, 227, 227)), np.arange(4) % 10
+    logits64, grads64 = _alexnet_pass(np.float64, "cpu", x, labels)
+    logits_g, grads_g = _alexnet_pass(np.float64, "cuda:0", x, labels)
+    assert _relative(logits_g, logits64) <= 1e-12
+    errors = {name: _relative(grads_g[name], grads64[name]) for name in grads64}
+    assert max(errors.values()) <= 1e-10, errors
+    logits32, _ = _alexnet_pass(np.float32, "cuda:0", x, labels)
+    assert _relative(logits32, logits64) <= 1e-5
 
 
 def test_a_few_training_steps_on_the_gpu(cp):

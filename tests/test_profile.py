@@ -40,3 +40,23 @@ def test_sections_cost_nothing_without_a_profile_and_profiles_do_not_nest():
         with pytest.raises(RuntimeError, match="already running"):
             with tn.profile():
                 pass
+
+
+def test_a_sync_function_is_called_before_every_clock_reading():
+    """On a GPU, sync waits for the queued kernels: whatever it waits for is charged to the
+    op (or section) whose clock reading waited.  Here it sleeps 2 ms, so every charge holds
+    at least one such wait."""
+    rng = np.random.default_rng(1)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, rng=rng), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3, rng=rng))
+    x = tn.tensor(rng.standard_normal((2, 2, 6, 6)).astype(np.float32))
+    waits = []
+
+    def sync():
+        waits.append(1)
+        time.sleep(0.002)
+
+    with tn.profile(sync=sync) as prof:
+        F.cross_entropy(model(x), np.array([0, 2])).backward()
+    assert len(waits) >= sum(prof.calls.values()) + 1  # every charge ends with a reading; mark() starts
+    for kind, seconds in prof.seconds.items():
+        assert seconds >= 0.002 * prof.calls[kind], kind

@@ -14,6 +14,13 @@ from the time of its GEMMs alone, and what is the rest?".
 
 How it measures, without slowing an ordinary run:
 
+* On a GPU an op returns once its kernels are queued, not done: give
+  ``tn.profile(sync=...)`` a function that waits for the devices (the
+  benchmark passes one that synchronizes every GPU holding the model), and
+  it is called before every clock reading, so each op is charged its own
+  kernels.  That slows the step a little (no overlap between ops), so take
+  the wall time of unprofiled steps from elsewhere.
+
 * Ops are timed through the tracing hooks (``tinynet/tracing.py``): the time
   from one hook call to the next is charged to the op whose hook ends it.
   Forward: an op's forward plus the argument checks before it; backward: an
@@ -41,22 +48,29 @@ def section(name):
     if prof is None:
         yield
         return
-    t0 = time.perf_counter()
+    t0 = prof.clock()
     try:
         yield
     finally:
-        prof._add_section(name, time.perf_counter() - t0)
+        prof._add_section(name, prof.clock() - t0)
 
 
 class Profiler(Tracer):
     """Collects seconds per kind; see the module docstring."""
 
-    def __init__(self):
+    def __init__(self, sync=None):
         super().__init__()
+        self.sync = sync               # called before every clock reading (None on the CPU)
         self.seconds = OrderedDict()   # kind -> seconds
         self.calls = OrderedDict()     # kind -> count
         self._inside = 0.0             # section time since the last hook, to move out of the op
         self._last = None
+
+    def clock(self):
+        """Seconds now, once the work queued so far is done (``sync``)."""
+        if self.sync is not None:
+            self.sync()
+        return time.perf_counter()
 
     def _charge(self, kind, seconds):
         self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
@@ -67,7 +81,7 @@ class Profiler(Tracer):
         self._inside += seconds
 
     def _op_done(self, kind):
-        now = time.perf_counter()
+        now = self.clock()
         if self._last is not None:
             self._charge(kind, max(now - self._last - self._inside, 0.0))
         self._inside = 0.0
@@ -75,7 +89,7 @@ class Profiler(Tracer):
 
     def mark(self):
         """Start the clock for the next op now (e.g. after the batch is ready)."""
-        self._last, self._inside = time.perf_counter(), 0.0
+        self._last, self._inside = self.clock(), 0.0
 
     def on_forward(self, fn, inputs, outputs):
         self._op_done(f"{type(fn).__name__} forward (rest)")
@@ -106,12 +120,13 @@ class Profiler(Tracer):
 
 
 @contextlib.contextmanager
-def profile():
-    """``with tn.profile() as prof:`` time every op and section inside."""
+def profile(sync=None):
+    """``with tn.profile() as prof:`` time every op and section inside.  ``sync``: a
+    function that waits for queued device work (see the module docstring)."""
     global _profiler
     if _profiler is not None or _autograd.get_tracer() is not None:
         raise RuntimeError("profile: another profile or trace is already running")
-    prof = Profiler()
+    prof = Profiler(sync)
     previous = _autograd.set_tracer(prof)
     _profiler = prof
     prof.mark()
