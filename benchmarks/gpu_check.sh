@@ -5,10 +5,10 @@
 #
 # Steps: the GPU tests (kernels against NumPy, AlexNet on the GPU against the CPU,
 # two towers on one GPU against one device in float64, the training program),
-# any other gpu-marked tests, two short training runs (--towers 1 and 2), the
+# any other gpu-marked tests, the kernel tests under compute-sanitizer (memcheck,
+# racecheck, initcheck), two short training runs (--towers 1 and 2), and the
 # whole-network benchmark at batch 32 and 128 beside PyTorch + cuDNN and again with
-# two towers on GPU 0, and the kernel tests under compute-sanitizer (memcheck,
-# racecheck, initcheck).
+# two towers on GPU 0.  On an H200 (2026-11-30) the steps took about 430 s in all.
 #
 # Each step has its own time limit and the run goes on after a failure.  All logs
 # and results go into OUTDIR; OUTDIR/summary.txt lists every step as PASS, FAIL,
@@ -105,8 +105,8 @@ EOF
 GPU_REASON=$(echo "$GPU_REASON" | tail -n 1)
 
 GPU_STEPS="gpu_kernels alexnet_gpu_vs_cpu towers_0_0_vs_one_device training_program_tests other_gpu_tests
-train_cuda_towers1 train_cuda_towers2 benchmark_alexnet_cuda benchmark_alexnet_cuda_towers sanitizer_memcheck sanitizer_racecheck
-sanitizer_initcheck"
+sanitizer_memcheck sanitizer_racecheck sanitizer_initcheck train_cuda_towers1 train_cuda_towers2
+benchmark_alexnet_cuda benchmark_alexnet_cuda_towers"
 if [ -n "$GPU_REASON" ]; then
     for name in $GPU_STEPS; do skip "$name" "$GPU_REASON"; done
     echo "summary: $SUMMARY (nothing ran: $GPU_REASON)"
@@ -125,21 +125,6 @@ pytest_step training_program_tests 90 tests/test_gpu.py -k "$PROGRAM"
 # whatever else carries the gpu marker (tests added later, other files)
 pytest_step other_gpu_tests 90 -m gpu tests -k "not ($KERNELS or $ALEXNET or $TOWERS or $PROGRAM)"
 
-# --- short training runs on the GPU ------------------------------------------
-for towers in 1 2; do
-    step "train_cuda_towers$towers" 80 env TINYNET_DEVICES=0,0 "$PY" examples/alexnet_train.py \
-        --preset demo --time-budget 45 --device cuda --towers "$towers" --quiet \
-        --out "$OUT/train_cuda_towers$towers" --cache-dir "$OUT/data-cache"
-done
-
-# --- the benchmark beside PyTorch + cuDNN ------------------------------------
-# (with the GEMM floor, cuBLAS's products alone, and a profile whose ops each wait for their kernels)
-step benchmark_alexnet_cuda 230 "$PY" benchmarks/alexnet.py --device cuda --batches 32 128 --repeat 5 --rounds 2 \
-    --out "$OUT/alexnet_cuda"
-# the two towers, both on GPU 0 (one stream each): what the split itself costs, against the row above
-step benchmark_alexnet_cuda_towers 90 env TINYNET_DEVICES=0,0 "$PY" benchmarks/alexnet.py --device cuda --towers \
-    --batches 32 128 --repeat 5 --rounds 1 --no-torch --out "$OUT/alexnet_cuda_towers"
-
 # --- the kernel tests under compute-sanitizer ---------------------------------
 SANITIZER=$(command -v compute-sanitizer || true)
 for candidate in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
@@ -157,6 +142,21 @@ for tool in memcheck racecheck initcheck; do
     step "sanitizer_$tool" 60 "$SANITIZER" --tool "$tool" --error-exitcode 1 "$PY" -c \
         'import sys, cupy, pytest; cupy.cuda.set_allocator(None); sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py", "-k", sys.argv[1]]))' "$KERNELS"
 done
+
+# --- short training runs on the GPU ------------------------------------------
+for towers in 1 2; do
+    step "train_cuda_towers$towers" 80 env TINYNET_DEVICES=0,0 "$PY" examples/alexnet_train.py \
+        --preset demo --time-budget 45 --device cuda --towers "$towers" --quiet \
+        --out "$OUT/train_cuda_towers$towers" --cache-dir "$OUT/data-cache"
+done
+
+# --- the benchmark beside PyTorch + cuDNN ------------------------------------
+# (with the GEMM floor, cuBLAS's products alone, and a profile whose ops each wait for their kernels)
+step benchmark_alexnet_cuda 230 "$PY" benchmarks/alexnet.py --device cuda --batches 32 128 --repeat 5 --rounds 2 \
+    --out "$OUT/alexnet_cuda"
+# the two towers, both on GPU 0 (one stream each): what the split itself costs, against the row above
+step benchmark_alexnet_cuda_towers 90 env TINYNET_DEVICES=0,0 "$PY" benchmarks/alexnet.py --device cuda --towers \
+    --batches 32 128 --repeat 5 --rounds 1 --no-torch --out "$OUT/alexnet_cuda_towers"
 
 # --- the numbers worth a glance, appended to the summary ----------------------
 {
