@@ -116,14 +116,10 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
         with tn.no_grad():
             model(x)
 
-    devices, sync = None, None
+    devices = None
     if device != "cpu":  # the GPUs holding the model (two with towers on 0,1)
         devices = sorted({p.data.device.id for p in model.parameters()})
-
-        def sync():  # every stream of every device in use: the queued work is done
-            for d in devices:
-                cp.cuda.Device(d).synchronize()
-
+    sync = synchronizer(devices)
     step = train_step if mode == "train" else infer
     result = timed(step, repeat, devices, model.eval if mode != "train" else None)
     if mode == "train" and "profile" in extras:
@@ -203,6 +199,20 @@ def worker_torch(batch, mode, repeat, device):
 GPU_WARMUP = 3  # untimed steps on a GPU: kernel compilation, cuBLAS/cuDNN set-up, the pool's first cudaMallocs
 
 
+def synchronizer(devices):
+    """None on the CPU (``devices`` None); else a function that waits until every stream of
+    every GPU in ``devices`` has done its queued work."""
+    if devices is None:
+        return None
+    import cupy as cp
+
+    def synchronize():
+        for d in devices:
+            cp.cuda.Device(d).synchronize()
+
+    return synchronize
+
+
 def timed(fn, repeat, devices, prepare=None):
     """Times of ``repeat`` calls of fn after warm-up, and peak memory.  ``devices``: None on
     the CPU, else the ids of the GPUs the model is on."""
@@ -216,12 +226,7 @@ def timed(fn, repeat, devices, prepare=None):
             fn()
             times.append(time.perf_counter() - t0)
         return dict(times=times, peak_bytes=peak_rss_bytes())
-    import cupy as cp
-
-    def synchronize():  # every stream of every device in use: the step's work is done
-        for d in devices:
-            cp.cuda.Device(d).synchronize()
-
+    synchronize = synchronizer(devices)
     # Warm-up steps, and the pool keeps what they allocated: a timed step that had to
     # cudaMalloc its buffers again would measure the allocator, not the network.
     for _ in range(GPU_WARMUP):
@@ -288,49 +293,33 @@ def floor_products(batch, mode="train", device="cpu"):
     a convolution's batch of products shared between the threads).  At batch 1 the fully connected layers' products only
     stream their weights (234 MB) from memory: their part of the floor is the memory's speed.
 
-    On a GPU (``device`` "cuda") the engine convolves by im2col and every product is one
-    ``cupy.matmul`` (cuBLAS) on operands already on the GPU."""
-    if device != "cpu":
-        return floor_products_gpu(batch, mode)
+    On a GPU (``device`` "cuda") the operands are put there first; the engine convolves by
+    im2col there, and the same calls are each one ``cupy.matmul`` (cuBLAS)."""
     from tinynet.ops.conv import uses_winograd
     from tinynet.ops.cpu_kernels import batched_matmul
 
+    to_device = lambda a: a  # noqa: E731
+    if device != "cpu":
+        import cupy as cp
+
+        def to_device(a):  # a transposed view stays a transposed view (cuBLAS takes either)
+            return cp.asarray(a) if a.flags.c_contiguous else cp.asarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+
     rng = np.random.default_rng(0)
     products = []
     for _, (c, h, _), o, k, s, p, g in CONVS:
-        pairs = conv_products(c, h, o, k, s, p, g, batch, rng, uses_winograd((k, k), (s, s), batch))
-        products += pairs if mode == "train" else pairs[:1]
+        winograd = device == "cpu" and uses_winograd((k, k), (s, s), batch)
+        pairs = conv_products(c, h, o, k, s, p, g, batch, rng, winograd)
+        products += [(to_device(a), to_device(b)) for a, b in (pairs if mode == "train" else pairs[:1])]
     products = [lambda a=a, b=b: batched_matmul(a, b) for a, b in products]  # as conv.py runs them
     for _, fin, fout in FCS:
-        x = rng.standard_normal((batch, fin)).astype(np.float32)
-        w = rng.standard_normal((fout, fin)).astype(np.float32)
-        gy = rng.standard_normal((batch, fout)).astype(np.float32)
+        x = to_device(rng.standard_normal((batch, fin)).astype(np.float32))
+        w = to_device(rng.standard_normal((fout, fin)).astype(np.float32))
+        gy = to_device(rng.standard_normal((batch, fout)).astype(np.float32))
         # the routes the engine takes (for a small batch, blocks of weight rows; see ops/linear.py)
         products.append(lambda x=x, w=w: linear.forward_gemm(x, w))
         if mode == "train":
-            products += [lambda gy=gy, x=x: linear.weight_grad_gemm(gy, x), lambda gy=gy, w=w: np.matmul(gy, w)]
-    return products
-
-
-def floor_products_gpu(batch, mode):
-    """floor_products on the current GPU: im2col's products, and the fully connected layers'."""
-    import cupy as cp
-
-    def on_gpu(a):  # a transposed view stays a transposed view (cuBLAS takes either)
-        return cp.asarray(a) if a.flags.c_contiguous else cp.asarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
-
-    rng = np.random.default_rng(0)
-    products = []
-    for _, (c, h, _), o, k, s, p, g in CONVS:
-        pairs = conv_products(c, h, o, k, s, p, g, batch, rng, winograd=False)
-        for a, b in (pairs if mode == "train" else pairs[:1]):
-            products.append(lambda a=on_gpu(a), b=on_gpu(b): cp.matmul(a, b))
-    for _, fin, fout in FCS:
-        x, w, gy = (cp.asarray(rng.standard_normal(shape).astype(np.float32))
-                    for shape in ((batch, fin), (fout, fin), (batch, fout)))
-        products.append(lambda x=x, w=w: x @ w.T)
-        if mode == "train":
-            products += [lambda gy=gy, x=x: gy.T @ x, lambda gy=gy, w=w: gy @ w]
+            products += [lambda gy=gy, x=x: linear.weight_grad_gemm(gy, x), lambda gy=gy, w=w: gy @ w]
     return products
 
 
