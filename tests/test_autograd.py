@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import tinynet as tn
+import tinynet.functional as F
 from tinynet.gradcheck import gradcheck
 
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
@@ -102,6 +103,83 @@ def test_gradient_accumulates_when_tensor_is_reused():
     before = x.grad.copy()
     (x * 2.0).sum().backward()
     assert np.allclose(x.grad, before + 2)
+
+
+def test_a_leaf_that_feeds_an_add_does_not_change_the_gradients_still_on_their_way():
+    """``a + b`` hands one array back to both inputs; a leaf input keeps it as its .grad while
+    the other input's creator has yet to read it.  The leaf's next gradient must not be added
+    into that shared array."""
+    x = tn.tensor(np.array([1.0, 1.0]), requires_grad=True)
+    ((x + x * 1.0) + x * 1.0).backward(np.ones(2))
+    assert x.grad.tolist() == [3.0, 3.0]
+    x, y = tn.tensor(np.ones(1), requires_grad=True), tn.tensor(np.ones(1), requires_grad=True)
+    total = y * 2.0
+    for _ in range(20):
+        total = total + x
+    total.sum().backward()
+    assert y.grad.tolist() == [2.0] and x.grad.tolist() == [20.0]
+    g = x.grad
+    g *= 0.5  # still an array of its own
+    assert y.grad.tolist() == [2.0]
+
+
+@st.composite
+def linear_graphs(draw):
+    """A random graph of +, - and scaling over 1-3 leaves, some used many times, with the
+    exact gradient of its sum: each node is tracked as its coefficient on every leaf."""
+    leaves = draw(st.integers(1, 3))
+    nodes = [("leaf", i) for i in range(leaves)]
+    coefs = [np.eye(leaves)[i] for i in range(leaves)]
+    for _ in range(draw(st.integers(1, 12))):
+        a, b = draw(st.integers(0, len(nodes) - 1)), draw(st.integers(0, len(nodes) - 1))
+        op = draw(st.sampled_from(["add", "sub", "scale"]))
+        c = draw(st.sampled_from([0.5, 2.0, -1.0]))
+        nodes.append((op, a, b, c))
+        coefs.append(coefs[a] + coefs[b] if op == "add" else coefs[a] - coefs[b] if op == "sub" else c * coefs[a])
+    ends = draw(st.lists(st.integers(0, len(nodes) - 1), min_size=1, max_size=3))
+    return leaves, nodes, ends, sum(coefs[e] for e in ends)
+
+
+@given(linear_graphs())
+def test_gradients_of_random_graphs_of_sums_are_exact(graph):
+    leaves, nodes, ends, expected = graph
+    xs = [tn.tensor(np.ones(2), requires_grad=True) for _ in range(leaves)]
+    values = []
+    for node in nodes:
+        if node[0] == "leaf":
+            values.append(xs[node[1]])
+            continue
+        op, a, b, c = node
+        values.append(values[a] + values[b] if op == "add" else values[a] - values[b] if op == "sub"
+                      else values[a] * c)
+    total = values[ends[0]]
+    for e in ends[1:]:
+        total = total + values[e]
+    if not total.requires_grad:
+        return
+    total.backward(np.ones(2))  # a gradient array of its own from the start (sum's is a view)
+    for i, x in enumerate(xs):
+        got = np.zeros(2) if x.grad is None else x.grad
+        np.testing.assert_array_equal(got, np.full(2, expected[i]))
+
+
+def test_residual_block_on_an_input_that_needs_its_gradient():
+    """x + conv(x, w1) + conv(x, w2): x is a leaf fed straight into an add."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 5))
+    w1, w2 = rng.standard_normal((2, 3, 3, 3, 3)) * 0.3
+    r = rng.standard_normal((2, 3, 5, 5))
+
+    def block(x, w1, w2):
+        h = x + F.conv2d(x, w1, padding=1) + F.conv2d(x, w2, padding=1)
+        return F.relu(h) * r
+
+    gradcheck(block, [x, w1, w2])
+
+
+def test_gradcheck_takes_float64_only():
+    with pytest.raises(TypeError, match="gradcheck: input 0 must be float64, got float32"):
+        gradcheck(lambda x: x * 2.0, [np.ones(3, np.float32)])
 
 
 def test_graph_is_freed_after_backward():

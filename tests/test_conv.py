@@ -234,6 +234,11 @@ def test_conv2d_errors():
         F.conv2d(x.astype(np.int32), np.zeros((2, 4, 3, 3), np.float32))
     with pytest.raises(ValueError, match=r"col2im: cols must have shape \(36, 36\)"):
         F.col2im(np.zeros((5, 5)), (1, 4, 8, 8), 3)
+    for shape in ((2, 4, 0, 0), (2, 4, 3, 0), (0, 4, 3, 3)):
+        with pytest.raises(ValueError, match=r"conv2d: weight \(filters, channels per group, KH, KW\) must have"):
+            F.conv2d(x, np.zeros(shape, np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d: kernel_size must be >= 1, got \(3, 0\)"):
+        tn.nn.Conv2d(4, 2, (3, 0))
 
 
 @pytest.mark.parametrize("keep", [0, 10**9])

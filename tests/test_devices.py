@@ -154,6 +154,40 @@ def test_backward_after_an_in_place_update_is_refused():
     loss2.backward()  # a new forward is fine
 
 
+def test_tensors_over_the_same_memory_share_the_version_count():
+    """A tensor over a parameter's memory (detach(), tn.tensor(w), a view such as reshape or a
+    slice) sees the parameter's in-place updates: a graph that saved the old values refuses
+    backward, and refuses it before any gradient reaches a leaf."""
+    w = tn.nn.Parameter(np.array([2.0, 3.0]))
+    frozen = tn.nn.Parameter(np.array([[2.0, 3.0]]))
+    frozen.requires_grad = False
+    cases = {
+        "detach": lambda: w.detach(),
+        "tn.tensor": lambda: tn.tensor(w),
+        "reshape": lambda: w.reshape(1, 2),
+        "slice": lambda: w[1:],
+        "frozen view": lambda: frozen.reshape(2),
+    }
+    for name, alias_of in cases.items():
+        x = tn.tensor(np.array([1.0, 1.0]), requires_grad=True)
+        loss = (alias_of() * x).sum()
+        for p in (w, frozen):
+            p._bump_version()  # what SGD.step and load_state_dict do
+        with pytest.raises(RuntimeError, match="modified in place after forward"):
+            loss.backward()
+        assert x.grad is None, name  # nothing was delivered before the refusal
+    # a copy is not affected
+    x = tn.tensor(np.array([1.0, 1.0], np.float32), requires_grad=True)
+    loss = (tn.tensor(w, dtype=np.float32) * x).sum()
+    w._bump_version()
+    loss.backward()
+    assert x.grad.tolist() == [2.0, 3.0]
+    # an op's fresh output has a count of its own
+    y = w * 2.0
+    w._bump_version()
+    assert y._version == 0
+
+
 # ---- optimiser and modules keep their parameters ---------------------------------------------
 
 def test_sgd_updates_a_big_non_contiguous_parameter():

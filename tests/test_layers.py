@@ -101,6 +101,8 @@ def test_dropout_inverted_scaling_seeded_and_identity_in_eval():
     assert np.array_equal(xt.grad, y.data)
     with pytest.raises(ValueError, match=r"dropout: p must be in \[0, 1\)"):
         F.dropout(x, 1.0)
+    with pytest.raises(TypeError, match=r"dropout: mask must have the dtype of x \(float32\), got float64"):
+        F.dropout(x, 0.5, mask=np.ones((200, 500)))
 
 
 def test_flatten_and_linear_errors():

@@ -107,6 +107,10 @@ def test_sgd_state_round_trip_and_errors():
         optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match="SGD: got an empty parameter list"):
         optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="SGD: parameter 1 .* is parameter 0 again"):
+        optim.SGD([p, p], lr=0.1)
+    with pytest.raises(ValueError, match="SGD: parameter 1 .* is parameter 0 again, or shares its memory"):
+        optim.SGD([p, p.detach().requires_grad_()], lr=0.1)
     with pytest.raises(ValueError, match="velocity 0 has shape"):
         optim.SGD([nn.Parameter(np.ones(4))]).load_state_dict(state)
 

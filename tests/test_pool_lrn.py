@@ -185,3 +185,8 @@ def test_lrn_errors():
         F.local_response_norm(np.zeros((1, 3, 2, 2)), k=0.0)
     with pytest.raises(ValueError, match="local_response_norm: x must have 4 dims"):
         F.local_response_norm(np.zeros((3, 2, 2)))
+    for bad in (dict(alpha=float("nan")), dict(beta=float("inf")), dict(k=float("nan")), dict(size=True)):
+        with pytest.raises(ValueError, match="local_response_norm: (alpha|beta|k|size) must be"):
+            F.local_response_norm(np.zeros((1, 3, 2, 2)), **bad)
+    with pytest.raises(ValueError, match="LocalResponseNorm: alpha must be a finite"):
+        tn.nn.LocalResponseNorm(alpha=float("nan"))

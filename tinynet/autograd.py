@@ -159,6 +159,11 @@ class Function:
         out_dev = Device(params["device"]) if cls.crosses_devices else dev
         record = is_grad_enabled() and any(fn.needs_input_grad)
         outputs = tuple(Tensor(d, requires_grad=record, device=out_dev) for d in outputs_data)
+        for out in outputs:  # a view of an input (reshape, transpose, slicing) shares its version count
+            for t in tensors:
+                if _may_share_memory(out.data, t.data):
+                    out._versions = t._versions
+                    break
         if record:
             fn.stream = stream
             fn.inputs = tensors
@@ -214,6 +219,15 @@ def _wrap_raw(opname, x, dev):
     return Tensor(x, device=dev)
 
 
+def _may_share_memory(a, b):
+    """Whether arrays a and b may lie over the same memory (their address ranges overlap:
+    a cheap test, exact for views of one another)."""
+    xp = get_array_module(a)
+    if xp is not get_array_module(b):
+        return False
+    return bool(xp.may_share_memory(a, b))
+
+
 def _guard(dev):
     """device_guard on a GPU; no work at all on the CPU (the hot path)."""
     return _no_context if dev.kind == "cpu" else device_guard(dev)
@@ -262,7 +276,11 @@ class Tensor:
         self.grad = None
         self._creator = None
         self._out_index = 0
-        self._version = 0  # bumped by in-place updates (SGD.step, load_state_dict)
+        # how many in-place changes the data has had (SGD.step, load_state_dict), in a box that
+        # every tensor over the same memory shares: Tensor(t) of the same array, t.detach(), and
+        # the outputs of ops that are views of an input (reshape, transpose, slicing: Function.apply)
+        shared = isinstance(data, Tensor) and self.data is data.data
+        self._versions = data._versions if shared else [0]
 
     # ---- array-like properties -------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -283,10 +301,15 @@ class Tensor:
         """Where the data lives: ``cpu`` (= ``cpu:0``), ``cpu:1``, ``cuda:0``..."""
         return self._device
 
+    @property
+    def _version(self):
+        return self._versions[0]
+
     def _bump_version(self):
         """Record an in-place change of ``data``: a graph that saved the old
-        values refuses to run backward (see run_backward)."""
-        self._version += 1
+        values, through this tensor or any other over the same memory,
+        refuses to run backward (see run_backward)."""
+        self._versions[0] += 1
 
     def __len__(self):
         return len(self.data)
@@ -317,8 +340,9 @@ class Tensor:
         return self.numpy().reshape(()).item()
 
     def detach(self):
-        """A new leaf tensor sharing this data (and device), cut from the graph."""
-        return Tensor(self.data, device=self._device)
+        """A new leaf tensor sharing this data (and device, and the count of
+        in-place changes), cut from the graph."""
+        return Tensor(self, device=self._device)
 
     def requires_grad_(self, flag=True):
         if flag and self.dtype.kind != "f":
@@ -365,23 +389,35 @@ class Tensor:
                 return
         run_backward(self, grad, retain_graph)
 
-    def _accumulate_leaf(self, g, handed):
-        """Add ``g`` into ``self.grad``.  The first gradient is kept only if it
-        owns its memory and no other leaf got the same array in this pass
-        (``handed``: ids of arrays already given out); otherwise it is copied,
-        as PyTorch's accumulate-grad does.  So ``.grad`` is always a writeable
-        array of its own: clipping or scaling it in place touches nothing else
-        (``a + b`` passes one array back to both a and b; ``sum`` a read-only
-        broadcast view)."""
+    def _accumulate_leaf(self, g, kept):
+        """Add ``g`` into ``self.grad``.
+
+        The first gradient is kept as it is when it owns its memory and no
+        other leaf kept the same array in this pass (``kept``: ids of the
+        arrays leaves kept uncopied in this pass); otherwise it is copied, as
+        PyTorch's accumulate-grad does.  A kept array may still be on its way
+        to other ops: ``a + b`` passes one array back to both a and b, and
+        when b is not a leaf, b's creator reads that array later in the same
+        pass.  So a kept ``.grad`` is never added to in place while the pass
+        runs: the next gradient makes a new array, and the shared one stays
+        as it was.  An array of the leaf's own (copied, or made by such a
+        sum) takes later gradients in place.  After the pass every ``.grad``
+        is a writeable array of its own: clipping or scaling it in place
+        touches nothing else."""
         if isinstance(g, np.generic):
             g = np.asarray(g)
         if self.grad is None:
             owned = (g.flags.owndata and getattr(g.flags, "writeable", True)
-                     and g.flags.c_contiguous and id(g) not in handed)
+                     and g.flags.c_contiguous and id(g) not in kept)
             self.grad = g if owned else g.copy()
-            handed.add(id(self.grad))
+            if owned:
+                kept.add(id(g))
+        elif id(self.grad) in kept:  # the kept array may be another op's gradient still
+            total = self.grad.copy()
+            total += g
+            self.grad = total
         else:
-            self.grad += g  # .grad is always an array of its own (above), so in place is safe
+            self.grad += g
 
     # ---- operators (implemented in tinynet.ops.math) ------------------------
     def __add__(self, other):
@@ -516,7 +552,7 @@ def run_backward(root, grad, retain_graph=False):
     grads = {}
     heap = []
     seen = set()
-    handed = set()  # ids of arrays given to leaves as their .grad in this pass
+    kept = set()  # ids of the arrays leaves kept as their .grad, uncopied, in this pass
 
     def push(fn):
         if id(fn) not in seen:
@@ -543,7 +579,8 @@ def run_backward(root, grad, retain_graph=False):
                 raise RuntimeError(
                     f"{type(fn).__name__}.backward: input {i} (shape {t.shape}) was modified in place "
                     f"after forward (version {version} -> {t._version}, e.g. by SGD.step or "
-                    "load_state_dict); its gradient would be computed from the new values. "
+                    "load_state_dict, itself or a tensor over the same memory: a view, detach()); "
+                    "its gradient would be computed from the new values. "
                     "Run forward again after changing weights"
                 )
         slots = grads.pop(fn)
@@ -571,7 +608,7 @@ def run_backward(root, grad, retain_graph=False):
             g = _checked_grad(fn, i, tensor, g)
             with _guard(tensor._device):  # sums land on the tensor's own device
                 if tensor._creator is None:
-                    tensor._accumulate_leaf(g, handed)
+                    tensor._accumulate_leaf(g, kept)
                 else:
                     add_grad(tensor._creator, tensor._out_index, g)
                     push(tensor._creator)

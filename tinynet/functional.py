@@ -28,6 +28,7 @@ Each op's naive twin (the definition as loops, the test oracle) sits beside
 it in tinynet/ops/: conv2d_naive, max_pool2d_naive, local_response_norm_naive...
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -76,11 +77,16 @@ def _same_dtype(fn, *named):
             )
 
 
+def _is_int(value):
+    """An int (NumPy's too), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pair(fn, name, value, minimum):
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if _is_int(value):
         value = (int(value), int(value))
     if not (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+            and all(_is_int(v) for v in value)):
         raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
     if any(v < minimum for v in value):
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {tuple(value)}")
@@ -196,12 +202,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
     _same_dtype(fn, ("x", x), ("weight", weight), ("bias", bias))
     s = _pair(fn, "stride", stride, 1)
     p = _pair(fn, "padding", padding, 0)
-    if not isinstance(groups, numbers.Integral) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{fn}: relu must be True or False, got {relu!r}")
     N, C, H, W = x.shape
     O, Cg, KH, KW = weight.shape
+    if 0 in weight.shape:
+        raise ValueError(f"{fn}: weight (filters, channels per group, KH, KW) must have at least one "
+                         f"of each, got shape {weight.shape}")
     if C % groups:
         raise ValueError(f"{fn}: groups={groups} does not divide the input channels C={C}")
     if O % groups:
@@ -240,6 +249,17 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return pool.MaxPool2d.apply(x, kernel_size=k, stride=s, padding=p)
 
 
+def check_lrn_constants(fn, size, alpha, beta, k):
+    """Refuse an LRN window or constant that would give NaN, zeros or a division by zero."""
+    if not _is_int(size) or size < 1:
+        raise ValueError(f"{fn}: size must be a positive int, got {size!r}")
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{fn}: {name} must be a finite, non-negative number, got {v!r}")
+    if k == 0:
+        raise ValueError(f"{fn}: k must be > 0 (with k = 0 a zero input divides by zero)")
+
+
 def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False, groups=1):
     """Local response normalisation across channels, the paper's formula:
 
@@ -257,14 +277,8 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size
     """
     fn = "local_response_norm"
     x = _as_tensor(fn, "x", x, ndim=4)
-    if not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"{fn}: size must be a positive int, got {size!r}")
-    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not isinstance(v, numbers.Real) or v < 0:
-            raise ValueError(f"{fn}: {name} must be a non-negative number, got {v!r}")
-    if k == 0:
-        raise ValueError(f"{fn}: k must be > 0 (with k = 0 a zero input divides by zero)")
-    if not isinstance(groups, numbers.Integral) or groups < 1 or x.shape[1] % groups:
+    check_lrn_constants(fn, size, alpha, beta, k)
+    if not _is_int(groups) or groups < 1 or x.shape[1] % groups:
         raise ValueError(f"{fn}: groups must be a positive int dividing the channels C={x.shape[1]}, got {groups!r}")
     a = float(alpha) / size if alpha_over_size else float(alpha)
     return lrn.LocalResponseNorm.apply(x, size=int(size), alpha=a, beta=float(beta), k=float(k),
@@ -370,6 +384,9 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
         mask = dropout_mask(x.shape, p, x.dtype, rng)
     elif tuple(mask.shape) != x.shape:
         raise ValueError(f"{fn}: mask must have the shape of x {x.shape}, got {tuple(mask.shape)}")
+    elif mask.dtype != x.dtype:  # a mask of another dtype would change the activations' dtype
+        raise TypeError(f"{fn}: mask must have the dtype of x ({x.dtype}), got {mask.dtype}; "
+                        f"dropout_mask(shape, p, x.dtype) draws one")
     mask = mask.data if isinstance(mask, Tensor) else mask
     if x.device.kind == "cuda":
         with device_guard(x.device):  # a host mask goes to x's GPU, not to the current one

@@ -209,7 +209,7 @@ class Conv2d(Module):
             raise ValueError(
                 f"Conv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
             )
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        kh, kw = F._pair("Conv2d", "kernel_size", kernel_size, 1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
         rng = default_generator() if rng is None else rng
@@ -264,6 +264,7 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, alpha_over_size=False, groups=1):
         super().__init__()
+        F.check_lrn_constants("LocalResponseNorm", size, alpha, beta, k)
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.alpha_over_size, self.groups = alpha_over_size, groups
 

@@ -24,9 +24,14 @@ def _check_params(params):
     params = list(params)
     if not params:
         raise ValueError("SGD: got an empty parameter list")
+    first = {}  # one update per array: the same parameter twice would move twice as far
     for i, p in enumerate(params):
         if not getattr(p, "requires_grad", False):
             raise ValueError(f"SGD: parameter {i} (shape {getattr(p, 'shape', '?')}) does not require grad")
+        j = first.setdefault(id(p._versions), i)  # the same tensor, or one over its memory
+        if j != i:
+            raise ValueError(f"SGD: parameter {i} (shape {p.shape}) is parameter {j} again, or shares "
+                             f"its memory; give each parameter once")
     return params
 
 

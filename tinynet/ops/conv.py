@@ -129,8 +129,10 @@ def set_conv_algorithm(name):
     0.81-0.90 s against 0.94-1.06; with conv2 by Winograd too, 0.89 times the step
     with conv2 by im2col.  Other kernels and strides, and every convolution on a
     GPU, run by im2col.  The two differ in the last bits, as two orders of
-    summation do (the 5x5 maps a little more: their sixths round).  Returns the
-    previous value."""
+    summation do (the 5x5 maps a little more: their sixths round).  And where an
+    input is infinite, Winograd's tiles subtract it from itself: outputs that
+    im2col makes inf come out NaN (both say the values overflowed; a NaN input
+    spreads the same way by either).  Returns the previous value."""
     if name not in ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: expected one of {ALGORITHMS}, got {name!r}")
     old, _workspace["algorithm"] = _workspace["algorithm"], name
