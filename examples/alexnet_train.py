@@ -241,6 +241,12 @@ def check_applicable(args):
                 f"--resume continues a run with its own recipe and data, so "
                 f"{', '.join('--' + o.replace('_', '-') for o in ignored)} cannot change; only "
                 f"--epochs and --time-budget can (to train something else, start a new run)")
+        unused = [o for o in ("out", "time_budget", "epochs", "stop_after_steps", "trace")
+                  if args.eval_only and o in given]
+        if unused:
+            raise ConfigError(f"--eval-only scores the weights and writes nothing, so "
+                              f"{', '.join('--' + o.replace('_', '-') for o in unused)} would do "
+                              f"nothing; leave it out")
         return
     if args.data:
         unused = [o for o in ("dataset", "num_classes", "difficulty") if o in given]
@@ -248,6 +254,9 @@ def check_applicable(args):
             raise ConfigError(f"{', '.join('--' + o.replace('_', '-') for o in unused)} "
                               f"describe(s) the built-in data; with --data DIR the classes are "
                               f"DIR's folders")
+        if "val_fraction" in given and os.path.isdir(args.data) and tdata.has_fashion_mnist_files(args.data):
+            raise ConfigError(f"--val-fraction splits a folder of class folders; {args.data} holds "
+                              f"Fashion-MNIST's files, which come with their own held-out (test) images")
         if "val_fraction" in given and os.path.isdir(args.data):
             try:
                 held_out = tdata.find_layout(args.data, "--data")["val"]
@@ -311,7 +320,8 @@ def build_config(args):
         raise ConfigError(f"--dropout must be a probability in [0, 1), got {cfg['dropout']}")
     if not (math.isfinite(cfg["lighting_std"]) and cfg["lighting_std"] >= 0):
         raise ConfigError(f"--lighting-std must be >= 0 (0: no lighting), got {cfg['lighting_std']}")
-    if cfg["lr_schedule"] == "budget" and not cfg["time_budget"]:
+    if cfg["lr_schedule"] == "budget" and not cfg["time_budget"] and not args.resume:
+        # (a resumed run keeps its own schedule: _resumed_config checks it)
         raise ConfigError("--lr-schedule budget decays the rate to zero at the end of the time "
                           "budget, and this run has none: give --time-budget SECONDS, or use "
                           "--lr-schedule plateau")
@@ -367,12 +377,14 @@ def load_image_data(cfg, cache_dir, say, quiet=False, retry_unreadable=True):
                                           seed=cfg["data_seed"], cache_dir=cache_dir,
                                           progress=decoding_progress(quiet),
                                           retry_unreadable=retry_unreadable)
+    def names(paths):  # a name that is not valid UTF-8 shown escaped, not a crash of the print
+        return ", ".join(tdata.printable(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+
     if train.skipped:
         say(f"data: {len(train.skipped)} file(s) skipped (not readable as images; see the "
-              f"warnings): {', '.join(train.skipped[:3])}" + (" ..." if len(train.skipped) > 3 else ""))
+              f"warnings): {names(train.skipped)}")
     if val.skipped and val.skipped != train.skipped:
-        say(f"data: {len(val.skipped)} held-out file(s) skipped: {', '.join(val.skipped[:3])}"
-              + (" ..." if len(val.skipped) > 3 else ""))
+        say(f"data: {len(val.skipped)} held-out file(s) skipped: {names(val.skipped)}")
     return train, val
 
 
@@ -405,6 +417,23 @@ def fashion_mnist_pad(cfg, say):
     return cfg["pad"]
 
 
+def data_fingerprint(dataset):
+    """A short hash of a data set as loaded: its class names, every label in order and, for a
+    --data folder, its origin (a hash of its images' names, <class folder>/<file>, in order). A run records its training and held-out sets' (before any --max-*-images
+    subset); a resumed run or --eval-only compares them, so that a data folder changed in
+    between (images added, removed or renamed, a file that became readable) is refused instead
+    of silently mixing training images into the held-out set. Paths, not pixels: another
+    machine's image decoder may round a pixel differently. The built-in sets are made by the
+    recipe, which a resumed run cannot change."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(list(dataset.classes)).encode("utf-8"))
+    h.update(np.ascontiguousarray(dataset.labels, dtype=np.int64).tobytes())
+    if getattr(dataset, "origin", None) is not None:
+        h.update(dataset.origin.encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
 def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, training=True):
     """The training and held-out sets the configuration names, checked before any training.
     say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
@@ -417,8 +446,8 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, tra
         cfg["pad"] = None
     if fashion and cfg["data"]:  # the four IDX files (gzip or not) in a folder, not class folders
         cfg["val_fraction"] = None
-        say(f"data: Fashion-MNIST's IDX files in {cfg['data']} (the 10,000 test images are held out)")
         train, val = tdata.load_fashion_mnist(search_dirs=[cfg["data"]], pad=fashion_mnist_pad(cfg, say))
+        say(f"data: Fashion-MNIST's IDX files in {cfg['data']} (its {len(val):,} test images are held out)")
     elif fashion:
         train, val = tdata.load_fashion_mnist(pad=fashion_mnist_pad(cfg, say))
     elif cfg["data"]:
@@ -433,6 +462,7 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, tra
                                        difficulty=cfg["difficulty"])
         if time.time() - t0 > 2:
             say(f"generated the shapes set in {time.time() - t0:.0f} s (cached in {root})")
+    check_same_data(cfg, train, val, say)
     train = take_subset(train, cfg["max_train_images"], cfg["data_seed"], "training", say)
     val = take_subset(val, cfg["max_val_images"], cfg["data_seed"], "held-out", say)
     cfg["num_classes"] = train.num_classes     # what ran, whatever the data
@@ -446,6 +476,33 @@ def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, tra
     if training and cfg["batch_size"] > len(train):
         raise ConfigError(f"--batch-size {cfg['batch_size']} is larger than the training set ({len(train)} images)")
     return train, val
+
+
+def check_same_data(cfg, train, val, say):
+    """Record the data's fingerprints in cfg; for a resumed run (cfg from its checkpoint),
+    first refuse data other than the data it recorded (ConfigError): its held-out images
+    could have been training images of the run. Checkpoints of older versions recorded no
+    fingerprints: their class names are compared, and said to be all that could be."""
+    now = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
+    recorded = cfg.get("data_fingerprint")
+    where = cfg["data"] or cfg.get("dataset")
+    if recorded is not None and recorded != now:
+        differ = [label for key, label in (("train", "training"), ("val", "held-out"))
+                  if recorded.get(key) != now[key]]
+        raise ConfigError(
+            f"--resume: the data is not what this run trained on: {where} now gives "
+            f"{len(train)} training / {len(val)} held-out images in {train.num_classes} classes, "
+            f"and the {' and the '.join(differ)} set differ(s) from the run's (fingerprints "
+            f"{now} against {recorded}). Its held-out images could be images it trained on, "
+            f"and training would go on over other images. Restore the data as it was, or "
+            f"start a new run")
+    if recorded is None and cfg.get("classes") is not None:  # a checkpoint of an older version
+        if list(train.classes) != list(cfg["classes"]):
+            raise ConfigError(f"--resume: the data is not what this run trained on: {where} now has "
+                              f"the classes {list(train.classes)}, the run had {cfg['classes']}")
+        say("note: this run's checkpoint records no fingerprint of its data (an older version "
+            "wrote it); only its class names could be checked to be the same")
+    cfg["data_fingerprint"] = now
 
 
 def make_transforms(cfg, train, training=True):
@@ -847,6 +904,19 @@ class Run:
         cfg.setdefault("data_seed", cfg["seed"])      # checkpoints of older versions
         cfg.setdefault("pad", 0)                      # (older versions never padded)
         cfg.setdefault("lr_schedule", "plateau")
+        # where it runs is no part of the recipe: --device moves the run (the weights load on
+        # any device); the tower count cannot change, as the momentum buffers are saved per
+        # tower layout
+        if "device" in args.given:
+            cfg["device"] = args.device
+        if "towers" in args.given and args.towers != cfg.get("towers", 1):
+            raise ConfigError(f"--resume: the run trained with --towers {cfg.get('towers', 1)}, and its "
+                              f"checkpoint's momentum buffers are laid out so; --towers {args.towers} "
+                              f"cannot continue it (start a new run, or leave --towers out)")
+        if cfg["lr_schedule"] == "budget" and not cfg["time_budget"]:
+            raise ConfigError(f"--resume: the run's learning rate decays to zero at the end of its time "
+                              f"budget (--lr-schedule budget), so --time-budget 0 would leave it none; "
+                              f"give --time-budget SECONDS")
         if ckpt["meta"]["epoch"] >= cfg["epochs"] and not args.eval_only:
             raise ConfigError(f"--resume: the run of {args.resume} is complete ({cfg['epochs']} "
                               f"epoch(s) trained); to train it further, add --epochs N with "
@@ -858,6 +928,7 @@ class Run:
         self.best_err = float("inf")
         self.base_lr = self.optimizer.lr      # the rate after warm-up, before any schedule
         self.horizon = None                   # budget schedule: the step where lr reaches zero
+        self.horizon_stale = False            # resumed: the saved horizon is the last invocation's
         self.running, self.count = 0.0, 0     # the training loss's running average
         self.run_time = 0.0                   # the run's clock before this invocation
         if ckpt is None:
@@ -872,6 +943,9 @@ class Run:
         self.best_err = meta.get("best_err", self.best_err)
         self.base_lr = meta["base_lr"]
         self.horizon = meta.get("lr_horizon")
+        # the budget counts from each invocation's start, so the horizon the checkpoint saved (where
+        # the last invocation's budget was to run out) is measured again after this one's first step
+        self.horizon_stale = self.horizon is not None
         self.running, self.count = meta.get("running_loss", [0.0, 0])
         self.run_time = meta.get("run_time", 0.0)
         self.say(f"resumed from {self.args.resume} at epoch {self.start_epoch}, step {self.start_step}")
@@ -965,8 +1039,9 @@ class Run:
         self.step += 1
         self.global_step += 1
         self.clock.step_done()
-        if self.horizon is None and self.global_step >= max(cfg["warmup_steps"], 10):
+        if (self.horizon is None or self.horizon_stale) and self.global_step >= max(cfg["warmup_steps"], 10):
             self._measure_horizon()
+            self.horizon_stale = self.horizon_stale and not self.clock.steps.per_unit
         self.out_of_time = self.clock.should_stop(self._final_reserve())
         if self.args.stop_after_steps and self.global_step - self.first_global_step >= self.args.stop_after_steps:
             stop.request("stop-after-steps")

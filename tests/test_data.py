@@ -345,7 +345,7 @@ def image_tree(tmp_path):
     _save(root / "dog" / "nested" / "cmyk.jpg", Image.new("CMYK", (20, 20), (0, 0, 0, 0)))
     _save(root / "dog" / "deep.png", Image.fromarray(np.full((20, 20), 32768, np.uint16)))
     (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a JPEG")
-    (root / "dog" / "notes.txt").write_text("not an image, ignored")
+    (root / "dog" / "notes.txt").write_text("not an image: left out, with a warning")
     return root
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 import warnings
 
 import numpy as np
@@ -110,6 +111,181 @@ def test_layout_names_what_it_does_not_use(tmp_path):
     pngs(lonely / "validation" / "a", 1, (1, 2, 3))
     with pytest.raises(ValueError, match="has validation/ but no train/"):
         find_layout(lonely)
+
+
+@pytest.mark.parametrize("names", [("Train", "Val"), ("training", "testing"),
+                                   ("TRAIN", "valid_set")])
+def test_split_folders_spelled_otherwise_are_refused_not_taken_as_classes(tmp_path, names):
+    """DIR/Train + DIR/Val (or training/ + testing/ ...) each holding cat/ and dog/ would be read
+    as two classes, "Train" and "Val", with the real classes merged: refused, saying why."""
+    for split in names:
+        pngs(tmp_path / "d" / split / "cat", 2, (250, 0, 0))
+        pngs(tmp_path / "d" / split / "dog", 2, (0, 0, 250))
+    shown = f"{names[0]!r}, {names[1]!r}" if names[0] < names[1] else f"{names[1]!r}, {names[0]!r}"
+    for call in (lambda: find_layout(tmp_path / "d"),
+                 lambda: load_image_folders(tmp_path / "d", size=8, cache_dir=tmp_path / "c")):
+        with pytest.raises(ValueError) as exc:
+            call()
+        message = str(exc.value)
+        assert f"holds {shown}, named like a split of the data" in message
+        assert "sub-folders ('cat', 'dog')" in message and "each would be ONE class" in message
+        assert f"{tmp_path / 'd'}/train/<class>/... beside {tmp_path / 'd'}/val/<class>/..." \
+            in message
+    # one level down (a single tree of classes), and through load_image_folder
+    with pytest.raises(ValueError, match=r"holds .*named like a split.*DIR/train/<class>/"):
+        load_image_folder(tmp_path / "d", size=8, cache_dir=tmp_path / "c")
+    assert not os.path.exists(tmp_path / "c") or os.listdir(tmp_path / "c") == []
+
+
+def test_split_folder_spelled_otherwise_beside_train(tmp_path):
+    """train/ + Val/: without the fix Val/ was left out and train/ split; refused. Beside
+    train/ and val/, another one (Testing/) is named as not used, like test/."""
+    for split in ("train", "Val"):
+        pngs(tmp_path / split / "a", 2, (250, 0, 0))
+        pngs(tmp_path / split / "b", 2, (0, 0, 250))
+    with pytest.raises(ValueError, match=r"holds 'Val', named like a split.*it would be left out "
+                                         r"and train/ split instead\. Rename the held-out "
+                                         r"folder to .*/val/"):
+        find_layout(tmp_path)
+    os.rename(tmp_path / "Val", tmp_path / "val")
+    pngs(tmp_path / "Testing" / "a", 1, (250, 0, 0))
+    assert find_layout(tmp_path) == dict(train=str(tmp_path / "train"), val=str(tmp_path / "val"),
+                                         unused=[str(tmp_path / "Testing")])
+
+
+def test_a_class_named_like_a_split_holding_images_is_a_class(tmp_path):
+    """Vehicles: a class Train/ (of trains) holds images, not class folders: no refusal."""
+    pngs(tmp_path / "Train", 2, (250, 0, 0))
+    pngs(tmp_path / "Test" / "nested", 2, (0, 250, 0))       # nested, but images of its own too
+    pngs(tmp_path / "Test", 1, (0, 250, 0))
+    pngs(tmp_path / "car", 2, (0, 0, 250))
+    assert find_layout(tmp_path)["train"] == str(tmp_path)
+    assert load_image_folder(tmp_path, size=8, cache_dir=tmp_path / ".c").classes == \
+        ["Test", "Train", "car"]
+
+
+def test_a_class_folder_that_links_to_nothing_is_refused(tmp_path):
+    """A class kept on a disk that is not mounted: without the fix the class was dropped
+    without a word (the network learnt one class fewer). A held-out folder that links to
+    nothing is refused too (train/ would be split instead)."""
+    animal_folder(tmp_path / "d", per_class=2)
+    os.symlink(tmp_path / "unmounted" / "bird", tmp_path / "d" / "bird")
+    with pytest.raises(ValueError) as exc:
+        load_image_folders(tmp_path / "d", size=8, cache_dir=tmp_path / "c")
+    assert str(exc.value) == (
+        f"load_image_folders: {str(tmp_path / 'd' / 'bird')!r} is a link to "
+        f"{str(tmp_path / 'unmounted' / 'bird')!r}, which does not exist (a disk that is not "
+        f"mounted?); if it is a class folder, that class would be missing. Make the link lead "
+        f"to the images, or remove it")
+    os.unlink(tmp_path / "d" / "bird")
+    animal_folder(tmp_path / "d2" / "train", per_class=2)
+    os.symlink(tmp_path / "unmounted" / "val", tmp_path / "d2" / "val")
+    with pytest.raises(ValueError, match=r"/val' is a link to .*without it, val/ would be ignored"):
+        find_layout(tmp_path / "d2")
+
+
+def test_a_class_with_no_held_out_image_is_named(tmp_path):
+    """Split here: a class with a single readable image keeps it for training; the warning
+    names it, also when the cache is used again."""
+    pngs(tmp_path / "d" / "a", 4, (250, 0, 0))
+    pngs(tmp_path / "d" / "b", 1, (0, 0, 250))
+    pngs(tmp_path / "d" / "c", 2, (0, 250, 0))
+    (tmp_path / "d" / "c" / "001.png").write_bytes(b"\x89PNG broken")   # one readable left
+    expected = ("load_image_folders: 2 class(es) with a single readable image, kept for "
+                "training, have no held-out image, so the held-out score leaves them out: 'b', 'c'")
+    for _ in range(2):                                     # built, then read from the cache
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train, val = load_image_folders(tmp_path / "d", val_fraction=0.5, size=8,
+                                            cache_dir=tmp_path / "c")
+        assert expected in [str(w.message) for w in caught]
+        assert np.bincount(val.labels, minlength=3).tolist() == [2, 0, 0]
+    # a user's held-out folder is used as it is: nothing to say about a split
+    animal_folder(tmp_path / "t" / "train", per_class=1)
+    animal_folder(tmp_path / "t" / "val", per_class=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_folders(tmp_path / "t", size=8, cache_dir=tmp_path / "c")
+
+
+def test_files_left_out_are_counted_and_named(tmp_path):
+    """Files of a type the loader does not read, and images beside the class folders, are
+    left out with a warning that counts them; hidden files without a word."""
+    root = animal_folder(tmp_path / "d", per_class=2)
+    (root / "cat" / "iphone.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    (root / "cat" / "more").mkdir()
+    (root / "cat" / "more" / "other.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    (root / "dog" / "notes.txt").write_text("hi")
+    (root / "dog" / "README").write_text("hi")
+    (root / "dog" / ".hidden.txt").write_text("hi")
+    pngs(root / "fox" / ".thumbs", 1, (1, 2, 3))                 # a hidden folder
+    Image.new("RGB", (8, 8)).save(root / "loose.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_image_folder(root, size=8, cache_dir=tmp_path / "c")
+    assert len(ds) == 6 and ds.skipped == []
+    assert sorted(str(w.message) for w in caught) == sorted([
+        f"load_image_folder: 1 image(s) directly in {str(root)!r} left out, as they are in no "
+        f"class folder (expected {root}/<class>/...): {str(root / 'loose.jpg')!r}",
+        f"load_image_folder: 4 file(s) in the class folders of {str(root)!r} left out: not an "
+        f"image type this loader reads (.heic: 2, .txt: 1, no extension: 1): "
+        f"{str(root / 'cat' / 'iphone.heic')!r}, {str(root / 'cat' / 'more' / 'other.HEIC')!r}, "
+        f"{str(root / 'dog' / 'README')!r} and 1 more"])
+    assert all(w.filename == __file__ for w in caught)           # pointing at the caller
+    # beside train/ and val/, an image is in neither part
+    split = tmp_path / "split"
+    for part in ("train", "val"):
+        animal_folder(split / part, per_class=1)
+    Image.new("RGB", (8, 8)).save(split / "stray.png")
+    with pytest.warns(UserWarning) as caught:
+        load_image_folders(split, size=8, cache_dir=tmp_path / "c")
+    assert [str(w.message) for w in caught] == [
+        f"load_image_folders: 1 image(s) directly in {str(split)!r} left out, as they are in no "
+        f"class folder (expected {split}/train/<class>/...): {str(split / 'stray.png')!r}"]
+
+
+def test_a_file_name_that_is_not_utf8_loads(tmp_path):
+    """b"caf\\xe9.png" (Latin-1, from an old zip file) is held as "caf\\udce9.png": without the
+    fix the cache key's strict UTF-8 made the whole folder unloadable. The warnings about such
+    names must print on a strict UTF-8 stream."""
+    animal_folder(tmp_path / "d", per_class=2)
+    base = os.fsencode(tmp_path / "d")
+    try:
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(open(base + b"/cat/caf\xe9.png", "wb"), "PNG")
+    except OSError:                                  # a file system that takes UTF-8 names only
+        pytest.skip("this file system refuses names that are not valid UTF-8")
+    with open(base + b"/dog/bad\xe9.png", "wb") as f:
+        f.write(b"not an image")
+    with open(base + b"/fox/n\xf6te.txt", "wb") as f:
+        f.write(b"hi")
+    for _ in range(2):                                             # built, then from the cache
+        with pytest.warns(UserWarning) as caught:
+            ds = load_image_folder(tmp_path / "d", size=8, cache_dir=tmp_path / "c")
+        assert len(ds) == 7 and ds.skipped == [os.fsdecode(base + b"/dog/bad\xe9.png")]
+        messages = [str(w.message) for w in caught]
+        assert any("bad\\udce9.png" in m for m in messages)
+        assert any("n\\udcf6te.txt" in m for m in messages)
+        for m in messages:
+            m.encode("utf-8")                                      # raises on a surrogate
+    assert (ds.images == 9).all(axis=(1, 2, 3)).sum() == 1       # the café image is in
+
+
+def test_class_names_in_two_unicode_forms_are_told_apart(tmp_path):
+    """café in NFC under train/ and in NFD (as macOS writes it) under val/: the refusal says
+    that the two identical-looking names differ in their normal form, with escapes."""
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    for split, name in (("train", nfc), ("val", nfd)):
+        pngs(tmp_path / split / name, 1, (1, 2, 3))
+        pngs(tmp_path / split / "tea", 1, (1, 2, 3))
+    if sorted(os.listdir(tmp_path / "val")) != sorted([nfd, "tea"]):
+        pytest.skip("this file system normalises file names")
+    with pytest.raises(ValueError) as exc:
+        load_image_folders(tmp_path, size=8, cache_dir=tmp_path / ".c")
+    assert str(exc.value).endswith(
+        f"only in train [{nfc!r}], only in val [{nfd!r}]. Of these, 1 pair(s) are the same name "
+        f"in different Unicode normal forms (NFC/NFD), which look the same when printed: "
+        f"'caf\\xe9' (NFC) in train, 'cafe\\u0301' (NFD) in val. Rename one of the two folders "
+        f"so that both names have the same code points")
 
 
 def test_split_is_made_among_readable_images(tmp_path):
@@ -410,6 +586,15 @@ def test_empty_held_out_set_is_refused_before_training(prog, tmp_path, capsys):
     pngs(data / "b", 1, (0, 0, 250))
     msg = run_error(prog, capsys, folder_argv(data, tmp_path, "--batch-size", "1"))
     assert "held-out set is empty (2 training images in 2 classes, 0 held out)" in msg
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_split_folders_spelled_otherwise_are_refused_before_training(prog, tmp_path, capsys):
+    data = tmp_path / "d"
+    for split in ("Train", "Val"):
+        animal_folder(data / split, per_class=2)
+    msg = run_error(prog, capsys, folder_argv(data, tmp_path))
+    assert f"--data: {str(data)!r} holds 'Train', 'Val', named like a split of the data" in msg
     assert not os.path.exists(tmp_path / "run")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tinynet import runs
 from tinynet.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import load_example
@@ -385,3 +386,77 @@ def test_each_run_gets_its_own_folder_by_default(prog, cache_dir, tmp_path, monk
     assert f"--resume {os.path.join(base, 'version_1', 'latest.npz')}" in printed
     assert sorted(os.listdir(os.path.join(base, "version_1"))) == ["config.json", "latest.npz",
                                                                    "metrics.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------
+# What a resumed run or --eval-only may change, and the data it must find again
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, words", [
+    (["--out", "somewhere"], "--eval-only scores the weights and writes nothing, so --out would do nothing"),
+    (["--time-budget", "5", "--stop-after-steps", "3"], "--time-budget, --stop-after-steps would do nothing"),
+    (["--epochs", "9"], "--epochs would do nothing"),
+    (["--trace"], "--trace would do nothing"),
+])
+def test_eval_only_refuses_options_it_would_ignore(prog, tmp_path, capsys, extra, words):
+    argv = ["--resume", str(tmp_path / "x.npz"), "--eval-only", *extra]
+    assert words in run_error(prog, capsys, argv)
+
+
+def test_val_fraction_is_refused_for_a_folder_of_fashion_mnist_files(prog, tmp_path, capsys):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"")
+    msg = run_error(prog, capsys, ["--data", str(tmp_path), "--val-fraction", "0.5", "--out", str(tmp_path / "o")])
+    assert "holds Fashion-MNIST's files, which come with their own held-out (test) images" in msg
+
+
+def test_metrics_file_cut_short_by_a_crash(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 20}\n{"kind": "eval", "st')  # the last line half written
+    with pytest.warns(RuntimeWarning, match="last line is cut short"):
+        assert runs.read_metrics(str(path)) == [{"kind": "train", "step": 20}]
+    path.write_text('{"kind": "train", "step": 20}\nnot json\n{"kind": "eval", "step": 40}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON entry"):
+        runs.read_metrics(str(path))
+
+
+def test_the_filters_picture_is_a_run_file(tmp_path):
+    (tmp_path / "conv1_filters.png").write_bytes(b"")
+    with pytest.raises(runs.RunFolderError, match="already holds a run"):
+        runs.claim_new_run_dir(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_resume_moves_device_keeps_towers_and_needs_the_same_data(prog, tmp_path, capsys):
+    data = make_image_tree(tmp_path / "images")
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    argv = ["--preset", "demo", "--data", str(data), "--epochs", "2", "--batch-size", "4", "--out", str(out),
+            "--cache-dir", cache, "--quiet", "--stop-after-steps", "1"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        prog.main(argv)
+    latest = str(out / "latest.npz")
+    with open(out / "config.json") as f:
+        fingerprint = json.load(f)["data_fingerprint"]
+    assert set(fingerprint) == {"train", "val"}
+    resume = ["--resume", latest, "--cache-dir", cache, "--quiet"]
+    msg = run_error(prog, capsys, resume + ["--towers", "2"])
+    assert "the run trained with --towers 1" in msg
+    # another device is honoured (a second CPU device here), and recorded; --time-budget 0 is
+    # fine for a run on the plateau schedule
+    prog.main(resume + ["--device", "cpu:1", "--time-budget", "0", "--stop-after-steps", "1"])
+    with open(out / "config.json") as f:
+        assert json.load(f)["device"] == "cpu:1"
+    # the data folder changed: one held-out image renamed (same counts, same labels) ...
+    os.rename(data / "val" / "a" / "001.jpg", data / "val" / "a" / "009.jpg")
+    for extra in ([], ["--eval-only"]):
+        msg = run_error(prog, capsys, resume + extra)
+        assert "the data is not what this run trained on" in msg and "held-out set differ" in msg
+    os.rename(data / "val" / "a" / "009.jpg", data / "val" / "a" / "001.jpg")
+    # ... or a training image added
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(data / "train" / "a" / "new.jpg")
+    msg = run_error(prog, capsys, resume + ["--eval-only"])
+    assert "now gives 10 training / 4 held-out images" in msg and "training set differ" in msg
+    os.remove(data / "train" / "a" / "new.jpg")
+    os.utime(data / "val" / "b" / "000.jpg", (1e9, 1e9))  # a file's date is no change of the data
+    assert prog.main(resume + ["--eval-only"]) is not None  # the data as it was: scored

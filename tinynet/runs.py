@@ -2,7 +2,7 @@
 another's.
 
 A run folder holds what one run wrote: config.json (what ran), metrics.jsonl (one JSON object
-per line), curves.png, latest.npz and best.npz. The rules (as in Lightning's version_N folders):
+per line), curves.png, conv1_filters.png, latest.npz and best.npz. The rules (as in Lightning's version_N folders):
 
     a new run          gets a fresh folder: base/version_0, version_1, ... (next_version_dir),
                        or the folder named by the user, which must be empty or new
@@ -18,11 +18,12 @@ Refusals raise RunFolderError (a ValueError) with a one-line message.
 
 import json
 import os
+import warnings
 
 from . import files
 
 # The files a training run writes; a folder holding any of them belongs to a run.
-RUN_FILES = ("config.json", "metrics.jsonl", "latest.npz", "best.npz", "curves.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "latest.npz", "best.npz", "curves.png", "conv1_filters.png")
 
 
 class RunFolderError(ValueError):
@@ -105,11 +106,29 @@ def resume_target(checkpoint, global_step, latest_step, out=None, option="--out"
 
 
 def read_metrics(path):
-    """The entries of a metrics.jsonl file (a list of dicts); [] if there is none."""
+    """The entries of a metrics.jsonl file (a list of dicts); [] if there is none.
+
+    The file is appended to line by line, so a crash can leave its last line half written
+    (no newline at its end): that line is dropped, with a warning (the checkpoint being resumed
+    is older than it anyway). Any other line that is not JSON is an error naming the line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                warnings.warn(f"{path}: its last line is cut short (a crash while it was written), "
+                              f"dropped: {line[:60]!r}", RuntimeWarning, stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON entry ({e}); the file was "
+                             f"changed by hand or damaged") from None
+    return entries
 
 
 def write_metrics(path, entries):

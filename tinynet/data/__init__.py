@@ -20,7 +20,7 @@ from .dataset import (ArrayDataset, split_dataset, stratified_split_indices,
                       stratified_subset_indices)
 from .fashion_mnist import FASHION_MNIST_CLASSES, has_fashion_mnist_files, load_fashion_mnist, read_idx
 from .folder import (HELD_OUT_NAMES, IMAGE_EXTENSIONS, decode_image, find_layout,
-                     load_image_folder, load_image_folders)
+                     load_image_folder, load_image_folders, printable)
 from .loader import DataLoader
 from .shapes import DIFFICULTIES, SHAPE_CLASSES, make_shapes, render_shape_image, shapes_class_names
 from .transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, EvalTransform,
@@ -30,7 +30,7 @@ __all__ = [
     "ArrayDataset", "split_dataset", "stratified_split_indices", "stratified_subset_indices",
     "make_shapes", "shapes_class_names", "render_shape_image", "SHAPE_CLASSES", "DIFFICULTIES",
     "load_image_folder", "load_image_folders", "decode_image", "find_layout",
-    "IMAGE_EXTENSIONS", "HELD_OUT_NAMES",
+    "IMAGE_EXTENSIONS", "HELD_OUT_NAMES", "printable",
     "load_fashion_mnist", "has_fashion_mnist_files", "read_idx", "FASHION_MNIST_CLASSES",
     "TrainTransform", "EvalTransform", "resize_nearest",
     "IMAGENET_MEAN", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",

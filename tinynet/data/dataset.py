@@ -110,11 +110,14 @@ class ArrayDataset:
         labels: (N,) integers in 0..len(classes)-1; stored as int64 (a copy if needed).
         classes: list of str, the class names; classes[k] names label k.
         skipped: paths of source files that could not be read (image folders); default empty.
+        origin: what the images were read from, as a short string, or None: for image
+            folders a hash of their files' names (<class folder>/<file>) in the rows' order,
+            so that two loads of a changed folder tell apart.
 
-    Attributes: images, labels, classes, skipped, num_classes. len(dataset) is N.
+    Attributes: images, labels, classes, skipped, origin, num_classes. len(dataset) is N.
     """
 
-    def __init__(self, images, labels, classes, skipped=()):
+    def __init__(self, images, labels, classes, skipped=(), origin=None):
         images = check_images("ArrayDataset", images)
         labels = np.asarray(labels)
         if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
@@ -136,6 +139,7 @@ class ArrayDataset:
         self.labels = labels.astype(np.int64, copy=False)
         self.classes = classes
         self.skipped = list(skipped)
+        self.origin = origin
 
     def __len__(self):
         return len(self.labels)
@@ -152,7 +156,8 @@ class ArrayDataset:
                 f"{self.num_classes} classes, {len(self.skipped)} skipped)")
 
     def subset(self, indices):
-        """A new ArrayDataset holding the rows `indices` ((K,) ints), copied into memory."""
+        """A new ArrayDataset holding the rows `indices` ((K,) ints), copied into memory
+        (no origin: its rows are some of the origin's)."""
         indices = np.asarray(indices, dtype=np.int64)
         return ArrayDataset(self.images[indices], self.labels[indices], self.classes)
 

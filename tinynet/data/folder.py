@@ -6,6 +6,11 @@ Layouts understood by load_image_folders(data_dir) (see find_layout):
                                    folder may also be named valid/, validation/ or test/)
     data_dir/<class>/*.jpg   or    data_dir/train/<class>/*.jpg alone  (split made here, per class)
 
+The split folders' names are spelled exactly so, in lower case. A folder named like a split in
+another spelling (Train/, Val/, training/, testing/, val_set/: SPLIT_NAMES) that holds sub-folders
+and no images is refused: read as a class folder, the classes inside it would be merged into
+one class, and the network would learn "training vs held-out images" without a word.
+
 Every image is made AlexNet-ready once (ALEXNET.md, "Data"): converted to 8-bit RGB, rescaled so
 that its shorter side is `size` (256) and cut to the central size×size square. The result is
 stored as one uint8 .npy file (N, size, size, 3) in a cache folder and read back as a memory
@@ -30,7 +35,16 @@ has one in each part. Two kinds of bad file are told apart:
                  error): possibly passing, so never remembered as bad. A cache built while
                  files were unreadable is rebuilt on the next load, which tries them again.
 
-A class left without any readable image is an error.
+A class left without any readable image is an error, and so is a class folder that is a link
+to nothing (a disk that is not mounted): that class would be missing. When the split is made
+here, a class with a single readable image keeps it for training; a warning names it, as the
+held-out score leaves it out.
+
+Files left out are said too, in a warning each time the folder is loaded: files in the class
+folders that are no image type this loader reads (counted by ending: .heic, .txt, ...; see
+IMAGE_EXTENSIONS), and images lying directly in the folder beside the class folders. Hidden files
+and folders (".name") are left out without a word. File names that are not valid UTF-8 (held by
+Python with surrogates) are read like any other, and shown escaped in the messages.
 
 The cache is one folder, cache_dir/folder-<key>/, holding images.npy, labels.npy and meta.json.
 It is built in a temporary folder beside it, its files written out to disk (fsync), and then
@@ -48,6 +62,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 import warnings
 
 import numpy as np
@@ -56,7 +71,8 @@ from PIL import Image, ImageOps
 from ..files import fsync_folder
 from .dataset import ArrayDataset, check_int, load_json, stratified_split_indices
 
-# File name endings (lower case) taken as images; other files in class folders are ignored.
+# File name endings (lower case) taken as images; other files in class folders are left out,
+# counted by ending in a warning (hidden files, ".name", without a word).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                     ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
@@ -77,16 +93,36 @@ def default_cache_dir():
 # Finding the files
 # ------------------------------------------------------------------------------------------
 
-def _visible_subdirs(path):
-    """Sorted names of the sub-folders of `path` (links to folders included), hidden ones
-    (".name") left out."""
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+def _listing(path):
+    """What `path` holds, hidden entries (".name") left out: (folders, files, dangling), sorted
+    names of its sub-folders (links to folders included), of its other entries, and of those
+    of them that are links to nothing (a dangling link is not a folder, even if it was meant to
+    lead to one)."""
+    folders, files, dangling = [], [], []
+    for entry in os.scandir(path):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            folders.append(entry.name)
+        else:
+            files.append(entry.name)
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                dangling.append(entry.name)
+    return sorted(folders), sorted(files), sorted(dangling)
+
+
+def _is_image_name(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _image_files(folder):
-    """Sorted paths of the image files under `folder`: sub-folders included, linked ones too
-    (each real folder visited once, so a link loop ends), hidden ones skipped."""
-    found, visited = [], set()
+    """The files under `folder`: sub-folders included, linked ones too (each real folder
+    visited once, so a link loop ends), hidden ones skipped.
+
+    Returns: (images, others), sorted paths of the image files and of the other (non-hidden)
+    files, which the loader leaves out and reports.
+    """
+    images, others, visited = [], [], set()
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(here)
         if real in visited:          # reached again through a link: already listed
@@ -94,9 +130,80 @@ def _image_files(folder):
             continue
         visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(here, f) for f in files
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found)
+        for f in files:
+            if not f.startswith("."):
+                (images if _is_image_name(f) else others).append(os.path.join(here, f))
+    return sorted(images), sorted(others)
+
+
+def printable(text):
+    """`text` safe to print on any stream: the characters Python holds for the bytes of a file
+    name that is not valid UTF-8 (surrogates, such as \\udce9 for a Latin-1 "é") cannot be
+    written to a UTF-8 terminal or file and would raise UnicodeEncodeError there, so they are
+    shown as escapes. (repr() of a str escapes them too; this is for text shown without quotes.)"""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dangling_link_error(func, path, what):
+    """ValueError for a link `path` that leads nowhere: a class (or a split of the data) would
+    be missing without a word, which changes the task the network learns."""
+    try:
+        target = repr(os.readlink(path))
+    except OSError:
+        target = "a place"
+    return ValueError(f"{func}: {path!r} is a link to {target}, which does not exist (a disk "
+                      f"that is not mounted?); {what}. Make the link lead to the images, or "
+                      f"remove it")
+
+
+# Names of the parts of a data set, compared in lower case with anything but letters and
+# digits, a trailing "set" and trailing digits left out ("Train", "TEST", "val_set", "val2017"
+# all match). find_layout knows only train/ and HELD_OUT_NAMES, spelled exactly; a folder
+# named like any of these that holds sub-folders but no images of its own is a split of the
+# data spelled otherwise, not a class: read as a class, the class folders inside it would be
+# merged into one class, and the network would learn "training vs held-out images".
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing", "eval",
+               "evaluation", "dev", "holdout", "heldout")
+
+# How find_layout wants the split folders spelled, for the messages.
+_SPELLING = (f"these names, in lower case; the held-out folder may also be named "
+             f"{', '.join(n + '/' for n in HELD_OUT_NAMES[1:-1])} or {HELD_OUT_NAMES[-1]}/")
+
+
+def _split_like(folder):
+    """True if the folder `folder` is named like a split of the data (SPLIT_NAMES) and holds
+    what a split holds: sub-folders, and no image file of its own."""
+    word = "".join(ch for ch in os.path.basename(folder).casefold() if ch.isalnum())
+    word = word.rstrip("0123456789")
+    word = word[:-3] if word.endswith("set") else word
+    if word not in SPLIT_NAMES:
+        return False
+    try:
+        folders, files, _ = _listing(folder)
+    except OSError:
+        return False
+    return bool(folders) and not any(_is_image_name(f) for f in files)
+
+
+def _split_like_error(func, root, names, outcome, way_out):
+    """ValueError for the folders `names` in `root` that _split_like finds: what they are, what
+    reading them as they are would do (`outcome`) and how to lay the data out (`way_out`)."""
+    inside = _listing(os.path.join(root, names[0]))[0]
+    return ValueError(
+        f"{func}: {root!r} holds {', '.join(repr(n) for n in names)}, named like a split of the "
+        f"data into training and held-out images and holding sub-folders "
+        f"({', '.join(repr(n) for n in inside[:3])}{', ...' if len(inside) > 3 else ''}), "
+        f"not images; {outcome}. {way_out}")
+
+
+def _warn_loose_images(folder, files, func, expected, stacklevel):
+    """Say that the image files among `files`, lying directly in `folder`, are left out.
+    stacklevel: as for warnings.warn, counted from the caller of this function."""
+    loose = [os.path.join(folder, f) for f in files if _is_image_name(f)]
+    if loose:
+        warnings.warn(f"{func}: {len(loose)} image(s) directly in {folder!r} left out, as they "
+                      f"are in no class folder (expected {expected}): {_some(loose)}",
+                      stacklevel=stacklevel + 1)
 
 
 def scan_image_folder(root, func="load_image_folder"):
@@ -105,27 +212,58 @@ def scan_image_folder(root, func="load_image_folder"):
     Returns: (paths, labels, classes): paths a list of str, labels (N,) int64 with
         labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names.
     Raises FileNotFoundError if root is missing, ValueError if it has no class folders, only
-    one, or a class folder without image files (naming it).
+    one, a class folder without image files (naming it), a link to nothing in place of a class
+    folder, or a class folder named like a split of the data that holds sub-folders instead of
+    images (train/val/test in another spelling: SPLIT_NAMES).
+    Warns (UserWarning) about the files left out: images lying directly in root, and files in
+    the class folders that are no image type this loader reads (IMAGE_EXTENSIONS). Hidden files
+    are left out without a word.
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{func}: folder {root!r} does not exist "
                                 f"(expected root/<class>/<images>)")
-    classes = _visible_subdirs(root)
+    classes, files, dangling = _listing(root)
+    for name in dangling:
+        # a link with an image's name is a loose image, reported below with the others
+        if not _is_image_name(name):
+            raise _dangling_link_error(func, os.path.join(root, name),
+                                       "if it is a class folder, that class would be missing")
+    split_like = [n for n in classes if _split_like(os.path.join(root, n))]
+    if split_like:
+        raise _split_like_error(
+            func, root, split_like,
+            "read as class folders, each would be ONE class, the class folders inside it merged",
+            f"Expected one folder per class holding its images, "
+            f"{os.path.join(printable(root), '<class>')}/*.jpg; data already split is laid out "
+            f"as DIR/train/<class>/... beside DIR/val/<class>/... ({_SPELLING})")
     if not classes:
         raise ValueError(f"{func}: {root!r} has no class folders; expected one sub-folder per "
                          f"class, e.g. {os.path.join(root, 'cat')}/001.jpg")
     if len(classes) == 1:
         raise ValueError(f"{func}: {root!r} has a single class folder ({classes[0]!r}); "
                          f"classification needs at least two")
-    paths, labels = [], []
+    paths, labels, others = [], [], []
     for label, name in enumerate(classes):
-        files = _image_files(os.path.join(root, name))
-        if not files:
+        images, not_images = _image_files(os.path.join(root, name))
+        if not images:
             raise ValueError(f"{func}: class folder {os.path.join(root, name)!r} contains no image "
                              f"files (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        paths += files
-        labels += [label] * len(files)
+        paths += images
+        labels += [label] * len(images)
+        others += not_images
+    # Said once per load, like the files skipped when the cache was built.
+    _warn_loose_images(root, files, func, f"{os.path.join(printable(root), '<class>')}/...",
+                       stacklevel=3)
+    if others:
+        kinds = {}
+        for path in others:
+            kind = os.path.splitext(path)[1].lower() or "no extension"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        counts = ", ".join(f"{printable(k)}: {n}" for k, n in sorted(kinds.items()))
+        warnings.warn(f"{func}: {len(others)} file(s) in the class folders of {root!r} left out: "
+                      f"not an image type this loader reads ({counts}): {_some(others)}",
+                      stacklevel=3)
     return paths, np.array(labels, dtype=np.int64), classes
 
 
@@ -137,17 +275,52 @@ def find_layout(data_dir, func="find_layout"):
         With data_dir/train/ the held-out folder is the first of HELD_OUT_NAMES (val, valid,
         validation, test) present beside it; without one, train/ is split. Without train/,
         data_dir itself holds the class folders.
+    The names must be spelled exactly so (lower case). A folder beside them named like a split
+    in another spelling (Train/, Val/, training/, testing/, val_set/: SPLIT_NAMES) that holds
+    sub-folders is listed in `unused` when train/ and a held-out folder are there; otherwise
+    it is refused, as it would be read as a class (or left out while train/ is split).
     Raises FileNotFoundError if data_dir is missing, ValueError if it has a held-out folder
-    (val/, test/, ...) but no train/ beside it.
+    (val/, test/, ...) but no train/ beside it, a split folder in another spelling (as above),
+    or train/ or a held-out folder that is a link to nothing.
     """
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"{func}: folder {data_dir!r} does not exist")
+    known = ("train",) + HELD_OUT_NAMES
+    folders, _, dangling = _listing(data_dir)
+    for name in dangling:
+        if name in known:
+            raise _dangling_link_error(func, os.path.join(data_dir, name),
+                                       f"without it, {name}/ would be ignored")
     held_out = [os.path.join(data_dir, n) for n in HELD_OUT_NAMES
                 if os.path.isdir(os.path.join(data_dir, n))]
     train_dir = os.path.join(data_dir, "train")
-    if os.path.isdir(train_dir):
-        return dict(train=train_dir, val=held_out[0] if held_out else None, unused=held_out[1:])
+    has_train = os.path.isdir(train_dir)
+    used = held_out + ([train_dir] if has_train else [])
+    # Folders named like a split in another spelling. On a file system that ignores case
+    # (macOS, Windows) Train/ is train/ itself: samefile leaves it out.
+    misspelt = [n for n in folders if n not in known and _split_like(os.path.join(data_dir, n))
+                and not any(os.path.samefile(os.path.join(data_dir, n), u) for u in used)]
+    if has_train and held_out:
+        return dict(train=train_dir, val=held_out[0],
+                    unused=held_out[1:] + [os.path.join(data_dir, n) for n in misspelt])
+    here = printable(data_dir)
+    if misspelt and has_train:
+        them = "it" if len(misspelt) == 1 else "they"
+        raise _split_like_error(
+            func, data_dir, misspelt,
+            f"as no held-out folder of a name this loader knows is beside train/, {them} would "
+            f"be left out and train/ split instead",
+            f"Rename the held-out folder to {here}/val/ to use its images, or move {them} out "
+            f"of {here} to have train/ split here")
+    if misspelt:
+        raise _split_like_error(
+            func, data_dir, misspelt,
+            "read as class folders, each would be ONE class, the class folders inside it merged",
+            f"Lay the data out as {here}/train/<class>/... beside {here}/val/<class>/... "
+            f"({_SPELLING}), or with the class folders directly in {here}")
+    if has_train:
+        return dict(train=train_dir, val=None, unused=[])
     if held_out:
         raise ValueError(f"{func}: {data_dir!r} has {os.path.basename(held_out[0])}/ but no train/ "
                          f"beside it; expected {data_dir}/train/<class>/... with it, or one "
@@ -292,7 +465,11 @@ def _cache_key(paths, labels, classes, size, split):
             stamp = f"{st.st_size}\0{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(f"\0{os.path.abspath(path)}\0{label}\0{stamp}".encode())
+        # os.fsencode, not str.encode: a file name that is not valid UTF-8 (b"caf\xe9.jpg" from
+        # an old zip file) is held as a str with a surrogate ("caf\udce9.jpg"), which strict
+        # UTF-8 refuses; fsencode gives back the name's own bytes (the same bytes as .encode()
+        # for every valid name, so existing caches keep their keys).
+        h.update(b"\0" + os.fsencode(os.path.abspath(path)) + f"\0{label}\0{stamp}".encode())
     return h.hexdigest()[:24]
 
 
@@ -438,11 +615,56 @@ def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progr
     images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r")
     kept_labels = np.load(os.path.join(folder, "labels.npy"))
     bad = meta["skipped"] + meta.get("unreadable", [])
+    # origin: the images' files, in the rows' order, each as <class folder>/<file> (not the whole
+    # path, and no dates: the same images moved or copied elsewhere are the same data)
+    gone = set(bad)
+    kept = [i for i, path in enumerate(paths) if path not in gone]
     if split is None:
-        return ArrayDataset(images, kept_labels, classes, skipped=bad)
+        rows = [kept]
+    else:  # the split _build_cache made, made again: the same call on the same labels
+        rows = [[kept[r] for r in part] for part in stratified_split_indices(labels[kept], *split, func)]
+    origin = [hashlib.sha256("\0".join(os.path.join(*os.path.normpath(paths[i]).split(os.sep)[-2:])
+                                         for i in part).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+              for part in rows]
+    if split is None:
+        return ArrayDataset(images, kept_labels, classes, skipped=bad, origin=origin[0])
     t = meta["parts"]["train"]
-    return (ArrayDataset(images[:t], kept_labels[:t], classes, skipped=bad),
-            ArrayDataset(images[t:], kept_labels[t:], classes, skipped=bad))
+    # stratified_split_indices gives every class with two readable images at least one held-out
+    # image; a class with one keeps it for training. Said on every load, like the skipped files.
+    held_out = np.bincount(kept_labels[t:], minlength=len(classes))
+    lonely = [classes[k] for k in np.flatnonzero(held_out == 0)]
+    if lonely:
+        warnings.warn(f"{func}: {len(lonely)} class(es) with a single readable image, kept for "
+                      f"training, have no held-out image, so the held-out score leaves them out: "
+                      f"{', '.join(repr(c) for c in lonely)}", stacklevel=3)
+    return (ArrayDataset(images[:t], kept_labels[:t], classes, skipped=bad, origin=origin[0]),
+            ArrayDataset(images[t:], kept_labels[t:], classes, skipped=bad, origin=origin[1]))
+
+
+def _normal_form(name):
+    """Which Unicode normal form the str `name` is in."""
+    for form in ("NFC", "NFD"):
+        if unicodedata.is_normalized(form, name):
+            return form
+    return "neither NFC nor NFD"
+
+
+def _normal_form_note(only_train, only_val):
+    """For class names that differ only in their Unicode normal form, a sentence that says so.
+
+    "café" can be written with the one character é (U+00E9, NFC, as most systems write it) or
+    with e followed by a combining accent (U+0065 U+0301, NFD, as macOS writes file names):
+    the two look the same when printed but are different names, so ascii() shows them here.
+    """
+    pairs = [(a, b) for a in only_train for b in only_val
+             if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)]
+    if not pairs:
+        return ""
+    shown = "; ".join(f"{ascii(a)} ({_normal_form(a)}) in train, {ascii(b)} ({_normal_form(b)}) "
+                      f"in val" for a, b in pairs)
+    return (f". Of these, {len(pairs)} pair(s) are the same name in different Unicode normal "
+            f"forms (NFC/NFD), which look the same when printed: {shown}. Rename one of the "
+            f"two folders so that both names have the same code points")
 
 
 def _some(paths, count=3):
@@ -460,8 +682,9 @@ def load_image_folder(root, size=256, cache_dir=None, progress=None, retry_unrea
 
     Args:
         root: folder with one sub-folder per class (sorted names give labels 0, 1, ...).
-            Image files in nested sub-folders (linked ones too) count for their class; hidden
-            files are ignored.
+            Image files in nested sub-folders (linked ones too) count for their class; other
+            files, and images beside the class folders, are left out with a warning; hidden
+            files without one.
         size: side of the stored square images in pixels (256 for AlexNet).
         cache_dir: folder for the decoded .npy cache (default: default_cache_dir()).
         progress: None, or a callable (done, total) called after each image decoded while the
@@ -472,8 +695,9 @@ def load_image_folder(root, size=256, cache_dir=None, progress=None, retry_unrea
 
     Returns: ArrayDataset with images (N, size, size, 3) uint8 RGB 0..255 (read-only memory
         map), labels (N,) int64, classes the folder names, skipped the files left out.
-    Raises FileNotFoundError / ValueError as scan_image_folder, ValueError if a class has no
-    readable image, OSError if the disk has no room for the cache.
+    Raises FileNotFoundError / ValueError as scan_image_folder (which also warns about the files
+    left out), ValueError if a class has no readable image, OSError if the disk has no room for
+    the cache.
     """
     size = check_int("load_image_folder", "size", size, minimum=1)
     paths, labels, classes = scan_image_folder(root, "load_image_folder")
@@ -493,7 +717,10 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
             the images that could be read are split per class (stratified_split_indices) with
             `val_fraction` and `seed`. The split depends only on the files and these two, not
             on any training seed; it is stored in the cache (training rows first), so nothing is
-            copied in memory.
+            copied in memory. A class with a single readable image has no held-out image: a
+            warning names it.
+        Split folders spelled otherwise (Train/, Val/, training/, ...) are refused (find_layout);
+        images directly in data_dir beside train/ are left out with a warning.
 
     Args: val_fraction in (0, 1) and seed >= 0 (used only when splitting here); size, cache_dir,
         progress and retry_unreadable as for load_image_folder.
@@ -503,6 +730,11 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
     size = check_int(func, "size", size, minimum=1)
     layout = find_layout(data_dir, func)
     options = dict(progress=progress, retry_unreadable=retry_unreadable)
+    data_dir = os.fspath(data_dir)
+    if layout["train"] != data_dir:          # images beside train/ belong to neither part
+        _warn_loose_images(data_dir, _listing(data_dir)[1], func,
+                           f"{os.path.join(printable(data_dir), 'train', '<class>')}/...",
+                           stacklevel=2)
     if layout["val"] is not None:
         train_paths, train_labels, classes = scan_image_folder(layout["train"], func)
         val_paths, val_labels, val_classes = scan_image_folder(layout["val"], func)
@@ -511,7 +743,8 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
             only_val = sorted(set(val_classes) - set(classes))
             raise ValueError(f"{func}: the class folders of {layout['train']!r} and "
                              f"{layout['val']!r} differ: only in train {only_train}, "
-                             f"only in val {only_val}")
+                             f"only in val {only_val}"
+                             + _normal_form_note(only_train, only_val))
         train = _load_files(train_paths, train_labels, classes, size, cache_dir, func, **options)
         val = _load_files(val_paths, val_labels, classes, size, cache_dir, func, **options)
         return train, val
