@@ -460,3 +460,22 @@ def test_resume_moves_device_keeps_towers_and_needs_the_same_data(prog, tmp_path
     os.remove(data / "train" / "a" / "new.jpg")
     os.utime(data / "val" / "b" / "000.jpg", (1e9, 1e9))  # a file's date is no change of the data
     assert prog.main(resume + ["--eval-only"]) is not None  # the data as it was: scored
+
+
+@pytest.mark.slow
+def test_a_resumed_budget_schedule_measures_its_horizon_again(prog, cache_dir, tmp_path):
+    """Each invocation has the whole --time-budget: the horizon (the step where the budget
+    schedule's rate reaches zero) saved by the last one is measured again after the first step,
+    not kept until the next evaluation (a longer budget would train at the old, lower rate)."""
+    out = tmp_path / "run"
+    prog.main(tiny_args(out, cache_dir, "--epochs", "20", "--lr-schedule", "budget", "--time-budget", "600",
+                        "--warmup-steps", "0", "--stop-after-steps", "11"))
+    first = load_checkpoint(str(out / "latest.npz"))["meta"]
+    assert first["step"] == 1 and first["lr_horizon"] is not None  # stopped inside an epoch
+    prog.main(["--resume", str(out / "latest.npz"), "--time-budget", "6000", "--stop-after-steps", "1",
+               "--cache-dir", cache_dir, "--quiet"])
+    second = load_checkpoint(str(out / "latest.npz"))["meta"]
+    assert second["global_step"] == 12  # no evaluation ran in between: the step re-measured it
+    # ten times the budget: far more steps left than the last invocation's horizon allowed (kept,
+    # it would stay first["lr_horizon"]; one step's rate is rough, so only "far more")
+    assert second["lr_horizon"] - 12 > 2 * (first["lr_horizon"] - 11), (first["lr_horizon"], second["lr_horizon"])
