@@ -245,3 +245,5 @@ def test_shape_op_errors():
         tn.concat([x, tn.tensor(np.ones((3, 3)))], axis=1)
     with pytest.raises(ValueError, match="sum: axis 5 is out of range"):
         x.sum(axis=5)
+    with pytest.raises(TypeError, match="mean: axis must be an int or a tuple of ints, got True"):
+        x.mean(axis=True)  # a bool is an int to Python, and True would mean axis 1

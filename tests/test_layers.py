@@ -107,6 +107,14 @@ def test_dropout_inverted_scaling_seeded_and_identity_in_eval():
 
 def test_flatten_and_linear_errors():
     assert F.flatten(np.zeros((2, 3, 4, 5))).shape == (2, 60)
+    with pytest.raises(ValueError, match=r"flatten: start_dim must be an int in \[0, 4\), got True"):
+        F.flatten(np.zeros((2, 3, 4, 5)), start_dim=True)
+    with pytest.raises(ValueError, match="Conv2d: stride must be >= 1"):
+        tn.nn.Conv2d(3, 4, 3, stride=0)
+    with pytest.raises(ValueError, match="MaxPool2d: kernel_size must be >= 1"):
+        tn.nn.MaxPool2d(0)
+    with pytest.raises(ValueError, match="SGD: momentum must be a finite number >= 0, got True"):
+        tn.optim.SGD([tn.nn.Parameter(np.ones(2))], momentum=True)
     with pytest.raises(ValueError, match="linear: x has 5 features but weight"):
         F.linear(np.zeros((2, 5)), np.zeros((3, 4)))
     with pytest.raises(TypeError, match="linear: weight has dtype float64 but x has float32"):

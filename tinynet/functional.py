@@ -429,8 +429,8 @@ def flatten(x, start_dim=1):
     A view: no copy, and backward is a reshape back.
     """
     x = _as_tensor("flatten", "x", x)
-    if not 0 <= start_dim < max(x.ndim, 1):
-        raise ValueError(f"flatten: start_dim must be in [0, {x.ndim}), got {start_dim}")
+    if not _is_int(start_dim) or not 0 <= start_dim < max(x.ndim, 1):
+        raise ValueError(f"flatten: start_dim must be an int in [0, {x.ndim}), got {start_dim!r}")
     # the merged length spelled out, not -1: NumPy cannot infer it for an empty batch (N = 0)
     return x.reshape(x.shape[:start_dim] + (int(np.prod(x.shape[start_dim:])),))
 

@@ -210,6 +210,8 @@ class Conv2d(Module):
                 f"Conv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
             )
         kh, kw = F._pair("Conv2d", "kernel_size", kernel_size, 1)
+        F._pair("Conv2d", "stride", stride, 1)  # refused here, not at the first forward
+        F._pair("Conv2d", "padding", padding, 0)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (kh, kw), stride, padding, groups
         rng = default_generator() if rng is None else rng
@@ -248,6 +250,10 @@ class Linear(Module):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        F._pair("MaxPool2d", "kernel_size", kernel_size, 1)  # refused here, not at the first forward
+        if stride is not None:
+            F._pair("MaxPool2d", "stride", stride, 1)
+        F._pair("MaxPool2d", "padding", padding, 0)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):

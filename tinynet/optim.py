@@ -40,7 +40,7 @@ class SGD:
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"SGD: {name} must be a finite number >= 0, got {v!r}")
         self.params = _check_params(params)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)

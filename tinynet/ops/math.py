@@ -237,6 +237,8 @@ def _normalize_axes(opname, axis, ndim):
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
     out = []
     for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, numbers.Integral):  # True would mean axis 1
+            raise TypeError(f"{opname}: axis must be an int or a tuple of ints, got {axis!r}")
         if not -ndim <= ax < ndim:
             raise ValueError(f"{opname}: axis {ax} is out of range for a tensor with {ndim} dims")
         out.append(ax % ndim)
