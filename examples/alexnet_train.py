@@ -1076,6 +1076,7 @@ class Run:
         """Score the held-out subset; at an epoch's end also step the plateau schedule; save
         latest.npz (and best.npz when the error is the lowest yet) and the curves."""
         crossing = self._traffic_per_step()        # (before the evaluation's own crossings)
+        self._check_ranks_agree()
         result = self._score(self.interim_set)
         if self.traffic is not None:               # count training steps only from here on
             self.traffic.reset()
@@ -1130,6 +1131,7 @@ class Run:
         budget cannot pay for all of it, the largest stratified subset it can, said out loud),
         then latest.npz, the curves and conv1's filters."""
         cfg = self.cfg
+        self._check_ranks_agree()
         if self.count:  # the last steps' training loss, so the curve reaches the end
             self.log(dict(kind="train", epoch=self.epoch, step=self.global_step,
                           loss=self.running / self.count, lr=self.optimizer.lr, time=self.elapsed()))
@@ -1245,14 +1247,41 @@ class Run:
 
     def _measure_horizon(self):
         """The budget schedule's horizon: the step at which the time left (less the reserve for
-        the final work and the evaluations still due) runs out at the measured step rate."""
+        the final work and the evaluations still due) runs out at the measured step rate.
+        Data parallel: rank 0's, on every rank. Each rank's clock, and only rank 0's measure
+        of a checkpoint's cost, would give each its own horizon, so its own learning rate, and
+        the copies of the model, updated by one gradient at different rates, would drift apart."""
         step_seconds = self.clock.steps.per_unit
-        if self.cfg["lr_schedule"] != "budget" or not self.cfg["time_budget"] or not step_seconds:
+        if self.cfg["lr_schedule"] != "budget" or not self.cfg["time_budget"]:
             return
-        left = self.clock.remaining() - self._final_reserve()
-        evals_left = max(0.0, left / (self.cfg["time_budget"] / INTERIM_EVALS))
-        left -= evals_left * self._eval_seconds(len(self.interim_set))
-        self.horizon = self.global_step + max(int(left / step_seconds), 1)
+        horizon = None
+        if step_seconds:
+            left = self.clock.remaining() - self._final_reserve()
+            evals_left = max(0.0, left / (self.cfg["time_budget"] / INTERIM_EVALS))
+            left -= evals_left * self._eval_seconds(len(self.interim_set))
+            horizon = self.global_step + max(int(left / step_seconds), 1)
+        if self.ranks > 1:  # every rank reaches this point at the same step: one Allreduce
+            mine = horizon if self.main_rank and horizon is not None else 0
+            total = dist.allreduce_sum([mine, int(self.main_rank and horizon is not None)])
+            horizon = int(total[0]) if total[1] else None
+        if horizon is not None:
+            self.horizon = horizon
+
+    def _check_ranks_agree(self):
+        """Data parallel: every rank applies the same averaged gradient at the same rate, so all
+        hold the same weights, and rank 0's checkpoint is everyone's. Checked at every
+        evaluation (a float64 sum of the weights, compared with rank 0's): a difference is a
+        fault of the program, and stops it instead of scoring and saving a mix of models."""
+        if self.ranks == 1:
+            return
+        mine = sum(float(np.sum(p.numpy(), dtype=np.float64)) for p in self.model.parameters())
+        total = dist.allreduce_sum([mine if self.main_rank else 0.0])
+        differs = dist.allreduce_sum([mine != total[0]])
+        if differs[0]:
+            raise RuntimeError(f"data parallel: the weights of {int(differs[0])} of {self.ranks} "
+                               f"rank(s) differ from rank 0's at step {self.global_step} (sums "
+                               f"{mine!r} here, {float(total[0])!r} on rank 0); the ranks no longer "
+                               f"train one model")
 
     def _traffic_per_step(self):
         """Two towers: bytes copied between them per training step since the epoch began."""

@@ -6,6 +6,7 @@
     mpiexec -n 2 python tests/mpi_programs.py nan            # rank 1's loss is NaN at step 2
     mpiexec -n 2 python tests/mpi_programs.py exit           # rank 1 calls sys.exit(3) at step 2
     mpiexec -n 2 python tests/mpi_programs.py exit0          # all ranks train, then sys.exit(0)
+    mpiexec -n 2 python tests/mpi_programs.py uneven OUT.npz # 7 samples split 4/3, 5/2, 7/0
 
 The model is a tiny conv net WITH dropout (so the test also covers the masks), trained on
 24 random 8x8 RGB images in global batches of 8: each of 2 ranks takes 4 images per step.
@@ -100,8 +101,33 @@ def ranks_agree(state):
     return float(dist.allreduce_sum(diff))
 
 
+def uneven_gradients():
+    """The averaged gradient of a float64 linear model when the ranks hold different numbers of
+    the 7 samples (4/3, 5/2 and 7/0 over 2 ranks; allreduce_gradients(count=...)), and of an
+    extra parameter that no rank's loss uses (its gradient must stay None). Returns a dict
+    name -> gradient per split, as rank 0 has them."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 3, 7)
+    out = {}
+    for first in (4, 5, 7):
+        lin = nn.Linear(6, 3, rng=np.random.default_rng(1), dtype=np.float64)
+        unused = nn.Parameter(np.ones(2))
+        mine = slice(0, first) if dist.rank() == 0 else slice(first, 7)
+        if len(x[mine]):
+            F.cross_entropy(lin(tn.tensor(x[mine])), y[mine]).backward()
+        dist.allreduce_gradients(lin.parameters() + [unused], count=len(x[mine]))
+        out[f"w{first}"], out[f"b{first}"] = lin.weight.grad, lin.bias.grad
+        out[f"unused_is_none{first}"] = np.array(unused.grad is None)
+    return out
+
+
 def main(argv):
     mode = argv[0]
+    if mode == "uneven":
+        grads = uneven_gradients()
+        if dist.is_main():
+            np.savez(argv[1], **grads)
+        return
     if mode == "exact":
         state, losses = train_steps()
         spread = ranks_agree(state)

@@ -98,6 +98,17 @@ def test_shapes_colour_and_brightness_carry_no_label():
         assert np.all(f_stat < 3.5), (difficulty, f_stat)
 
 
+def test_every_shape_fits_the_unit_disc_so_it_stays_inside_the_image():
+    from tinynet.data.shapes import SHAPES, shape_extent
+    for name, primitives in SHAPES.items():
+        assert shape_extent(primitives) <= 1 + 1e-12, name
+    # placed as "standard" places it (its widest scale), the T never reaches the image's edge
+    label = SHAPE_CLASSES.index("t_shape")
+    for k in range(40):
+        image = render_shape_image(label, np.random.default_rng([label, k]), 64, "standard")
+        assert image.shape == (64, 64, 3)
+
+
 def test_shapes_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="difficulty"):
         make_shapes(tmp_path, difficulty="medium", **SMALL)

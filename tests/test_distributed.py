@@ -175,6 +175,27 @@ def test_two_ranks_compute_the_serial_update(tmp_path):
 
 
 @needs_mpi
+def test_uneven_local_batches_weigh_each_rank_by_its_samples(tmp_path):
+    """7 samples split 4/3, 5/2 and 7/0 over 2 ranks: allreduce_gradients(count=...) gives the
+    gradient of the mean loss over all 7 (one process: float64, to rounding), and a parameter
+    that no rank's loss uses keeps no gradient (the optimiser skips it, as one process does)."""
+    job = run_mpi(2, [PROGRAMS, "uneven", str(tmp_path / "g.npz")])
+    assert job.returncode == 0, job.stderr
+    got = np.load(tmp_path / "g.npz")
+    import tinynet as tn
+    import tinynet.functional as F
+    from tinynet import nn
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 3, 7)
+    lin = nn.Linear(6, 3, rng=np.random.default_rng(1), dtype=np.float64)
+    F.cross_entropy(lin(tn.tensor(x)), y).backward()
+    for first in (4, 5, 7):
+        np.testing.assert_allclose(got[f"w{first}"], lin.weight.grad, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(got[f"b{first}"], lin.bias.grad, rtol=1e-12, atol=1e-15)
+        assert bool(got[f"unused_is_none{first}"])
+
+
+@needs_mpi
 @pytest.mark.parametrize("mode, words", [("raise", "an error injected by the test"),
                                          ("nan", "loss became nan at step 2")])
 def test_failure_on_one_rank_aborts_all(mode, words):
@@ -257,3 +278,23 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
         [(e["top1_err"], e.get("top5_err")) for e in evals[1]]
     np.testing.assert_allclose([e["loss"] for e in evals[0]], [e["loss"] for e in evals[1]],
                                rtol=1e-4)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_training_program_ranks_share_the_budget_schedule(tmp_path):
+    """The budget schedule's horizon comes from a clock; every rank takes rank 0's, so that all
+    step at one learning rate and hold one model (the program checks at every evaluation that
+    the ranks' weights are equal, and stops if not). A budget far shorter than the epochs, so
+    that the horizon sets the rate."""
+    data = image_tree(tmp_path / "images", {"train": 4, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=0)
+    job = run_mpi(2, [os.path.join(ROOT, "examples", "alexnet_train.py"), "--data-parallel", "--preset", "demo",
+                      "--data", str(data), "--epochs", "100", "--batch-size", "2", "--lr", "0.001",
+                      "--warmup-steps", "0", "--lr-schedule", "budget", "--time-budget", "30", "--dropout", "0",
+                      "--out", str(tmp_path / "dp"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                  timeout=240)
+    assert job.returncode == 0, job.stderr
+    assert "differ from rank 0's" not in job.stderr
+    assert "time budget of 30 s: training stopped" in job.stdout  # the budget, not the epochs, ended it
+    with open(tmp_path / "dp" / "metrics.jsonl") as f:
+        assert sum('"eval"' in line for line in f) >= 3

@@ -160,6 +160,8 @@ class Function:
         record = is_grad_enabled() and any(fn.needs_input_grad)
         outputs = tuple(Tensor(d, requires_grad=record, device=out_dev) for d in outputs_data)
         for out in outputs:  # a view of an input (reshape, transpose, slicing) shares its version count
+            if getattr(out.data, "base", None) is None:  # owns its memory: a new array, no view
+                continue
             for t in tensors:
                 if _may_share_memory(out.data, t.data):
                     out._versions = t._versions

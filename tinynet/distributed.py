@@ -327,12 +327,21 @@ def broadcast_parameters(model, root=0):
     broadcast_arrays([p.data for p in model.parameters()], root=root)
 
 
-def allreduce_gradients(params):
-    """Average the gradients of `params` over all ranks, in place: p.grad <- mean over ranks.
+def allreduce_gradients(params, count=None):
+    """Average the gradients of `params` over all ranks, in place: p.grad <- the mean gradient
+    over the global batch.
 
     Args:
         params: the model's parameters (model.parameters()), in the same order on every rank,
-            after loss.backward(). A missing gradient (p.grad None) counts as zeros.
+            after loss.backward(). A gradient missing on some ranks (p.grad None: the
+            parameter played no part in their step) counts as zeros there; missing on every
+            rank, it stays None, and the optimiser skips that parameter as one process would.
+        count: this rank's number of samples in the step, when the ranks' batches may differ
+            (a DataLoader with drop_last=False splits its last, short batch unevenly, and may
+            leave a rank none): each rank's mean gradient then counts in proportion to its
+            samples, sum(count_r * grad_r) / sum(count_r), the mean over the global batch. None
+            (the training program, whose global batch always splits evenly): every rank has
+            as many samples, and the mean over ranks is that mean.
     Returns:
         the number of bytes this rank all-reduced (0 at world size 1, where nothing changes).
 
@@ -351,15 +360,27 @@ def allreduce_gradients(params):
         raise TypeError(f"allreduce_gradients: all parameters must share one dtype (one buffer), "
                         f"got {sorted(str(d) for d in dtypes)}")
     dtype = dtypes.pop()
+    # which parameters have a gradient on some rank, and (count) how many samples there are
+    # in all: one small Allreduce before the big one
+    has_grad = [p.grad is not None for p in params]
+    totals = allreduce_sum(has_grad + [0 if count is None else count])
     for p in params:
         if p.grad is None:
             p.grad = _xp(p.data).zeros_like(p.data)
     grads = [p.grad for p in params]
     buf, offsets = _pack(grads, dtype)
+    if count is not None:
+        buf *= count                # this rank's mean gradient times its samples: their sum
     MPI = _state["MPI"]
     _state["comm"].Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)   # every rank gets the sum
-    buf /= n                        # sum of the ranks' means / n = mean over the global batch
+    if count is None:
+        buf /= n                    # sum of the ranks' means / n = mean over the global batch
+    elif totals[-1]:
+        buf /= totals[-1]           # sum over the samples / their number
     _unpack(buf, offsets, grads)
+    for p, ranks_with_grad in zip(params, totals[:-1]):
+        if not ranks_with_grad:     # no rank had a gradient for it: none, not zeros
+            p.grad = None
     return buf.nbytes
 
 

@@ -387,6 +387,8 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
     elif mask.dtype != x.dtype:  # a mask of another dtype would change the activations' dtype
         raise TypeError(f"{fn}: mask must have the dtype of x ({x.dtype}), got {mask.dtype}; "
                         f"dropout_mask(shape, p, x.dtype) draws one")
+    if isinstance(mask, Tensor) and mask.device != x.device:  # as any op refuses two devices
+        raise RuntimeError(f"{fn}: the mask is on {mask.device} but x on {x.device}; move one with .to(device)")
     mask = mask.data if isinstance(mask, Tensor) else mask
     if x.device.kind == "cuda":
         with device_guard(x.device):  # a host mask goes to x's GPU, not to the current one

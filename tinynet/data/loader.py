@@ -48,7 +48,9 @@ class DataLoader:
         seed: int >= 0 for the shuffle.
         drop_last: True: drop the final incomplete batch (every batch then has batch_size
             samples). False: keep it; with world_size > 1 it is split with np.array_split, so
-            local sizes differ by at most one and may be 0 (every rank still takes the step).
+            local sizes differ by at most one and may be 0 (every rank still takes the step:
+            pass its size to distributed.allreduce_gradients(count=...), which then weighs
+            each rank's mean gradient by its samples).
         prefetch: number of batches prepared ahead in the background thread; 0 prepares each
             batch in the caller's thread (simplest to debug).
         rank, world_size: this process's slice of every global batch, 0 <= rank < world_size;

@@ -62,7 +62,7 @@ DIFFICULTIES = {
 }
 
 # Bump when the drawing changes: caches made by an older version are then regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: plus, l_shape, t_shape and half_disc shrunk into the unit disc
 
 # First word of every image generator's key (see transforms._AUGMENT_STREAM); then seed, split.
 _SHAPES_STREAM = 0x53484150
@@ -123,6 +123,31 @@ SHAPES = {
     "half_disc": [("poly", np.stack([np.cos(_ARC), np.sin(_ARC) - 0.5], axis=1), 255)],
 }
 assert tuple(SHAPES) == SHAPE_CLASSES
+
+
+def shape_extent(primitives):
+    """How far from (0, 0) a shape reaches: its farthest vertex or disc edge."""
+    return max(float(np.hypot(*prim[1].T).max()) if prim[0] == "poly" else math.hypot(*prim[1]) + prim[2]
+               for prim in primitives)
+
+
+def _fit_unit_disc(primitives):
+    """The shape scaled about (0, 0) to reach radius 1 at most, so that placing its centre
+    r pixels from every edge keeps it inside the image, and every class is drawn at the scale
+    it is given (the plus, the L, the T and the half disc, as written above, reach 1.02-1.20)."""
+    s = min(1.0, 1.0 / shape_extent(primitives))
+    fitted = []
+    for prim in primitives:
+        if prim[0] == "poly":
+            _, vertices, fill = prim
+            fitted.append(("poly", vertices * s, fill))
+        else:
+            _, (cx, cy), radius, fill = prim
+            fitted.append(("disc", (cx * s, cy * s), radius * s, fill))
+    return fitted
+
+
+SHAPES = {name: _fit_unit_disc(primitives) for name, primitives in SHAPES.items()}
 
 
 def shapes_class_names(num_classes=10):

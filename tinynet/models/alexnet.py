@@ -59,7 +59,8 @@ class AlexNet(nn.Module):
       bias_init   "paper" (1), "caffe" (0.1) or "zero": bias of conv2, conv4, conv5, fc6, fc7
       weight_std  std of the N(0, std) weights: a number, or a dict layer -> std
       dropout     probability for fc6 and fc7 outputs (0.5)
-      lrn         dict(size, alpha, beta, k) in the paper's convention, or None for no LRN
+      lrn         None: the paper's LRN (size 5, alpha 1e-4, beta 0.75, k 2); a dict(size, alpha,
+                  beta, k) in the paper's convention; or False for no LRN
       activation  "relu" or "tanh" (for the paper's Figure 1 experiment)
       pool        (kernel, stride): (3, 2) overlapping; (2, 2) for the non-overlapping ablation
       seed        a seed or numpy Generator for the initial weights (default: tinynet's)
@@ -93,6 +94,9 @@ class AlexNet(nn.Module):
         self.num_classes = num_classes
         self.config = dict(num_classes=num_classes, bias_init=bias_init, weight_std=weight_std,
                            dropout=dropout, lrn=lrn, activation=activation, pool=tuple(pool))
+        if not (lrn is None or lrn is False or isinstance(lrn, dict)):
+            raise TypeError(f"AlexNet: lrn must be None (the paper's), a dict(size, alpha, beta, k) "
+                            f"or False (no LRN), got {lrn!r}")
         self.lrn_params = dict(size=5, alpha=1e-4, beta=0.75, k=2.0) if lrn is None else lrn
         self.act = F.relu if activation == "relu" else F.tanh
         self.pool_kernel, self.pool_stride = pool
