@@ -1,7 +1,7 @@
 """Train AlexNet with tinynet.
 
     python examples/alexnet_train.py                    # the short recipe on built-in shapes (~15 min, 2-core CPU)
-    python examples/alexnet_train.py --preset demo      # REDUCED classroom demo, 2-3 minutes
+    python examples/alexnet_train.py --preset demo      # REDUCED classroom demo, a minute or two
     python examples/alexnet_train.py --preset paper     # the paper's own recipe (needs days and real data)
     python examples/alexnet_train.py --data DIR         # your own image folders: DIR/train/<class>/*.jpg, DIR/val/...
     python examples/alexnet_train.py --resume runs/alexnet/version_0/latest.npz
@@ -55,7 +55,7 @@ PRESETS = {
                   input_std=True, mirror=True, lighting_std=0.1, lighting_pca="data",
                   difficulty="easy", train_per_class=500, val_per_class=100, patience=1,
                   time_budget=14.5 * 60, lr_schedule="budget", eval_crops=2),
-    # REDUCED: a classroom demo of two to three minutes on 2 cores (fewer, easier images). No
+    # REDUCED: a classroom demo of a minute or two on 2 cores (fewer, easier images). No
     # time budget: every machine does the same work, all 2,000 images once, and shows the same
     # result, sooner or later (a budget cut it to half the images in a slow hour).
     "demo": dict(batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=1,
@@ -105,7 +105,7 @@ def parse_args(argv=None):
         formatter_class=HelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="short",
                     help="training recipe: 'short' (default, ~15 min on 2 CPU cores), 'paper' "
-                         "(the paper's recipe), 'demo' (REDUCED: 2-3 min classroom demo, no time budget)")
+                         "(the paper's recipe), 'demo' (REDUCED: a classroom demo of a minute or two, no time budget)")
     ap.add_argument("--data", metavar="DIR",
                     help="image folders: DIR/train/<class>/*.jpg and DIR/val/<class>/*, or one "
                          "DIR/<class>/* tree split by --val-fraction; default: built-in shapes")
