@@ -270,6 +270,18 @@ def test_fc8_follows_num_classes_and_caffe_biases(net10):
     assert m.config["bias_init"] == "caffe"
 
 
+def test_lrn_option_paper_by_default_false_for_none(net10):
+    """lrn=None is the paper's LRN; lrn=False leaves it out; anything else is refused."""
+    x = np.random.default_rng(0).standard_normal((1, 96, 5, 5)).astype(np.float32) * 30
+    assert net10.config["lrn"] is None
+    paper = F.local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=2).data
+    np.testing.assert_array_equal(net10._lrn(tn.tensor(x)).data, paper)
+    plain = AlexNet(10, lrn=False, seed=5)
+    np.testing.assert_array_equal(plain._lrn(tn.tensor(x)).data, x)
+    with pytest.raises(TypeError, match="AlexNet: lrn must be None"):
+        AlexNet(10, lrn=True)
+
+
 def test_one_sgd_step_tiny_batch(net10, tmp_path):
     m = net10
     before = _snapshot(m)
