@@ -187,7 +187,7 @@ for name, C, H, O, K, s, p, G in rows:
     print(f"{name:6} {OH:5d} {f'{k_rows} x {positions}':>16} {f'{O // G} x {k_rows}':>14} {G:6d} {macs:15,d}")
 print("conv1: every 11x11x3 window is a column of 363 numbers, 55*55 = 3025 windows: cols 363 x 3025;\n"
       "96 filters of 363 weights: W 96 x 363; W @ cols = 96 x 3025 = 96 feature maps of 55x55.\n"
-      "See it run: tinynet.summary(AlexNet(), (3, 227, 227)), or `with tinynet.trace(): model(x)`.")
+      "See it run: print(tinynet.summary(AlexNet(), (3, 227, 227))), or `with tinynet.trace(): model(x)`.")
 check("conv1 columns are 363 x 3025",
       np.array(F.im2col(tn.tensor(np.zeros((1, 3, 227, 227), np.float32)), 11, stride=4).shape),
       np.array([363, 3025]))

@@ -305,6 +305,30 @@ def test_launch_refuses_what_the_kernel_does_not_take():
         emulate.launch("im2col_kernel<double>", good, 0, 4)
 
 
+def test_buffers_of_another_dtype_or_layout_are_written_as_numpy_writes_them():
+    """A kernel takes raw pointers: an `out` of another dtype, or strided, or a gradient of
+    another dtype, goes through a buffer the kernel can write (the launch code's job), so the
+    results are the NumPy twins' and not the bytes reinterpreted."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    ref = cpu_kernels.im2col(x, 2, 2, (1, 1), (0, 0))
+    out64 = np.zeros(ref.shape, np.float64)
+    np.testing.assert_array_equal(emulate.im2col(x, 2, 2, (1, 1), (0, 0), out=out64), ref)
+    strided = np.zeros((ref.shape[0], 2 * ref.shape[1]), np.float32)[:, ::2]
+    emulate.im2col(x, 2, 2, (1, 1), (0, 0), out=strided)
+    np.testing.assert_array_equal(strided, ref)
+    gx64 = np.zeros(x.shape, np.float64)
+    emulate.col2im(ref, x.shape, 2, 2, (1, 1), (0, 0), out=gx64)
+    np.testing.assert_array_equal(gx64, cpu_kernels.col2im(ref, x.shape, 2, 2, (1, 1), (0, 0)))
+    with pytest.raises(ValueError, match=r"im2col: out must have shape \(8, 9\)"):
+        emulate.im2col(x, 2, 2, (1, 1), (0, 0), out=np.zeros((8, 8), np.float32))
+    x4 = rng.standard_normal((1, 5, 2, 2)).astype(np.float32)
+    gy = rng.standard_normal(x4.shape)  # float64
+    np.testing.assert_allclose(emulate.lrn_backward(x4, gy, 5, 1e-4, 0.75, 2.0),
+                               cpu_kernels.lrn_backward(x4, gy.astype(np.float32), 5, 1e-4, 0.75, 2.0),
+                               rtol=1e-6)
+
+
 def test_library_is_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
     import shutil
 

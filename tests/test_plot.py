@@ -28,7 +28,7 @@ def test_ticks_of_a_single_value_and_bad_limits():
 
 def test_line_chart_with_axis_labels(tmp_path):
     path = line_chart(str(tmp_path / "c.png"), [
-        ("loss", {"train": ([1, 2, 3], [2.0, 1.0, float("nan")])}, dict(x="step", y="loss (nats)")),
+        ("loss", {"train": ([1, 2, 3, 4], [2.0, 1.0, float("nan"), float("inf")])}, dict(x="step", y="loss (nats)")),
         ("empty", {"val": ([], [])}),
     ])
     assert Image.open(path).size == (800, 600)

@@ -30,7 +30,10 @@ def test_profile_splits_a_step_into_kinds_that_add_up():
         assert kind in kinds, kind
     assert prof.calls["GEMM"] == 1 + 2 + 1 + 1  # conv forward, backward (weights, input); linear forward, backward
     assert 0 < prof.total() <= wall
-    assert "profiled total" in prof.table(wall_seconds=wall)
+    table = prof.table(wall_seconds=wall).splitlines()
+    assert table[-2].startswith("profiled total") and table[-1].startswith("wall time")
+    w = table[0].index("ms/step") - 3  # the name column's width: every row's ms/step right below
+    assert all(line[w] == " " and float(line[w + 1:w + 10]) >= 0 for line in table[1:])
 
 
 def test_sections_cost_nothing_without_a_profile_and_profiles_do_not_nest():

@@ -91,6 +91,21 @@ def test_alexnet_table_text(alexnet_summary):
     assert conv1.split()[3:] == ["96x55x55", "2", "x", "48x55x55", "34,944", "105,415,200", "1,161,600"]
 
 
+def test_a_winograd_layer_says_what_ran(alexnet_summary):
+    """On the CPU conv2 (5x5) runs by Winograd from one image on: the table's im2col row is the
+    convolution as written, and a line under it gives the products that ran."""
+    text = format_summary(alexnet_summary)
+    assert ("conv2 ran by Winograd's F(2x2, 5x5) here, not by the im2col product above (the convolution "
+            "as written): 72 products U [128 x 48] @ V [48 x 196]") in text
+    assert "86,704,128 multiply-adds" in text and "(conv2; it ran by Winograd here" in text
+    old = F.set_conv_algorithm("im2col")
+    try:
+        plain = format_summary(collect_summary(AlexNet(1000, seed=0), (3, 227, 227)))
+    finally:
+        F.set_conv_algorithm(old)
+    assert "Winograd" not in plain
+
+
 def test_summary_leaves_the_model_and_rng_alone(alexnet):
     tn.manual_seed(7)
     state = tn.get_rng_state()

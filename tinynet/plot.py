@@ -51,7 +51,8 @@ def line_chart(path, panels, width=800, panel_height=300):
         top = p * panel_height
         x0, y0 = margin_l, top + margin_t
         x1, y1 = width - margin_r, top + panel_height - margin_b
-        points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if y == y]  # drop NaN
+        # a NaN or infinite value (a loss that overflowed) has no place on the axis: not drawn
+        points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
         draw.text((x0, top + 8), title, fill="black")
         draw.rectangle([x0, y0, x1, y1], outline=(120, 120, 120))
         if labels.get("x"):
@@ -79,7 +80,7 @@ def line_chart(path, panels, width=800, panel_height=300):
             draw.text((px - 3 * len(_label(v)), y1 + 8), _label(v), fill="black")
         for i, (name, (xs, ys)) in enumerate(series.items()):
             colour = COLOURS[i % len(COLOURS)]
-            pts = [to_px(x, y) for x, y in zip(xs, ys) if y == y]
+            pts = [to_px(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
             if len(pts) > 1:
                 draw.line(pts, fill=colour, width=2)
             for px, py in pts if len(pts) < 40 else []:

@@ -110,12 +110,13 @@ class Profiler(Tracer):
         with ``wall_seconds`` (the steps' wall time) the unprofiled rest too."""
         rows = self.by_kind(steps)
         total = sum(rows.values())
-        lines = [f"{'kind':<32} {'ms/step':>9} {'share':>6}"]
+        w = max([len("profiled total")] + [len(kind) for kind in rows])  # the name column's width
+        lines = [f"{'kind':<{w}} {'ms/step':>9} {'share':>6}"]
         for kind, ms in rows.items():
-            lines.append(f"{kind:<32} {ms:9.1f} {ms / total:6.1%}" if total else f"{kind:<32} {ms:9.1f}")
-        lines.append(f"{'profiled total':<32} {total:9.1f}")
+            lines.append(f"{kind:<{w}} {ms:9.1f} {ms / total:6.1%}" if total else f"{kind:<{w}} {ms:9.1f}")
+        lines.append(f"{'profiled total':<{w}} {total:9.1f}")
         if wall_seconds is not None:
-            lines.append(f"{'wall time':<32} {1000.0 * wall_seconds / steps:9.1f}")
+            lines.append(f"{'wall time':<{w}} {1000.0 * wall_seconds / steps:9.1f}")
         return "\n".join(lines)
 
 

@@ -2,9 +2,10 @@
 
     import tinynet as tn
     from tinynet.models import AlexNet
-    tn.summary(AlexNet(), input_shape=(3, 227, 227))
+    print(tn.summary(AlexNet(), input_shape=(3, 227, 227)))
 
-prints (and returns as text) two tables for ONE image:
+prints two tables for ONE image (summary returns them as text; a REPL or notebook shows them
+without print, and show=True prints them too):
 
 1. one row per op, in the order they ran: output shape, the shape on each
    tower (for models split in towers, such as AlexNet), parameters,
@@ -32,6 +33,7 @@ Use ``collect_summary`` for the numbers as data (``tinynet.summary`` is the
 function; import the module's other names with ``from tinynet.summary import ...``).
 """
 
+import math
 import numbers
 import sys
 
@@ -149,6 +151,7 @@ def collect_summary(model, input_shape, towers=None):
         input_bytes=x.size * x.dtype.itemsize,
         max_col_bytes=biggest["info"]["col_bytes"] if biggest else 0,
         max_col_layer=(biggest["layer"] or biggest["op"]) if biggest else "",
+        max_col_winograd=bool(biggest and biggest["info"].get("algorithm") == "winograd"),
         model_name=type(model).__name__)
 
 
@@ -279,6 +282,15 @@ def format_summary(s):
         lines += _table(header, body, right={1, 3, len(header) - 1})
         lines.append("im2col cols: (C/G*KH*KW) x (OH*OW) per group, one column per output position; "
                      "W: one filter per row")
+        for r in gemms:  # what the CPU ran instead, where it convolved by Winograd
+            info = r["info"]
+            if info.get("algorithm") == "winograd":
+                EG, Og, Cg, T = info["winograd_gemm"]
+                side = int(round(math.sqrt(EG // info["gemm"][0])))
+                lines.append(f"{r['layer'] or r['op']} ran by Winograd's F(2x2, {side - 1}x{side - 1}) here, not by "
+                             f"the im2col product above (the convolution as written): {EG} products "
+                             f"U {_mat(Og, Cg)} @ V {_mat(Cg, T)} (one per tile entry and group), "
+                             f"V {info['tile_bytes']:,} bytes, {info['winograd_macs']:,} multiply-adds")
 
     # ---- totals ---------------------------------------------------------------------------
     params = f"{s['params']:,}"
@@ -288,12 +300,16 @@ def format_summary(s):
         "",
         f"parameters        {params}",
         f"multiply-adds     {s['macs']:,} per image forward ({_gflop(s['macs'])}); "
-        "a training step (forward + backward) costs about 3x that",
+        "a training step (forward + backward) costs about 3x that"
+        + (" (the convolutions as written; those that ran by Winograd did fewer, above)"
+           if any(r["info"].get("algorithm") == "winograd" for r in s["rows"]) else ""),
         f"activations       {s['activation_bytes']:,} bytes per image (every op's output, input not "
         "included; a training step keeps most of them for backward)",
     ]
     if s["max_col_bytes"]:
-        lines.append(f"largest im2col    {s['max_col_bytes']:,} bytes per image ({s['max_col_layer']}); "
+        ran = ("; it ran by Winograd here, which builds its tiles instead" if s.get("max_col_winograd")
+               else "")
+        lines.append(f"largest im2col    {s['max_col_bytes']:,} bytes per image ({s['max_col_layer']}{ran}); "
                      "tinynet builds the columns for a few images at a time (F.set_conv_workspace)")
     return "\n".join(lines)
 

@@ -318,6 +318,7 @@ class PrintTracer(Tracer):
         self.phase = None
         self.forward_ops = self.backward_ops = 0
         self.forward_macs = self.backward_macs = 0
+        self.saw_winograd = False  # a convolution ran by Winograd: the totals count it as written
 
     def _print(self, text):
         print(text, file=self.file if self.file is not None else sys.stdout)
@@ -344,6 +345,7 @@ class PrintTracer(Tracer):
         info = fn.describe()
         self.forward_ops += 1
         self.forward_macs += info.get("macs", 0)
+        self.saw_winograd = self.saw_winograd or info.get("algorithm") == "winograd"
         ins = ", ".join(self._input_name(t) for t in inputs)
         outs = ", ".join(format_shape(t.shape) for t in outputs)
         self._print(f"{self._label(fn)} {ins} -> {outs}")
@@ -373,6 +375,9 @@ class PrintTracer(Tracer):
         line = f"-- tinynet.trace: {_ops(self.forward_ops)} forward, {self.forward_macs:,} multiply-adds"
         if self.backward_ops:
             line += f"; {_ops(self.backward_ops)} backward, {self.backward_macs:,} multiply-adds"
+        if self.saw_winograd:  # what a learner adds up from the cost lines is less: say why
+            line += (" (the convolutions as written, by im2col; those that ran by Winograd did "
+                     "fewer, as their cost lines say)")
         self._print(line + " --")
 
 

@@ -77,18 +77,36 @@ class Kernels:
     def __init__(self, xp, run):
         self.xp, self.run = xp, run
 
+    def _target(self, out, shape, dtype, name):
+        """Where a kernel writes an output of `shape` and `dtype`: the caller's `out` when the
+        kernel can write it as it is (C-contiguous, that dtype), else a new array that is then
+        copied into `out`.  A kernel takes a raw pointer: it would write a strided view through
+        its base, and read or write another dtype's bytes as its own, without an error."""
+        if out is not None and tuple(out.shape) != tuple(shape):
+            raise ValueError(f"{name}: out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+        if out is not None and out.flags.c_contiguous and out.dtype == dtype:
+            return out
+        return self.xp().empty(shape, dtype=dtype)
+
+    @staticmethod
+    def _into(out, target):
+        """The result: `target`, copied into the caller's `out` if it is not that."""
+        if out is not None and target is not out:
+            out[...] = target
+            return out
+        return target
+
     def im2col(self, x, kh, kw, stride, padding, out=None):
         xp = self.xp()
         x = xp.ascontiguousarray(x)
         N, C, H, W = x.shape
         (sh, sw), (ph, pw) = stride, padding
         OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-        if out is None:
-            out = xp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-        self.run("im2col.cu", "im2col_kernel", x.dtype, out.size,
-                 (x, out, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
+        target = self._target(out, (C * kh * kw, N * OH * OW), x.dtype, "im2col")
+        self.run("im2col.cu", "im2col_kernel", x.dtype, target.size,
+                 (x, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
                   np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-        return out
+        return self._into(out, target)
 
     def col2im(self, cols, x_shape, kh, kw, stride, padding, out=None):
         xp = self.xp()
@@ -96,14 +114,11 @@ class Kernels:
         N, C, H, W = x_shape
         (sh, sw), (ph, pw) = stride, padding
         OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-        target = xp.empty((N, C, H, W), dtype=cols.dtype) if out is None or not out.flags.c_contiguous else out
+        target = self._target(out, (N, C, H, W), cols.dtype, "col2im")
         self.run("im2col.cu", "col2im_kernel", cols.dtype, target.size,
                  (cols, target, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
                   np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
-        if out is not None and target is not out:
-            out[...] = target
-            return out
-        return target
+        return self._into(out, target)
 
     def maxpool_forward(self, x, kh, kw, sh, sw, oh, ow):
         xp = self.xp()
@@ -139,7 +154,7 @@ class Kernels:
 
     def lrn_backward(self, x, gy, size, alpha, beta, k):
         xp = self.xp()
-        x, gy = xp.ascontiguousarray(x), xp.ascontiguousarray(gy)
+        x, gy = xp.ascontiguousarray(x), xp.ascontiguousarray(gy, dtype=x.dtype)  # one kernel, one dtype
         N, C, H, W = x.shape
         gx = xp.empty_like(x)
         t = x.dtype.type
