@@ -90,3 +90,12 @@ def test_load_state_dict_checks_and_moves_between_layouts(pair):
         AlexNet(10, towers=("cpu",))
     with pytest.raises(RuntimeError, match="CuPy"):
         AlexNet(10, towers=("cuda:0", "cuda:1")) if tn.backend.cupy_or_none() is None else pytest.skip("CuPy present")
+
+
+def test_two_towers_refuse_a_single_named_device():
+    """--device cuda:3 --towers 2 would put the towers on the GPUs of TINYNET_DEVICES, not on 3:
+    a device with an index is refused, with the way to name two."""
+    for device in ("cuda:3", "cpu:1"):
+        with pytest.raises(ValueError, match="two towers need two devices, but .* names one"):
+            tn.backend.tower_devices(device)
+    assert tn.backend.tower_devices("cpu") == (tn.backend.Device("cpu:0"), tn.backend.Device("cpu:1"))

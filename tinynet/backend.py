@@ -285,6 +285,9 @@ def tower_devices(device="cpu", spec=None):
     crash mid-step."""
     import os
 
+    if ":" in str(device):  # one device named: the towers would not be on it, so refuse it
+        raise ValueError(f"two towers need two devices, but {device!r} names one: give 'cpu' (towers on "
+                         f"cpu:0 and cpu:1) or 'cuda' (the GPUs of TINYNET_DEVICES, e.g. '0,1' or '2,2')")
     dev = Device(device)
     if dev.kind == "cpu":
         return (Device("cpu:0"), Device("cpu:1"))
