@@ -13,10 +13,13 @@ in --rounds rounds (default 3), tinynet and PyTorch in turn: a step time is
 the median of the rounds' medians, and tinynet / PyTorch the median of the
 rounds' ratios, with their range.
 
-Beside tinynet, where importable, the same paper AlexNet in PyTorch (groups 2,
+Beside tinynet, where importable, the paper's AlexNet in PyTorch (groups 2,
 LRN with alpha = 5e-4 so that its alpha/size convention equals the paper's
 1e-4), interleaved with ours in the same run: PyTorch is a yardstick, never a
-dependency; without it the column says so.
+dependency; without it the column says so.  One difference, of no cost: its LRN
+windows run across all of a layer's channels, where the paper's (and tinynet's)
+stay within each tower's half, so the two channels beside the middle see other
+neighbours; the same arithmetic per element.
 
 After its timed steps, each tinynet training worker profiles PROFILED_STEPS
 (3) more steps (tn.profile()): the table under the results gives the median
@@ -122,6 +125,8 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     sync = synchronizer(devices)
     step = train_step if mode == "train" else infer
     result = timed(step, repeat, devices, model.eval if mode != "train" else None)
+    if device == "cpu":  # the loops that ran (a library that failed to load falls back to NumPy's)
+        result["cpu_loops"] = "compiled" if tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops else "numpy"
     if mode == "train" and "profile" in extras:
         profiles = []
         for _ in range(PROFILED_STEPS):  # more steps, profiled: where their time goes
@@ -364,13 +369,20 @@ def summarise(result, batch):
     if "error" in result:
         return result
     t = sorted(result["times"])
-    med = t[len(t) // 2]
+    med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "floor"):
+    for key in ("profile_ms", "floor", "version", "cpu_loops"):
         if key in result:
             out[key] = result[key]
     return out
+
+
+def ran(rows, engine, key):
+    """What the workers of `engine` reported for `key` (PyTorch's version, tinynet's loops), as
+    one string: every value met, in order ("?" where a worker said nothing)."""
+    values = dict.fromkeys(row[engine].get(key, "?") for row in rows if engine in row and "error" not in row[engine])
+    return ", ".join(values) or "?"
 
 
 def combine(rounds, batch):
@@ -385,6 +397,9 @@ def combine(rounds, batch):
                images_per_s=batch / med, peak_bytes=max(r["peak_bytes"] for r in rounds),
                peak_reserved_bytes=rounds[0]["peak_reserved_bytes"] and max(r["peak_reserved_bytes"] for r in rounds),
                round_medians=[r["median"] for r in rounds])
+    for key in ("version", "cpu_loops"):  # what ran: PyTorch's version; tinynet's CPU loops
+        if key in rounds[0]:
+            out[key] = rounds[0][key]
     if "profile_ms" in rounds[0]:
         out["profile_ms"] = rounds[0]["profile_ms"]
     floors = [r["floor"] for r in rounds if "floor" in r]
@@ -433,7 +448,8 @@ def profile_table(rows, device="cpu"):
              + ("; on the GPU every op waits for its own kernels before the clock is read, so ops do "
                 "not overlap and the total exceeds an unprofiled step" if device != "cpu" else "") + "):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
-             "| the same and the conv output pass (where the convolutions' ReLUs run) |",
+             "| the same and the im2col convolutions' output pass (where their ReLUs run; a Winograd "
+             "layer's runs in its output tiles) |",
              "|---" * (len(names) + 4) + "|"]
     for r in rows:
         groups = profile_groups(r["tinynet"]["profile_ms"])
@@ -511,8 +527,9 @@ def main():
     lines = [f"# AlexNet (1000 classes, float32) on {args.device}"
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
-             f"PyTorch: {'yes' if with_torch else 'not installed: no reference column'}; "
-             + (f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else
+             f"PyTorch: {ran(rows, 'torch', 'version') if with_torch else 'not installed: no reference column'}; "
+             + (f"tinynet's CPU loops that ran: {ran(rows, 'tinynet', 'cpu_loops')}; "
+                f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else
                 f"GPU: {info['gpu']}; GEMMs by cuBLAS (cupy.matmul), convolutions by im2col\n"),
              ("Peak MB: the process's peak RSS\n" if args.device == "cpu" else
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "

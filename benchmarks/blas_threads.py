@@ -7,7 +7,8 @@ worth: AlexNet training steps (benchmarks/alexnet.py's worker: 1000 classes, flo
 random data) with 28 and with 4, in fresh processes, interleaved pair by pair, so
 that the shared machine's drift hits both alike.  It prints and saves each pair's
 ratio and, from three profiled steps per process (each kind's median), the
-milliseconds of the passes between GEMMs (im2col, col2im, LRN, max-pool, ReLU, SGD), where the spinning
+milliseconds of the passes between GEMMs (im2col, col2im, the output pass, Winograd's transforms, LRN,
+max-pool, ReLU, dropout, the loss, SGD), where the spinning
 threads take a core.
 
     python benchmarks/blas_threads.py                    # batches 16 and 32, 4 pairs each

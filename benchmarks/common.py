@@ -91,7 +91,7 @@ def machine():
         "numpy": np.__version__,
         "tinynet": tinynet.__version__,
         "tinynet_threads": tinynet.get_num_threads(),
-        "tinynet_cpu_loops": tinynet.get_cpu_loops(),
+        "tinynet_cpu_loops_chosen": tinynet.get_cpu_loops(),  # chosen; the workers report what ran
         "blas": blas_info(),
         "batched_products": tinynet.ops.cpu_kernels.batched_matmul_route(),  # a convolution's GEMMs
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",

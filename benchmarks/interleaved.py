@@ -12,8 +12,9 @@ import statistics
 
 from benchmarks.alexnet import profile_groups, run_worker, summarise
 
-# the passes between the GEMMs, as profile_groups names them
-BETWEEN_GEMMS = ("im2col", "col2im", "conv output pass", "LRN", "max-pool", "ReLU", "SGD update")
+# the passes between the GEMMs: every group of profile_groups but the GEMMs themselves and the
+# rest (glue, allocation): im2col, col2im, the output pass, Winograd's transforms, LRN, ...
+BETWEEN_GEMMS = tuple(name for name in profile_groups({}) if name not in ("GEMM", "other (glue, allocation)"))
 
 
 def compare(settings, batches, pairs, repeat):

@@ -280,3 +280,36 @@ def test_a_folder_that_cannot_be_flushed_is_not_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: fsync(fd, errno.EIO))
     with pytest.raises(OSError, match=os.strerror(errno.EIO)):
         files.fsync_folder(str(tmp_path))        # a real I/O error still says so
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    """The build cache keeps each library's sha256: one whose bytes changed since (cut short by a
+    full disk, copied in part) is built again, with a warning, instead of loaded (a cut-short
+    library crashed every process that loaded it)."""
+    import ctypes
+
+    from tinynet import cbuild
+
+    if cbuild.compiler() is None:
+        pytest.skip("no C++ compiler")
+    source = tmp_path / "tiny.cpp"
+    source.write_text('extern "C" int forty_two() { return 42; }\n')
+    monkeypatch.setattr(cbuild, "build_folder", lambda *a: str(tmp_path / "build"))
+    args = ("test", "tiny", str(source), [str(source)], ["-shared", "-fPIC"])
+    path = cbuild.build_library(*args)
+    assert os.path.exists(path + ".sha256")
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(RuntimeWarning, match="does not match the sha256 written when it was built"):
+        again = cbuild.build_library(*args)
+    assert again == path and ctypes.CDLL(path).forty_two() == 42
+
+
+def test_the_build_cache_tells_compilers_apart_by_version(monkeypatch):
+    from tinynet import cbuild
+
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels", "cpu_loops.cpp")
+    monkeypatch.setattr(cbuild, "_versions", {"/usr/bin/c++": "c++ 12.2.0"})
+    first = cbuild.build_folder("x", "/usr/bin/c++", ["-O3"], [source])
+    monkeypatch.setattr(cbuild, "_versions", {"/usr/bin/c++": "c++ 13.1.0"})
+    assert cbuild.build_folder("x", "/usr/bin/c++", ["-O3"], [source]) != first

@@ -9,14 +9,20 @@ the compiler, the flags and every source file:
     ~/.cache/tinynet/<what>/<hash>/<name>.so      (or $XDG_CACHE_HOME/tinynet/...)
 
 so a changed source or flag builds again, and an unchanged one is reused.
+The compiler enters the hash by its path and the first line of its
+``--version`` (another compiler installed at the same path builds anew).
 The library is built under a temporary name and renamed into place, so two
-processes building at once (MPI ranks) never load a half-written file.
+processes building at once (MPI ranks) never load a half-written file; its
+sha256 is written beside it (``<name>.so.sha256``) before it takes its name,
+and a cached library whose bytes no longer match (a damaged disk, a cache
+copied in part) is built again, with a warning, instead of loaded.
 """
 
 import hashlib
 import os
 import shutil
 import subprocess
+import warnings
 
 from . import files
 
@@ -42,9 +48,23 @@ def compiler():
     return None
 
 
+_versions = {}  # compiler path -> the first line of its --version, asked once per process
+
+
+def compiler_identity(cxx):
+    """The compiler's path and the first line of its ``--version`` ("g++ (Debian 12.2.0-14) 12.2.0")."""
+    if cxx not in _versions:
+        try:
+            out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _versions[cxx] = (out.splitlines() or ["unknown version"])[0]
+    return f"{cxx} ({_versions[cxx]})"
+
+
 def build_folder(what, cxx, flags, sources):
     """The cache folder for this compiler, these flags and these sources (paths)."""
-    digest = hashlib.sha256(" ".join([cxx] + list(flags)).encode())
+    digest = hashlib.sha256(" ".join([compiler_identity(cxx)] + list(flags)).encode())
     for path in sources:
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read())
@@ -63,6 +83,13 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
                            "(set CXX, or install g++ or clang++)")
     folder = build_folder(what, cxx, flags, sources)
     path = os.path.join(folder, name + ".so")
+    digest_path = path + ".sha256"
+    if os.path.exists(path) and not _intact(path, digest_path):
+        warnings.warn(f"tinynet: {path} does not match the sha256 written when it was built (damaged, "
+                      f"or left by an older tinynet); building it again", RuntimeWarning, stacklevel=3)
+        for stale in (path, digest_path):
+            if os.path.exists(stale):
+                os.unlink(stale)  # a process that has it loaded keeps its copy (Linux)
     if not os.path.exists(path):
         def build(tmp):  # built aside, then renamed: another process never loads half a library
             result = subprocess.run([cxx] + list(flags) + [main_source, "-o", tmp],
@@ -70,5 +97,26 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
             if result.returncode != 0:
                 raise RuntimeError(f"tinynet: {os.path.basename(cxx)} failed on {main_source}:\n"
                                    f"{result.stderr}")
+            # the digest first (kept if another process wrote its own), then the library's name
+            files.replace_atomically(digest_path, lambda d: _write_text(d, _sha256(tmp)), keep_existing=True)
         files.replace_atomically(path, build, keep_existing=True)  # never under a loaded copy
     return path
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _intact(path, digest_path):
+    """Whether the library at `path` has the bytes its digest file says it was built with."""
+    try:
+        with open(digest_path) as f:
+            return f.read().strip() == _sha256(path)
+    except OSError:
+        return False
