@@ -146,3 +146,58 @@ def test_training_reduces_loss_on_a_tiny_problem():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
+
+
+def test_assigning_and_deleting_layers_keeps_the_model_consistent():
+    net = nn.Sequential(OrderedDict(fc1=nn.Linear(3, 4), act=nn.ReLU(), fc2=nn.Linear(4, 2)))
+    net.act = nn.Tanh()  # a layer replaced keeps its place: the order it runs in, its parameters'
+    assert list(net._modules) == ["fc1", "act", "fc2"]
+    x = np.ones((1, 3), np.float32)
+    expected = net.fc2(F.tanh(net.fc1(tn.tensor(x)))).data
+    np.testing.assert_array_equal(net(tn.tensor(x)).data, expected)
+    lin = nn.Linear(3, 2)
+    lin.weight = nn.Parameter(np.zeros((2, 3), np.float32))
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(TypeError, match="Linear: weight is a parameter; assign a tn.nn.Parameter"):
+        lin.weight = tn.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    del net.fc2  # gone from the model, not only from the attributes
+    assert list(net._modules) == ["fc1", "act"] and len(net.parameters()) == 2
+
+
+def test_sgd_refuses_parameters_tied_through_data_and_checks_a_loaded_state():
+    a = nn.Parameter(np.ones((3, 3)))
+    b = nn.Parameter(a.data)  # another tensor over the same memory: decayed twice a step
+    with pytest.raises(ValueError, match="parameter 1 .* is parameter 0 again, or shares its memory"):
+        optim.SGD([a, b], lr=0.1)
+    opt = optim.SGD([a], lr=0.1)
+    state = opt.state_dict()
+    state["lr"] = -1.0
+    with pytest.raises(ValueError, match="SGD.load_state_dict: lr must be a finite number >= 0"):
+        opt.load_state_dict(state)
+
+
+def test_load_state_dict_is_all_or_nothing():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    before = net.state_dict()
+    state = net.state_dict()
+    state["0.weight"] = state["0.weight"] + 1
+    state["1.weight"] = np.zeros((3, 3), np.float32)  # the wrong shape: nothing may be copied
+    with pytest.raises(ValueError, match="1.weight has shape"):
+        net.load_state_dict(state)
+    np.testing.assert_array_equal(net.state_dict()["0.weight"], before["0.weight"])
+    state = net.state_dict()
+    state["1.bias"] = state["1.bias"].astype(np.complex64)
+    with pytest.raises(TypeError, match="1.bias has dtype complex64"):
+        net.load_state_dict(state)
+
+
+def test_reset_parameters_is_an_in_place_change():
+    from tinynet.models import AlexNet
+    model = AlexNet(10, seed=0)
+    x = tn.tensor(np.zeros((1, 3, 227, 227), np.float32))
+    loss = model(x).sum()
+    model.reset_parameters("paper", seed=1)
+    with pytest.raises(RuntimeError, match="modified in place after forward"):
+        loss.backward()
+    with pytest.raises(ValueError, match="bias_init must be one of"):
+        model.reset_parameters("bogus")

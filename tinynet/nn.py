@@ -38,15 +38,29 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        """A Parameter or Module registers under its name; one assigned again in place of one
+        keeps its place in the order (which a Sequential runs its layers in, and parameters(),
+        state_dict() and an optimiser's momentum buffers follow).  A parameter can be replaced
+        only by a Parameter (or None, to remove it): anything else would still be used by
+        forward but no longer trained or saved."""
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if name in self._parameters and not (value is None or isinstance(value, Parameter)):
+            raise TypeError(f"{type(self).__name__}: {name} is a parameter; assign a tn.nn.Parameter "
+                            f"(or None to remove it), not a {type(value).__name__}: it would no longer "
+                            f"be trained or saved")
+        for registry, kind in ((self._parameters, Parameter), (self._modules, Module)):
+            if isinstance(value, kind):
+                registry[name] = value  # a new name goes last; a name already there keeps its place
+            else:
+                registry.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        """`del module.name` removes a parameter or sub-module from the model too."""
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        object.__setattr__(self, name, value)
+        object.__delattr__(self, name)
 
     def forward(self, *args):  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__}.forward is not written")
@@ -132,7 +146,8 @@ class Module:
             raise KeyError(
                 f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
             )
-        for name, p in own.items():
+        values = {}
+        for name, p in own.items():  # every entry checked before any is copied: all or nothing
             if name not in state:
                 continue
             value = state[name]
@@ -142,7 +157,12 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {name} has shape {tuple(value.shape)} "
                     f"in the state dict, the model expects {p.shape}"
                 )
-            _copy_into(p, value)
+            if value.dtype.kind not in "fiu":  # complex would lose its imaginary part, text its meaning
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {name} has dtype {value.dtype} "
+                                f"in the state dict; expected real numbers")
+            values[name] = value
+        for name, value in values.items():
+            _copy_into(own[name], value)
         return self
 
     def to(self, device):

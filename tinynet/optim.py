@@ -14,10 +14,16 @@ import math
 
 import numpy as np
 
-from .autograd import no_grad
+from .autograd import _may_share_memory, no_grad
 from .backend import copy_to_device, device_guard, device_of_array, is_gpu_array
 from .ops import kernels_for
 from .profile import section
+
+
+def _check_constants(where, lr, momentum, weight_decay):
+    for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
 
 
 def _check_params(params):
@@ -29,6 +35,8 @@ def _check_params(params):
         if not getattr(p, "requires_grad", False):
             raise ValueError(f"SGD: parameter {i} (shape {getattr(p, 'shape', '?')}) does not require grad")
         j = first.setdefault(id(p._versions), i)  # the same tensor, or one over its memory
+        if j == i:  # tied through .data (Parameter(other.data)): another count, the same memory
+            j = next((k for k in range(i) if _may_share_memory(params[k].data, p.data)), i)
         if j != i:
             raise ValueError(f"SGD: parameter {i} (shape {p.shape}) is parameter {j} again, or shares "
                              f"its memory; give each parameter once")
@@ -39,9 +47,7 @@ class SGD:
     """SGD(params, lr, momentum=0.9, weight_decay=5e-4), the paper's rule."""
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
-        for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"SGD: {name} must be a finite number >= 0, got {v!r}")
+        _check_constants("SGD", lr, momentum, weight_decay)
         self.params = _check_params(params)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.velocity = [_zeros_beside(p) for p in self.params]
@@ -93,6 +99,7 @@ class SGD:
         for i, (p, v) in enumerate(zip(self.params, vel)):
             if tuple(v.shape) != p.shape:
                 raise ValueError(f"SGD.load_state_dict: velocity {i} has shape {tuple(v.shape)}, parameter has {p.shape}")
+        _check_constants("SGD.load_state_dict", state["lr"], state["momentum"], state["weight_decay"])
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])
         self.velocity = [_zeros_beside(p) for p in self.params]

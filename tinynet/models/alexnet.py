@@ -114,7 +114,10 @@ class AlexNet(nn.Module):
         self.reset_parameters(bias_init, weight_std, seed)
 
     def reset_parameters(self, bias_init="paper", weight_std=0.01, seed=None):
-        """Weights ~ N(0, std); biases 0, or BIAS_INITS[bias_init] in ONES_BIAS layers."""
+        """Weights ~ N(0, std); biases 0, or BIAS_INITS[bias_init] in ONES_BIAS layers.  In
+        place: a graph built before refuses backward, as after any change of the weights."""
+        if bias_init not in BIAS_INITS:  # before any layer is drawn again
+            raise ValueError(f"AlexNet: bias_init must be one of {sorted(BIAS_INITS)}, got {bias_init!r}")
         rng = seed if isinstance(seed, np.random.Generator) else (
             default_generator() if seed is None else np.random.default_rng(seed))
         for name in [c[0] for c in CONV_LAYERS] + ["fc6", "fc7", "fc8"]:
@@ -122,6 +125,8 @@ class AlexNet(nn.Module):
             std = weight_std.get(name, 0.01) if isinstance(weight_std, dict) else weight_std
             fill(layer.weight.data, lambda shape: rng.normal(0.0, std, shape))
             layer.bias.data[...] = BIAS_INITS[bias_init] if name in ONES_BIAS else 0.0
+            layer.weight._bump_version()
+            layer.bias._bump_version()
 
     def _pool(self, x):
         return F.max_pool2d(x, self.pool_kernel, self.pool_stride)
