@@ -247,6 +247,13 @@ def check_applicable(args):
             raise ConfigError(f"--eval-only scores the weights and writes nothing, so "
                               f"{', '.join('--' + o.replace('_', '-') for o in unused)} would do "
                               f"nothing; leave it out")
+    if args.trace:
+        unused = [o for o in ("out", "time_budget", "epochs", "stop_after_steps", "eval_only") if o in given]
+        if unused:
+            raise ConfigError(f"--trace prints one training step and writes nothing, so "
+                              f"{', '.join('--' + o.replace('_', '-') for o in unused)} would do "
+                              f"nothing; leave it out")
+    if args.resume:
         return
     if args.data:
         unused = [o for o in ("dataset", "num_classes", "difficulty") if o in given]
@@ -1104,11 +1111,13 @@ class Run:
         if self.main_rank and self.out:
             write_plot(self.out, self.metrics)
 
-    def _save_after_evaluation(self, epoch, result):
+    def _save_after_evaluation(self, epoch, result, comparable=True):
         """latest.npz, and best.npz when this is the lowest held-out error yet; a checkpoint at
-        an epoch's end resumes at the next epoch's start."""
+        an epoch's end resumes at the next epoch's start. comparable=False: a score on other
+        images than the evaluations during training (the final one, on all held-out images)
+        is not compared with theirs."""
         at = (epoch + 1, 0) if self.step >= len(self.loader) else (epoch, self.step)
-        best = result["top1_err"] < self.best_err
+        best = comparable and result["top1_err"] < self.best_err
         if best:
             self.best_err = result["top1_err"]
         self.save("latest.npz", *at)
@@ -1146,7 +1155,7 @@ class Run:
             result = self._score(final_set)
             self.log(dict(kind="eval", epoch=self.epoch, step=self.global_step, time=self.elapsed(),
                           images=len(final_set), final=True, **result))
-            self._save_after_evaluation(self.epoch, result)
+            self._save_after_evaluation(self.epoch, result, comparable=len(final_set) == len(self.interim_set))
         if self.main_rank and self.out:
             write_plot(self.out, self.metrics)
             write_filters(self.out, self.model, grey=self.train_set.images.shape[-1] == 1)
@@ -1158,7 +1167,8 @@ class Run:
                       f"standard error of {n} of {total} images")
         self.say(f"done in {time.time() - self.clock.start:.0f} s: top-1 error {result['top1_err']:.3f} "
                  f"(accuracy {accuracy:.1%}{spread}) on {n} held-out images, {top5}"
-                 f"best top-1 error {self.best_err:.3f}; run folder {self.out}")
+                 f"best top-1 error {self.best_err:.3f} (on the {len(self.interim_set)} held-out images scored "
+                 f"during training); run folder {self.out}")
         return result
 
     def evaluate_only(self):
@@ -1209,12 +1219,23 @@ class Run:
         return result
 
     def _eval_seconds(self, images):
-        """Predicted seconds to evaluate `images` held-out images: measured once an evaluation
-        ran; before that, from the training step (a forward pass is about a third of a step)."""
-        crops = self.cfg["eval_crops"]
-        step = self.clock.steps.per_unit or 0.0
-        guess = 0.5 * step / self.cfg["batch_size"]
-        return self.eval_rate.predict(images * crops, default=guess * images * crops)
+        """Predicted seconds to evaluate `images` held-out images, at the rate the latest
+        evaluation measured; before the first, at the rate of one batch of held-out images
+        scored once for it (_probe_eval_rate). Guessed from the training step instead, it was
+        17 times too long at batch 2, where the SGD update's fixed cost dwarfs a forward pass:
+        the reserve for the final evaluation took a 60 s budget whole after one step."""
+        if self.eval_rate.per_unit is None and self.cfg["time_budget"]:
+            self._probe_eval_rate()
+        return self.eval_rate.predict(images * self.cfg["eval_crops"], default=0.0)
+
+    def _probe_eval_rate(self):
+        """Score one batch of held-out images (nothing logged or saved: the rate only). Every
+        rank comes here at the same step (the budget's checks run on all), as evaluate needs."""
+        n = min(len(self.interim_set), self.cfg["batch_size"])
+        t0 = time.time()
+        evaluate(self.model, self.interim_set.subset(np.arange(n)), self.eval_tf, self.cfg["batch_size"],
+                 self.device)
+        self.eval_rate.add(time.time() - t0, n * self.cfg["eval_crops"])
 
     def _final_count(self):
         """How many held-out images the final evaluation scores: all of them, unless a time

@@ -357,13 +357,16 @@ def test_resume_into_another_folder_starts_a_new_run_there(prog, run_a, cache_di
 
 @pytest.mark.slow
 def test_trace_writes_no_file(prog, run_a, cache_dir, tmp_path, monkeypatch, capsys):
-    """--trace pointed at a finished run leaves it alone (it used to rewrite config.json), and
-    makes no run folder of its own."""
+    """--trace makes no run folder, and refuses an --out it would not write (pointed at a
+    finished run it once rewrote config.json); the run is left alone."""
     out_a, _ = run_a
     before = folder_state(out_a)
     monkeypatch.chdir(tmp_path)
-    prog.main(["--preset", "demo", "--max-train-images", "2", "--max-val-images", "2",
-               "--batch-size", "1", "--trace", "--out", out_a, "--cache-dir", cache_dir, "--quiet"])
+    argv = ["--preset", "demo", "--max-train-images", "2", "--max-val-images", "2",
+            "--batch-size", "1", "--trace", "--cache-dir", cache_dir, "--quiet"]
+    assert "--trace prints one training step and writes nothing, so --out would do nothing" in run_error(
+        prog, capsys, argv + ["--out", out_a])
+    prog.main(argv)
     assert "--trace: traced one training step" in capsys.readouterr().out
     assert folder_state(out_a) == before
     assert os.listdir(tmp_path) == []
@@ -479,3 +482,18 @@ def test_a_resumed_budget_schedule_measures_its_horizon_again(prog, cache_dir, t
     # ten times the budget: far more steps left than the last invocation's horizon allowed (kept,
     # it would stay first["lr_horizon"]; one step's rate is rough, so only "far more")
     assert second["lr_horizon"] - 12 > 2 * (first["lr_horizon"] - 11), (first["lr_horizon"], second["lr_horizon"])
+
+
+@pytest.mark.slow
+def test_a_short_budget_at_a_small_batch_trains_and_best_compares_like_with_like(prog, cache_dir, tmp_path, capsys):
+    """Before its first evaluation the run scores one batch of held-out images to know what an
+    evaluation costs: guessed from the training step, the reserve for the final evaluation took a
+    60 s budget whole at batch 2 and training stopped after one step. The final evaluation, on
+    other images than those scored during training, is not compared with theirs for best.npz."""
+    out = tmp_path / "run"
+    prog.main(tiny_args(out, cache_dir, "--epochs", "3", "--time-budget", "60", "--max-val-images", "0"))
+    meta = load_checkpoint(str(out / "latest.npz"))["meta"]
+    # all 6 steps here in 25 s; the guess stopped it after 1 (at least 4 leaves room for a slower machine)
+    assert meta["global_step"] >= 4, meta["global_step"]
+    text = capsys.readouterr().out
+    assert "(on the 200 held-out images scored during training)" in text
