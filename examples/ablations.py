@@ -61,7 +61,7 @@ def run_arm(name, options, args, train, val, train_tf, eval_tf):
     step, epoch = 0, 0
     while step < args.steps:
         for x, y, _ in loader.epoch_batches(epoch):
-            opt.lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            opt.lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup else args.lr
             logits = model(tn.tensor(x))
             loss = F.cross_entropy(logits, y)
             opt.zero_grad()
@@ -100,6 +100,13 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"))
     args = ap.parse_args(argv)
+    for option, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                                 ("--warmup", args.warmup, 0), ("--train-per-class", args.train_per_class, 1),
+                                 ("--val-per-class", args.val_per_class, 1)):
+        if value < least:
+            ap.error(f"{option} must be >= {least}, got {value}")
+    if not args.lr > 0:
+        ap.error(f"--lr must be > 0, got {args.lr}")
     os.makedirs(args.out, exist_ok=True)
 
     folder = f"shapes-easy-10c-{args.train_per_class}x{args.val_per_class}-s0"

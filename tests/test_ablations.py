@@ -25,3 +25,15 @@ def test_ablations_tiny_run(tmp_path):
     table = (out / "ablations.md").read_text()
     assert "| tanh |" in table and "paper says" in table
     assert (out / "ablations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, words", [(["--steps", "0"], "--steps must be >= 1, got 0"),
+                                         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+                                         (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+                                         (["--lr", "0"], "--lr must be > 0")])
+def test_ablations_refuse_bad_numbers_naming_the_option(tmp_path, capsys, argv, words):
+    module = load_example("ablations")
+    with pytest.raises(SystemExit):
+        module.main(argv + ["--out", str(tmp_path / "abl")])
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "abl").exists()
