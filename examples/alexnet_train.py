@@ -255,6 +255,11 @@ def check_applicable(args):
                               f"nothing; leave it out")
     if args.resume:
         return
+    fashion = args.dataset == "fashion-mnist" or bool(
+        args.data and os.path.isdir(args.data) and tdata.has_fashion_mnist_files(args.data))
+    if "pad" in given and not fashion:  # also --pad 0, which the data's own check lets pass
+        raise ConfigError(f"--pad {args.pad} applies to Fashion-MNIST's 28x28 images; this data's "
+                          f"images are enlarged or cropped to 256 as they are")
     if args.data:
         unused = [o for o in ("dataset", "num_classes", "difficulty") if o in given]
         if unused:

@@ -162,6 +162,9 @@ def test_fashion_mnist_is_padded_to_32_unless_told_otherwise(prog, tmp_path, cap
     cfg = prog.build_config(prog.parse_args(["--cache-dir", str(tmp_path / "cache"), "--pad", "1"]))
     with pytest.raises(prog.ConfigError, match="--pad 1 applies to Fashion-MNIST's 28x28 images"):
         prog.load_data(cfg, str(tmp_path / "cache"), say=said.append)   # the shapes: refused first
+    for pad in ("0", "3"):  # refused before anything is loaded, --pad 0 too
+        with pytest.raises(prog.ConfigError, match=f"--pad {pad} applies to Fashion-MNIST's 28x28 images"):
+            prog.check_applicable(prog.parse_args(["--pad", pad]))
 
     older = prog.build_config(prog.parse_args(argv))
     del older["pad"]
