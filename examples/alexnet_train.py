@@ -169,7 +169,8 @@ def parse_args(argv=None):
                     help="run folder, new or empty (default: a new runs/alexnet/version_N); "
                          "with --resume: the checkpoint's own folder, or a new one to branch into")
     ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"),
-                    help="where built-in data sets and decoded image caches are kept")
+                    help="where the shapes set and the decoded images of a --data folder are kept "
+                         "(Fashion-MNIST is looked for where tinynet.data.fashion_mnist says)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
     ap.add_argument("--eval-crops", type=int, choices=EVAL_CROPS,
                     help="crops per held-out image, softmax averaged: 1 the centre, 2 the centre "
@@ -633,8 +634,11 @@ def trace_one_step(model, loader, device="cpu"):
 
 
 class Progress:
-    def __init__(self, total, epoch, quiet):
-        self.total, self.epoch, self.quiet = total, epoch, quiet
+    """The epoch's progress bar; `start`: the steps of the epoch done before this invocation
+    (a resumed run), which its rate and ETA leave out."""
+
+    def __init__(self, total, epoch, quiet, start=0):
+        self.total, self.epoch, self.quiet, self.first = total, epoch, quiet, start
         self.start = time.time()
         self.tty = sys.stderr.isatty()
         self.last = 0.0
@@ -648,7 +652,7 @@ class Progress:
         self.last = now
         elapsed = now - self.start
         rate = images / max(elapsed, 1e-9)
-        eta = (self.total - step) * elapsed / max(step, 1)
+        eta = (self.total - step) * elapsed / max(step - self.first, 1)
         filled = int(30 * step / self.total)
         line = (f"epoch {self.epoch} [{'#' * filled}{'.' * (30 - filled)}] {step}/{self.total} "
                 f"loss {loss:.4f} lr {lr:.2g} {rate:.1f} img/s ETA {eta:.0f}s")
@@ -667,12 +671,13 @@ class Progress:
 
 def write_plot(out, metrics):
     """curves.png: the training loss, and the held-out error and accuracy (in percent), against
-    the step; the final evaluation of the whole held-out set is marked apart."""
+    the step; the final evaluation (of all held-out images, or the largest subset the budget
+    allows) is the curves' last point, after the evaluations of a fixed subset during training."""
     steps = [m for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]
     if not steps:
         return
-    panels = [("training loss (mean of every 20 steps)",
+    panels = [("training loss (mean of every 20 steps, and of an epoch's last few)",
                {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])},
                dict(x="step", y="loss (nats)"))]
     if evals:
@@ -1008,7 +1013,7 @@ class Run:
         self.epoch = epoch
         self.step = self.start_step if epoch == self.start_epoch else 0
         self.first_step_of_epoch = self.step
-        self.bar = Progress(len(self.loader), epoch, self.args.quiet or not self.main_rank)
+        self.bar = Progress(len(self.loader), epoch, self.args.quiet or not self.main_rank, start=self.step)
         self.seen = 0
         self.traffic = getattr(self.model, "traffic", None)  # two towers: bytes between them
         if self.traffic is not None:

@@ -497,3 +497,14 @@ def test_a_short_budget_at_a_small_batch_trains_and_best_compares_like_with_like
     assert meta["global_step"] >= 4, meta["global_step"]
     text = capsys.readouterr().out
     assert "(on the 200 held-out images scored during training)" in text
+
+
+def test_progress_eta_counts_only_this_invocations_steps(prog, capsys, monkeypatch):
+    """Resumed at step 3 of 8, 2 steps in 10 s: the 3 steps left take 15 s (the steps before the
+    resume took none of this invocation's time)."""
+    bar = prog.Progress(8, 0, quiet=False, start=3)
+    bar.tty = False
+    monkeypatch.setattr(prog.time, "time", lambda: bar.start + 10.0)
+    bar.update(5, 4, 0.5, 0.01)
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert "5/8" in line and "ETA 15s" in line, line
