@@ -201,3 +201,30 @@ def test_reset_parameters_is_an_in_place_change():
         loss.backward()
     with pytest.raises(ValueError, match="bias_init must be one of"):
         model.reset_parameters("bogus")
+
+
+def test_module_list_registers_its_modules_and_a_plain_list_is_refused():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(2, 3), nn.Linear(3, 1)])
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    stack = Stack()
+    assert [n for n, _ in stack.named_parameters()] == ["blocks.0.weight", "blocks.0.bias",
+                                                        "blocks.1.weight", "blocks.1.bias"]
+    assert stack(tn.tensor(np.ones((1, 2), np.float32))).shape == (1, 1)
+    stack.eval()
+    assert not stack.blocks[1].training
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [nn.Linear(2, 3)]  # the model would not see it: never trained or saved
+
+    with pytest.raises(TypeError, match="blocks holds layers or parameters in a plain list"):
+        Hidden()

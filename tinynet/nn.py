@@ -45,6 +45,11 @@ class Module:
         forward but no longer trained or saved."""
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if (isinstance(value, (list, tuple, dict)) and not isinstance(self, ModuleList)
+                and any(isinstance(v, (Module, Parameter)) for v in (value.values() if isinstance(value, dict) else value))):
+            raise TypeError(f"{type(self).__name__}: {name} holds layers or parameters in a plain "
+                            f"{type(value).__name__}, where the model would not find them (not trained, "
+                            f"saved or switched to eval); use tn.nn.ModuleList or tn.nn.Sequential")
         if name in self._parameters and not (value is None or isinstance(value, Parameter)):
             raise TypeError(f"{type(self).__name__}: {name} is a parameter; assign a tn.nn.Parameter "
                             f"(or None to remove it), not a {type(value).__name__}: it would no longer "
@@ -363,3 +368,29 @@ class Sequential(Module):
 
     def __len__(self):
         return len(self._modules)
+
+
+class ModuleList(Module):
+    """Modules kept as a list, registered as '0', '1', ... so that the model finds their
+    parameters (to train and save them) and switches them to eval; ``forward`` is the owner's
+    to write.  ``ModuleList([a, b])``, ``append``, ``len``, indexing and iteration."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList: item {len(self)} is a {type(module).__name__}, not a Module")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
