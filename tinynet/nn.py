@@ -343,7 +343,20 @@ class Flatten(Module):
         return F.flatten(x, self.start_dim)
 
 
-class Sequential(Module):
+class _Listed(Module):
+    """A module whose sub-modules are also a list: len, indexing (a slice gives a list), iteration."""
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class Sequential(_Listed):
     """Modules applied in order.  ``Sequential(a, b)`` names them '0', '1';
     ``Sequential(OrderedDict(conv1=..., relu1=...))`` uses the given names."""
 
@@ -363,14 +376,8 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
 
-    def __len__(self):
-        return len(self._modules)
-
-
-class ModuleList(Module):
+class ModuleList(_Listed):
     """Modules kept as a list, registered as '0', '1', ... so that the model finds their
     parameters (to train and save them) and switches them to eval; ``forward`` is the owner's
     to write.  ``ModuleList([a, b])``, ``append``, ``len``, indexing and iteration."""
@@ -385,12 +392,3 @@ class ModuleList(Module):
             raise TypeError(f"ModuleList: item {len(self)} is a {type(module).__name__}, not a Module")
         setattr(self, str(len(self._modules)), module)
         return self
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
