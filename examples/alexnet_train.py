@@ -17,6 +17,7 @@ including which preset), metrics.jsonl, curves.png, latest.npz and best.npz.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -231,6 +232,16 @@ def check_options(args):
         raise ConfigError(f"--out {args.out} is a file, not a folder; give a folder for the run")
 
 
+def options(names):
+    """Option names as written on the command line: ["time_budget"] -> "--time-budget"."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def uses_fashion_mnist(dataset, data):
+    """Whether the data is Fashion-MNIST: the built-in set, or a --data folder of its IDX files."""
+    return dataset == "fashion-mnist" or bool(data and os.path.isdir(data) and tdata.has_fashion_mnist_files(data))
+
+
 def check_applicable(args):
     """Refuse options that the chosen data or --resume would not use (ConfigError): an option
     given is an option honoured, never one recorded as if it had been."""
@@ -239,35 +250,27 @@ def check_applicable(args):
         ignored = [o for o in RECIPE_OPTIONS if o in given and not (args.eval_only and o in EVAL_OPTIONS)]
         if ignored:
             raise ConfigError(
-                f"--resume continues a run with its own recipe and data, so "
-                f"{', '.join('--' + o.replace('_', '-') for o in ignored)} cannot change; only "
-                f"--epochs and --time-budget can (to train something else, start a new run)")
-        unused = [o for o in ("out", "time_budget", "epochs", "stop_after_steps", "trace")
-                  if args.eval_only and o in given]
-        if unused:
-            raise ConfigError(f"--eval-only scores the weights and writes nothing, so "
-                              f"{', '.join('--' + o.replace('_', '-') for o in unused)} would do "
-                              f"nothing; leave it out")
-    if args.trace:
-        unused = [o for o in ("out", "time_budget", "epochs", "stop_after_steps", "eval_only") if o in given]
-        if unused:
-            raise ConfigError(f"--trace prints one training step and writes nothing, so "
-                              f"{', '.join('--' + o.replace('_', '-') for o in unused)} would do "
-                              f"nothing; leave it out")
+                f"--resume continues a run with its own recipe and data, so {options(ignored)} cannot "
+                f"change; only --epochs and --time-budget can (to train something else, start a new run)")
+    # modes that write nothing: the options that shape a run's length or its files do nothing there
+    for mode, does, other in (("eval_only", "scores the weights", "trace"),
+                              ("trace", "prints one training step", "eval_only")):
+        unused = [o for o in ("out", "time_budget", "epochs", "stop_after_steps", other) if o in given]
+        if getattr(args, mode) and unused:
+            raise ConfigError(f"{options([mode])} {does} and writes nothing, so {options(unused)} "
+                              f"would do nothing; leave it out")
     if args.resume:
         return
-    fashion = args.dataset == "fashion-mnist" or bool(
-        args.data and os.path.isdir(args.data) and tdata.has_fashion_mnist_files(args.data))
+    fashion = uses_fashion_mnist(args.dataset, args.data)
     if "pad" in given and not fashion:  # also --pad 0, which the data's own check lets pass
         raise ConfigError(f"--pad {args.pad} applies to Fashion-MNIST's 28x28 images; this data's "
                           f"images are enlarged or cropped to 256 as they are")
     if args.data:
         unused = [o for o in ("dataset", "num_classes", "difficulty") if o in given]
         if unused:
-            raise ConfigError(f"{', '.join('--' + o.replace('_', '-') for o in unused)} "
-                              f"describe(s) the built-in data; with --data DIR the classes are "
-                              f"DIR's folders")
-        if "val_fraction" in given and os.path.isdir(args.data) and tdata.has_fashion_mnist_files(args.data):
+            raise ConfigError(f"{options(unused)} describe(s) the built-in data; with --data DIR the "
+                              f"classes are DIR's folders")
+        if "val_fraction" in given and fashion:
             raise ConfigError(f"--val-fraction splits a folder of class folders; {args.data} holds "
                               f"Fashion-MNIST's files, which come with their own held-out (test) images")
         if "val_fraction" in given and os.path.isdir(args.data):
@@ -285,8 +288,7 @@ def check_applicable(args):
     if args.dataset == "fashion-mnist":
         unused = [o for o in ("num_classes", "difficulty") if o in given]
         if unused:
-            raise ConfigError(f"{', '.join('--' + o.replace('_', '-') for o in unused)} "
-                              f"describe(s) the shapes set, not fashion-mnist")
+            raise ConfigError(f"{options(unused)} describe(s) the shapes set, not fashion-mnist")
 
 
 def eval_crops(args):
@@ -432,14 +434,13 @@ def fashion_mnist_pad(cfg, say):
 
 def data_fingerprint(dataset):
     """A short hash of a data set as loaded: its class names, every label in order and, for a
-    --data folder, its origin (a hash of its images' names, <class folder>/<file>, in order). A run records its training and held-out sets' (before any --max-*-images
-    subset); a resumed run or --eval-only compares them, so that a data folder changed in
-    between (images added, removed or renamed, a file that became readable) is refused instead
-    of silently mixing training images into the held-out set. Paths, not pixels: another
-    machine's image decoder may round a pixel differently. The built-in sets are made by the
-    recipe, which a resumed run cannot change."""
-    import hashlib
-
+    --data folder, its origin (a hash of its images' names, <class folder>/<file>, in order).
+    A run records its training and held-out sets' (before any --max-*-images subset); a resumed
+    run or --eval-only compares them, so that a data folder changed in between (images added,
+    removed or renamed, a file that became readable) is refused instead of silently mixing
+    training images into the held-out set. Paths, not pixels: another machine's image decoder
+    may round a pixel differently. The built-in sets are made by the recipe, which a resumed
+    run cannot change."""
     h = hashlib.sha256(json.dumps(list(dataset.classes)).encode("utf-8"))
     h.update(np.ascontiguousarray(dataset.labels, dtype=np.int64).tobytes())
     if getattr(dataset, "origin", None) is not None:
@@ -450,8 +451,7 @@ def data_fingerprint(dataset):
 def load_data(cfg, cache_dir, say=print, quiet=False, retry_unreadable=True, training=True):
     """The training and held-out sets the configuration names, checked before any training.
     say: prints the notes about the data (a no-op on data-parallel ranks other than 0)."""
-    fashion = cfg.get("dataset") == "fashion-mnist" or bool(
-        cfg["data"] and os.path.isdir(cfg["data"]) and tdata.has_fashion_mnist_files(cfg["data"]))
+    fashion = uses_fashion_mnist(cfg.get("dataset"), cfg["data"])
     if cfg.get("pad") and not fashion:
         raise ConfigError(f"--pad {cfg['pad']} applies to Fashion-MNIST's 28x28 images; this data's "
                           f"images are enlarged or cropped to 256 as they are")

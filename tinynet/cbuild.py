@@ -98,7 +98,8 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
                 raise RuntimeError(f"tinynet: {os.path.basename(cxx)} failed on {main_source}:\n"
                                    f"{result.stderr}")
             # the digest first (kept if another process wrote its own), then the library's name
-            files.replace_atomically(digest_path, lambda d: _write_text(d, _sha256(tmp)), keep_existing=True)
+            digest = _sha256(tmp)
+            files.write_atomically(digest_path, lambda f: f.write(digest), binary=False, keep_existing=True)
         files.replace_atomically(path, build, keep_existing=True)  # never under a loaded copy
     return path
 
@@ -106,11 +107,6 @@ def build_library(what, name, main_source, sources, flags, cxx=None):
 def _sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def _intact(path, digest_path):

@@ -83,13 +83,14 @@ def _link_unless_there(tmp, path):
     os.unlink(tmp)
 
 
-def write_atomically(path, dump, binary=True):
+def write_atomically(path, dump, binary=True, keep_existing=False):
     """``dump(f)`` writes the whole content into an open file ``f``; ``path`` then holds it, or
-    (on failure) what it held before.  Returns ``path``."""
+    (on failure) what it held before.  ``keep_existing``: as replace_atomically's.  Returns
+    ``path``."""
     def write(tmp):
         with create(tmp, binary) as f:
             dump(f)
-    return replace_atomically(path, write)
+    return replace_atomically(path, write, keep_existing=keep_existing)
 
 
 def host():

@@ -45,8 +45,8 @@ class Module:
         forward but no longer trained or saved."""
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        if (isinstance(value, (list, tuple, dict)) and not isinstance(self, ModuleList)
-                and any(isinstance(v, (Module, Parameter)) for v in (value.values() if isinstance(value, dict) else value))):
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+        if any(isinstance(v, (Module, Parameter)) for v in items):
             raise TypeError(f"{type(self).__name__}: {name} holds layers or parameters in a plain "
                             f"{type(value).__name__}, where the model would not find them (not trained, "
                             f"saved or switched to eval); use tn.nn.ModuleList or tn.nn.Sequential")

@@ -30,13 +30,12 @@ def _check_params(params):
     params = list(params)
     if not params:
         raise ValueError("SGD: got an empty parameter list")
-    first = {}  # one update per array: the same parameter twice would move twice as far
     for i, p in enumerate(params):
         if not getattr(p, "requires_grad", False):
             raise ValueError(f"SGD: parameter {i} (shape {getattr(p, 'shape', '?')}) does not require grad")
-        j = first.setdefault(id(p._versions), i)  # the same tensor, or one over its memory
-        if j == i:  # tied through .data (Parameter(other.data)): another count, the same memory
-            j = next((k for k in range(i) if _may_share_memory(params[k].data, p.data)), i)
+        # one update per array: the same parameter twice, or two over the same memory (a view,
+        # Parameter(other.data)), would move it twice as far
+        j = next((k for k in range(i) if params[k] is p or _may_share_memory(params[k].data, p.data)), i)
         if j != i:
             raise ValueError(f"SGD: parameter {i} (shape {p.shape}) is parameter {j} again, or shares "
                              f"its memory; give each parameter once")

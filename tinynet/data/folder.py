@@ -170,6 +170,10 @@ _SPELLING = (f"these names, in lower case; the held-out folder may also be named
              f"{', '.join(n + '/' for n in HELD_OUT_NAMES[1:-1])} or {HELD_OUT_NAMES[-1]}/")
 
 
+# What reading such folders as classes would do, for the messages.
+_READ_AS_CLASSES = "read as class folders, each would be ONE class, the class folders inside it merged"
+
+
 def _split_like(folder):
     """True if the folder `folder` is named like a split of the data (SPLIT_NAMES) and holds
     what a split holds: sub-folders, and no image file of its own."""
@@ -233,7 +237,7 @@ def scan_image_folder(root, func="load_image_folder"):
     if split_like:
         raise _split_like_error(
             func, root, split_like,
-            "read as class folders, each would be ONE class, the class folders inside it merged",
+            _READ_AS_CLASSES,
             f"Expected one folder per class holding its images, "
             f"{os.path.join(printable(root), '<class>')}/*.jpg; data already split is laid out "
             f"as DIR/train/<class>/... beside DIR/val/<class>/... ({_SPELLING})")
@@ -316,7 +320,7 @@ def find_layout(data_dir, func="find_layout"):
     if misspelt:
         raise _split_like_error(
             func, data_dir, misspelt,
-            "read as class folders, each would be ONE class, the class folders inside it merged",
+            _READ_AS_CLASSES,
             f"Lay the data out as {here}/train/<class>/... beside {here}/val/<class>/... "
             f"({_SPELLING}), or with the class folders directly in {here}")
     if has_train:
@@ -623,9 +627,7 @@ def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progr
         rows = [kept]
     else:  # the split _build_cache made, made again: the same call on the same labels
         rows = [[kept[r] for r in part] for part in stratified_split_indices(labels[kept], *split, func)]
-    origin = [hashlib.sha256("\0".join(os.path.join(*os.path.normpath(paths[i]).split(os.sep)[-2:])
-                                         for i in part).encode("utf-8", "surrogateescape")).hexdigest()[:24]
-              for part in rows]
+    origin = [_names_hash([paths[i] for i in part]) for part in rows]
     if split is None:
         return ArrayDataset(images, kept_labels, classes, skipped=bad, origin=origin[0])
     t = meta["parts"]["train"]
@@ -639,6 +641,12 @@ def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progr
                       f"{', '.join(repr(c) for c in lonely)}", stacklevel=3)
     return (ArrayDataset(images[:t], kept_labels[:t], classes, skipped=bad, origin=origin[0]),
             ArrayDataset(images[t:], kept_labels[t:], classes, skipped=bad, origin=origin[1]))
+
+
+def _names_hash(paths):
+    """A hash of the files `paths` in order, each by its <class folder>/<file> name."""
+    names = (os.path.join(*os.path.normpath(path).split(os.sep)[-2:]) for path in paths)
+    return hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def _normal_form(name):
