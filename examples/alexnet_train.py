@@ -669,25 +669,44 @@ class Progress:
 # ----------------------------------------------------------------------------
 
 
-def write_plot(out, metrics):
-    """curves.png: the training loss, and the held-out error and accuracy (in percent), against
-    the step; the final evaluation (of all held-out images, or the largest subset the budget
-    allows) is the curves' last point, after the evaluations of a fixed subset during training."""
+def curve_panels(metrics):
+    """The panels of curves.png (see tinynet.plot.line_chart): the training loss, and the
+    held-out error and accuracy (in percent) against the step.  The evaluations during training
+    score one fixed subset of the held-out images and are drawn as lines; the final evaluation
+    (of all held-out images, or the largest subset the budget allows) is not the same measure,
+    so it stands apart, a point of its own series named with its number of images."""
     steps = [m for m in metrics if m["kind"] == "train"]
     evals = [m for m in metrics if m["kind"] == "eval"]
     if not steps:
-        return
+        return []
     panels = [("training loss (mean of every 20 steps, and of an epoch's last few)",
                {"train loss": ([m["step"] for m in steps], [m["loss"] for m in steps])},
                dict(x="step", y="loss (nats)"))]
-    if evals:
-        at = [m["step"] for m in evals]
-        curves = {"top-1 error %": (at, [100 * m["top1_err"] for m in evals]),
-                  "top-1 accuracy %": (at, [100 * (1 - m["top1_err"]) for m in evals])}
-        if all("top5_err" in m for m in evals):
-            curves["top-5 error %"] = (at, [100 * m["top5_err"] for m in evals])
-        panels.append(("held-out images", curves, dict(x="step", y="%")))
-    line_chart(os.path.join(out, "curves.png"), panels)
+    if not evals:
+        return panels
+    curves, sizes = {}, []
+    for final in (False, True):
+        some = [m for m in evals if bool(m.get("final")) == final]
+        if not some:
+            continue
+        n = some[-1].get("images")
+        sizes.append(("final" if final else "during training") + (f": {n:,} images" if n else ""))
+        at = [m["step"] for m in some]
+        for name, values in (("top-1 error %", [100 * m["top1_err"] for m in some]),
+                             ("top-1 accuracy %", [100 * (1 - m["top1_err"]) for m in some]),
+                             ("top-5 error %", [100 * m["top5_err"] for m in some]
+                              if all("top5_err" in m for m in some) else None)):
+            if values is not None:
+                curves[("final " if final else "") + name] = (at, values, name) if final else (at, values)
+    panels.append((f"held-out images ({'; '.join(sizes)})", curves, dict(x="step", y="%")))
+    return panels
+
+
+def write_plot(out, metrics):
+    """curves.png, drawn from metrics.jsonl's records (curve_panels)."""
+    panels = curve_panels(metrics)
+    if panels:
+        line_chart(os.path.join(out, "curves.png"), panels)
 
 
 def write_filters(out, model, grey=False):

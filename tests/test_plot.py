@@ -32,3 +32,18 @@ def test_line_chart_with_axis_labels(tmp_path):
         ("empty", {"val": ([], [])}),
     ])
     assert Image.open(path).size == (800, 600)
+
+
+def test_a_series_like_another_is_drawn_as_rings_in_its_colour(tmp_path):
+    """A final score beside its curve: rings, not joined to the curve, in the curve's colour."""
+    path = line_chart(str(tmp_path / "r.png"), [
+        ("held-out", {"error %": ([0, 100], [80.0, 20.0]),
+                      "final error %": ([200], [50.0], "error %")})], width=400, panel_height=300)
+    px = Image.open(path).convert("RGB").load()
+    blue = (31, 119, 180)
+    # the axis runs 0..200 and 20..80 (ticks), the plot from x=80 to 370 and y=30 to 245:
+    # the ring's centre is (370, 137.5); its outline, 6 px out, is blue; its inside is not
+    assert px[370 - 6, 137] == blue or px[370 - 5, 137] == blue
+    assert px[370 - 2, 137] != blue
+    # and no line runs from the curve's end (225, 30) to the ring: the middle of that segment
+    assert px[297, 84] != blue

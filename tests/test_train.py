@@ -38,6 +38,24 @@ def tiny_args(out, cache_dir, *extra):
             "--batch-size", "2", "--out", str(out), "--cache-dir", cache_dir, "--quiet", *extra]
 
 
+def test_the_final_evaluation_is_drawn_apart_from_the_interim_curves(prog):
+    """The evaluations during training score a fixed subset; the final one scores more images,
+    so it is a series of its own (rings in its curve's colour), never the curve's last point."""
+    metrics = [dict(kind="train", step=10, loss=2.0), dict(kind="train", step=20, loss=1.0),
+               dict(kind="eval", step=10, images=500, top1_err=0.5, top5_err=0.2),
+               dict(kind="eval", step=20, images=500, top1_err=0.4, top5_err=0.1),
+               dict(kind="eval", step=20, images=1000, final=True, top1_err=0.3, top5_err=0.05)]
+    loss, held_out = prog.curve_panels(metrics)
+    assert loss[1]["train loss"] == ([10, 20], [2.0, 1.0])
+    assert held_out[0] == "held-out images (during training: 500 images; final: 1,000 images)"
+    curves = held_out[1]
+    assert curves["top-1 error %"] == ([10, 20], [50.0, 40.0])
+    assert curves["final top-1 error %"] == ([20], [30.0], "top-1 error %")
+    assert curves["final top-1 accuracy %"] == ([20], [70.0], "top-1 accuracy %")
+    assert curves["final top-5 error %"] == ([20], [5.0], "top-5 error %")
+    assert prog.curve_panels(metrics[2:]) == []                 # nothing trained yet: no picture
+
+
 def read_metrics(folder):
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]

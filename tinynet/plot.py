@@ -3,7 +3,9 @@
 ``line_chart(path, panels)`` draws one panel per entry, stacked vertically;
 each panel is (title, {series name: (xs, ys)}) or (title, series, labels)
 with ``labels = dict(x="step", y="error (%)")`` for the axis labels (give
-the units).  Ticks fall on round values (1, 2 or 5 x 10^k apart) and the
+the units).  A series given as (xs, ys, like) is drawn as rings, unjoined,
+in the colour of the series named ``like``: a measurement of another kind
+beside a curve (a final score on more images).  Ticks fall on round values (1, 2 or 5 x 10^k apart) and the
 legend sits inside the plot.  Enough for training curves.
 """
 
@@ -52,7 +54,7 @@ def line_chart(path, panels, width=800, panel_height=300):
         x0, y0 = margin_l, top + margin_t
         x1, y1 = width - margin_r, top + panel_height - margin_b
         # a NaN or infinite value (a loss that overflowed) has no place on the axis: not drawn
-        points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
+        points = [(x, y) for xs, ys, *_ in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
         draw.text((x0, top + 8), title, fill="black")
         draw.rectangle([x0, y0, x1, y1], outline=(120, 120, 120))
         if labels.get("x"):
@@ -78,22 +80,31 @@ def line_chart(path, panels, width=800, panel_height=300):
             px, _ = to_px(v, ymin)
             draw.line([px, y1, px, y1 + 4], fill="black")
             draw.text((px - 3 * len(_label(v)), y1 + 8), _label(v), fill="black")
-        for i, (name, (xs, ys)) in enumerate(series.items()):
-            colour = COLOURS[i % len(COLOURS)]
+        colour_of, fresh = {}, iter(COLOURS * len(series))
+        for name, (xs, ys, *like) in series.items():
+            colour = colour_of.get(like[0]) if like else None
+            colour_of[name] = colour = colour or next(fresh)
             pts = [to_px(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
+            if like:
+                for px, py in pts:
+                    draw.ellipse([px - 6, py - 6, px + 6, py + 6], outline=colour, width=2)
+                continue
             if len(pts) > 1:
                 draw.line(pts, fill=colour, width=2)
             for px, py in pts if len(pts) < 40 else []:
                 draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
         # the legend, inside the plot's top-right corner, on a white box
         names = list(series)
-        box_w = 14 + 7 * max(len(n) for n in names)
+        box_w = 24 + 7 * max(len(n) for n in names)
         lx, ly = x1 - box_w - 8, y0 + 8
         draw.rectangle([lx, ly, x1 - 8, ly + 16 * len(names) + 4], fill="white", outline=(180, 180, 180))
         for i, name in enumerate(names):
-            colour = COLOURS[i % len(COLOURS)]
-            draw.line([lx + 4, ly + 10 + 16 * i, lx + 12, ly + 10 + 16 * i], fill=colour, width=3)
-            draw.text((lx + 16, ly + 4 + 16 * i), name, fill=colour)
+            colour, cy = colour_of[name], ly + 10 + 16 * i
+            if len(series[name]) > 2:
+                draw.ellipse([lx + 6, cy - 5, lx + 16, cy + 5], outline=colour, width=2)
+            else:
+                draw.line([lx + 4, cy, lx + 18, cy], fill=colour, width=3)
+            draw.text((lx + 22, cy - 6), name, fill=colour)
     img.save(path)
     return path
 
