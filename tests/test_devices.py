@@ -51,6 +51,18 @@ def test_mixing_devices_is_refused_naming_both():
     assert (a * 3).device == CPU1 and (3 - a).device == CPU1
 
 
+def test_host_data_put_on_another_virtual_device_is_copied_there():
+    """cpu:0 holds the caller's array as np.asarray would; cpu:1 is another device, with memory
+    of its own as a second GPU's: a later write to the array, or to the cpu:0 tensor over it,
+    never reaches it."""
+    a = np.zeros(3)
+    on0, on0_too, on1 = tn.tensor(a), tn.tensor(a, device="cpu:0"), tn.tensor(a, device="cpu:1")
+    a[0] = 5.0
+    assert on0.data[0] == 5.0 and on0_too.data[0] == 5.0
+    assert on1.data[0] == 0.0 and not np.shares_memory(on1.data, a)
+    assert tn.tensor([1, 2], dtype=np.float32, device="cpu:1").data.dtype == np.float32
+
+
 def test_to_is_an_explicit_copy_that_never_shares_memory():
     a = tn.tensor(np.zeros(4), requires_grad=True)
     assert a.to("cpu") is a and a.to("cpu:0") is a

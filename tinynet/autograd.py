@@ -621,15 +621,19 @@ def run_backward(root, grad, retain_graph=False):
 
 def tensor(data, requires_grad=False, dtype=None, device=None):
     """Make a leaf ``Tensor`` from an array, list or number, on ``device``
-    (default: where the data is; host data goes to cpu:0, or is copied to
-    the device given).
+    (default: where the data is).  Host data given no device, or cpu:0, is
+    held as it is (a NumPy array is not copied, as np.asarray would not);
+    for any other device it is copied there, a virtual CPU device included:
+    cpu:1 has memory of its own, as a second GPU would.
 
     float16 and complex are rejected; float32 stays float32 (the fast path);
     other floats become float64.
     """
     host_data = not isinstance(data, Tensor) and not is_gpu_array(data)
     if device is not None and host_data and Device(device).kind == "cpu":
-        return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)  # tag it
+        if Device(device) != CPU:
+            data = np.array(data, copy=True)
+        return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
     t = Tensor(data, requires_grad=requires_grad, dtype=dtype)
     return t if device is None else t.to(device)
 
