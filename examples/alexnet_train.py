@@ -518,11 +518,25 @@ def check_same_data(cfg, train, val, say):
     cfg["data_fingerprint"] = now
 
 
-def make_transforms(cfg, train, training=True):
+# How far (in grey levels of 0..255) the training images' channel means and deviations may
+# move before a resumed run refuses them: another decoder rounding pixels differently moves a
+# mean by hundredths of a level; images edited under the same names (re-exported darker, say)
+# move it by whole levels.
+STATISTICS_TOLERANCE = 0.5
+
+
+def make_transforms(cfg, train, training=True, say=print):
     """The training and evaluation transforms, normalised by the training set's statistics;
-    training=False (--eval-only): no training transform (None), and no PCA of the pixels."""
+    training=False (--eval-only): no training transform (None), and no PCA of the pixels.
+
+    A run records its statistics in cfg (mean, std, the PCA's axes). A resumed run, and
+    --eval-only, normalise by the recorded ones, as the network was trained; they are computed
+    again only to be compared (recorded_statistics): pixels that changed under the same file
+    names are refused on resume and said in a warning by --eval-only."""
     mean = train.channel_mean()
     std = train.channel_std(mean) if cfg["input_std"] else None
+    if cfg.get("mean") is not None:
+        mean, std = recorded_statistics(cfg, mean, std, training, say)
     cfg["mean"] = [float(v) for v in mean]
     cfg["std"] = None if std is None else [float(v) for v in std]
     eval_tf = tdata.EvalTransform(mean=mean, std=std, crops=cfg["eval_crops"])
@@ -530,16 +544,48 @@ def make_transforms(cfg, train, training=True):
         return None, eval_tf
     # PCA lighting along the principal colour axes of the training pixels, as the paper did on
     # ImageNet: for grey images (Fashion-MNIST) the only axis is R = G = B, a brightness change.
-    # Runs saved before this setting existed used ImageNet's axes.
+    # Runs saved before this setting existed used ImageNet's axes; runs saved before the axes
+    # were recorded compute them again (the same seeded sample of the same pixels).
     eigval = eigvec = None
     if cfg.get("lighting_pca", "imagenet") == "data" and cfg["lighting_std"] > 0:
-        eigval, eigvec = train.pca_lighting(seed=cfg["data_seed"])
+        if cfg.get("lighting_eigvec") is not None:
+            eigval = np.asarray(cfg["lighting_eigval"], np.float32)
+            eigvec = np.asarray(cfg["lighting_eigvec"], np.float32)
+        else:
+            eigval, eigvec = train.pca_lighting(seed=cfg["data_seed"])
         cfg["lighting_eigval"] = [float(v) for v in eigval]
+        cfg["lighting_eigvec"] = [[float(v) for v in row] for row in eigvec]
     train_tf = tdata.TrainTransform(mean=mean, std=std, lighting_std=cfg["lighting_std"],
                                     eigval=eigval, eigvec=eigvec, seed=cfg["seed"],
                                     flip=cfg.get("mirror", True),  # runs saved before it: mirrored
                                     random_crop=cfg.get("crop", "random") == "random")
     return train_tf, eval_tf
+
+
+def recorded_statistics(cfg, mean, std, training, say):
+    """The run's recorded (mean, std), as float32 arrays, after comparing them with `mean` and
+    `std` computed from the training images now. A move of more than STATISTICS_TOLERANCE grey
+    levels means the images changed under the same names (the data check, check_same_data,
+    compares names only): refused when training on (ConfigError), a warning for --eval-only,
+    which scores with the recorded ones."""
+    then = np.asarray(cfg["mean"], np.float32)
+    then_std = None if cfg.get("std") is None else np.asarray(cfg["std"], np.float32)
+    moved = float(np.max(np.abs(mean - then)))
+    if std is not None and then_std is not None:
+        moved = max(moved, float(np.max(np.abs(std - then_std))))
+    if moved > STATISTICS_TOLERANCE:
+        shown = lambda v: "[" + ", ".join(f"{x:.2f}" for x in v) + "]"  # noqa: E731
+        what = (f"the training images' channel means are {shown(mean)} now, the run recorded "
+                f"{shown(then)}" + (f" (deviations {shown(std)}, recorded {shown(then_std)})"
+                                    if std is not None and then_std is not None else "")
+                + f": {moved:.2f} grey levels apart, so the images changed under the same names")
+        if training:
+            raise ConfigError(f"--resume: the data is not what this run trained on: {what}. "
+                              f"Training on would go on over other pixels. Restore the images as "
+                              f"they were, or start a new run")
+        say(f"warning: {what}; the held-out images are normalised by the recorded statistics, "
+            f"as the network was trained")
+    return then, then_std
 
 
 # ----------------------------------------------------------------------------
@@ -874,7 +920,8 @@ class Run:
                                                  training=not args.eval_only)
         if self.main_rank:
             dist.barrier()     # ... then the others read its cache
-        self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only)
+        self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only,
+                                                      say=self.say)
         self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(
             tdata.stratified_subset_indices(self.val_set.labels, INTERIM_IMAGES, cfg["data_seed"])))
 

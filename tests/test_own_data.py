@@ -324,6 +324,113 @@ def test_folder_files_of_every_kind(tmp_path):
     assert np.all(np.abs(ds.images[3].astype(int) - (10, 20, 30)) <= 4)   # the .jfif
 
 
+def test_an_image_reached_from_two_classes_is_refused_and_a_repeat_kept_once(tmp_path):
+    """A link out of a class folder into another class (or up to the data's root) would learn
+    that class's images under two labels, and a split could put one copy on each side."""
+    d = animal_folder(tmp_path / "d", per_class=2)
+    os.symlink(d / "dog", d / "cat" / "puppies")
+    with pytest.raises(ValueError, match=r"2 image file\(s\) are reached from two class folders.*"
+                                         r"cat/puppies/000.png' \(class 'cat'\) and .*dog/000.png' \(class 'dog'\)"):
+        load_image_folders(d, val_fraction=0.5, size=8, cache_dir=tmp_path / "c")
+    os.unlink(d / "cat" / "puppies")
+    os.symlink(d, d / "fox" / "up")                               # a stray link to the root
+    with pytest.raises(ValueError, match="reached from two class folders"):
+        load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    os.unlink(d / "fox" / "up")
+    # a link to an image of its own class: the same image once, said out loud
+    os.symlink(d / "fox" / "000.png", d / "fox" / "again.png")
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) are reached twice.*fox/again.png"):
+        ds = load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_held_out_image_linked_from_training_is_refused(tmp_path):
+    d = tmp_path / "d"
+    animal_folder(d / "train", per_class=2)
+    animal_folder(d / "val", per_class=1)
+    os.symlink(d / "val" / "dog" / "000.png", d / "train" / "dog" / "seen.png")
+    with pytest.raises(ValueError, match=r"1 held-out image file\(s\).*are training images too "
+                                         r".*val/dog/000.png' is .*train/dog/seen.png'"):
+        load_image_folders(d, size=8, cache_dir=tmp_path / "c")
+
+
+def test_an_edit_that_keeps_size_and_time_is_decoded_again(tmp_path):
+    """exiftool -P, cp -p and tar x keep a file's modification time; its change time moves."""
+    d = animal_folder(tmp_path / "d", per_class=1)
+    first = load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    target = d / "cat" / "000.png"
+    st = os.stat(target)
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(tmp_path / "new.png")
+    assert os.path.getsize(tmp_path / "new.png") == st.st_size     # flat PNGs: the same size
+    with open(target, "r+b") as f:                                 # written in place
+        f.write((tmp_path / "new.png").read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))         # the old modification time
+    assert os.stat(target).st_mtime_ns == st.st_mtime_ns and os.path.getsize(target) == st.st_size
+    again = load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    assert first.images[0, 0, 0].tolist() == [200, 30, 30]
+    assert again.images[0, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_float_and_wide_integer_images_are_read_by_a_fixed_rule_or_refused(tmp_path):
+    d = tmp_path / "d"
+    pngs(d / "b", 1, (0, 0, 250))
+    (d / "a").mkdir()
+
+    def tif(name, values, mode="F"):
+        dtype = np.float32 if mode == "F" else np.int32
+        Image.fromarray(np.asarray(values, dtype), mode).save(d / "a" / name)
+
+    half = np.full((6, 6), 0.5)
+    tif("1_overshoot.tif", np.where(np.eye(6, dtype=bool), 1.01, half))    # 0..1, a little over
+    tif("2_dark.tif", np.full((6, 6), 40.0))                               # 0..255
+    tif("3_wild.tif", np.full((6, 6), 3000.0))                             # neither
+    tif("4_nan.tif", np.where(np.eye(6, dtype=bool), np.nan, half))
+    tif("5_int32.tif", np.full((6, 6), 70000), mode="I")                  # beyond 16 bits
+    tif("6_bytes.tif", np.full((6, 6), 200), mode="I")                    # 8-bit values, 32-bit file
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_image_folder(d, size=6, cache_dir=tmp_path / "c")
+    said = [str(w.message) for w in caught]
+    skipped = sorted(os.path.basename(p) for p in ds.skipped)
+    assert skipped == ["3_wild.tif", "4_nan.tif", "5_int32.tif"]
+    assert any("3_wild.tif" in m and "neither 0..1 nor 0..255" in m for m in said)
+    assert any("4_nan.tif" in m and "NaN" in m for m in said)
+    assert any("5_int32.tif" in m and "outside the 0..65535" in m for m in said)
+    # the warning about 8-bit values in a wide image names its file
+    assert any("6_bytes.tif" in m and "nearly black" in m for m in said)
+    overshoot, dark, wide = ds.images[0], ds.images[1], ds.images[2]
+    eye = np.eye(6, dtype=bool)
+    assert np.all(overshoot[eye] == 255) and np.all(overshoot[~eye] == 128)   # not 1 and 0
+    assert np.all(dark == 40)
+    assert np.all(wide == 1)                                       # 200 / 257, as it says
+
+
+def test_a_transparent_colour_becomes_white_in_grey_and_rgb_images_too(tmp_path):
+    d = tmp_path / "d"
+    pngs(d / "b", 1, (0, 0, 250))
+    (d / "a").mkdir()
+    Image.new("RGB", (6, 6), (10, 200, 30)).save(d / "a" / "rgb.png", transparency=(10, 200, 30))
+    Image.new("L", (6, 6), 77).save(d / "a" / "grey.png", transparency=77)
+    ds = load_image_folder(d, size=6, cache_dir=tmp_path / "c")
+    assert np.all(ds.images[:2] == 255)
+
+
+def test_a_cache_missing_unreadable_files_is_used_until_one_can_be_read(tmp_path, monkeypatch):
+    d = animal_folder(tmp_path / "d", per_class=2)
+    os.symlink(tmp_path / "unmounted.png", d / "dog" / "later.png")
+    with pytest.warns(UserWarning, match="later.png.*could not be read"):
+        load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    decoded = []
+    real = folder_module.decode_image
+    monkeypatch.setattr(folder_module, "decode_image", lambda *a: decoded.append(a) or real(*a))
+    with pytest.warns(UserWarning, match="could not be read when the cache.*later.png"):
+        assert len(load_image_folder(d, size=8, cache_dir=tmp_path / "c")) == 6
+    assert decoded == []                                           # the link still leads nowhere
+    Image.new("RGB", (12, 10), (9, 9, 9)).save(tmp_path / "unmounted.png")
+    ds = load_image_folder(d, size=8, cache_dir=tmp_path / "c")    # the disk is back
+    assert len(ds) == 7 and len(decoded) == 7
+
+
 def test_decoding_reports_progress(tmp_path):
     animal_folder(tmp_path / "d", per_class=2)
     calls = []

@@ -481,6 +481,23 @@ def test_resume_moves_device_keeps_towers_and_needs_the_same_data(prog, tmp_path
     os.remove(data / "train" / "a" / "new.jpg")
     os.utime(data / "val" / "b" / "000.jpg", (1e9, 1e9))  # a file's date is no change of the data
     assert prog.main(resume + ["--eval-only"]) is not None  # the data as it was: scored
+    # the training images re-exported darker under the same names: the names match, the pixels
+    # do not; a resumed run would go on with other inputs than it was normalised for
+    with open(out / "config.json") as f:
+        recorded = json.load(f)
+    for path in sorted((data / "train").rglob("0*.jpg")):
+        with Image.open(path) as im:
+            dark = (np.asarray(im.convert("RGB")) // 2).astype(np.uint8)
+        Image.fromarray(dark).save(path)
+    msg = run_error(prog, capsys, resume)
+    assert "the data is not what this run trained on: the training images' channel means are" in msg
+    assert f"the run recorded [{recorded['mean'][0]:.2f}, " in msg
+    capsys.readouterr()
+    assert prog.main(resume + ["--eval-only"]) is not None   # scored, with the recorded statistics
+    said = capsys.readouterr().out
+    assert "warning: the training images' channel means are" in said
+    assert "normalised by the recorded statistics" in said
+    assert recorded.get("lighting_eigvec") is None or len(recorded["lighting_eigvec"]) == 3
 
 
 @pytest.mark.slow

@@ -15,15 +15,22 @@ Every image is made AlexNet-ready once (ALEXNET.md, "Data"): converted to 8-bit 
 that its shorter side is `size` (256) and cut to the central size×size square. The result is
 stored as one uint8 .npy file (N, size, size, 3) in a cache folder and read back as a memory
 map, so later epochs and runs never decode a JPEG again. The cache's name is a hash of the file
-list with the files' sizes and modification times, the labels, `size` and (when the split is
-made here) the split's fraction and seed: adding, removing or editing an image makes a new cache.
+list with the files' sizes, modification and change times and inodes, the labels, `size` and
+(when the split is made here) the split's fraction and seed: adding, removing or editing an
+image makes a new cache, even an edit that keeps the file's size and modification time.
 
-Colour conversions: grey, bilevel, CMYK, YCbCr and palette images are converted by Pillow;
-16-bit and 32-bit integer images (modes "I;16", "I") are scaled from 0..65535 to 0..255 (Pillow's
-own conversion would clip them at 255); 32-bit float images (mode "F") whose values all lie in
-0..1 are scaled by 255, other float images are clipped to 0..255; images with transparency (RGBA,
-LA, PA, palette with a transparent colour) are composited on a WHITE background; EXIF orientation
-is applied; of an animated GIF/WebP the first frame is used.
+Colour conversions: grey, bilevel, CMYK, YCbCr and palette images are converted by Pillow (an
+ICC colour profile is not applied: the numbers are used as they are stored); 16-bit integer
+images (modes "I;16", and "I" holding 0..65535) are scaled from 0..65535 to 0..255 (Pillow's own
+conversion would clip them at 255), with a warning when all values lie below 256 (8-bit data in
+a 16-bit file comes out nearly black), and refused when they leave 0..65535; 32-bit float images
+(mode "F") are read as 0..1 if their values lie within 0..1 give or take 0.05, else as 0..255 if
+they lie within it, clipped (said when more than 0.1% of the values are), and refused otherwise
+or with NaN; images with transparency (RGBA, LA, PA, and palette, grey or RGB images with a
+transparent colour) are composited on a WHITE background; EXIF orientation is applied (the image
+as a viewer shows it); of an animated GIF/WebP or a multi-page TIFF the first frame is used; a
+large JPEG is shrunk by its decoder first (decode_image). Whatever Pillow warns about while
+decoding a file is said again naming the file.
 
 Bad files are skipped with a warning, never a crash, and the split (when made here) is made
 after decoding, among the images that could be read, so every class with two readable images
@@ -33,7 +40,8 @@ has one in each part. Two kinds of bad file are told apart:
                  cache (dataset.skipped), and the warning is repeated whenever the cache is used;
     unreadable   reading the file failed (OSError: a dangling link, no permission, an I/O
                  error): possibly passing, so never remembered as bad. A cache built while
-                 files were unreadable is rebuilt on the next load, which tries them again.
+                 files were unreadable is used as it is (with a warning naming them) until one
+                 of them can be opened again; then it is rebuilt.
 
 A class left without any readable image is an error, and so is a class folder that is a link
 to nothing (a disk that is not mounted): that class would be missing. When the split is made
@@ -80,7 +88,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".
 HELD_OUT_NAMES = ("val", "valid", "validation", "test")
 
 # Bump when decoding or the cache layout changes, so that caches of older code are not reused.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 def default_cache_dir():
@@ -119,10 +127,12 @@ def _image_files(folder):
     """The files under `folder`: sub-folders included, linked ones too (each real folder
     visited once, so a link loop ends), hidden ones skipped.
 
-    Returns: (images, others), sorted paths of the image files and of the other (non-hidden)
-    files, which the loader leaves out and reports.
+    Returns: (images, others, real), sorted paths of the image files and of the other
+    (non-hidden) files, which the loader leaves out and reports; real[i] is the path images[i]
+    leads to once every link is followed (a file reached twice through links has one real path).
     """
     images, others, visited = [], [], set()
+    real_of = {}
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(here)
         if real in visited:          # reached again through a link: already listed
@@ -131,9 +141,44 @@ def _image_files(folder):
         visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in files:
-            if not f.startswith("."):
-                (images if _is_image_name(f) else others).append(os.path.join(here, f))
-    return sorted(images), sorted(others)
+            if f.startswith("."):
+                continue
+            path = os.path.join(here, f)
+            if _is_image_name(f):
+                images.append(path)
+                real_of[path] = os.path.realpath(path) if os.path.islink(path) else os.path.join(real, f)
+            else:
+                others.append(path)
+    images.sort()
+    return images, sorted(others), [real_of[p] for p in images]
+
+
+def _one_file_once(paths, labels, reals, classes, func, stacklevel):
+    """Each image file once: a file reached twice in one class (through a link) is kept once,
+    with a warning; a file reached from two classes is refused (ValueError naming both paths),
+    as its image would be learnt under two labels, and land on both sides of a split.
+
+    Returns: (paths, labels, reals) without the repeats."""
+    first, keep, repeats, clashes = {}, [], [], []
+    for i, real in enumerate(reals):
+        j = first.setdefault(real, i)
+        if j == i:
+            keep.append(i)
+        elif labels[j] == labels[i]:
+            repeats.append(paths[i])
+        else:
+            clashes.append(f"{paths[j]!r} (class {classes[labels[j]]!r}) and {paths[i]!r} "
+                           f"(class {classes[labels[i]]!r})")
+    if clashes:
+        raise ValueError(f"{func}: {len(clashes)} image file(s) are reached from two class folders "
+                         f"(through links), so each would be learnt under two labels: "
+                         f"{'; '.join(clashes[:3])}{' and more' if len(clashes) > 3 else ''}. "
+                         f"Remove the links that lead out of a class folder into another")
+    if repeats:
+        warnings.warn(f"{func}: {len(repeats)} image file(s) are reached twice in their class "
+                      f"folder (through links) and used once: {_some(repeats)}",
+                      stacklevel=stacklevel + 1)
+    return [paths[i] for i in keep], [labels[i] for i in keep], [reals[i] for i in keep]
 
 
 def printable(text):
@@ -210,14 +255,17 @@ def _warn_loose_images(folder, files, func, expected, stacklevel):
                       stacklevel=stacklevel + 1)
 
 
-def scan_image_folder(root, func="load_image_folder"):
+def scan_image_folder(root, func="load_image_folder", with_real_paths=False):
     """List the images of root/<class>/.
 
     Returns: (paths, labels, classes): paths a list of str, labels (N,) int64 with
-        labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names.
+        labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names;
+        with_real_paths, a fourth item: each path with its links followed (os.path.realpath).
+        Each image file is listed once: one reached twice in its class through a link is kept
+        once (with a warning), one reached from two classes is refused.
     Raises FileNotFoundError if root is missing, ValueError if it has no class folders, only
     one, a class folder without image files (naming it), a link to nothing in place of a class
-    folder, or a class folder named like a split of the data that holds sub-folders instead of
+    folder, an image file reached from two class folders through links, or a class folder named like a split of the data that holds sub-folders instead of
     images (train/val/test in another spelling: SPLIT_NAMES).
     Warns (UserWarning) about the files left out: images lying directly in root, and files in
     the class folders that are no image type this loader reads (IMAGE_EXTENSIONS). Hidden files
@@ -247,15 +295,17 @@ def scan_image_folder(root, func="load_image_folder"):
     if len(classes) == 1:
         raise ValueError(f"{func}: {root!r} has a single class folder ({classes[0]!r}); "
                          f"classification needs at least two")
-    paths, labels, others = [], [], []
+    paths, labels, reals, others = [], [], [], []
     for label, name in enumerate(classes):
-        images, not_images = _image_files(os.path.join(root, name))
+        images, not_images, real = _image_files(os.path.join(root, name))
         if not images:
             raise ValueError(f"{func}: class folder {os.path.join(root, name)!r} contains no image "
                              f"files (looked for {', '.join(IMAGE_EXTENSIONS)})")
         paths += images
         labels += [label] * len(images)
+        reals += real
         others += not_images
+    paths, labels, reals = _one_file_once(paths, labels, reals, classes, func, stacklevel=3)
     # Said once per load, like the files skipped when the cache was built.
     _warn_loose_images(root, files, func, f"{os.path.join(printable(root), '<class>')}/...",
                        stacklevel=3)
@@ -268,6 +318,8 @@ def scan_image_folder(root, func="load_image_folder"):
         warnings.warn(f"{func}: {len(others)} file(s) in the class folders of {root!r} left out: "
                       f"not an image type this loader reads ({counts}): {_some(others)}",
                       stacklevel=3)
+    if with_real_paths:
+        return paths, np.array(labels, dtype=np.int64), classes, reals
     return paths, np.array(labels, dtype=np.int64), classes
 
 
@@ -337,24 +389,60 @@ def find_layout(data_dir, func="find_layout"):
 # ------------------------------------------------------------------------------------------
 
 def _to_rgb(image):
-    """Any Pillow image -> 8-bit "RGB" (see the module docstring for the rules)."""
+    """Any Pillow image -> 8-bit "RGB" (see the module docstring for the rules). Raises
+    ValueError for a float or 32-bit image whose values fit no known range; warns (UserWarning)
+    about a wide image that would come out nearly black, or float values clipped."""
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")   # one transparent colour (a palette entry, a grey or RGB value)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit integer grey: scale 0..65535 to 0..255 ourselves (Pillow would clip).
+        # 16-bit (or 32-bit holding 16-bit) integer grey: 0..65535 to 0..255 (Pillow would clip)
         values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), "L")
+        lo, hi = (values.min(), values.max()) if values.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"a {image.mode} image with values from {lo:g} to {hi:g}, outside the "
+                             f"0..65535 this loader scales to 0..255; save it as 8 or 16-bit")
+        if 0 < hi <= 255:
+            warnings.warn(f"a {image.mode} image whose values all lie in 0..{hi:g}: scaled from "
+                          f"0..65535, it comes out nearly black (if it holds 8-bit values, save "
+                          f"it as an 8-bit image)")
+        image = Image.fromarray((values / 257.0).round().astype(np.uint8), "L")
     elif image.mode == "F":
-        # float grey: 0..1 (the usual convention of float images) or already 0..255
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+        image = Image.fromarray(_float_to_bytes(np.asarray(image, dtype=np.float64)), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return image.convert("RGB")
+
+
+# How far a float image's values may overshoot 0..1 (or 0..255, by half a grey level) and still
+# be read in that range, clipped: resampling and filtering leave such overshoots.
+_FLOAT_SLACK = 0.05
+
+
+def _float_to_bytes(values):
+    """A float grey image -> uint8. Its values must lie in 0..1 (the usual convention of float
+    images, scaled by 255) or else in 0..255, either with a little slack, clipped; the range is
+    told from the values, so an image of 0..255 whose values are all below 1.05 is read as
+    0..1. NaN, infinities or values in neither range raise ValueError."""
+    if values.size == 0:
+        return values.astype(np.uint8)
+    if not np.isfinite(values).all():
+        raise ValueError(f"a float (F) image with {np.count_nonzero(~np.isfinite(values))} NaN or "
+                         f"infinite pixel(s): no grey level can stand for them")
+    lo, hi = values.min(), values.max()
+    if lo >= -_FLOAT_SLACK and hi <= 1 + _FLOAT_SLACK:
+        top, scale = 1.0, 255.0
+    elif lo >= -0.5 and hi <= 255.5:
+        top, scale = 255.0, 1.0
+    else:
+        raise ValueError(f"a float (F) image with values from {lo:g} to {hi:g}, in neither 0..1 "
+                         f"nor 0..255; save it as an 8 or 16-bit image")
+    clipped = np.count_nonzero((values < 0) | (values > top))
+    if clipped > values.size // 1000:
+        warnings.warn(f"a float (F) image read as 0..{top:g}: {clipped} of its {values.size} "
+                      f"values (from {lo:g} to {hi:g}) lie outside and are clipped")
+    return (np.clip(values, 0, top) * scale).round().astype(np.uint8)
 
 
 def decode_image(source, size=256):
@@ -365,7 +453,11 @@ def decode_image(source, size=256):
         size: output side in pixels.
     Returns: (size, size, 3) uint8 RGB, values 0..255: the image rescaled (bilinear, with
         anti-aliasing when shrinking) so that its SHORTER side is `size`, then its central
-        size×size square. Raises OSError/ValueError (from Pillow) if it cannot be decoded.
+        size×size square. A JPEG of more than twice that size is first shrunk by its decoder,
+        by 1/2, 1/4 or 1/8 in the DCT (as far as keeps at least size×size), so its pixels differ
+        by a few grey levels from a full decode resized bilinearly: code that prepares images
+        for a trained network elsewhere should call this function. Raises OSError/ValueError
+        (from Pillow, or _to_rgb) if it cannot be decoded.
     """
     with Image.open(source) as image:
         # For JPEGs, let the decoder shrink by 1/2, 1/4 or 1/8 while decoding (much faster for
@@ -380,6 +472,15 @@ def decode_image(source, size=256):
     image = image.resize((size, size), Image.BILINEAR,
                          box=(left, top, left + side, top + side))
     return np.asarray(image, dtype=np.uint8)
+
+
+def _can_read(path):
+    """True if the file `path` opens for reading now."""
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
 
 
 def _read_file(path):
@@ -466,7 +567,9 @@ def _cache_key(paths, labels, classes, size, split):
     for path, label in zip(paths, labels.tolist()):
         try:
             st = os.stat(path)
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+            # the change time too: an edit that keeps the size and the modification time (an EXIF
+            # tool's -P, cp -p, tar x) still changes it, as only the kernel sets it
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
         except OSError:
             stamp = "missing"
         # os.fsencode, not str.encode: a file name that is not valid UTF-8 (b"caf\xe9.jpg" from
@@ -495,12 +598,16 @@ def _decode_all(paths, size, images, func, progress):
             unreadable.append(path)
         else:
             try:
-                images[len(kept)] = decode_image(io.BytesIO(raw), size)
+                with warnings.catch_warnings(record=True) as said:   # Pillow's, _to_rgb's
+                    warnings.simplefilter("always")
+                    images[len(kept)] = decode_image(io.BytesIO(raw), size)
                 kept.append(i)
             except Exception as exc:            # corrupt, truncated, unsupported content
                 warnings.warn(f"{func}: skipping unreadable image {path!r} "
                               f"({type(exc).__name__}: {exc})", stacklevel=5)
                 corrupt.append(path)
+            for w in said:                      # said again, naming the file
+                warnings.warn(f"{func}: {path!r}: {w.message}", w.category, stacklevel=5)
         if progress is not None:
             progress(i + 1, len(paths))
     return kept, corrupt, unreadable
@@ -598,7 +705,8 @@ def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progr
     os.makedirs(cache_dir, exist_ok=True)
     folder = os.path.join(cache_dir, "folder-" + _cache_key(paths, labels, classes, size, split))
     meta = load_json(os.path.join(folder, "meta.json"))
-    reuse = meta is not None and not (retry_unreadable and meta.get("unreadable"))
+    # a cache built while files could not be read is built again once one of them can be
+    reuse = meta is not None and not (retry_unreadable and any(map(_can_read, meta.get("unreadable") or [])))
     if reuse:
         if meta["skipped"]:
             warnings.warn(f"{func}: {len(meta['skipped'])} file(s) were skipped when the cache "
@@ -744,8 +852,16 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                            f"{os.path.join(printable(data_dir), 'train', '<class>')}/...",
                            stacklevel=2)
     if layout["val"] is not None:
-        train_paths, train_labels, classes = scan_image_folder(layout["train"], func)
-        val_paths, val_labels, val_classes = scan_image_folder(layout["val"], func)
+        train_paths, train_labels, classes, train_real = scan_image_folder(layout["train"], func, True)
+        val_paths, val_labels, val_classes, val_real = scan_image_folder(layout["val"], func, True)
+        both = sorted(set(train_real) & set(val_real))
+        if both:
+            val_path, train_path = dict(zip(val_real, val_paths)), dict(zip(train_real, train_paths))
+            shown = "; ".join(f"{val_path[r]!r} is {train_path[r]!r}" for r in both[:3])
+            raise ValueError(f"{func}: {len(both)} held-out image file(s) in {layout['val']!r} are "
+                             f"training images too (reached through links): {shown}"
+                             f"{' and more' if len(both) > 3 else ''}. A held-out image the "
+                             f"network trained on makes its score a lie; remove the links")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
