@@ -1,4 +1,4 @@
-"""The paper's AlexNet (tinynet.models.AlexNet) against the facts of ALEXNET.md, and its checkpoints.
+"""The paper's AlexNet (tinynet.models.AlexNet) against the facts of the paper (docs/alexnet.md), and its checkpoints.
 
 Building a full AlexNet draws ~61M random numbers (a few seconds on 2 cores), so the big models
 are module-scoped fixtures; tests that change a fixture's weights put them back.
@@ -17,7 +17,7 @@ from tinynet.checkpoint import load_checkpoint, restore, save_checkpoint
 from tinynet.models import AlexNet
 from tinynet.optim import SGD
 
-# ALEXNET.md, "The network": parameters per layer with groups 2 in conv2, conv4, conv5
+# the paper's network: parameters per layer with groups 2 in conv2, conv4, conv5
 LAYER_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936,
                 "conv5": 442_624, "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
 TOTAL_PARAMS = 60_965_224

@@ -1,4 +1,4 @@
-"""tinynet.summary: AlexNet's numbers exactly as ALEXNET.md gives them, a small Sequential
+"""tinynet.summary: AlexNet's numbers exactly as the paper's network has them, a small Sequential
 worked by hand, a functional model with groups, the two-tower model, and the errors."""
 
 import io
@@ -13,7 +13,7 @@ from tinynet import nn
 from tinynet.models import AlexNet, TwoTowerAlexNet
 from tinynet.summary import collect_summary, format_summary
 
-# ALEXNET.md, "Cost, per image" and "Parameters"
+# the paper's network: multiply-adds per image and parameters
 MACS = OrderedDict(conv1=105_415_200, conv2=223_948_800, conv3=149_520_384, conv4=112_140_288,
                    conv5=74_760_192, fc6=37_748_736, fc7=16_777_216, fc8=4_096_000)
 MACS_IN_MILLIONS = [105.4, 223.9, 149.5, 112.1, 74.8, 37.7, 16.8, 4.1]

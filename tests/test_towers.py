@@ -64,7 +64,7 @@ def test_split_equals_grouped_forward_and_backward(pair, train):
     np.testing.assert_allclose(logits_s, logits_g, rtol=1e-10, atol=1e-12)
     for key, g in grads_g.items():
         np.testing.assert_allclose(grads_s[key], g, rtol=1e-8, atol=1e-10 * np.abs(g).max(), err_msg=key)
-    # traffic per image (ALEXNET.md): conv3 128*13*13*4 each way, fc6 4608*4, fc7 and fc8 2048*4
+    # traffic per image (the paper's towers): conv3 128*13*13*4 each way, fc6 4608*4, fc7 and fc8 2048*4
     n, f4 = 2, 8  # float64
     per_direction = n * f4 * (128 * 13 * 13 + 4608 + 2048 + 2048)
     logits_bytes = n * f4 * 5

@@ -316,7 +316,7 @@ def test_two_towers_train_like_the_grouped_model(prog, cache_dir, tmp_path, caps
 def test_two_towers_report_their_traffic(prog, cache_dir, tmp_path, capsys):
     prog.main(tiny_args(tmp_path / "t", cache_dir, "--towers", "2"))
     printed = capsys.readouterr().out
-    # per image and direction (ALEXNET.md): 128*13*13 floats into conv3, 4608 into fc6, 2048 into
+    # per image and direction (the paper's towers): 128*13*13 floats into conv3, 4608 into fc6, 2048 into
     # fc7 and fc8, each way; plus tower 1's half of the logits (5 of 10 classes) gathered on tower 0
     per_image = 2 * 4 * (128 * 13 * 13 + 4608 + 2048 + 2048) + 4 * 5
     assert f"cross-tower traffic per step: {2 * per_image:,} B forward, {2 * per_image:,} B backward" in printed

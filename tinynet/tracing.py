@@ -70,7 +70,7 @@ def _ops(n):
 
 
 def _megabytes(nbytes):
-    """4392300 -> '4.4 MB' (decimal megabytes, as ALEXNET.md); small sizes in bytes."""
+    """4392300 -> '4.4 MB' (decimal megabytes); small sizes in bytes."""
     return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes:,} bytes"
 
 

@@ -1,4 +1,4 @@
-"""tinynet.data: the data pipeline of AlexNet (ALEXNET.md, "Data"), in NumPy and Pillow.
+"""tinynet.data: the data pipeline of AlexNet (docs/alexnet.md, "Data"), in NumPy and Pillow.
 
 Data sets (all return ArrayDataset: images (N, H, W, C) uint8 0..255, labels (N,) int64):
     make_shapes            procedural shapes, classes that differ only in shape (cached .npy)

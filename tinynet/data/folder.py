@@ -11,7 +11,7 @@ another spelling (Train/, Val/, training/, testing/, val_set/: SPLIT_NAMES) that
 and no images is refused: read as a class folder, the classes inside it would be merged into
 one class, and the network would learn "training vs held-out images" without a word.
 
-Every image is made AlexNet-ready once (ALEXNET.md, "Data"): converted to 8-bit RGB, rescaled so
+Every image is made AlexNet-ready once (docs/alexnet.md, "Data"): converted to 8-bit RGB, rescaled so
 that its shorter side is `size` (256) and cut to the central size×size square. The result is
 stored as one uint8 .npy file (N, size, size, 3) in a cache folder and read back as a memory
 map, so later epochs and runs never decode a JPEG again. The cache's name is a hash of the file

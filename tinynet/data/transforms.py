@@ -15,7 +15,7 @@ with `mean` (3,) the per-channel mean RGB in 0..255 (ArrayDataset.channel_mean()
 `lighting` (3,) the per-image PCA colour offset, computed in [0, 1] pixel units like the
 eigenvalue constants and therefore multiplied by 255.
 
-Geometry (ALEXNET.md, "Data"): images are `size`×`size` (256) after the data set's rescaling;
+Geometry (docs/alexnet.md, "Data"): images are `size`×`size` (256) after the data set's rescaling;
 training takes a random `crop`×`crop` (227) window and mirrors it left-right with p = 0.5;
 evaluation takes the centre window, or it and its mirror, or ten windows (4 corners + centre,
 each also mirrored).
@@ -38,7 +38,7 @@ from .dataset import check_images, check_int, check_rgb
 # The default `mean`; pass dataset.channel_mean() to use your own data's.
 IMAGENET_MEAN = (123.68, 116.779, 103.939)
 
-# PCA of ImageNet RGB pixel values in [0, 1] units (fb.resnet.torch, ALEXNET.md):
+# PCA of ImageNet RGB pixel values in [0, 1] units (fb.resnet.torch):
 # eigenvalues λ and eigenvectors as COLUMNS (rows R, G, B).
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
 IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
@@ -227,7 +227,7 @@ class EvalTransform:
             10: output (N, 10, 3, crop, crop) with crops in Caffe's order: 0 top-left,
             1 top-right, 2 bottom-left, 3 bottom-right, 4 centre, then 5..9 the same five mirrored
             left-right.
-            With 2 or 10, average the network's softmax over axis 1 (ALEXNET.md).
+            With 2 or 10, average the network's softmax over axis 1 (docs/alexnet.md, "Data").
         ten_crop: True is crops=10 (the older spelling).
 
     Call: transform(images, indices=None, epoch=None) -> float32 C-contiguous, images
