@@ -41,9 +41,24 @@ def test_a_series_like_another_is_drawn_as_rings_in_its_colour(tmp_path):
                       "final error %": ([200], [50.0], "error %")})], width=400, panel_height=300)
     px = Image.open(path).convert("RGB").load()
     blue = (31, 119, 180)
-    # the axis runs 0..200 and 20..80 (ticks), the plot from x=80 to 370 and y=30 to 245:
-    # the ring's centre is (370, 137.5); its outline, 6 px out, is blue; its inside is not
-    assert px[370 - 6, 137] == blue or px[370 - 5, 137] == blue
-    assert px[370 - 2, 137] != blue
-    # and no line runs from the curve's end (225, 30) to the ring: the middle of that segment
-    assert px[297, 84] != blue
+    # the legend (115 px wide) stands right of the plot, which runs from x=80 to 400-30-115-12=243
+    # and y=30 to 245; the axes 0..200 and 20..80 (ticks) put the ring's centre at (243, 137.5):
+    # its outline, 6 px out, is blue; its inside is not
+    assert px[243 - 6, 137] == blue or px[243 - 5, 137] == blue
+    assert px[243 - 2, 137] != blue
+    # and no line runs from the curve's end (161.5, 245) to the ring: the middle of that segment
+    assert px[202, 191] != blue
+
+
+def test_the_legend_hides_no_data(tmp_path):
+    """A final score near 100% sits in the plot's top-right corner, where a legend inside the
+    plot would stand: the legend stands right of the plot instead."""
+    path = line_chart(str(tmp_path / "l.png"), [
+        ("accuracy", {"accuracy %": ([0, 100], [10.0, 60.0]),
+                      "final accuracy %": ([180], [95.0], "accuracy %")})], width=800, panel_height=300)
+    px = Image.open(path).convert("RGB").load()
+    blue = (31, 119, 180)
+    # the legend is 136 px wide: the plot runs from x=80 to 800-30-136-12=622, y=30 to 245; the
+    # axes 0..200 and 0..100 put the ring's centre at (567.8, 40.75), its outline 6 px out
+    assert any(px[x, 41] == blue for x in range(559, 565))
+    assert px[634 + 60, 30] != (255, 255, 255) and px[622 + 6, 100] == (255, 255, 255)  # the box, outside

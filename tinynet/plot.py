@@ -5,8 +5,9 @@ each panel is (title, {series name: (xs, ys)}) or (title, series, labels)
 with ``labels = dict(x="step", y="error (%)")`` for the axis labels (give
 the units).  A series given as (xs, ys, like) is drawn as rings, unjoined,
 in the colour of the series named ``like``: a measurement of another kind
-beside a curve (a final score on more images).  Ticks fall on round values (1, 2 or 5 x 10^k apart) and the
-legend sits inside the plot.  Enough for training curves.
+beside a curve (a final score on more images).  Ticks fall on round values
+(1, 2 or 5 x 10^k apart); each panel's legend stands right of its plot,
+where it hides no data.  Enough for training curves.
 """
 
 import math
@@ -51,8 +52,11 @@ def line_chart(path, panels, width=800, panel_height=300):
         title, series = panel[0], panel[1]
         labels = panel[2] if len(panel) > 2 else {}
         top = p * panel_height
+        # the legend stands right of the plot, where it hides no data
+        names = list(series)
+        box_w, box_h = 24 + 7 * max((len(n) for n in names), default=0), 16 * len(names) + 4
         x0, y0 = margin_l, top + margin_t
-        x1, y1 = width - margin_r, top + panel_height - margin_b
+        x1, y1 = width - margin_r - box_w - 12, top + panel_height - margin_b
         # a NaN or infinite value (a loss that overflowed) has no place on the axis: not drawn
         points = [(x, y) for xs, ys, *_ in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
         draw.text((x0, top + 8), title, fill="black")
@@ -93,11 +97,8 @@ def line_chart(path, panels, width=800, panel_height=300):
                 draw.line(pts, fill=colour, width=2)
             for px, py in pts if len(pts) < 40 else []:
                 draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        # the legend, inside the plot's top-right corner, on a white box
-        names = list(series)
-        box_w = 24 + 7 * max(len(n) for n in names)
-        lx, ly = x1 - box_w - 8, y0 + 8
-        draw.rectangle([lx, ly, x1 - 8, ly + 16 * len(names) + 4], fill="white", outline=(180, 180, 180))
+        lx, ly = x1 + 12, y0
+        draw.rectangle([lx, ly, lx + box_w, ly + box_h], fill="white", outline=(180, 180, 180))
         for i, name in enumerate(names):
             colour, cy = colour_of[name], ly + 10 + 16 * i
             if len(series[name]) > 2:

@@ -265,8 +265,9 @@ def scan_image_folder(root, func="load_image_folder", with_real_paths=False):
         once (with a warning), one reached from two classes is refused.
     Raises FileNotFoundError if root is missing, ValueError if it has no class folders, only
     one, a class folder without image files (naming it), a link to nothing in place of a class
-    folder, an image file reached from two class folders through links, or a class folder named like a split of the data that holds sub-folders instead of
-    images (train/val/test in another spelling: SPLIT_NAMES).
+    folder, an image file reached from two class folders through links, or a class folder
+    named like a split of the data that holds sub-folders instead of images (train/val/test in
+    another spelling: SPLIT_NAMES).
     Warns (UserWarning) about the files left out: images lying directly in root, and files in
     the class folders that are no image type this loader reads (IMAGE_EXTENSIONS). Hidden files
     are left out without a word.
