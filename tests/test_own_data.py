@@ -344,6 +344,14 @@ def test_an_image_reached_from_two_classes_is_refused_and_a_repeat_kept_once(tmp
     assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_a_zip_files_mac_metadata_folder_is_named_for_what_it_is(tmp_path):
+    d = animal_folder(tmp_path / "d", per_class=1)
+    (d / "__MACOSX" / "cat").mkdir(parents=True)
+    (d / "__MACOSX" / "cat" / "._000.png").write_bytes(b"\0\5\26\7")
+    with pytest.raises(ValueError, match="__MACOSX' contains no image files.*unpacked zip file.*delete it"):
+        load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+
+
 def test_a_held_out_image_linked_from_training_is_refused(tmp_path):
     d = tmp_path / "d"
     animal_folder(d / "train", per_class=2)

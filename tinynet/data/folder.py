@@ -300,8 +300,10 @@ def scan_image_folder(root, func="load_image_folder", with_real_paths=False):
     for label, name in enumerate(classes):
         images, not_images, real = _image_files(os.path.join(root, name))
         if not images:
+            mac = (" (__MACOSX holds the Mac's metadata of an unpacked zip file, not a class: "
+                   "delete it)" if name == "__MACOSX" else "")
             raise ValueError(f"{func}: class folder {os.path.join(root, name)!r} contains no image "
-                             f"files (looked for {', '.join(IMAGE_EXTENSIONS)})")
+                             f"files (looked for {', '.join(IMAGE_EXTENSIONS)}){mac}")
         paths += images
         labels += [label] * len(images)
         reals += real
