@@ -15,7 +15,7 @@ steps, changing one thing:
 Pooling 2/2 gives the same sizes as 3/2 here (55 -> 27 -> 13 -> 6), so only the overlap
 changes.  It prints a table and draws the training-error curves to ablations.png.
 
-    python examples/ablations.py                 # 5 arms x 400 steps of 16 images: ~27 minutes on 2 cores
+    python examples/ablations.py                 # 5 arms x 400 steps of 16 images: ~16 minutes on 2 cores
     python examples/ablations.py --steps 40 --arms baseline tanh     # a quicker look
 """
 

@@ -507,7 +507,10 @@ def check_same_data(cfg, train, val, say):
             f"{len(train)} training / {len(val)} held-out images in {train.num_classes} classes, "
             f"and the {' and the '.join(differ)} set differ(s) from the run's (fingerprints "
             f"{now} against {recorded}). Its held-out images could be images it trained on, "
-            f"and training would go on over other images. Restore the data as it was, or "
+            f"and training would go on over other images (or the loader of this version of "
+            f"tinynet reads the folder otherwise than the one that made the run: it uses a file "
+            f"reached twice through links once, and refuses files it cannot scale). Restore the "
+            f"data as it was, or "
             f"start a new run")
     if recorded is None and cfg.get("classes") is not None:  # a checkpoint of an older version
         if list(train.classes) != list(cfg["classes"]):
@@ -523,6 +526,25 @@ def check_same_data(cfg, train, val, say):
 # mean by hundredths of a level; images edited under the same names (re-exported darker, say)
 # move it by whole levels.
 STATISTICS_TOLERANCE = 0.5
+
+
+def check_ranks_same_data(train, val, ranks, main_rank):
+    """Data parallel: every rank must read the same images, as each trains on its share of one
+    list. The other ranks open the cache rank 0 just built, found by the same key; where their
+    file system shows the files otherwise (another machine's copy of the data, a mount that
+    gives other change times), they decode the folder themselves and could list other files.
+    So the ranks compare their sets' fingerprints (data_fingerprint) with rank 0's, and a
+    difference stops every rank (ConfigError) instead of training on shards of two lists."""
+    if ranks == 1:
+        return
+    digest = hashlib.sha256((data_fingerprint(train) + data_fingerprint(val)).encode()).hexdigest()
+    mine = float(int(digest[:12], 16))       # 48 bits: exact in a float64 sum
+    total = dist.allreduce_sum([mine if main_rank else 0.0])
+    differs = dist.allreduce_sum([mine != total[0]])
+    if differs[0]:
+        raise ConfigError(f"data parallel: {int(differs[0])} of {ranks} rank(s) read other images than "
+                          f"rank 0 ({len(train)} training / {len(val)} held-out images here); give "
+                          f"every rank the same data folder, as rank 0 sees it, and one --cache-dir")
 
 
 def make_transforms(cfg, train, training=True, say=print):
@@ -570,15 +592,16 @@ def recorded_statistics(cfg, mean, std, training, say):
     which scores with the recorded ones."""
     then = np.asarray(cfg["mean"], np.float32)
     then_std = None if cfg.get("std") is None else np.asarray(cfg["std"], np.float32)
-    moved = float(np.max(np.abs(mean - then)))
+    shown = lambda v: "[" + ", ".join(f"{x:.2f}" for x in v) + "]"  # noqa: E731
+    moves = [("channel means", float(np.max(np.abs(mean - then))), mean, then)]
     if std is not None and then_std is not None:
-        moved = max(moved, float(np.max(np.abs(std - then_std))))
-    if moved > STATISTICS_TOLERANCE:
-        shown = lambda v: "[" + ", ".join(f"{x:.2f}" for x in v) + "]"  # noqa: E731
-        what = (f"the training images' channel means are {shown(mean)} now, the run recorded "
-                f"{shown(then)}" + (f" (deviations {shown(std)}, recorded {shown(then_std)})"
-                                    if std is not None and then_std is not None else "")
-                + f": {moved:.2f} grey levels apart, so the images changed under the same names")
+        moves.append(("channel deviations", float(np.max(np.abs(std - then_std))), std, then_std))
+    moved = [(name, by, v, w) for name, by, v, w in moves if by > STATISTICS_TOLERANCE]
+    if moved:
+        what = "; ".join(f"the training images' {name} are {shown(v)} now, the run recorded "
+                         f"{shown(w)} ({by:.2f} grey levels apart)" for name, by, v, w in moved)
+        what += (": the images changed under the same names, or this version of tinynet decodes "
+                 "them otherwise than the one that made the run")
         if training:
             raise ConfigError(f"--resume: the data is not what this run trained on: {what}. "
                               f"Training on would go on over other pixels. Restore the images as "
@@ -920,6 +943,7 @@ class Run:
                                                  training=not args.eval_only)
         if self.main_rank:
             dist.barrier()     # ... then the others read its cache
+        check_ranks_same_data(self.train_set, self.val_set, self.ranks, self.main_rank)
         self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only,
                                                       say=self.say)
         self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(

@@ -424,19 +424,90 @@ def test_a_transparent_colour_becomes_white_in_grey_and_rgb_images_too(tmp_path)
 
 
 def test_a_cache_missing_unreadable_files_is_used_until_one_can_be_read(tmp_path, monkeypatch):
+    """A file that fails to read (a bad sector: it opens, then EIO) leaves the cache without it;
+    the cache is used as it is while the file still fails, and built again once it reads."""
     d = animal_folder(tmp_path / "d", per_class=2)
-    os.symlink(tmp_path / "unmounted.png", d / "dog" / "later.png")
-    with pytest.warns(UserWarning, match="later.png.*could not be read"):
-        load_image_folder(d, size=8, cache_dir=tmp_path / "c")
+    flaky = str(d / "dog" / "001.png")
+    real_read, real_decode = folder_module._read_file, folder_module.decode_image
+    broken = [True]
+
+    def read(path):
+        if path == flaky and broken[0]:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_read(path)
     decoded = []
-    real = folder_module.decode_image
-    monkeypatch.setattr(folder_module, "decode_image", lambda *a: decoded.append(a) or real(*a))
-    with pytest.warns(UserWarning, match="could not be read when the cache.*later.png"):
+    monkeypatch.setattr(folder_module, "_read_file", read)
+    monkeypatch.setattr(folder_module, "decode_image", lambda *a: decoded.append(a) or real_decode(*a))
+    with pytest.warns(UserWarning, match="001.png.*could not be read"):
+        assert len(load_image_folder(d, size=8, cache_dir=tmp_path / "c")) == 5
+    decoded.clear()
+    with pytest.warns(UserWarning, match="could not be read when the cache.*001.png"):
+        assert len(load_image_folder(d, size=8, cache_dir=tmp_path / "c")) == 5
+    assert decoded == []                                           # still failing: not decoded again
+    broken[0] = False                                              # the sector is read at last
+    assert len(load_image_folder(d, size=8, cache_dir=tmp_path / "c")) == 6
+    assert len(decoded) == 6
+
+
+def test_decoding_warnings_are_said_once_per_kind_with_the_files(tmp_path):
+    d = tmp_path / "d"
+    pngs(d / "b", 1, (0, 0, 250))
+    (d / "a").mkdir()
+    for name in ("x.png", "y.png"):                                # 8-bit values in 16-bit files
+        Image.fromarray(np.full((6, 6), 200, np.uint16)).save(d / "a" / name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image_folder(d, size=6, cache_dir=tmp_path / "c")
+    said = [str(w.message) for w in caught if "nearly black" in str(w.message)]
+    assert len(said) == 1
+    assert "2 image(s) decoded with a warning" in said[0] and "x.png" in said[0] and "y.png" in said[0]
+
+
+def test_resampled_float_images_keep_their_range(tmp_path):
+    """A bicubic or Lanczos resize overshoots a 0..1 image to about -0.13..1.25, and a 0..255
+    one to about -33..318: clipped, each in its own range, not read as the other or dropped."""
+    d = tmp_path / "d"
+    pngs(d / "b", 1, (0, 0, 250))
+    (d / "a").mkdir()
+    ring = np.full((6, 6), 0.5)
+    ring[0, 0], ring[0, 1] = 1.25, -0.13
+    Image.fromarray(ring.astype(np.float32), "F").save(d / "a" / "1.tif")
+    Image.fromarray((ring * 255).astype(np.float32), "F").save(d / "a" / "2.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_image_folder(d, size=6, cache_dir=tmp_path / "c")
+    said = sorted(str(w.message) for w in caught)
+    assert len(said) == 2
+    assert "1 image(s) decoded with a warning: float (F) images read as 0..1, " in said[0] and "1.tif" in said[0]
+    assert "read as 0..255, more than 0.1% of their values outside that range, clipped" in said[1]
+    assert ds.skipped == []
+    for image in ds.images[:2]:
+        assert image[0, 0, 0] == 255 and image[0, 1, 0] == 0 and np.all(image[1:] == 128)
+
+
+def test_a_hard_link_is_the_same_file(tmp_path):
+    d = animal_folder(tmp_path / "d", per_class=2)
+    os.link(d / "fox" / "000.png", d / "fox" / "again.png")
+    with pytest.warns(UserWarning, match=r"reached twice in their class folder \(through links, or hard "):
         assert len(load_image_folder(d, size=8, cache_dir=tmp_path / "c")) == 6
-    assert decoded == []                                           # the link still leads nowhere
-    Image.new("RGB", (12, 10), (9, 9, 9)).save(tmp_path / "unmounted.png")
-    ds = load_image_folder(d, size=8, cache_dir=tmp_path / "c")    # the disk is back
-    assert len(ds) == 7 and len(decoded) == 7
+    s = tmp_path / "s"
+    animal_folder(s / "train", per_class=2)
+    animal_folder(s / "val", per_class=1)
+    os.link(s / "val" / "cat" / "000.png", s / "train" / "cat" / "seen.png")
+    with pytest.raises(ValueError, match="are training images too.*copy them into the held-out folder"):
+        load_image_folders(s, size=8, cache_dir=tmp_path / "c")
+
+
+def test_bilevel_and_16_bit_images_with_a_transparent_value_become_white(tmp_path):
+    d = tmp_path / "d"
+    pngs(d / "b", 1, (0, 0, 250))
+    (d / "a").mkdir()
+    Image.new("1", (6, 6), 0).save(d / "a" / "bits.png", transparency=0)
+    Image.fromarray(np.full((6, 6), 1000, np.uint16)).save(d / "a" / "deep.png", transparency=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_image_folder(d, size=6, cache_dir=tmp_path / "c")
+    assert np.all(ds.images[:2] == 255)
 
 
 def test_decoding_reports_progress(tmp_path):

@@ -62,3 +62,8 @@ def test_the_legend_hides_no_data(tmp_path):
     # axes 0..200 and 0..100 put the ring's centre at (567.8, 40.75), its outline 6 px out
     assert any(px[x, 41] == blue for x in range(559, 565))
     assert px[634 + 60, 30] != (255, 255, 255) and px[622 + 6, 100] == (255, 255, 255)  # the box, outside
+
+
+def test_long_series_names_do_not_break_the_chart(tmp_path):
+    path = line_chart(str(tmp_path / "n.png"), [("p", {"x" * 120: ([0, 1], [0.0, 1.0])})], width=400)
+    assert Image.open(path).size == (400, 300)

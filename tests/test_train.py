@@ -432,6 +432,44 @@ def test_val_fraction_is_refused_for_a_folder_of_fashion_mnist_files(prog, tmp_p
     assert "holds Fashion-MNIST's files, which come with their own held-out (test) images" in msg
 
 
+def test_recorded_statistics_name_what_moved(prog):
+    cfg = dict(mean=[100.0, 100.0, 100.0], std=[50.0, 50.0, 50.0])
+    mean = np.full(3, 100.0, np.float32)
+    said = []
+    # within half a grey level: the recorded values, bit for bit, and no word
+    m, s = prog.recorded_statistics(cfg, mean + 0.4, np.full(3, 50.3, np.float32), True, said.append)
+    assert m.tolist() == [100.0] * 3 and s.tolist() == [50.0] * 3 and said == []
+    # only the deviations moved: the message says so, and not that the means did
+    with pytest.raises(prog.ConfigError) as e:
+        prog.recorded_statistics(cfg, mean, np.full(3, 60.0, np.float32), True, said.append)
+    assert "channel deviations are [60.00, 60.00, 60.00] now, the run recorded [50.00, 50.00, 50.00] " \
+           "(10.00 grey levels apart)" in str(e.value) and "channel means" not in str(e.value)
+    prog.recorded_statistics(cfg, mean, np.full(3, 60.0, np.float32), False, said.append)   # --eval-only
+    assert len(said) == 1 and said[0].startswith("warning: the training images' channel deviations")
+
+
+def test_data_parallel_ranks_reading_other_images_are_stopped(prog, monkeypatch):
+    """Each rank compares its data's fingerprint with rank 0's (a sum over ranks of rank 0's
+    value): here rank 1 of 2, whose images differ."""
+    from tinynet.data import ArrayDataset
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    train = ArrayDataset(images, np.array([0, 1, 0, 1]), ["a", "b"])
+    val = ArrayDataset(images[:2], np.array([0, 1]), ["a", "b"])
+    calls = []
+
+    def allreduce_sum(values):
+        calls.append(values)
+        return [123.0] if len(calls) == 1 else [float(sum(values))]   # rank 0's value; my own flag
+    monkeypatch.setattr(prog.dist, "allreduce_sum", allreduce_sum)
+    with pytest.raises(prog.ConfigError, match=r"1 of 2 rank\(s\) read other images than rank 0 "
+                                               r"\(4 training / 2 held-out images here\)"):
+        prog.check_ranks_same_data(train, val, 2, main_rank=False)
+    assert calls[0] == [0.0]                                       # a rank other than 0 adds nothing
+    calls.clear()
+    prog.check_ranks_same_data(train, val, 1, main_rank=True)      # one process: nothing to compare
+    assert calls == []
+
+
 def test_metrics_file_cut_short_by_a_crash(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 20}\n{"kind": "eval", "st')  # the last line half written

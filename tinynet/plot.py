@@ -5,7 +5,7 @@ each panel is (title, {series name: (xs, ys)}) or (title, series, labels)
 with ``labels = dict(x="step", y="error (%)")`` for the axis labels (give
 the units).  A series given as (xs, ys, like) is drawn as rings, unjoined,
 in the colour of the series named ``like``: a measurement of another kind
-beside a curve (a final score on more images).  Ticks fall on round values
+beside a curve (a final score on more images); ``like`` names a series given before it.  Ticks fall on round values
 (1, 2 or 5 x 10^k apart); each panel's legend stands right of its plot,
 where it hides no data.  Enough for training curves.
 """
@@ -54,7 +54,9 @@ def line_chart(path, panels, width=800, panel_height=300):
         top = p * panel_height
         # the legend stands right of the plot, where it hides no data
         names = list(series)
-        box_w, box_h = 24 + 7 * max((len(n) for n in names), default=0), 16 * len(names) + 4
+        # (at most half the width: a longer name runs past the picture's edge)
+        box_w = min(24 + 7 * max((len(n) for n in names), default=0), (width - margin_l - margin_r) // 2)
+        box_h = 16 * len(names) + 4
         x0, y0 = margin_l, top + margin_t
         x1, y1 = width - margin_r - box_w - 12, top + panel_height - margin_b
         # a NaN or infinite value (a loss that overflowed) has no place on the axis: not drawn

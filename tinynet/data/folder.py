@@ -15,7 +15,7 @@ Every image is made AlexNet-ready once (docs/alexnet.md, "Data"): converted to 8
 that its shorter side is `size` (256) and cut to the central size×size square. The result is
 stored as one uint8 .npy file (N, size, size, 3) in a cache folder and read back as a memory
 map, so later epochs and runs never decode a JPEG again. The cache's name is a hash of the file
-list with the files' sizes, modification and change times and inodes, the labels, `size` and
+list with the files' sizes, modification and change times, the labels, `size` and
 (when the split is made here) the split's fraction and seed: adding, removing or editing an
 image makes a new cache, even an edit that keeps the file's size and modification time.
 
@@ -24,13 +24,14 @@ ICC colour profile is not applied: the numbers are used as they are stored); 16-
 images (modes "I;16", and "I" holding 0..65535) are scaled from 0..65535 to 0..255 (Pillow's own
 conversion would clip them at 255), with a warning when all values lie below 256 (8-bit data in
 a 16-bit file comes out nearly black), and refused when they leave 0..65535; 32-bit float images
-(mode "F") are read as 0..1 if their values lie within 0..1 give or take 0.05, else as 0..255 if
-they lie within it, clipped (said when more than 0.1% of the values are), and refused otherwise
-or with NaN; images with transparency (RGBA, LA, PA, and palette, grey or RGB images with a
-transparent colour) are composited on a WHITE background; EXIF orientation is applied (the image
-as a viewer shows it); of an animated GIF/WebP or a multi-page TIFF the first frame is used; a
-large JPEG is shrunk by its decoder first (decode_image). Whatever Pillow warns about while
-decoding a file is said again naming the file.
+(mode "F") are read as 0..1 if their values lie within -0.5..1.5, else as 0..255 if within
+-127.5..382.5, the overshoot of a resampled image clipped (said when more than 0.1% of the
+values are), and refused otherwise or with NaN; images with transparency (RGBA, LA, PA, and
+bilevel, grey, 16-bit, palette or RGB images with a transparent colour) are composited on a WHITE
+background; EXIF orientation is applied (the image as a viewer shows it); of an animated
+GIF/WebP or a multi-page TIFF the first frame is used; a large JPEG is shrunk by its decoder
+first (decode_image). What Pillow and these rules warn about while decoding is said once per
+kind after the decoding, with the number of files and the first few names.
 
 Bad files are skipped with a warning, never a crash, and the split (when made here) is made
 after decoding, among the images that could be read, so every class with two readable images
@@ -41,7 +42,7 @@ has one in each part. Two kinds of bad file are told apart:
     unreadable   reading the file failed (OSError: a dangling link, no permission, an I/O
                  error): possibly passing, so never remembered as bad. A cache built while
                  files were unreadable is used as it is (with a warning naming them) until one
-                 of them can be opened again; then it is rebuilt.
+                 of them can be read again; then it is rebuilt.
 
 A class left without any readable image is an error, and so is a class folder that is a link
 to nothing (a disk that is not mounted): that class would be missing. When the split is made
@@ -128,8 +129,8 @@ def _image_files(folder):
     visited once, so a link loop ends), hidden ones skipped.
 
     Returns: (images, others, real), sorted paths of the image files and of the other
-    (non-hidden) files, which the loader leaves out and reports; real[i] is the path images[i]
-    leads to once every link is followed (a file reached twice through links has one real path).
+    (non-hidden) files, which the loader leaves out and reports; real[i] tells which file on
+    disk images[i] is (_file_identity: one value for every link to the same file).
     """
     images, others, visited = [], [], set()
     real_of = {}
@@ -146,11 +147,21 @@ def _image_files(folder):
             path = os.path.join(here, f)
             if _is_image_name(f):
                 images.append(path)
-                real_of[path] = os.path.realpath(path) if os.path.islink(path) else os.path.join(real, f)
+                real_of[path] = _file_identity(path)
             else:
                 others.append(path)
     images.sort()
     return images, sorted(others), [real_of[p] for p in images]
+
+
+def _file_identity(path):
+    """What `path` is on disk: its device and inode (the same for every link to the file, hard
+    links too), or where its links lead when it cannot be stat'ed (a link to nothing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
 
 
 def _one_file_once(paths, labels, reals, classes, func, stacklevel):
@@ -171,12 +182,13 @@ def _one_file_once(paths, labels, reals, classes, func, stacklevel):
                            f"(class {classes[labels[i]]!r})")
     if clashes:
         raise ValueError(f"{func}: {len(clashes)} image file(s) are reached from two class folders "
-                         f"(through links), so each would be learnt under two labels: "
+                         f"(through links, or hard links), so each would be learnt under two labels: "
                          f"{'; '.join(clashes[:3])}{' and more' if len(clashes) > 3 else ''}. "
-                         f"Remove the links that lead out of a class folder into another")
+                         f"Remove the links that lead out of a class folder into another (to use an "
+                         f"image in two classes, copy it)")
     if repeats:
         warnings.warn(f"{func}: {len(repeats)} image file(s) are reached twice in their class "
-                      f"folder (through links) and used once: {_some(repeats)}",
+                      f"folder (through links, or hard links) and used once: {_some(repeats)}",
                       stacklevel=stacklevel + 1)
     return [paths[i] for i in keep], [labels[i] for i in keep], [reals[i] for i in keep]
 
@@ -255,12 +267,12 @@ def _warn_loose_images(folder, files, func, expected, stacklevel):
                       stacklevel=stacklevel + 1)
 
 
-def scan_image_folder(root, func="load_image_folder", with_real_paths=False):
+def scan_image_folder(root, func="load_image_folder", with_identities=False):
     """List the images of root/<class>/.
 
     Returns: (paths, labels, classes): paths a list of str, labels (N,) int64 with
         labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names;
-        with_real_paths, a fourth item: each path with its links followed (os.path.realpath).
+        with_identities, a fourth item: which file on disk each path is (_file_identity).
         Each image file is listed once: one reached twice in its class through a link is kept
         once (with a warning), one reached from two classes is refused.
     Raises FileNotFoundError if root is missing, ValueError if it has no class folders, only
@@ -321,7 +333,7 @@ def scan_image_folder(root, func="load_image_folder", with_real_paths=False):
         warnings.warn(f"{func}: {len(others)} file(s) in the class folders of {root!r} left out: "
                       f"not an image type this loader reads ({counts}): {_some(others)}",
                       stacklevel=3)
-    if with_real_paths:
+    if with_identities:
         return paths, np.array(labels, dtype=np.int64), classes, reals
     return paths, np.array(labels, dtype=np.int64), classes
 
@@ -393,8 +405,11 @@ def find_layout(data_dir, func="find_layout"):
 
 def _to_rgb(image):
     """Any Pillow image -> 8-bit "RGB" (see the module docstring for the rules). Raises
-    ValueError for a float or 32-bit image whose values fit no known range; warns (UserWarning)
-    about a wide image that would come out nearly black, or float values clipped."""
+    ValueError for a float or 32-bit image whose values fit no known range; warns (UserWarning,
+    one text per kind, so that _decode_all can count the files) about a wide image that comes
+    out nearly black, or float values clipped."""
+    if image.mode == "1" and "transparency" in image.info:
+        image = image.convert("L")      # Pillow keeps the transparent value as 0 or 255
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")   # one transparent colour (a palette entry, a grey or RGB value)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -405,10 +420,16 @@ def _to_rgb(image):
             raise ValueError(f"a {image.mode} image with values from {lo:g} to {hi:g}, outside the "
                              f"0..65535 this loader scales to 0..255; save it as 8 or 16-bit")
         if 0 < hi <= 255:
-            warnings.warn(f"a {image.mode} image whose values all lie in 0..{hi:g}: scaled from "
-                          f"0..65535, it comes out nearly black (if it holds 8-bit values, save "
-                          f"it as an 8-bit image)")
-        image = Image.fromarray((values / 257.0).round().astype(np.uint8), "L")
+            warnings.warn("16 or 32-bit images whose values all lie below 256: scaled from "
+                          "0..65535, they come out nearly black (if they hold 8-bit values, save "
+                          "them as 8-bit images)")
+        grey = (values / 257.0).round().astype(np.uint8)
+        clear = image.info.get("transparency")
+        if clear is None:
+            image = Image.fromarray(grey, "L")
+        else:                           # a transparent value: alpha 0 there, made white below
+            alpha = np.where(values == clear, 0, 255).astype(np.uint8)
+            image = Image.fromarray(np.stack([grey, alpha], axis=-1), "LA")
     elif image.mode == "F":
         image = Image.fromarray(_float_to_bytes(np.asarray(image, dtype=np.float64)), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -418,33 +439,29 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-# How far a float image's values may overshoot 0..1 (or 0..255, by half a grey level) and still
-# be read in that range, clipped: resampling and filtering leave such overshoots.
-_FLOAT_SLACK = 0.05
-
-
 def _float_to_bytes(values):
-    """A float grey image -> uint8. Its values must lie in 0..1 (the usual convention of float
-    images, scaled by 255) or else in 0..255, either with a little slack, clipped; the range is
-    told from the values, so an image of 0..255 whose values are all below 1.05 is read as
-    0..1. NaN, infinities or values in neither range raise ValueError."""
+    """A float grey image -> uint8. The range is told from the values: up to 1.5 (and down to
+    -0.5) it is 0..1, the usual convention of float images, scaled by 255; up to 382.5 (and down
+    to -127.5) it is 0..255. Either way the overshoot that resampling leaves (a bicubic or
+    Lanczos resize of a 0..1 image reaches 1.25) is clipped, with a warning when more than
+    0.1% of the values are. An image of 0..255 whose values are all below 1.5 is read as 0..1.
+    NaN, infinities or values beyond both ranges raise ValueError."""
     if values.size == 0:
         return values.astype(np.uint8)
     if not np.isfinite(values).all():
-        raise ValueError(f"a float (F) image with {np.count_nonzero(~np.isfinite(values))} NaN or "
-                         f"infinite pixel(s): no grey level can stand for them")
+        raise ValueError("a float (F) image with NaN or infinite pixels: no grey level can "
+                         "stand for them")
     lo, hi = values.min(), values.max()
-    if lo >= -_FLOAT_SLACK and hi <= 1 + _FLOAT_SLACK:
+    if lo >= -0.5 and hi <= 1.5:
         top, scale = 1.0, 255.0
-    elif lo >= -0.5 and hi <= 255.5:
+    elif lo >= -127.5 and hi <= 382.5:
         top, scale = 255.0, 1.0
     else:
         raise ValueError(f"a float (F) image with values from {lo:g} to {hi:g}, in neither 0..1 "
-                         f"nor 0..255; save it as an 8 or 16-bit image")
-    clipped = np.count_nonzero((values < 0) | (values > top))
-    if clipped > values.size // 1000:
-        warnings.warn(f"a float (F) image read as 0..{top:g}: {clipped} of its {values.size} "
-                      f"values (from {lo:g} to {hi:g}) lie outside and are clipped")
+                         f"nor 0..255 (give or take half); save it as an 8 or 16-bit image")
+    if np.count_nonzero((values < 0) | (values > top)) > values.size // 1000:
+        warnings.warn(f"float (F) images read as 0..{top:g}, more than 0.1% of their values "
+                      f"outside that range, clipped")
     return (np.clip(values, 0, top) * scale).round().astype(np.uint8)
 
 
@@ -478,10 +495,10 @@ def decode_image(source, size=256):
 
 
 def _can_read(path):
-    """True if the file `path` opens for reading now."""
+    """True if the whole file `path` can be read now (a bad sector opens, then fails to read)."""
     try:
-        with open(path, "rb"):
-            return True
+        _read_file(path)
+        return True
     except OSError:
         return False
 
@@ -571,14 +588,15 @@ def _cache_key(paths, labels, classes, size, split):
         try:
             st = os.stat(path)
             # the change time too: an edit that keeps the size and the modification time (an EXIF
-            # tool's -P, cp -p, tar x) still changes it, as only the kernel sets it
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+            # tool's -P, cp -p over the file, tar x) still changes it, as only the kernel sets it.
+            # (So does a change of the file's permissions or owner: the cache is built again.)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
         except OSError:
             stamp = "missing"
         # os.fsencode, not str.encode: a file name that is not valid UTF-8 (b"caf\xe9.jpg" from
         # an old zip file) is held as a str with a surrogate ("caf\udce9.jpg"), which strict
         # UTF-8 refuses; fsencode gives back the name's own bytes (the same bytes as .encode()
-        # for every valid name, so existing caches keep their keys).
+        # for every valid name).
         h.update(b"\0" + os.fsencode(os.path.abspath(path)) + f"\0{label}\0{stamp}".encode())
     return h.hexdigest()[:24]
 
@@ -591,6 +609,7 @@ def _decode_all(paths, size, images, func, progress):
     reading failed (OSError).
     """
     kept, corrupt, unreadable = [], [], []
+    notes = {}  # (category, text) of a warning raised while decoding -> the files it came from
     for i, path in enumerate(paths):
         try:
             raw = _read_file(path)
@@ -609,10 +628,17 @@ def _decode_all(paths, size, images, func, progress):
                 warnings.warn(f"{func}: skipping unreadable image {path!r} "
                               f"({type(exc).__name__}: {exc})", stacklevel=5)
                 corrupt.append(path)
-            for w in said:                      # said again, naming the file
-                warnings.warn(f"{func}: {path!r}: {w.message}", w.category, stacklevel=5)
+            for w in said:
+                if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning)):
+                    # about the code, not the file: where it came from, filtered as usual
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                else:
+                    notes.setdefault((w.category, str(w.message)), []).append(path)
         if progress is not None:
             progress(i + 1, len(paths))
+    for (category, text), where in notes.items():  # each kind once: how many files, which
+        warnings.warn(f"{func}: {len(where)} image(s) decoded with a warning: {text}: {_some(where)}",
+                      category, stacklevel=5)
     return kept, corrupt, unreadable
 
 
@@ -855,16 +881,19 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                            f"{os.path.join(printable(data_dir), 'train', '<class>')}/...",
                            stacklevel=2)
     if layout["val"] is not None:
-        train_paths, train_labels, classes, train_real = scan_image_folder(layout["train"], func, True)
-        val_paths, val_labels, val_classes, val_real = scan_image_folder(layout["val"], func, True)
-        both = sorted(set(train_real) & set(val_real))
+        train_paths, train_labels, classes, train_ids = scan_image_folder(layout["train"], func, True)
+        val_paths, val_labels, val_classes, val_ids = scan_image_folder(layout["val"], func, True)
+        in_train = set(train_ids)
+        both = [r for r in val_ids if r in in_train]
         if both:
-            val_path, train_path = dict(zip(val_real, val_paths)), dict(zip(train_real, train_paths))
+            val_path, train_path = dict(zip(val_ids, val_paths)), dict(zip(train_ids, train_paths))
             shown = "; ".join(f"{val_path[r]!r} is {train_path[r]!r}" for r in both[:3])
             raise ValueError(f"{func}: {len(both)} held-out image file(s) in {layout['val']!r} are "
-                             f"training images too (reached through links): {shown}"
-                             f"{' and more' if len(both) > 3 else ''}. A held-out image the "
-                             f"network trained on makes its score a lie; remove the links")
+                             f"training images too (reached through links, or hard links): "
+                             f"{shown}{' and more' if len(both) > 3 else ''}. A held-out image "
+                             f"the network trained on makes its score a lie; remove the links "
+                             f"(to score training images on purpose, copy them into the "
+                             f"held-out folder)")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
