@@ -48,14 +48,16 @@ def line_chart(path, panels, width=800, panel_height=300):
     margin_l, margin_r, margin_t, margin_b = 80, 30, 30, 55
     img = Image.new("RGB", (width, panel_height * len(panels)), "white")
     draw = ImageDraw.Draw(img)
+    # the legends stand right of the plots, where they hide no data, all as wide as the widest,
+    # so that stacked panels share their width (at most half the picture's: a longer name runs
+    # past its edge)
+    longest = max((len(name) for panel in panels for name in panel[1]), default=0)
+    box_w = min(24 + 7 * longest, (width - margin_l - margin_r) // 2)
     for p, panel in enumerate(panels):
         title, series = panel[0], panel[1]
         labels = panel[2] if len(panel) > 2 else {}
         top = p * panel_height
-        # the legend stands right of the plot, where it hides no data
         names = list(series)
-        # (at most half the width: a longer name runs past the picture's edge)
-        box_w = min(24 + 7 * max((len(n) for n in names), default=0), (width - margin_l - margin_r) // 2)
         box_h = 16 * len(names) + 4
         x0, y0 = margin_l, top + margin_t
         x1, y1 = width - margin_r - box_w - 12, top + panel_height - margin_b
