@@ -281,6 +281,28 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
 
 
 @needs_mpi
+def test_training_program_ranks_reading_other_images_are_stopped(tmp_path):
+    """Each rank trains on its share of one list of images. Ranks that list other images (here
+    each is given another folder, as machines with different copies of the data would be) stop
+    with an error before the first step, instead of training on shards of two lists."""
+    a = image_tree(tmp_path / "a", {"train": 2, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=0)
+    b = image_tree(tmp_path / "b", {"train": 3, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=1)
+    prog_path = os.path.join(ROOT, "examples", "alexnet_train.py")
+
+    def rank(data):
+        return ["-n", "1", sys.executable, prog_path, "--data-parallel", "--preset", "demo",
+                "--data", str(data), "--epochs", "1", "--batch-size", "2", "--time-budget", "0",
+                "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "MPI_", "OMPI_", "HYDRA_"))}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    job = subprocess.run([find_mpiexec(), *rank(a), ":", *rank(b)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=TIMEOUT, start_new_session=True)
+    assert job.returncode != 0
+    assert "data parallel: 1 of 2 rank(s) read other images than rank 0" in job.stderr, job.stderr
+    assert not os.path.exists(tmp_path / "out" / "latest.npz")     # no step was trained
+
+
+@needs_mpi
 @pytest.mark.slow
 def test_training_program_ranks_share_the_budget_schedule(tmp_path):
     """The budget schedule's horizon comes from a clock; every rank takes rank 0's, so that all
