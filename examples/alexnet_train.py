@@ -643,7 +643,9 @@ def build_model(cfg, num_classes, device="cpu"):
 
 def evaluate(model, dataset, transform, batch_size, device="cpu"):
     """Top-1 error, top-5 error (only with more than 5 classes: with 5 or fewer every label is
-    among the top 5) and mean loss over ``dataset``: dict(top1_err, [top5_err,] loss).
+    among the top 5) and mean loss over ``dataset``: dict(top1_err, [top5_err,] loss), and
+    ``nonfinite``: how many images got a NaN or infinite output, when any did (their "class" is
+    whatever argmax makes of NaN, so the error rates mean nothing then: Run._score refuses them).
 
     Data parallel: rank r of n evaluates its own contiguous shard (about len/n images, in
     batches of batch_size/n) and the wrong-counts and loss sums are added over the ranks
@@ -652,7 +654,7 @@ def evaluate(model, dataset, transform, batch_size, device="cpu"):
     model.eval()
     ranks = dist.world_size()
     shard = np.array_split(np.arange(len(dataset)), ranks)[dist.rank()]
-    wrong1 = wrong5 = 0
+    wrong1 = wrong5 = nonfinite = 0
     total_loss = 0.0
     if len(shard):
         part = dataset if ranks == 1 else dataset.subset(shard)
@@ -666,16 +668,19 @@ def evaluate(model, dataset, transform, batch_size, device="cpu"):
                     probs = F.softmax(logits).numpy().reshape(n, c, -1).mean(axis=1)
                 else:
                     probs = F.softmax(model(tn.tensor(x).to(device)).data).numpy()
+                nonfinite += int((~np.isfinite(probs)).any(axis=1).sum())
                 total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).sum())
                 top5 = np.argsort(-probs, axis=1)[:, :5]
                 wrong1 += int((top5[:, 0] != y).sum())
                 wrong5 += int((top5 != y[:, None]).all(axis=1).sum())
-    wrong1, wrong5, total_loss = dist.allreduce_sum([wrong1, wrong5, total_loss])  # over ranks
+    wrong1, wrong5, total_loss, nonfinite = dist.allreduce_sum([wrong1, wrong5, total_loss, nonfinite])
     model.train()
     n = len(dataset)
     result = dict(top1_err=int(wrong1) / n, top5_err=int(wrong5) / n, loss=float(total_loss) / n)
     if dataset.num_classes <= 5:
         del result["top5_err"]
+    if nonfinite:
+        result["nonfinite"] = int(nonfinite)
     return result
 
 
@@ -852,6 +857,7 @@ def train(args):
         return run.trace_one_step()
     model, optimizer, device = run.model, run.optimizer, run.device
     _state["training"] = True
+    _state["out"] = run.out if run.writes_files else None
     with StopOnSignal() as stop:             # Ctrl-C / SIGTERM: finish the step, save, stop
         for epoch in range(run.start_epoch, run.cfg["epochs"]):
             for x, y in run.batches(epoch):
@@ -979,6 +985,12 @@ class Run:
 
     @staticmethod
     def _load_checkpoint(args):
+        if os.path.isdir(args.resume):
+            inside = [n for n in ("latest.npz", "best.npz") if os.path.isfile(os.path.join(args.resume, n))]
+            raise ConfigError(f"--resume {args.resume} is a folder; give a checkpoint file in it"
+                              + (": " + " or ".join(os.path.join(args.resume, n) for n in inside) +
+                                 " (latest.npz: the last save; best.npz: the lowest held-out error)"
+                                 if inside else " (a run folder holds latest.npz and best.npz; this one has neither)"))
         try:
             ckpt = load_checkpoint(args.resume)
         except (FileNotFoundError, ValueError) as e:
@@ -1137,12 +1149,9 @@ class Run:
         (data parallel) let every rank agree on the loss and on stopping."""
         cfg = self.cfg
         if not math.isfinite(value):
-            latest = os.path.join(self.out, "latest.npz") if self.out else None
-            saved = (f"the last good checkpoint is {latest}" if latest and os.path.exists(latest)
-                     else "no checkpoint was written before it")
             raise FloatingPointError(
                 f"loss became {value} at epoch {self.epoch}, step {self.step} (global step "
-                f"{self.global_step}); {saved}. Try a smaller --lr or more --warmup-steps.")
+                f"{self.global_step}); {self._last_good()}. Try a smaller --lr or more --warmup-steps.")
         self.step += 1
         self.global_step += 1
         self.clock.step_done()
@@ -1285,6 +1294,15 @@ class Run:
         return trace_one_step(self.model, self.loader, self.device)
 
     # ---- machinery ----------------------------------------------------------------------
+    def _last_good(self):
+        """Which checkpoint to go back to after a divergence: latest.npz, written only after an
+        evaluation whose outputs were all finite."""
+        if self.args.eval_only:
+            return "an earlier checkpoint of the run (best.npz) may still score"
+        latest = os.path.join(self.out, "latest.npz") if self.out else None
+        return (f"the last good checkpoint is {latest}" if latest and os.path.exists(latest)
+                else "no checkpoint was written before it")
+
     def elapsed(self):
         """The run's clock: a resumed run continues from the time its checkpoint was saved."""
         return self.run_time + (time.time() - self.clock.start)
@@ -1311,6 +1329,13 @@ class Run:
     def _score(self, dataset):
         t0 = time.time()
         result = evaluate(self.model, dataset, self.eval_tf, self.cfg["batch_size"], self.device)
+        if result.get("nonfinite"):   # a diverged model: no score to log, schedule by or save
+            where = ("the weights of --resume give" if self.args.eval_only else
+                     f"at epoch {self.epoch}, step {self.step} (global step {self.global_step}) the model gives")
+            raise FloatingPointError(
+                f"{where} NaN or infinite outputs for {result['nonfinite']} of {len(dataset)} "
+                f"held-out images, so no error rate can be given; {self._last_good()}. Try a "
+                f"smaller --lr or more --warmup-steps.")
         crops = self.cfg["eval_crops"]
         self.eval_rate = RateMeter()   # the latest evaluation's rate: the first also paid for warming up
         self.eval_rate.add(time.time() - t0, len(dataset) * crops)
@@ -1424,11 +1449,16 @@ def main(argv=None):
         # Ctrl-C before training started (while the data is prepared): nothing to save; a
         # half-built data cache is removed by the data loader itself.  During training the
         # first Ctrl-C saves and stops after the step; only a second one lands here.
-        started = _state.get("training")
-        print("alexnet_train.py: interrupted (Ctrl-C) " + (
-            "a second time: stopped at once; latest.npz in the run folder is from its last "
-            "evaluation" if started else "before training started; no checkpoint was written"),
-            file=sys.stderr)
+        started, out = _state.get("training"), _state.get("out")
+        if not started:
+            said = "before training started; no checkpoint was written"
+        else:   # (the second Ctrl-C may have cut a checkpoint's writing short: it never replaces one)
+            latest = os.path.join(out, "latest.npz") if out else None
+            said = "a second time: stopped at once; " + (
+                f"{latest} is from the run's last evaluation or save: continue with "
+                f"--resume {latest}" if latest and os.path.exists(latest) else
+                "no checkpoint of this run was written yet, so it cannot be continued")
+        print(f"alexnet_train.py: interrupted (Ctrl-C) {said}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, OSError, ValueError, FloatingPointError, RuntimeError) as e:
         message = f"alexnet_train.py: error: {e}"

@@ -470,6 +470,33 @@ def test_data_parallel_ranks_reading_other_images_are_stopped(prog, monkeypatch)
     assert calls == []
 
 
+def test_a_second_ctrl_c_says_whether_a_checkpoint_exists(prog, cache_dir, tmp_path, capsys, monkeypatch):
+    """A second Ctrl-C can land while the first checkpoint is being written (455 MB take a
+    couple of seconds): the message says a checkpoint exists only if one does."""
+    def interrupted(args):
+        prog._state.update(training=True, out=str(tmp_path))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prog, "train", interrupted)
+    for exists in (False, True):
+        if exists:
+            (tmp_path / "latest.npz").write_bytes(b"PK")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            prog.main(tiny_args(tmp_path / "o", cache_dir))
+        err = capsys.readouterr().err
+        assert e.value.code == 130
+        if exists:
+            assert f"continue with --resume {tmp_path / 'latest.npz'}" in err, err
+        else:
+            assert "no checkpoint of this run was written yet, so it cannot be continued" in err, err
+
+
+def test_resume_given_a_run_folder_names_its_checkpoints(prog, run_a, capsys):
+    msg = run_error(prog, capsys, ["--resume", run_a[0], "--eval-only"])
+    assert f"--resume {run_a[0]} is a folder; give a checkpoint file in it: " \
+           f"{os.path.join(run_a[0], 'latest.npz')} or {os.path.join(run_a[0], 'best.npz')}" in msg, msg
+
+
 def test_metrics_file_cut_short_by_a_crash(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 20}\n{"kind": "eval", "st')  # the last line half written
@@ -484,6 +511,20 @@ def test_the_filters_picture_is_a_run_file(tmp_path):
     (tmp_path / "conv1_filters.png").write_bytes(b"")
     with pytest.raises(runs.RunFolderError, match="already holds a run"):
         runs.claim_new_run_dir(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_model_with_nan_outputs_gets_no_score(prog, run_a, cache_dir, tmp_path, capsys):
+    """A diverged model's outputs are NaN, and argmax makes a 'class' of them: an error rate
+    from them would look real. --eval-only refuses to give one, naming how many images."""
+    with np.load(os.path.join(run_a[0], "latest.npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["model/fc8.weight"] = np.full_like(arrays["model/fc8.weight"], np.inf)
+    path = str(tmp_path / "diverged.npz")
+    np.savez(path, **arrays)
+    msg = run_error(prog, capsys, ["--resume", path, "--eval-only", "--cache-dir", cache_dir, "--quiet"])
+    assert "the weights of --resume give NaN or infinite outputs for 4 of 4 held-out images, so no " \
+           "error rate can be given" in msg, msg
 
 
 @pytest.mark.slow
