@@ -67,6 +67,9 @@ PRESETS = {
 }
 
 
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tinynet")
+
+
 class ConfigError(Exception):
     """A bad option or data set: reported as one line, no traceback."""
 
@@ -169,7 +172,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", metavar="DIR",
                     help="run folder, new or empty (default: a new runs/alexnet/version_N); "
                          "with --resume: the checkpoint's own folder, or a new one to branch into")
-    ap.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "tinynet"),
+    ap.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                     help="where the shapes set and the decoded images of a --data folder are kept "
                          "(Fashion-MNIST is looked for where tinynet.data.fashion_mnist says)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --resume's weights and exit")
@@ -306,7 +309,9 @@ def build_config(args):
         if value is not None:
             cfg[key] = value
     dataset = None if args.data else (args.dataset or DATA_DEFAULTS["dataset"])
-    cfg.update(preset=args.preset, data=args.data, dataset=dataset, seed=args.seed,
+    # the data folder as an absolute path: a resumed run finds it from any working directory
+    cfg.update(preset=args.preset, data=os.path.abspath(args.data) if args.data else None,
+               dataset=dataset, seed=args.seed,
                data_seed=args.data_seed, device=args.device,
                num_classes=(args.num_classes or DATA_DEFAULTS["num_classes"]) if dataset == "shapes" else None,
                val_fraction=args.val_fraction,   # None: the default 0.1, if a split is made
@@ -502,16 +507,17 @@ def check_same_data(cfg, train, val, say):
     if recorded is not None and recorded != now:
         differ = [label for key, label in (("train", "training"), ("val", "held-out"))
                   if recorded.get(key) != now[key]]
+        had = cfg.get("data_counts")
+        had = f" (the run had {had[0]} / {had[1]})" if had else ""
         raise ConfigError(
             f"--resume: the data is not what this run trained on: {where} now gives "
-            f"{len(train)} training / {len(val)} held-out images in {train.num_classes} classes, "
-            f"and the {' and the '.join(differ)} set differ(s) from the run's (fingerprints "
-            f"{now} against {recorded}). Its held-out images could be images it trained on, "
+            f"{len(train)} training / {len(val)} held-out images in {train.num_classes} "
+            f"classes{had}, and its {' and '.join(differ)} images are not the run's (images "
+            f"added, removed or renamed). Its held-out images could be images it trained on, "
             f"and training would go on over other images (or the loader of this version of "
             f"tinynet reads the folder otherwise than the one that made the run: it uses a file "
             f"reached twice through links once, and refuses files it cannot scale). Restore the "
-            f"data as it was, or "
-            f"start a new run")
+            f"data as it was, or start a new run. (Fingerprints now {now}, recorded {recorded})")
     if recorded is None and cfg.get("classes") is not None:  # a checkpoint of an older version
         if list(train.classes) != list(cfg["classes"]):
             raise ConfigError(f"--resume: the data is not what this run trained on: {where} now has "
@@ -519,6 +525,7 @@ def check_same_data(cfg, train, val, say):
         say("note: this run's checkpoint records no fingerprint of its data (an older version "
             "wrote it); only its class names could be checked to be the same")
     cfg["data_fingerprint"] = now
+    cfg["data_counts"] = [len(train), len(val)]
 
 
 # How far (in grey levels of 0..255) the training images' channel means and deviations may
@@ -1237,8 +1244,13 @@ class Run:
         """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
-            launch = (f"mpiexec -n {self.ranks} python examples/alexnet_train.py --data-parallel"
-                      if self.ranks > 1 else "python examples/alexnet_train.py")
+            # the command as this one was started: this script's path as given, the cache folder
+            # if it is not the default one
+            script = sys.argv[0] if sys.argv[0].endswith(".py") else "examples/alexnet_train.py"
+            launch = (f"mpiexec -n {self.ranks} python {script} --data-parallel"
+                      if self.ranks > 1 else f"python {script}")
+            if self.args.cache_dir != DEFAULT_CACHE_DIR:
+                launch += f" --cache-dir {self.args.cache_dir}"
             latest = os.path.join(self.out, "latest.npz")
             print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
                   f"Continue with: {launch} --resume {latest}")

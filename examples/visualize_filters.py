@@ -6,7 +6,8 @@ feature maps they make of one image.
     python examples/visualize_filters.py --checkpoint runs/alexnet/version_0/best.npz --image photo.jpg
     python examples/visualize_filters.py --shape star                      # which built-in shape to show
 
-Writes two PNG files into --out (default runs/filters):
+Writes two PNG files into --out, a folder that must hold no such pictures yet and no training
+run (pictures never replace others); by default a new runs/filters/version_N:
 
   conv1_filters.png       the 96 filters, each 11x11 pixels x 3 colours, enlarged; filters 0-47
                           (tower 0) on top, 48-95 (tower 1) below.  In the paper the towers
@@ -34,6 +35,7 @@ import tinynet as tn  # noqa: E402
 import numpy as np  # noqa: E402  (after tinynet, which sets BLAS's idle threads to sleep)
 import tinynet.functional as F  # noqa: E402
 from tinynet import data as tdata  # noqa: E402
+from tinynet import runs  # noqa: E402
 from tinynet.checkpoint import load_checkpoint  # noqa: E402
 from tinynet.models import AlexNet  # noqa: E402
 from tinynet.plot import GAP, LABEL_HEIGHT, filter_picture, stretch, tower_grid  # noqa: E402
@@ -50,8 +52,27 @@ def parse_args(argv=None):
                     help="which built-in shape to draw when --image is not given")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fresh model and of the shape picture")
     ap.add_argument("--scale", type=int, default=4, help="each filter pixel becomes scale x scale pixels")
-    ap.add_argument("--out", default=os.path.join("runs", "filters"), help="folder for the PNG files")
+    ap.add_argument("--out", help="folder for the PNG files: one without them and without a training "
+                                  "run (default: a new runs/filters/version_N)")
     return ap.parse_args(argv)
+
+
+PICTURES = ("conv1_filters.png", "conv1_feature_maps.png")
+
+
+def output_folder(out):
+    """The folder for the pictures: `out`, made if missing, unless it holds a training run's
+    files or pictures already (ValueError: a training run's own conv1_filters.png, or an earlier
+    picture, would be replaced without a word); without --out a new runs/filters/version_N."""
+    if out is None:
+        return runs.next_version_dir(os.path.join("runs", "filters"))
+    there = sorted(set(runs.run_files(out)) | {n for n in PICTURES if os.path.exists(os.path.join(out, n))})
+    if there:
+        raise ValueError(f"--out {out} already holds {', '.join(there)}; pictures never replace a "
+                         f"run's files or earlier pictures: give another --out (or none, for a new "
+                         f"runs/filters/version_N)")
+    os.makedirs(out, exist_ok=True)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -133,9 +154,9 @@ def main(argv=None):
     with tn.no_grad():
         maps = F.relu(F.conv2d(tn.tensor(x), tn.tensor(weight), tn.tensor(bias), stride=4)).numpy()[0]
 
-    os.makedirs(args.out, exist_ok=True)
-    filters_path = os.path.join(args.out, "conv1_filters.png")
-    maps_path = os.path.join(args.out, "conv1_feature_maps.png")
+    out = output_folder(args.out)
+    filters_path = os.path.join(out, "conv1_filters.png")
+    maps_path = os.path.join(out, "conv1_feature_maps.png")
     draw_filters(weight, args.scale, source).save(filters_path)
     draw_feature_maps(crop, maps, source).save(maps_path)
     print(f"wrote {filters_path} (96 filters of {source}, tower 0 on top) and {maps_path}")

@@ -352,6 +352,19 @@ def test_a_zip_files_mac_metadata_folder_is_named_for_what_it_is(tmp_path):
         load_image_folder(d, size=8, cache_dir=tmp_path / "c")
 
 
+def test_class_folders_left_beside_a_split_are_named(tmp_path):
+    """Images copied (not moved) into train/ and val/ leave their class folders beside them:
+    not read, and said so."""
+    d = tmp_path / "d"
+    animal_folder(d / "train", per_class=2)
+    animal_folder(d / "val", per_class=1)
+    animal_folder(d, per_class=3)                                  # the old class folders
+    with pytest.warns(UserWarning, match=r"3 folder\(s\) of images beside train/ .* are not read: "
+                                         r"'cat' \(3 images\), 'dog' \(3 images\), 'fox' \(3 images\)"):
+        train, val = load_image_folders(d, size=8, cache_dir=tmp_path / "c")
+    assert (len(train), len(val)) == (6, 3)
+
+
 def test_a_held_out_image_linked_from_training_is_refused(tmp_path):
     d = tmp_path / "d"
     animal_folder(d / "train", per_class=2)

@@ -55,6 +55,25 @@ def test_fresh_model(viz, tmp_path):
     assert feature.format == "PNG" and feature.size[0] > 227 + 16 * 57
 
 
+def test_pictures_never_replace_a_runs_files_or_earlier_pictures(viz, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "conv1_filters.png").write_bytes(b"the run's own picture")
+    with pytest.raises(ValueError, match=r"--out .*run already holds config.json, conv1_filters.png; "
+                                         r"pictures never replace"):
+        viz.main(["--out", str(run)])
+    assert (run / "conv1_filters.png").read_bytes() == b"the run's own picture"
+    viz.main(["--out", str(tmp_path / "pics")])
+    with pytest.raises(ValueError, match="conv1_feature_maps.png, conv1_filters.png"):
+        viz.main(["--out", str(tmp_path / "pics")])                # a second time, the same --out
+    monkeypatch.chdir(tmp_path)                                    # no --out: a new folder each time
+    first, _ = viz.main([])
+    second, _ = viz.main([])
+    assert first == os.path.join("runs", "filters", "version_0", "conv1_filters.png")
+    assert second == os.path.join("runs", "filters", "version_1", "conv1_filters.png")
+
+
 class Conv1Only(nn.Module):
     """Enough of a model for a checkpoint with AlexNet's conv1 entry."""
 

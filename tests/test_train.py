@@ -8,6 +8,7 @@ module into a shared cache.
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -497,6 +498,28 @@ def test_resume_given_a_run_folder_names_its_checkpoints(prog, run_a, capsys):
            f"{os.path.join(run_a[0], 'latest.npz')} or {os.path.join(run_a[0], 'best.npz')}" in msg, msg
 
 
+@pytest.mark.slow
+def test_a_run_on_a_relative_data_folder_resumes_from_anywhere(prog, cache_dir, tmp_path, capsys, monkeypatch):
+    """The run records its data folder as an absolute path, and the command it prints to go on
+    names the script as it was started and the cache folder it used."""
+    make_image_tree(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["examples/alexnet_train.py"])
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        prog.main(["--preset", "demo", "--data", "images", "--epochs", "2", "--batch-size", "4",
+                   "--out", "run", "--cache-dir", cache_dir, "--stop-after-steps", "1"])
+    said = capsys.readouterr().out
+    assert f"Continue with: python examples/alexnet_train.py --cache-dir {cache_dir} --resume " \
+           f"{os.path.join('run', 'latest.npz')}" in said, said
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["data"] == str(tmp_path / "images")
+    monkeypatch.chdir("/")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        prog.main(["--resume", str(tmp_path / "run" / "latest.npz"), "--cache-dir", cache_dir,
+                   "--quiet", "--stop-after-steps", "1"])
+    assert load_checkpoint(str(tmp_path / "run" / "latest.npz"))["meta"]["global_step"] == 2
+
+
 def test_metrics_file_cut_short_by_a_crash(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "step": 20}\n{"kind": "eval", "st')  # the last line half written
@@ -551,12 +574,13 @@ def test_resume_moves_device_keeps_towers_and_needs_the_same_data(prog, tmp_path
     os.rename(data / "val" / "a" / "001.jpg", data / "val" / "a" / "009.jpg")
     for extra in ([], ["--eval-only"]):
         msg = run_error(prog, capsys, resume + extra)
-        assert "the data is not what this run trained on" in msg and "held-out set differ" in msg
+        assert "the data is not what this run trained on" in msg and "its held-out images are not the run's" in msg
+        assert "(the run had 9 / 4)" in msg
     os.rename(data / "val" / "a" / "009.jpg", data / "val" / "a" / "001.jpg")
     # ... or a training image added
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(data / "train" / "a" / "new.jpg")
     msg = run_error(prog, capsys, resume + ["--eval-only"])
-    assert "now gives 10 training / 4 held-out images" in msg and "training set differ" in msg
+    assert "now gives 10 training / 4 held-out images" in msg and "its training images are not the run's" in msg
     os.remove(data / "train" / "a" / "new.jpg")
     os.utime(data / "val" / "b" / "000.jpg", (1e9, 1e9))  # a file's date is no change of the data
     assert prog.main(resume + ["--eval-only"]) is not None  # the data as it was: scored

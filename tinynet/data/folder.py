@@ -877,9 +877,21 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
     options = dict(progress=progress, retry_unreadable=retry_unreadable)
     data_dir = os.fspath(data_dir)
     if layout["train"] != data_dir:          # images beside train/ belong to neither part
-        _warn_loose_images(data_dir, _listing(data_dir)[1], func,
+        folders, files, _ = _listing(data_dir)
+        _warn_loose_images(data_dir, files, func,
                            f"{os.path.join(printable(data_dir), 'train', '<class>')}/...",
                            stacklevel=2)
+        # folders of images beside train/ (class folders copied, not moved, into a split)
+        used = {layout["train"], layout["val"], *layout["unused"]}
+        unread = [(name, len(_image_files(os.path.join(data_dir, name))[0])) for name in folders
+                  if os.path.join(data_dir, name) not in used]
+        unread = [(name, count) for name, count in unread if count]
+        if unread:
+            shown = ", ".join(f"{name!r} ({count} images)" for name, count in unread[:5])
+            warnings.warn(f"{func}: {len(unread)} folder(s) of images beside train/ in {data_dir!r} "
+                          f"are not read: {shown}{' and more' if len(unread) > 5 else ''}; with "
+                          f"{os.path.join(printable(data_dir), 'train')}/ there, only it and the "
+                          f"held-out folder beside it are", stacklevel=2)
     if layout["val"] is not None:
         train_paths, train_labels, classes, train_ids = scan_image_folder(layout["train"], func, True)
         val_paths, val_labels, val_classes, val_ids = scan_image_folder(layout["val"], func, True)
