@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -535,16 +536,19 @@ def check_same_data(cfg, train, val, say):
 STATISTICS_TOLERANCE = 0.5
 
 
-def check_ranks_same_data(train, val, ranks, main_rank):
+def check_ranks_same_data(cfg, train, val, ranks, main_rank):
     """Data parallel: every rank must read the same images, as each trains on its share of one
     list. The other ranks open the cache rank 0 just built, found by the same key; where their
     file system shows the files otherwise (another machine's copy of the data, a mount that
     gives other change times), they decode the folder themselves and could list other files.
-    So the ranks compare their sets' fingerprints (data_fingerprint) with rank 0's, and a
-    difference stops every rank (ConfigError) instead of training on shards of two lists."""
+    So the ranks compare their sets' fingerprints (data_fingerprint) with rank 0's: of the whole
+    sets (cfg["data_fingerprint"], recorded by check_same_data: a --max-*-images subset keeps
+    no file names) and of the sets trained and scored; a difference stops every rank
+    (ConfigError) instead of training on shards of two lists."""
     if ranks == 1:
         return
-    digest = hashlib.sha256((data_fingerprint(train) + data_fingerprint(val)).encode()).hexdigest()
+    seen = json.dumps(cfg.get("data_fingerprint"), sort_keys=True) + data_fingerprint(train) + data_fingerprint(val)
+    digest = hashlib.sha256(seen.encode()).hexdigest()
     mine = float(int(digest[:12], 16))       # 48 bits: exact in a float64 sum
     total = dist.allreduce_sum([mine if main_rank else 0.0])
     differs = dist.allreduce_sum([mine != total[0]])
@@ -956,7 +960,7 @@ class Run:
                                                  training=not args.eval_only)
         if self.main_rank:
             dist.barrier()     # ... then the others read its cache
-        check_ranks_same_data(self.train_set, self.val_set, self.ranks, self.main_rank)
+        check_ranks_same_data(cfg, self.train_set, self.val_set, self.ranks, self.main_rank)
         self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only,
                                                       say=self.say)
         self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(
@@ -1244,16 +1248,9 @@ class Run:
         """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
-            # the command as this one was started: this script's path as given, the cache folder
-            # if it is not the default one
-            script = sys.argv[0] if sys.argv[0].endswith(".py") else "examples/alexnet_train.py"
-            launch = (f"mpiexec -n {self.ranks} python {script} --data-parallel"
-                      if self.ranks > 1 else f"python {script}")
-            if self.args.cache_dir != DEFAULT_CACHE_DIR:
-                launch += f" --cache-dir {self.args.cache_dir}"
             latest = os.path.join(self.out, "latest.npz")
             print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
-                  f"Continue with: {launch} --resume {latest}")
+                  f"Continue with: {continue_command(self.args, self.ranks, latest)}")
         return None
 
     def finish(self):
@@ -1453,6 +1450,18 @@ class Run:
         return crossing
 
 
+def continue_command(args, ranks, checkpoint):
+    """The command that continues a run from `checkpoint`, as this one was started: the script's
+    path as given, mpiexec for several ranks, a --cache-dir other than the default; quoted for
+    a POSIX shell."""
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else "examples/alexnet_train.py"
+    launch = (f"mpiexec -n {ranks} python {shlex.quote(script)} --data-parallel" if ranks > 1
+              else f"python {shlex.quote(script)}")
+    if args.cache_dir != DEFAULT_CACHE_DIR:
+        launch += f" --cache-dir {shlex.quote(args.cache_dir)}"
+    return f"{launch} --resume {shlex.quote(checkpoint)}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -1464,12 +1473,20 @@ def main(argv=None):
         started, out = _state.get("training"), _state.get("out")
         if not started:
             said = "before training started; no checkpoint was written"
+        elif not dist.is_main():   # rank 0 says where the run stands
+            said = "a second time: stopped at once"
         else:   # (the second Ctrl-C may have cut a checkpoint's writing short: it never replaces one)
             latest = os.path.join(out, "latest.npz") if out else None
-            said = "a second time: stopped at once; " + (
-                f"{latest} is from the run's last evaluation or save: continue with "
-                f"--resume {latest}" if latest and os.path.exists(latest) else
-                "no checkpoint of this run was written yet, so it cannot be continued")
+            ranks = dist.world_size()
+            if latest and os.path.exists(latest):
+                go_on = (f"{latest} is from the run's last evaluation or save; continue with: "
+                         f"{continue_command(args, ranks, latest)}")
+            elif args.resume:      # a run that went on in a new folder, before its first save
+                go_on = (f"this run has saved nothing yet; start it again with: "
+                         f"{continue_command(args, ranks, args.resume)}")
+            else:
+                go_on = "no checkpoint of this run was written yet, so it cannot be continued"
+            said = "a second time: stopped at once; " + go_on
         print(f"alexnet_train.py: interrupted (Ctrl-C) {said}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, OSError, ValueError, FloatingPointError, RuntimeError) as e:

@@ -281,10 +281,12 @@ def test_training_program_two_ranks_match_one_process(tmp_path):
 
 
 @needs_mpi
-def test_training_program_ranks_reading_other_images_are_stopped(tmp_path):
+@pytest.mark.parametrize("subset", [[], ["--max-train-images", "2"]])
+def test_training_program_ranks_reading_other_images_are_stopped(tmp_path, subset):
     """Each rank trains on its share of one list of images. Ranks that list other images (here
     each is given another folder, as machines with different copies of the data would be) stop
-    with an error before the first step, instead of training on shards of two lists."""
+    with an error before the first step, instead of training on shards of two lists; also when
+    a subset of the same size is taken from each (a subset keeps no file names)."""
     a = image_tree(tmp_path / "a", {"train": 2, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=0)
     b = image_tree(tmp_path / "b", {"train": 3, "val": 1}, ("a", "b"), (40, 40), mark=230, seed=1)
     prog_path = os.path.join(ROOT, "examples", "alexnet_train.py")
@@ -292,7 +294,7 @@ def test_training_program_ranks_reading_other_images_are_stopped(tmp_path):
     def rank(data):
         return ["-n", "1", sys.executable, prog_path, "--data-parallel", "--preset", "demo",
                 "--data", str(data), "--epochs", "1", "--batch-size", "2", "--time-budget", "0",
-                "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+                "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet", *subset]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "MPI_", "OMPI_", "HYDRA_"))}
     env["OPENBLAS_NUM_THREADS"] = "1"
     job = subprocess.run([find_mpiexec(), *rank(a), ":", *rank(b)], capture_output=True, text=True,

@@ -9,6 +9,7 @@ with their error before any training.
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -363,6 +364,12 @@ def test_class_folders_left_beside_a_split_are_named(tmp_path):
                                          r"'cat' \(3 images\), 'dog' \(3 images\), 'fox' \(3 images\)"):
         train, val = load_image_folders(d, size=8, cache_dir=tmp_path / "c")
     assert (len(train), len(val)) == (6, 3)
+    for name in ("cat", "dog", "fox"):
+        shutil.rmtree(d / name)
+    os.symlink(d / "train", d / "train_again")                     # a link to train/ is train/
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_folders(d, size=8, cache_dir=tmp_path / "c")
 
 
 def test_a_held_out_image_linked_from_training_is_refused(tmp_path):
@@ -402,7 +409,9 @@ def test_float_and_wide_integer_images_are_read_by_a_fixed_rule_or_refused(tmp_p
         Image.fromarray(np.asarray(values, dtype), mode).save(d / "a" / name)
 
     half = np.full((6, 6), 0.5)
-    tif("1_overshoot.tif", np.where(np.eye(6, dtype=bool), 1.01, half))    # 0..1, a little over
+    over = np.full((40, 40), 0.5)
+    over[0, :4] = 1.01
+    tif("1_overshoot.tif", over)                                           # 0..1, a little over
     tif("2_dark.tif", np.full((6, 6), 40.0))                               # 0..255
     tif("3_wild.tif", np.full((6, 6), 3000.0))                             # neither
     tif("4_nan.tif", np.where(np.eye(6, dtype=bool), np.nan, half))
@@ -420,8 +429,7 @@ def test_float_and_wide_integer_images_are_read_by_a_fixed_rule_or_refused(tmp_p
     # the warning about 8-bit values in a wide image names its file
     assert any("6_bytes.tif" in m and "nearly black" in m for m in said)
     overshoot, dark, wide = ds.images[0], ds.images[1], ds.images[2]
-    eye = np.eye(6, dtype=bool)
-    assert np.all(overshoot[eye] == 255) and np.all(overshoot[~eye] == 128)   # not 1 and 0
+    assert np.all(overshoot[1:] == 128)                             # read as 0..1: grey, not black
     assert np.all(dark == 40)
     assert np.all(wide == 1)                                       # 200 / 257, as it says
 
@@ -482,20 +490,24 @@ def test_resampled_float_images_keep_their_range(tmp_path):
     d = tmp_path / "d"
     pngs(d / "b", 1, (0, 0, 250))
     (d / "a").mkdir()
-    ring = np.full((6, 6), 0.5)
+    ring = np.full((40, 40), 0.5)                                  # 2 of 1,600 values outside
     ring[0, 0], ring[0, 1] = 1.25, -0.13
     Image.fromarray(ring.astype(np.float32), "F").save(d / "a" / "1.tif")
     Image.fromarray((ring * 255).astype(np.float32), "F").save(d / "a" / "2.tif")
+    signed = np.linspace(-1, 1, 1600).reshape(40, 40)              # -1..1: another range, refused
+    Image.fromarray(signed.astype(np.float32), "F").save(d / "a" / "3.tif")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_image_folder(d, size=6, cache_dir=tmp_path / "c")
-    said = sorted(str(w.message) for w in caught)
+    said = sorted(str(w.message) for w in caught if "decoded with a warning" in str(w.message))
     assert len(said) == 2
     assert "1 image(s) decoded with a warning: float (F) images read as 0..1, " in said[0] and "1.tif" in said[0]
-    assert "read as 0..255, more than 0.1% of their values outside that range, clipped" in said[1]
-    assert ds.skipped == []
-    for image in ds.images[:2]:
-        assert image[0, 0, 0] == 255 and image[0, 1, 0] == 0 and np.all(image[1:] == 128)
+    assert "read as 0..255, 0.1-1% of their values outside that range" in said[1] and "2.tif" in said[1]
+    assert [os.path.basename(p) for p in ds.skipped] == ["3.tif"]
+    assert any("3.tif" in str(w.message) and "from -1 to 1: read as 0..255, 50% of them would be "
+               "clipped" in str(w.message) for w in caught)
+    for image in ds.images[:2]:                                    # size 6: the corner's overshoot
+        assert np.all(image[1:, 1:] == 128)                        # smoothed away, the rest grey
 
 
 def test_a_hard_link_is_the_same_file(tmp_path):

@@ -464,10 +464,11 @@ def test_data_parallel_ranks_reading_other_images_are_stopped(prog, monkeypatch)
     monkeypatch.setattr(prog.dist, "allreduce_sum", allreduce_sum)
     with pytest.raises(prog.ConfigError, match=r"1 of 2 rank\(s\) read other images than rank 0 "
                                                r"\(4 training / 2 held-out images here\)"):
-        prog.check_ranks_same_data(train, val, 2, main_rank=False)
+        prog.check_ranks_same_data({"data_fingerprint": {"train": "x", "val": "y"}}, train, val, 2,
+                                   main_rank=False)
     assert calls[0] == [0.0]                                       # a rank other than 0 adds nothing
     calls.clear()
-    prog.check_ranks_same_data(train, val, 1, main_rank=True)      # one process: nothing to compare
+    prog.check_ranks_same_data({}, train, val, 1, main_rank=True)  # one process: nothing to compare
     assert calls == []
 
 
@@ -487,7 +488,8 @@ def test_a_second_ctrl_c_says_whether_a_checkpoint_exists(prog, cache_dir, tmp_p
         err = capsys.readouterr().err
         assert e.value.code == 130
         if exists:
-            assert f"continue with --resume {tmp_path / 'latest.npz'}" in err, err
+            assert f"is from the run's last evaluation or save; continue with: python " in err, err
+            assert f"--resume {tmp_path / 'latest.npz'}" in err, err
         else:
             assert "no checkpoint of this run was written yet, so it cannot be continued" in err, err
 

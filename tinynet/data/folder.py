@@ -26,7 +26,7 @@ conversion would clip them at 255), with a warning when all values lie below 256
 a 16-bit file comes out nearly black), and refused when they leave 0..65535; 32-bit float images
 (mode "F") are read as 0..1 if their values lie within -0.5..1.5, else as 0..255 if within
 -127.5..382.5, the overshoot of a resampled image clipped (said when more than 0.1% of the
-values are), and refused otherwise or with NaN; images with transparency (RGBA, LA, PA, and
+values are), and refused otherwise, with NaN, or with more than 1% of the values outside; images with transparency (RGBA, LA, PA, and
 bilevel, grey, 16-bit, palette or RGB images with a transparent colour) are composited on a WHITE
 background; EXIF orientation is applied (the image as a viewer shows it); of an animated
 GIF/WebP or a multi-page TIFF the first frame is used; a large JPEG is shrunk by its decoder
@@ -152,6 +152,14 @@ def _image_files(folder):
                 others.append(path)
     images.sort()
     return images, sorted(others), [real_of[p] for p in images]
+
+
+def _same_file(a, b):
+    """True if the paths `a` and `b` lead to the same file or folder (False if either is gone)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _file_identity(path):
@@ -444,8 +452,9 @@ def _float_to_bytes(values):
     -0.5) it is 0..1, the usual convention of float images, scaled by 255; up to 382.5 (and down
     to -127.5) it is 0..255. Either way the overshoot that resampling leaves (a bicubic or
     Lanczos resize of a 0..1 image reaches 1.25) is clipped, with a warning when more than
-    0.1% of the values are. An image of 0..255 whose values are all below 1.5 is read as 0..1.
-    NaN, infinities or values beyond both ranges raise ValueError."""
+    0.1% of the values are; more than 1% outside is no overshoot but another range (-1..1, say)
+    and raises ValueError, as do NaN, infinities and values beyond both ranges. An image of
+    0..255 whose values are all below 1.5 is read as 0..1."""
     if values.size == 0:
         return values.astype(np.uint8)
     if not np.isfinite(values).all():
@@ -459,9 +468,14 @@ def _float_to_bytes(values):
     else:
         raise ValueError(f"a float (F) image with values from {lo:g} to {hi:g}, in neither 0..1 "
                          f"nor 0..255 (give or take half); save it as an 8 or 16-bit image")
-    if np.count_nonzero((values < 0) | (values > top)) > values.size // 1000:
-        warnings.warn(f"float (F) images read as 0..{top:g}, more than 0.1% of their values "
-                      f"outside that range, clipped")
+    outside = np.count_nonzero((values < 0) | (values > top))
+    if outside > values.size // 100:  # no overshoot: another range (-1..1, say)
+        raise ValueError(f"a float (F) image with values from {lo:g} to {hi:g}: read as 0..{top:g}, "
+                         f"{100 * outside / values.size:.0f}% of them would be clipped; save it as "
+                         f"an 8 or 16-bit image")
+    if outside > values.size // 1000:
+        warnings.warn(f"float (F) images read as 0..{top:g}, 0.1-1% of their values outside that "
+                      f"range (a resampling's overshoot), clipped")
     return (np.clip(values, 0, top) * scale).round().astype(np.uint8)
 
 
@@ -882,9 +896,10 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                            f"{os.path.join(printable(data_dir), 'train', '<class>')}/...",
                            stacklevel=2)
         # folders of images beside train/ (class folders copied, not moved, into a split)
-        used = {layout["train"], layout["val"], *layout["unused"]}
+        used = [u for u in (layout["train"], layout["val"], *layout["unused"]) if u is not None]
+        # (samefile: on a file system that ignores case Train/ is train/; a link to train/ is it)
         unread = [(name, len(_image_files(os.path.join(data_dir, name))[0])) for name in folders
-                  if os.path.join(data_dir, name) not in used]
+                  if not any(_same_file(os.path.join(data_dir, name), u) for u in used)]
         unread = [(name, count) for name, count in unread if count]
         if unread:
             shown = ", ".join(f"{name!r} ({count} images)" for name, count in unread[:5])
