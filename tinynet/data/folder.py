@@ -128,12 +128,10 @@ def _image_files(folder):
     """The files under `folder`: sub-folders included, linked ones too (each real folder
     visited once, so a link loop ends), hidden ones skipped.
 
-    Returns: (images, others, real), sorted paths of the image files and of the other
-    (non-hidden) files, which the loader leaves out and reports; real[i] tells which file on
-    disk images[i] is (_file_identity: one value for every link to the same file).
+    Returns: (images, others), sorted paths of the image files and of the other (non-hidden)
+    files, which the loader leaves out and reports.
     """
     images, others, visited = [], [], set()
-    real_of = {}
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(here)
         if real in visited:          # reached again through a link: already listed
@@ -142,16 +140,17 @@ def _image_files(folder):
         visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in files:
-            if f.startswith("."):
-                continue
-            path = os.path.join(here, f)
-            if _is_image_name(f):
-                images.append(path)
-                real_of[path] = _file_identity(path)
-            else:
-                others.append(path)
-    images.sort()
-    return images, sorted(others), [real_of[p] for p in images]
+            if not f.startswith("."):
+                (images if _is_image_name(f) else others).append(os.path.join(here, f))
+    return sorted(images), sorted(others)
+
+
+def _stat(path):
+    """os.stat(path) (links followed), or None if it fails (a link to nothing, no permission)."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _same_file(a, b):
@@ -162,24 +161,21 @@ def _same_file(a, b):
         return False
 
 
-def _file_identity(path):
-    """What `path` is on disk: its device and inode (the same for every link to the file, hard
-    links too), or where its links lead when it cannot be stat'ed (a link to nothing)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)
-    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+def _file_identity(path, st):
+    """What `path` is on disk, from its os.stat result `st` (_stat): its device and inode (the
+    same for every link to the file, hard links too), or where its links lead when it could not
+    be stat'ed (a link to nothing)."""
+    return (st.st_dev, st.st_ino) if st is not None and st.st_ino else os.path.realpath(path)
 
 
-def _one_file_once(paths, labels, reals, classes, func, stacklevel):
+def _one_file_once(paths, labels, stats, classes, func, stacklevel):
     """Each image file once: a file reached twice in one class (through a link) is kept once,
     with a warning; a file reached from two classes is refused (ValueError naming both paths),
     as its image would be learnt under two labels, and land on both sides of a split.
 
-    Returns: (paths, labels, reals) without the repeats."""
+    Returns: (paths, labels, stats) without the repeats."""
     first, keep, repeats, clashes = {}, [], [], []
-    for i, real in enumerate(reals):
+    for i, real in enumerate(map(_file_identity, paths, stats)):
         j = first.setdefault(real, i)
         if j == i:
             keep.append(i)
@@ -198,7 +194,7 @@ def _one_file_once(paths, labels, reals, classes, func, stacklevel):
         warnings.warn(f"{func}: {len(repeats)} image file(s) are reached twice in their class "
                       f"folder (through links, or hard links) and used once: {_some(repeats)}",
                       stacklevel=stacklevel + 1)
-    return [paths[i] for i in keep], [labels[i] for i in keep], [reals[i] for i in keep]
+    return [paths[i] for i in keep], [labels[i] for i in keep], [stats[i] for i in keep]
 
 
 def printable(text):
@@ -275,13 +271,13 @@ def _warn_loose_images(folder, files, func, expected, stacklevel):
                       stacklevel=stacklevel + 1)
 
 
-def scan_image_folder(root, func="load_image_folder", with_identities=False):
+def scan_image_folder(root, func="load_image_folder"):
     """List the images of root/<class>/.
 
-    Returns: (paths, labels, classes): paths a list of str, labels (N,) int64 with
-        labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names;
-        with_identities, a fourth item: which file on disk each path is (_file_identity).
-        Each image file is listed once: one reached twice in its class through a link is kept
+    Returns: (paths, labels, classes, stats): paths a list of str, labels (N,) int64 with
+        labels[i] = index in `classes` of the folder of paths[i], classes the sorted folder names,
+        stats[i] the os.stat of paths[i] or None (_stat; taken once, for the duplicates and the
+        cache key). Each image file is listed once: one reached twice in its class through a link is kept
         once (with a warning), one reached from two classes is refused.
     Raises FileNotFoundError if root is missing, ValueError if it has no class folders, only
     one, a class folder without image files (naming it), a link to nothing in place of a class
@@ -316,9 +312,9 @@ def scan_image_folder(root, func="load_image_folder", with_identities=False):
     if len(classes) == 1:
         raise ValueError(f"{func}: {root!r} has a single class folder ({classes[0]!r}); "
                          f"classification needs at least two")
-    paths, labels, reals, others = [], [], [], []
+    paths, labels, others = [], [], []
     for label, name in enumerate(classes):
-        images, not_images, real = _image_files(os.path.join(root, name))
+        images, not_images = _image_files(os.path.join(root, name))
         if not images:
             mac = (" (__MACOSX holds the Mac's metadata of an unpacked zip file, not a class: "
                    "delete it)" if name == "__MACOSX" else "")
@@ -326,9 +322,9 @@ def scan_image_folder(root, func="load_image_folder", with_identities=False):
                              f"files (looked for {', '.join(IMAGE_EXTENSIONS)}){mac}")
         paths += images
         labels += [label] * len(images)
-        reals += real
         others += not_images
-    paths, labels, reals = _one_file_once(paths, labels, reals, classes, func, stacklevel=3)
+    paths, labels, stats = _one_file_once(paths, labels, [_stat(p) for p in paths], classes, func,
+                                          stacklevel=3)
     # Said once per load, like the files skipped when the cache was built.
     _warn_loose_images(root, files, func, f"{os.path.join(printable(root), '<class>')}/...",
                        stacklevel=3)
@@ -341,9 +337,7 @@ def scan_image_folder(root, func="load_image_folder", with_identities=False):
         warnings.warn(f"{func}: {len(others)} file(s) in the class folders of {root!r} left out: "
                       f"not an image type this loader reads ({counts}): {_some(others)}",
                       stacklevel=3)
-    if with_identities:
-        return paths, np.array(labels, dtype=np.int64), classes, reals
-    return paths, np.array(labels, dtype=np.int64), classes
+    return paths, np.array(labels, dtype=np.int64), classes, stats
 
 
 def find_layout(data_dir, func="find_layout"):
@@ -379,7 +373,7 @@ def find_layout(data_dir, func="find_layout"):
     # Folders named like a split in another spelling. On a file system that ignores case
     # (macOS, Windows) Train/ is train/ itself: samefile leaves it out.
     misspelt = [n for n in folders if n not in known and _split_like(os.path.join(data_dir, n))
-                and not any(os.path.samefile(os.path.join(data_dir, n), u) for u in used)]
+                and not any(_same_file(os.path.join(data_dir, n), u) for u in used)]
     if has_train and held_out:
         return dict(train=train_dir, val=held_out[0],
                     unused=held_out[1:] + [os.path.join(data_dir, n) for n in misspelt])
@@ -593,20 +587,17 @@ def _write_npy(path, array):
 # The cache
 # ------------------------------------------------------------------------------------------
 
-def _cache_key(paths, labels, classes, size, split):
-    """sha256 (hex, 24 chars) of everything the cache's content depends on. A file that cannot
-    be stat'ed (a dangling link) enters as "missing"; decoding will then skip it."""
+def _cache_key(paths, labels, classes, size, split, stats):
+    """sha256 (hex, 24 chars) of everything the cache's content depends on; stats[i] is the
+    os.stat of paths[i] (scan_image_folder). A file that could not be stat'ed (a dangling link)
+    enters as "missing"; decoding will then skip it."""
     h = hashlib.sha256()
     h.update(json.dumps([_CACHE_VERSION, size, classes, split]).encode())
-    for path, label in zip(paths, labels.tolist()):
-        try:
-            st = os.stat(path)
-            # the change time too: an edit that keeps the size and the modification time (an EXIF
-            # tool's -P, cp -p over the file, tar x) still changes it, as only the kernel sets it.
-            # (So does a change of the file's permissions or owner: the cache is built again.)
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
-        except OSError:
-            stamp = "missing"
+    for path, label, st in zip(paths, labels.tolist(), stats):
+        # the change time too: an edit that keeps the size and the modification time (an EXIF
+        # tool's -P, cp -p over the file, tar x) still changes it, as only the kernel sets it.
+        # (So does a change of the file's permissions or owner: the cache is built again.)
+        stamp = "missing" if st is None else f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
         # os.fsencode, not str.encode: a file name that is not valid UTF-8 (b"caf\xe9.jpg" from
         # an old zip file) is held as a str with a surrogate ("caf\udce9.jpg"), which strict
         # UTF-8 refuses; fsencode gives back the name's own bytes (the same bytes as .encode()
@@ -737,16 +728,17 @@ def _commit(work, final_dir):
     fsync_folder(parent)
 
 
-def _load_files(paths, labels, classes, size, cache_dir, func, split=None, progress=None,
+def _load_files(paths, labels, classes, stats, size, cache_dir, func, split=None, progress=None,
                 retry_unreadable=True):
-    """Decode (or read from the cache) `paths` with `labels`.
+    """Decode (or read from the cache) `paths` with `labels` (and their `stats`, as
+    scan_image_folder gives all four).
 
     Returns an ArrayDataset, or with `split` = (val_fraction, seed) a pair (train, val) of
     ArrayDatasets (slices of the same memory map).
     """
     cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
-    folder = os.path.join(cache_dir, "folder-" + _cache_key(paths, labels, classes, size, split))
+    folder = os.path.join(cache_dir, "folder-" + _cache_key(paths, labels, classes, size, split, stats))
     meta = load_json(os.path.join(folder, "meta.json"))
     # a cache built while files could not be read is built again once one of them can be
     reuse = meta is not None and not (retry_unreadable and any(map(_can_read, meta.get("unreadable") or [])))
@@ -859,9 +851,8 @@ def load_image_folder(root, size=256, cache_dir=None, progress=None, retry_unrea
     the cache.
     """
     size = check_int("load_image_folder", "size", size, minimum=1)
-    paths, labels, classes = scan_image_folder(root, "load_image_folder")
-    return _load_files(paths, labels, classes, size, cache_dir, "load_image_folder",
-                       progress=progress, retry_unreadable=retry_unreadable)
+    return _load_files(*scan_image_folder(root, "load_image_folder"), size, cache_dir,
+                       "load_image_folder", progress=progress, retry_unreadable=retry_unreadable)
 
 
 def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=None,
@@ -908,8 +899,11 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                           f"{os.path.join(printable(data_dir), 'train')}/ there, only it and the "
                           f"held-out folder beside it are", stacklevel=2)
     if layout["val"] is not None:
-        train_paths, train_labels, classes, train_ids = scan_image_folder(layout["train"], func, True)
-        val_paths, val_labels, val_classes, val_ids = scan_image_folder(layout["val"], func, True)
+        train_scan = scan_image_folder(layout["train"], func)
+        val_scan = scan_image_folder(layout["val"], func)
+        (train_paths, _, classes, train_stats), (val_paths, _, val_classes, val_stats) = train_scan, val_scan
+        train_ids = list(map(_file_identity, train_paths, train_stats))
+        val_ids = list(map(_file_identity, val_paths, val_stats))
         in_train = set(train_ids)
         both = [r for r in val_ids if r in in_train]
         if both:
@@ -928,11 +922,10 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                              f"{layout['val']!r} differ: only in train {only_train}, "
                              f"only in val {only_val}"
                              + _normal_form_note(only_train, only_val))
-        train = _load_files(train_paths, train_labels, classes, size, cache_dir, func, **options)
-        val = _load_files(val_paths, val_labels, classes, size, cache_dir, func, **options)
+        train = _load_files(*train_scan, size, cache_dir, func, **options)
+        val = _load_files(*val_scan, size, cache_dir, func, **options)
         return train, val
     # checked before decoding, so a bad value costs nothing
     stratified_split_indices(np.zeros(2, np.int64), val_fraction, seed, func)
-    paths, labels, classes = scan_image_folder(layout["train"], func)
-    return _load_files(paths, labels, classes, size, cache_dir, func,
+    return _load_files(*scan_image_folder(layout["train"], func), size, cache_dir, func,
                        split=(float(val_fraction), int(seed)), **options)
