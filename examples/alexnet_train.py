@@ -536,7 +536,7 @@ def check_same_data(cfg, train, val, say):
 STATISTICS_TOLERANCE = 0.5
 
 
-def check_ranks_same_data(cfg, train, val, ranks, main_rank):
+def check_ranks_same_data(cfg, train, val, ranks):
     """Data parallel: every rank must read the same images, as each trains on its share of one
     list. The other ranks open the cache rank 0 just built, found by the same key; where their
     file system shows the files otherwise (another machine's copy of the data, a mount that
@@ -549,11 +549,9 @@ def check_ranks_same_data(cfg, train, val, ranks, main_rank):
         return
     seen = json.dumps(cfg.get("data_fingerprint"), sort_keys=True) + data_fingerprint(train) + data_fingerprint(val)
     digest = hashlib.sha256(seen.encode()).hexdigest()
-    mine = float(int(digest[:12], 16))       # 48 bits: exact in a float64 sum
-    total = dist.allreduce_sum([mine if main_rank else 0.0])
-    differs = dist.allreduce_sum([mine != total[0]])
-    if differs[0]:
-        raise ConfigError(f"data parallel: {int(differs[0])} of {ranks} rank(s) read other images than "
+    _, differs = dist.compare_with_root(float(int(digest[:12], 16)))   # 48 bits: exact in float64
+    if differs:
+        raise ConfigError(f"data parallel: {differs} of {ranks} rank(s) read other images than "
                           f"rank 0 ({len(train)} training / {len(val)} held-out images here); give "
                           f"every rank the same data folder, as rank 0 sees it, and one --cache-dir")
 
@@ -960,7 +958,7 @@ class Run:
                                                  training=not args.eval_only)
         if self.main_rank:
             dist.barrier()     # ... then the others read its cache
-        check_ranks_same_data(cfg, self.train_set, self.val_set, self.ranks, self.main_rank)
+        check_ranks_same_data(cfg, self.train_set, self.val_set, self.ranks)
         self.train_tf, self.eval_tf = make_transforms(cfg, self.train_set, training=not args.eval_only,
                                                       say=self.say)
         self.interim_set = (self.val_set if len(self.val_set) <= INTERIM_IMAGES else self.val_set.subset(
@@ -1430,12 +1428,11 @@ class Run:
         if self.ranks == 1:
             return
         mine = sum(float(np.sum(p.numpy(), dtype=np.float64)) for p in self.model.parameters())
-        total = dist.allreduce_sum([mine if self.main_rank else 0.0])
-        differs = dist.allreduce_sum([mine != total[0]])
-        if differs[0]:
-            raise RuntimeError(f"data parallel: the weights of {int(differs[0])} of {self.ranks} "
+        theirs, differs = dist.compare_with_root(mine)
+        if differs:
+            raise RuntimeError(f"data parallel: the weights of {differs} of {self.ranks} "
                                f"rank(s) differ from rank 0's at step {self.global_step} (sums "
-                               f"{mine!r} here, {float(total[0])!r} on rank 0); the ranks no longer "
+                               f"{mine!r} here, {theirs!r} on rank 0); the ranks no longer "
                                f"train one model")
 
     def _traffic_per_step(self):

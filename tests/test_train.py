@@ -462,13 +462,13 @@ def test_data_parallel_ranks_reading_other_images_are_stopped(prog, monkeypatch)
         calls.append(values)
         return [123.0] if len(calls) == 1 else [float(sum(values))]   # rank 0's value; my own flag
     monkeypatch.setattr(prog.dist, "allreduce_sum", allreduce_sum)
+    monkeypatch.setattr(prog.dist, "rank", lambda: 1)
     with pytest.raises(prog.ConfigError, match=r"1 of 2 rank\(s\) read other images than rank 0 "
                                                r"\(4 training / 2 held-out images here\)"):
-        prog.check_ranks_same_data({"data_fingerprint": {"train": "x", "val": "y"}}, train, val, 2,
-                                   main_rank=False)
+        prog.check_ranks_same_data({"data_fingerprint": {"train": "x", "val": "y"}}, train, val, 2)
     assert calls[0] == [0.0]                                       # a rank other than 0 adds nothing
     calls.clear()
-    prog.check_ranks_same_data({}, train, val, 1, main_rank=True)  # one process: nothing to compare
+    prog.check_ranks_same_data({}, train, val, 1)                   # one process: nothing to compare
     assert calls == []
 
 

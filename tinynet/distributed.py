@@ -402,6 +402,16 @@ def allreduce_sum(array):
     return value
 
 
+def compare_with_root(value, root=0):
+    """Every rank's float `value` against rank `root`'s, for checks that the ranks agree (the
+    same weights, the same data). Returns (root's value, how many ranks hold another): one
+    Allreduce adds root's value alone (exact in float64, the others adding 0), a second counts
+    the ranks that differ. At world size 1: (value, 0)."""
+    total = allreduce_sum([value if rank() == root else 0.0])
+    differs = allreduce_sum([value != total[0]])
+    return float(total[0]), int(differs[0])
+
+
 def barrier():
     """Wait until every rank has arrived here (e.g. rank 0 prepared a data cache). No-op at
     world size 1."""
