@@ -4,10 +4,10 @@
 each panel is (title, {series name: (xs, ys)}) or (title, series, labels)
 with ``labels = dict(x="step", y="error (%)")`` for the axis labels (give
 the units).  A series given as (xs, ys, like) is drawn as rings, unjoined,
-in the colour of the series named ``like``: a measurement of another kind
-beside a curve (a final score on more images); ``like`` names a series given before it.  Ticks fall on round values
-(1, 2 or 5 x 10^k apart); each panel's legend stands right of its plot,
-where it hides no data.  Enough for training curves.
+in the colour of the series named ``like`` (given before it): a measurement
+of another kind beside a curve (a final score on more images).  Ticks fall
+on round values (1, 2 or 5 x 10^k apart); each panel's legend stands right
+of its plot, where it hides no data.  Enough for training curves.
 """
 
 import math
