@@ -26,11 +26,11 @@ conversion would clip them at 255), with a warning when all values lie below 256
 a 16-bit file comes out nearly black), and refused when they leave 0..65535; 32-bit float images
 (mode "F") are read as 0..1 if their values lie within -0.5..1.5, else as 0..255 if within
 -127.5..382.5, the overshoot of a resampled image clipped (said when more than 0.1% of the
-values are), and refused otherwise, with NaN, or with more than 1% of the values outside; images with transparency (RGBA, LA, PA, and
-bilevel, grey, 16-bit, palette or RGB images with a transparent colour) are composited on a WHITE
-background; EXIF orientation is applied (the image as a viewer shows it); of an animated
-GIF/WebP or a multi-page TIFF the first frame is used; a large JPEG is shrunk by its decoder
-first (decode_image). What Pillow and these rules warn about while decoding is said once per
+values are), and refused otherwise, with NaN, or with more than 1% of the values outside;
+images with transparency (RGBA, LA, PA, and bilevel, grey, 16-bit, palette or RGB images with a
+transparent colour) are composited on a WHITE background; EXIF orientation is applied (the
+image as a viewer shows it); of an animated GIF/WebP or a multi-page TIFF the first frame is
+used; a large JPEG is shrunk by its decoder first (decode_image). What Pillow and these rules warn about while decoding is said once per
 kind after the decoding, with the number of files and the first few names.
 
 Bad files are skipped with a warning, never a crash, and the split (when made here) is made
@@ -901,7 +901,8 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
     if layout["val"] is not None:
         train_scan = scan_image_folder(layout["train"], func)
         val_scan = scan_image_folder(layout["val"], func)
-        (train_paths, _, classes, train_stats), (val_paths, _, val_classes, val_stats) = train_scan, val_scan
+        train_paths, _, classes, train_stats = train_scan
+        val_paths, _, val_classes, val_stats = val_scan
         train_ids = list(map(_file_identity, train_paths, train_stats))
         val_ids = list(map(_file_identity, val_paths, val_stats))
         in_train = set(train_ids)
