@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -192,7 +193,7 @@ def parse_args(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--stop-after-steps", type=int, default=0, metavar="K",
                     help="behave as if interrupted (Ctrl-C) after K steps of this invocation: "
-                         "saves latest.npz and exits (for testing --resume)")
+                         "saves latest.npz and exits with status 0 (for testing --resume)")
     ap.add_argument("--trace", action="store_true",
                     help="print every op of ONE training step (forward and backward: shapes, and for "
                          "convolutions the im2col and GEMM shapes and cost), then exit without "
@@ -1243,12 +1244,17 @@ class Run:
             link_checkpoint(os.path.join(self.out, "latest.npz"), os.path.join(self.out, "best.npz"))
 
     def save_and_stop(self, epoch, reason):
-        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on."""
+        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on.  A stop by
+        a signal this process received then exits with the shell's status for it (130 for
+        Ctrl-C, 143 for SIGTERM), so that a script or scheduler sees a run that did not finish;
+        --stop-after-steps, a stop asked for, returns None."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
             latest = os.path.join(self.out, "latest.npz")
             print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
-                  f"Continue with: {continue_command(self.args, self.ranks, latest)}")
+                  f"Continue with: {continue_command(self.args, self.ranks, latest)}", flush=True)
+        if reason in signal.Signals.__members__:
+            raise SystemExit(128 + signal.Signals[reason].value)
         return None
 
     def finish(self):
@@ -1303,7 +1309,7 @@ class Run:
     # ---- machinery ----------------------------------------------------------------------
     def _last_good(self):
         """Which checkpoint to go back to after a divergence: latest.npz, written only after an
-        evaluation whose outputs were all finite."""
+        evaluation whose outputs were all finite, or at a stop, and only of finite weights."""
         if self.args.eval_only:
             return "an earlier checkpoint of the run (best.npz) may still score"
         latest = os.path.join(self.out, "latest.npz") if self.out else None
@@ -1323,6 +1329,7 @@ class Run:
     def save(self, name, epoch, step):
         if not (self.main_rank and self.out):   # only rank 0 writes: every rank holds the same weights
             return
+        self._check_finite(name)
         # running_loss and run_time: a resumed run continues the half-filled average of the
         # training loss and the clock, so its metrics are those of an uninterrupted run
         meta = dict(config=self.cfg, epoch=epoch, step=step, global_step=self.global_step,
@@ -1332,6 +1339,20 @@ class Run:
         t0 = time.time()
         save_checkpoint(os.path.join(self.out, name), self.model, self.optimizer, meta)
         self.save_seconds.add(time.time() - t0)
+
+    def _check_finite(self, name):
+        """Refuse to write a checkpoint of weights or momentum holding NaN or infinity (an update
+        that diverged after a finite loss, saved by Ctrl-C): it would replace the last good one."""
+        velocity = dict(zip((id(p) for p in self.optimizer.params), self.optimizer.velocity))
+        for what, p in self.model.named_parameters():
+            for array, of in ((p.data, ""), (velocity.get(id(p)), "the momentum of ")):
+                with tn.backend.device_guard(p.device):  # (a GPU's array is checked on its GPU)
+                    finite = array is None or bool(p.device.xp.isfinite(array).all())
+                if not finite:
+                    raise FloatingPointError(
+                        f"at epoch {self.epoch}, step {self.step} (global step {self.global_step}) "
+                        f"{of}{what} holds NaN or infinite values, so {name} was not written; "
+                        f"{self._last_good()}. Try a smaller --lr or more --warmup-steps.")
 
     def _score(self, dataset):
         t0 = time.time()

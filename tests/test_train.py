@@ -8,6 +8,7 @@ module into a shared cache.
 
 import json
 import os
+import signal
 import sys
 
 import numpy as np
@@ -131,6 +132,50 @@ def test_demo_run_writes_its_files(run_a):
     # no temporary files left in the run folder
     assert sorted(os.listdir(out)) == ["best.npz", "config.json", "conv1_filters.png", "curves.png",
                                        "latest.npz", "metrics.jsonl"]
+
+
+def test_a_signal_saves_and_exits_with_the_shells_status_for_it(prog, cache_dir, tmp_path, monkeypatch,
+                                                                  capsys):
+    """SIGTERM during a step: the step finishes, latest.npz is saved, and the process exits with
+    status 143 (128 + 15), so that a scheduler or script sees a run that did not finish."""
+    step_done = prog.Run.step_done
+
+    def signalled(self, value, stop):
+        os.kill(os.getpid(), signal.SIGTERM)   # arrives inside the loop, as from `kill`
+        return step_done(self, value, stop)
+
+    monkeypatch.setattr(prog.Run, "step_done", signalled)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        prog.main(tiny_args(out, cache_dir, "--epochs", "2"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert "SIGTERM: saved" in capsys.readouterr().out
+    assert load_checkpoint(str(out / "latest.npz"))["meta"]["global_step"] == 1
+
+
+def test_weights_gone_infinite_never_replace_the_last_good_checkpoint(prog, cache_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    """An update can make a weight or its momentum infinite after a finite loss; a stop right
+    then (Ctrl-C, here --stop-after-steps) must not write those weights over latest.npz."""
+    out = tmp_path / "run"
+    prog.main(tiny_args(out, cache_dir, "--epochs", "2", "--stop-after-steps", "1"))
+    latest = out / "latest.npz"
+    good = latest.read_bytes()
+    step_done = prog.Run.step_done
+
+    def diverged(self, value, stop):
+        dict(self.model.named_parameters())["fc7.weight"].data[0, 0] = np.inf
+        return step_done(self, value, stop)
+
+    monkeypatch.setattr(prog.Run, "step_done", diverged)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        prog.main(["--resume", str(latest), "--stop-after-steps", "1", "--cache-dir", cache_dir, "--quiet"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert PREFIX in err and "fc7.weight holds NaN or infinite values, so latest.npz was not written" in err
+    assert f"the last good checkpoint is {latest}" in err
+    assert latest.read_bytes() == good
 
 
 @pytest.mark.slow
