@@ -515,7 +515,8 @@ def check_same_data(cfg, train, val, say):
             f"--resume: the data is not what this run trained on: {where} now gives "
             f"{len(train)} training / {len(val)} held-out images in {train.num_classes} "
             f"classes{had}, and its {' and '.join(differ)} images are not the run's (images "
-            f"added, removed or renamed). Its held-out images could be images it trained on, "
+            f"added, removed or renamed){class_count_changes(cfg, train, val)}. "
+            f"Its held-out images could be images it trained on, "
             f"and training would go on over other images (or the loader of this version of "
             f"tinynet reads the folder otherwise than the one that made the run: it uses a file "
             f"reached twice through links once, and refuses files it cannot scale). Restore the "
@@ -528,6 +529,29 @@ def check_same_data(cfg, train, val, say):
             "wrote it); only its class names could be checked to be the same")
     cfg["data_fingerprint"] = now
     cfg["data_counts"] = [len(train), len(val)]
+    cfg["data_class_counts"] = {name: dict(zip(s.classes, np.bincount(s.labels, minlength=s.num_classes).tolist()))
+                                for name, s in (("train", train), ("val", val))}
+
+
+def class_count_changes(cfg, train, val, most=8):
+    """For the refusal of changed data: the classes whose numbers of training or held-out images
+    differ from those the run recorded ("; by class: 'cat' 120 training images, the run had
+    118"), the first `most` of them; or, where every class has its recorded numbers, that the
+    files were renamed or replaced. Empty for a checkpoint that recorded no numbers."""
+    recorded = cfg.get("data_class_counts")
+    if not recorded:
+        return ""
+    changes = []
+    for name, part, label in (("train", train, "training"), ("val", val, "held-out")):
+        now = dict(zip(part.classes, np.bincount(part.labels, minlength=part.num_classes).tolist()))
+        then = recorded.get(name, {})
+        for c in list(then) + [c for c in now if c not in then]:
+            if now.get(c, 0) != then.get(c, 0):
+                changes.append(f"{c!r} {now.get(c, 0)} {label} image(s), the run had {then.get(c, 0)}")
+    if not changes:
+        return "; every class has as many images as in the run: files were renamed, or replaced by others"
+    more = f" and {len(changes) - most} more" if len(changes) > most else ""
+    return "; by class: " + "; ".join(changes[:most]) + more
 
 
 # How far (in grey levels of 0..255) the training images' channel means and deviations may
