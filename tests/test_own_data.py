@@ -671,6 +671,29 @@ def test_rebuilt_cache_replaces_the_stale_one(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path / "c")) == 1                   # the stale copy is gone
 
 
+def test_a_new_cache_names_the_earlier_caches_of_the_same_folder(tmp_path):
+    """Images added: a new cache is built, and the earlier one, left for runs that may read
+    it, is named with the space it takes; a cache of another size, or of another folder, is not."""
+    animal_folder(tmp_path / "d", per_class=2)
+    animal_folder(tmp_path / "other", per_class=2)
+    cache = tmp_path / "c"
+    load_image_folders(tmp_path / "d", size=8, cache_dir=cache)
+    load_image_folders(tmp_path / "other", size=8, cache_dir=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # another size: nothing said
+        load_image_folders(tmp_path / "d", size=6, cache_dir=cache)
+    (earlier,) = [name for name in os.listdir(cache)
+                  if json.load(open(cache / name / "meta.json"))["size"] == 8
+                  and json.load(open(cache / name / "meta.json"))["source"] == str(tmp_path / "d")]
+    pngs(tmp_path / "d" / "cat", 3, (200, 30, 30))                # cat/002.png added
+    with pytest.warns(UserWarning) as said:
+        load_image_folders(tmp_path / "d", size=8, cache_dir=cache)
+    (text,) = [str(w.message) for w in said if "earlier cache" in str(w.message)]
+    assert f"1 earlier cache(s) of {tmp_path / 'd'}" in text and earlier in text
+    assert "delete them if no run needs the folder as it was" in text
+    assert len(os.listdir(cache)) == 4                           # nothing deleted
+
+
 # ------------------------------------------------------------------------------------------
 # Library behaviours
 # ------------------------------------------------------------------------------------------

@@ -61,7 +61,9 @@ renamed into place as one unit, so a reader sees a whole cache or none. Several 
 (data-parallel ranks) may build the same cache at once: the first rename wins and the others
 use the winner's cache, so images and labels always come from the same build. The disk space
 for the images is reserved before decoding starts, so a full disk is a clear OSError naming the
-cache and the bytes needed, and the temporary folder is removed.
+cache and the bytes needed, and the temporary folder is removed. An earlier cache of the same
+folder (same size and split: its files have changed since) is not deleted, as a run may still
+read it; building the new one names the earlier ones and the space they take, in a warning.
 """
 
 import errno
@@ -647,7 +649,7 @@ def _decode_all(paths, size, images, func, progress):
     return kept, corrupt, unreadable
 
 
-def _build_cache(final_dir, paths, labels, size, split, func, progress):
+def _build_cache(final_dir, paths, labels, size, split, func, progress, source=None):
     """Decode `paths` into a new cache folder and rename it to `final_dir` (see module docstring).
 
     split: None (rows in file order) or (val_fraction, seed): the readable images are split per
@@ -687,7 +689,9 @@ def _build_cache(final_dir, paths, labels, size, split, func, progress):
         _fsync_file(image_path)
         _write_npy(os.path.join(work, "labels.npy"), kept_labels[rows])
         meta = {"version": _CACHE_VERSION, "size": size, "num_files": len(paths),
-                "skipped": corrupt, "unreadable": unreadable, "parts": parts}
+                "skipped": corrupt, "unreadable": unreadable, "parts": parts,
+                "source": None if source is None else os.path.abspath(source),
+                "split": None if split is None else list(split)}
         _write_json(os.path.join(work, "meta.json"), meta)
         fsync_folder(work)
         _commit(work, final_dir)
@@ -696,6 +700,34 @@ def _build_cache(final_dir, paths, labels, size, split, func, progress):
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _warn_earlier_caches(folder, meta, func):
+    """After building the cache `folder`: name the other caches beside it of the same source
+    folder, size and split (built before its files changed), and the space they take."""
+    if not meta or meta.get("source") is None:
+        return
+    parent, earlier, total = os.path.dirname(folder), [], 0
+    for name in sorted(os.listdir(parent)):
+        other = os.path.join(parent, name)
+        if not name.startswith("folder-") or other == folder:
+            continue
+        theirs = load_json(os.path.join(other, "meta.json"))
+        if theirs is None or [theirs.get(k) for k in ("source", "size", "split")] != \
+                [meta["source"], meta["size"], meta.get("split")]:
+            continue
+        earlier.append(name)
+        for entry in os.scandir(other):
+            try:
+                total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+    if earlier:
+        warnings.warn(f"{func}: {len(earlier)} earlier cache(s) of {printable(meta['source'])} "
+                      f"(built before its files changed) remain in {printable(parent)}, "
+                      f"{total / 2**20:,.0f} MB: {', '.join(earlier[:3])}"
+                      f"{' and more' if len(earlier) > 3 else ''}; delete them if no run needs "
+                      f"the folder as it was", stacklevel=4)
 
 
 def _commit(work, final_dir):
@@ -729,9 +761,10 @@ def _commit(work, final_dir):
 
 
 def _load_files(paths, labels, classes, stats, size, cache_dir, func, split=None, progress=None,
-                retry_unreadable=True):
+                retry_unreadable=True, source=None):
     """Decode (or read from the cache) `paths` with `labels` (and their `stats`, as
-    scan_image_folder gives all four).
+    scan_image_folder gives all four); `source` is the folder they were found in (recorded in
+    a new cache, to name its earlier caches: _warn_earlier_caches).
 
     Returns an ArrayDataset, or with `split` = (val_fraction, seed) a pair (train, val) of
     ArrayDatasets (slices of the same memory map).
@@ -752,7 +785,8 @@ def _load_files(paths, labels, classes, stats, size, cache_dir, func, split=None
                           f"the cache {folder} was built and are missing from it: "
                           f"{_some(meta['unreadable'])}", stacklevel=3)
     else:
-        built, missing, meta = _build_cache(folder, paths, labels, size, split, func, progress)
+        built, missing, meta = _build_cache(folder, paths, labels, size, split, func, progress, source)
+        _warn_earlier_caches(folder, meta, func)
         if built is None:
             bad = len(meta["skipped"]) + len(meta["unreadable"])
             raise ValueError(f"{func}: no readable image in class folder(s) "
@@ -852,7 +886,8 @@ def load_image_folder(root, size=256, cache_dir=None, progress=None, retry_unrea
     """
     size = check_int("load_image_folder", "size", size, minimum=1)
     return _load_files(*scan_image_folder(root, "load_image_folder"), size, cache_dir,
-                       "load_image_folder", progress=progress, retry_unreadable=retry_unreadable)
+                       "load_image_folder", progress=progress, retry_unreadable=retry_unreadable,
+                       source=root)
 
 
 def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=None,
@@ -923,10 +958,10 @@ def load_image_folders(data_dir, val_fraction=0.1, seed=0, size=256, cache_dir=N
                              f"{layout['val']!r} differ: only in train {only_train}, "
                              f"only in val {only_val}"
                              + _normal_form_note(only_train, only_val))
-        train = _load_files(*train_scan, size, cache_dir, func, **options)
-        val = _load_files(*val_scan, size, cache_dir, func, **options)
+        train = _load_files(*train_scan, size, cache_dir, func, source=layout["train"], **options)
+        val = _load_files(*val_scan, size, cache_dir, func, source=layout["val"], **options)
         return train, val
     # checked before decoding, so a bad value costs nothing
     stratified_split_indices(np.zeros(2, np.int64), val_fraction, seed, func)
     return _load_files(*scan_image_folder(layout["train"], func), size, cache_dir, func,
-                       split=(float(val_fraction), int(seed)), **options)
+                       split=(float(val_fraction), int(seed)), source=layout["train"], **options)
