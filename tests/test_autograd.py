@@ -195,6 +195,43 @@ def test_graph_is_freed_after_backward():
     assert np.allclose(x.grad, 2 + 2 + 2)
 
 
+def test_a_refused_backward_adds_no_gradient_anywhere():
+    """The graph is checked before any gradient is delivered: a weight changed after forward
+    refuses backward, and the other leaves keep no half-delivered gradient."""
+    x = tn.tensor(np.ones(2))
+    w1 = tn.tensor(np.ones(2), requires_grad=True)
+    w2 = tn.tensor(np.ones(2), requires_grad=True)
+    loss = (w1 * x).sum() + ((w2 * x) * 2.0).sum()
+    w2._bump_version()                                   # as SGD.step or load_state_dict do
+    with pytest.raises(RuntimeError, match="modified in place after forward"):
+        loss.backward()
+    assert w1.grad is None and w2.grad is None
+
+
+def test_the_loss_and_dropout_keep_their_own_labels_and_mask():
+    """A caller's label array or dropout mask refilled before backward (a reused batch buffer)
+    does not change the gradient: the ops keep copies."""
+    logits = tn.tensor(np.zeros((3, 4)), requires_grad=True)
+    labels = np.array([0, 3, 1])
+    loss = F.cross_entropy(logits, labels)
+    labels[:] = 2
+    loss.backward()
+    expected = np.full((3, 4), 0.25)
+    expected[[0, 1, 2], [0, 3, 1]] -= 1.0
+    assert np.allclose(logits.grad, expected / 3)
+    x = tn.tensor(np.ones(4), requires_grad=True)
+    mask = np.array([2.0, 0.0, 2.0, 0.0])
+    y = F.dropout(x, 0.5, mask=mask)
+    mask[:] = 1.0
+    y.sum().backward()
+    assert np.array_equal(x.grad, [2.0, 0.0, 2.0, 0.0])
+
+
+def test_an_integer_tensor_to_a_float_power_is_float64():
+    assert np.allclose((tn.tensor(np.array([2, 4])) ** -1.0).data, [0.5, 0.25])
+    assert (tn.tensor(np.array([2, 4])) ** 2).dtype == np.int64
+
+
 def test_no_grad_builds_no_graph():
     x = tn.tensor(np.ones(2), requires_grad=True)
     with tn.no_grad():

@@ -541,6 +541,34 @@ def _checked_grad(fn, i, tensor, g):
     return g
 
 
+def _check_graph(root_fn):
+    """Before any gradient is delivered: every function the walk can reach from ``root_fn``
+    still holds its inputs (no earlier backward freed them) and finds them as forward left
+    them (their version counts).  Checked during the walk instead, a refusal would come after
+    some leaves had already had gradients added."""
+    stack, seen = [root_fn], {id(root_fn)}
+    while stack:
+        fn = stack.pop()
+        if fn.inputs is None:
+            raise RuntimeError(
+                f"Tensor.backward: part of the graph ({type(fn).__name__}) was already freed by "
+                "an earlier backward(); use retain_graph=True there"
+            )
+        for i, (t, version) in enumerate(zip(fn.inputs, fn.input_versions)):
+            if t._version != version:
+                raise RuntimeError(
+                    f"{type(fn).__name__}.backward: input {i} (shape {t.shape}) was modified in place "
+                    f"after forward (version {version} -> {t._version}, e.g. by SGD.step or "
+                    "load_state_dict, itself or a tensor over the same memory: a view, detach()); "
+                    "its gradient would be computed from the new values. "
+                    "Run forward again after changing weights"
+                )
+            creator = t._creator
+            if fn.needs_input_grad[i] and creator is not None and id(creator) not in seen:
+                seen.add(id(creator))
+                stack.append(creator)
+
+
 def run_backward(root, grad, retain_graph=False):
     """Walk the graph behind ``root`` and deliver gradients to the leaves.
 
@@ -566,25 +594,12 @@ def run_backward(root, grad, retain_graph=False):
         slots[index] = g if slots[index] is None else slots[index] + g
 
     root_fn = root._creator
+    _check_graph(root_fn)
     add_grad(root_fn, root._out_index, grad)
     push(root_fn)
 
     while heap:
         _, _, fn = heapq.heappop(heap)
-        if fn.inputs is None:
-            raise RuntimeError(
-                f"Tensor.backward: part of the graph ({type(fn).__name__}) was already freed by "
-                "an earlier backward(); use retain_graph=True there"
-            )
-        for i, (t, version) in enumerate(zip(fn.inputs, fn.input_versions)):
-            if t._version != version:
-                raise RuntimeError(
-                    f"{type(fn).__name__}.backward: input {i} (shape {t.shape}) was modified in place "
-                    f"after forward (version {version} -> {t._version}, e.g. by SGD.step or "
-                    "load_state_dict, itself or a tensor over the same memory: a view, detach()); "
-                    "its gradient would be computed from the new values. "
-                    "Run forward again after changing weights"
-                )
         slots = grads.pop(fn)
         # the op guard again: backward runs on the op's device (on a GPU, on its forward's stream)
         with on_device(fn.device, stream=fn.stream) if fn.stream is not None else _guard(fn.device):

@@ -380,6 +380,7 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
         raise ValueError(f"{fn}: p must be in [0, 1), got {p!r}")
     if not training or p == 0:
         return x
+    given = mask is not None
     if mask is None:
         mask = dropout_mask(x.shape, p, x.dtype, rng)
     elif tuple(mask.shape) != x.shape:
@@ -396,7 +397,8 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
     if not is_grad_enabled():
         with device_guard(x.device):
             return Tensor(x.data * mask, device=x.device)
-    return activation.Dropout.apply(x, mask=mask)
+    # the caller's mask is copied: changed before backward, it would change the gradient
+    return activation.Dropout.apply(x, mask=mask.copy() if given else mask)
 
 
 def linear(x, weight, bias=None):

@@ -3,7 +3,7 @@
 ``kernels_for(x)`` picks the module holding the backend-specific loops.  On
 the CPU: ``cpu_loops`` (kernels/cpu_loops.cpp, compiled on first use) or
 ``cpu_kernels`` (NumPy), as ``tinynet.set_cpu_loops`` says; both give the
-same bits.  On a GPU: ``tinynet.cuda.kernels`` (CuPy + kernels/*.cu).  All
+same bits (the exceptions: cpu_loops's docstring).  On a GPU: ``tinynet.cuda.kernels`` (CuPy + kernels/*.cu).  All
 three export the same functions with the same arguments.
 """
 

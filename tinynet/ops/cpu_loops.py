@@ -5,7 +5,9 @@ NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
 lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, and the
 Winograd transforms (winograd_input, winograd_output, winograd_grad_output,
 winograd_input_grad, winograd_weight, winograd_weight_grad; where a sum of
-NaN operands gives a NaN, its sign may differ from NumPy's).  The
+NaN operands gives a NaN, its sign may differ from NumPy's; an LRN with a beta
+other than the paper's 0.75 takes its power from std::pow here and np.power
+there, which may round one last bit apart).  The
 NumPy versions are the ones to read first; this module exists for speed.  A
 NumPy call is one pass over memory, so the paper's LRN takes about ten passes
 over the activations and a 3x3 max-pool nine; a compiled loop visits each

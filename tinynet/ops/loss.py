@@ -59,7 +59,9 @@ class CrossEntropy(Function):
         xp = get_array_module(logits)
         logp = _log_softmax(logits, axis=1)
         n = logits.shape[0]
-        self.save_for_backward(logp, labels)
+        # a copy of the labels (N integers): the caller's array, refilled with the next batch
+        # before backward, would give the gradient of other labels than the loss's
+        self.save_for_backward(logp, labels.copy())
         return -logp[xp.arange(n), labels].sum() / max(n, 1)
 
     def backward(self, g):

@@ -384,6 +384,10 @@ def pow(a, exponent):
         raise TypeError(f"pow: a fractional exponent needs a floating tensor, got dtype {a.dtype}")
     # a NumPy scalar exponent (np.float64(2)) must not promote a float32 tensor
     exponent = exponent.item() if isinstance(exponent, np.generic) else exponent
+    if a.dtype.kind != "f" and isinstance(exponent, float):
+        # the rule of the other ops: an integer tensor with a float number gives float64
+        # (int ** -1.0 -> 0.5, never a silent 0); integer tensors never require grad
+        a = Tensor(a.data.astype(np.float64), device=a.device)
     return Pow.apply(a, exponent=exponent)
 
 
