@@ -675,6 +675,16 @@ def build_model(cfg, num_classes, device="cpu"):
 # ----------------------------------------------------------------------------
 
 
+def log_mean_softmax(logits):
+    """logits (n, crops, classes), float64 -> (n, classes): the log of each image's softmax
+    averaged over its crops, computed from log-softmaxes (log-sum-exp), so that a probability
+    too small for float32 (a confident mistake) still gives its loss, not a clipped one."""
+    z = logits - logits.max(axis=2, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=2, keepdims=True))                 # log-softmax per crop
+    top = log_p.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(log_p - top).mean(axis=1, keepdims=True)))[:, 0]
+
+
 def evaluate(model, dataset, transform, batch_size, device="cpu"):
     """Top-1 error, top-5 error (only with more than 5 classes: with 5 or fewer every label is
     among the top 5) and mean loss over ``dataset``: dict(top1_err, [top5_err,] loss), and
@@ -696,15 +706,13 @@ def evaluate(model, dataset, transform, batch_size, device="cpu"):
                                   drop_last=False)
         with tn.no_grad():
             for x, y, _ in loader.epoch_batches(0):
-                if x.ndim == 5:  # several crops of each image: average the softmax over them
-                    n, c = x.shape[:2]
-                    logits = model(tn.tensor(x.reshape(n * c, *x.shape[2:])).to(device)).data
-                    probs = F.softmax(logits).numpy().reshape(n, c, -1).mean(axis=1)
-                else:
-                    probs = F.softmax(model(tn.tensor(x).to(device)).data).numpy()
-                nonfinite += int((~np.isfinite(probs)).any(axis=1).sum())
-                total_loss += float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).sum())
-                top5 = np.argsort(-probs, axis=1)[:, :5]
+                n, c = x.shape[0], (x.shape[1] if x.ndim == 5 else 1)  # c crops of each image
+                logits = model(tn.tensor(x.reshape(n * c, *x.shape[-3:])).to(device)).numpy()
+                logits = logits.astype(np.float64).reshape(n, c, -1)
+                nonfinite += int((~np.isfinite(logits)).any(axis=(1, 2)).sum())
+                log_probs = log_mean_softmax(logits)
+                total_loss += float(-log_probs[np.arange(len(y)), y].sum())
+                top5 = np.argsort(-log_probs, axis=1, kind="stable")[:, :5]
                 wrong1 += int((top5[:, 0] != y).sum())
                 wrong5 += int((top5 != y[:, None]).all(axis=1).sum())
     wrong1, wrong5, total_loss, nonfinite = dist.allreduce_sum([wrong1, wrong5, total_loss, nonfinite])
@@ -1039,16 +1047,24 @@ class Run:
     @staticmethod
     def _resumed_config(args, ckpt):
         """A resumed run continues with its own configuration: only its length (--epochs,
-        --time-budget) and how it is evaluated (--eval-crops; with --eval-only also
-        --max-val-images and --batch-size) may change, and what changes is recorded."""
+        --time-budget) may change, and with --eval-only how it is evaluated (--eval-crops,
+        --max-val-images, --batch-size); what changes is recorded."""
         cfg = dict(ckpt["meta"]["config"])
         for key in ("epochs", "time_budget"):
             if getattr(args, key) is not None:
                 cfg[key] = getattr(args, key)
         # checkpoints of older versions said ten_crop, and evaluated the centre crop otherwise
         cfg.setdefault("eval_crops", 10 if cfg.pop("ten_crop", False) else 1)
-        if eval_crops(args) is not None:
-            cfg["eval_crops"] = eval_crops(args)
+        crops = eval_crops(args)
+        if crops is not None and crops != cfg["eval_crops"] and not args.eval_only:
+            raise ConfigError(
+                f"--resume: the run scores its held-out images by {CROPS_SAID[cfg['eval_crops']]}, "
+                f"and its best error (best.npz) and learning-rate schedule compare those scores; "
+                f"scored by {CROPS_SAID[crops]} from here on, they would compare scores made two "
+                f"ways. A resumed run keeps its crops: score a checkpoint by other crops with "
+                f"--eval-only (--resume CHECKPOINT --eval-only --eval-crops {crops})")
+        if crops is not None:
+            cfg["eval_crops"] = crops
         if args.eval_only:
             if "max_val_images" in args.given:
                 cfg["max_val_images"] = args.max_val_images
@@ -1134,6 +1150,12 @@ class Run:
                    f"{'random mirrors' if cfg.get('mirror', True) else 'no mirrors'}, lighting "
                    f"{cfg['lighting_std']}; evaluated on "
                    f"{CROPS_SAID[cfg['eval_crops']]}")
+        left = len(self.train_set) % cfg["batch_size"]
+        if left and not self.args.eval_only:   # whole batches only: each epoch's last images wait
+            self.say(f"each epoch trains on {len(self.train_set) // cfg['batch_size']} whole batches "
+                     f"of {cfg['batch_size']}: "
+                     f"the last {left} training image(s) of its shuffled order (others each epoch) "
+                     f"are left out of it")
         if not cfg.get("mirror", True) and cfg["eval_crops"] > 1:
             self.say(f"warning: the network trains without mirrors and is evaluated on "
                      f"{CROPS_SAID[cfg['eval_crops']]}, mirrored crops included, which it never saw")
@@ -1234,7 +1256,7 @@ class Run:
         if crossing is not None:
             result["cross_tower_bytes_per_step"] = crossing
         self.log(dict(kind="eval", epoch=epoch, step=self.global_step, time=self.elapsed(),
-                      images=len(self.interim_set), **result))
+                      images=len(self.interim_set), crops=self.cfg["eval_crops"], **result))
         top5 = f"top-5 error {result['top5_err']:.3f}, " if "top5_err" in result else ""
         where = f"epoch {epoch}" if epoch_end else f"epoch {epoch}, step {self.step}"
         self.say(f"{where}: top-1 error {result['top1_err']:.3f}, {top5}val loss {result['loss']:.3f} "
@@ -1300,7 +1322,7 @@ class Run:
         else:
             result = self._score(final_set)
             self.log(dict(kind="eval", epoch=self.epoch, step=self.global_step, time=self.elapsed(),
-                          images=len(final_set), final=True, **result))
+                          images=len(final_set), crops=self.cfg["eval_crops"], final=True, **result))
             self._save_after_evaluation(self.epoch, result, comparable=len(final_set) == len(self.interim_set))
         if self.main_rank and self.out:
             write_plot(self.out, self.metrics)

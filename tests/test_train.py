@@ -58,6 +58,19 @@ def test_the_final_evaluation_is_drawn_apart_from_the_interim_curves(prog):
     assert prog.curve_panels(metrics[2:]) == []                 # nothing trained yet: no picture
 
 
+def test_the_held_out_loss_averages_the_crops_softmax_and_is_never_clipped(prog):
+    """log of the crops' mean softmax, from log-softmaxes: the same as averaging the softmax
+    where float32 holds the probabilities, and exact where it would round one to zero (a
+    confident mistake's loss of 200 nats, where a clip at 1e-12 said 27.6)."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((7, 10, 13)) * 4
+    e = np.exp(logits - logits.max(axis=2, keepdims=True))
+    expected = np.log((e / e.sum(axis=2, keepdims=True)).mean(axis=1))
+    assert np.allclose(prog.log_mean_softmax(logits), expected, rtol=0, atol=1e-12)
+    confident = np.array([[[0.0, 200.0, 0.0]], [[0.0, 200.0, 0.0]]]).reshape(1, 2, 3)
+    assert np.allclose(prog.log_mean_softmax(confident), [[-200.0, 0.0, -200.0]])
+
+
 def read_metrics(folder):
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -176,6 +189,21 @@ def test_weights_gone_infinite_never_replace_the_last_good_checkpoint(prog, cach
     assert PREFIX in err and "fc7.weight holds NaN or infinite values, so latest.npz was not written" in err
     assert f"the last good checkpoint is {latest}" in err
     assert latest.read_bytes() == good
+
+
+def test_a_resumed_run_keeps_the_crops_its_scores_were_made_by(prog, cache_dir, tmp_path, capsys):
+    """best.npz and the plateau schedule compare a run's scores: a resumed run scoring by other
+    crops would compare scores made two ways, so it is refused (--eval-only may score so)."""
+    out = tmp_path / "run"
+    prog.main(tiny_args(out, cache_dir, "--epochs", "1", "--max-train-images", "5"))
+    assert {m["crops"] for m in read_metrics(out) if m["kind"] == "eval"} == {1}
+    # (whole batches only, said: 5 images in batches of 2)
+    assert ("each epoch trains on 2 whole batches of 2: the last 1 training image(s) of its "
+            "shuffled order (others each epoch) are left out of it") in capsys.readouterr().out
+    msg = run_error(prog, capsys, ["--resume", str(out / "latest.npz"), "--epochs", "2",
+                                   "--eval-crops", "2", "--cache-dir", cache_dir, "--quiet"])
+    assert "the run scores its held-out images by the centre crop" in msg
+    assert "--resume CHECKPOINT --eval-only --eval-crops 2" in msg
 
 
 @pytest.mark.slow

@@ -189,8 +189,12 @@ class ArrayDataset:
             raise ValueError("ArrayDataset.channel_std: the data set is empty")
         mean = self.channel_mean() if mean is None else np.asarray(mean, np.float64)
         pick = np.sort(np.random.default_rng(seed).choice(n, min(max_images, n), replace=False))
-        pixels = np.asarray(self.images[pick], dtype=np.float64).reshape(-1, self.images.shape[-1])
-        std = np.sqrt(((pixels - mean[:pixels.shape[1]]) ** 2).mean(axis=0))
+        c = self.images.shape[-1]
+        squares = np.zeros(c, dtype=np.float64)  # summed 16 images at a time: 25 MB, not 1.6 GB
+        for start in range(0, len(pick), 16):
+            d = np.asarray(self.images[pick[start:start + 16]], dtype=np.float64).reshape(-1, c) - mean[:c]
+            squares += (d * d).sum(axis=0)
+        std = np.sqrt(squares / (len(pick) * int(np.prod(self.images.shape[1:3]))))
         return np.resize(np.maximum(std, 1.0), 3).astype(np.float32)
 
     def pca_lighting(self, num_pixels=200_000, seed=0):
