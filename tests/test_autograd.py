@@ -208,6 +208,21 @@ def test_a_refused_backward_adds_no_gradient_anywhere():
     assert w1.grad is None and w2.grad is None
 
 
+def test_a_tensor_made_from_a_parameters_memory_shares_its_version_count():
+    """tn.tensor(p.data), or a view of it, is the parameter's memory: an SGD step on p between
+    its forward and backward refuses the graph, as it does for p itself."""
+    p = tn.nn.Parameter(np.array([1.0, 2.0]))
+    alias = tn.tensor(p.data, requires_grad=True)
+    flipped = tn.tensor(p.data[::-1])
+    assert alias._versions is p._versions and flipped._versions is p._versions
+    assert tn.tensor(p.data.copy())._versions is not p._versions     # a copy is other memory
+    loss = (alias * flipped).sum()
+    p.grad = np.ones(2)
+    tn.optim.SGD([p], lr=0.1).step()
+    with pytest.raises(RuntimeError, match="modified in place after forward"):
+        loss.backward()
+
+
 def test_the_loss_and_dropout_keep_their_own_labels_and_mask():
     """A caller's label array or dropout mask refilled before backward (a reused batch buffer)
     does not change the gradient: the ops keep copies."""

@@ -23,6 +23,7 @@ copy (``Tensor.to``, or an op that declares ``crosses_devices``) moves data.
 import contextlib
 import heapq
 import threading
+import weakref
 
 import numpy as np
 
@@ -240,6 +241,46 @@ def _guard(dev):
 # ----------------------------------------------------------------------------
 
 
+# The version boxes of parameters, by the array that owns their memory: a tensor made later
+# from a parameter's raw array (tn.tensor(p.data), p.data.T, an op given p.data) shares the
+# parameter's box, so SGD.step or load_state_dict on p refuses its graph too.
+# id(owner) -> (weak reference to the owner, the box)
+_parameter_versions = {}
+
+
+def _memory_owner(a):
+    """The array at the end of a's chain of views (a itself if it owns its memory)."""
+    while hasattr(getattr(a, "base", None), "shape"):
+        a = a.base
+    return a
+
+
+def _share_versions_with_memory(t):
+    """Make parameter ``t``'s version box the one of its memory: the box of an earlier
+    parameter over the same memory, or its own, recorded for the tensors made from it later."""
+    owner = _memory_owner(t.data)
+    entry = _parameter_versions.get(id(owner))
+    if entry is not None and entry[0]() is owner:
+        t._versions = entry[1]
+        return
+    try:
+        ref = weakref.ref(owner, lambda _, key=id(owner): _parameter_versions.pop(key, None))
+    except TypeError:  # an array type without weak references: its tensors keep their own boxes
+        return
+    _parameter_versions[id(owner)] = (ref, t._versions)
+
+
+def _memory_versions(a):
+    """A new tensor's version box: a parameter's, if ``a`` is its memory or a view of it,
+    else a fresh one."""
+    if _parameter_versions:
+        owner = _memory_owner(a)
+        entry = _parameter_versions.get(id(owner))
+        if entry is not None and entry[0]() is owner:
+            return entry[1]
+    return [0]
+
+
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
@@ -282,7 +323,7 @@ class Tensor:
         # every tensor over the same memory shares: Tensor(t) of the same array, t.detach(), and
         # the outputs of ops that are views of an input (reshape, transpose, slicing: Function.apply)
         shared = isinstance(data, Tensor) and self.data is data.data
-        self._versions = data._versions if shared else [0]
+        self._versions = data._versions if shared else _memory_versions(self.data)
 
     # ---- array-like properties -------------------------------------------
     shape = property(lambda self: self.data.shape)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import autograd as _autograd
 from . import functional as F
-from .autograd import Tensor
+from .autograd import Tensor, _share_versions_with_memory
 from .backend import Device, copy_to_device, device_guard, device_of_array, is_gpu_array
 from .random import default_generator, fill
 
@@ -23,6 +23,8 @@ class Parameter(Tensor):
 
     def __init__(self, data, requires_grad=True):
         super().__init__(data, requires_grad=requires_grad)
+        # tensors made later from this memory (tn.tensor(p.data)) share the version count
+        _share_versions_with_memory(self)
 
     def __repr__(self):
         return "Parameter(" + super().__repr__()[len("tensor("):]
@@ -181,6 +183,7 @@ class Module:
                 moved = p.to(dev)
                 p.data, p._device, p.grad = moved.data, moved.device, None
                 p._bump_version()
+                _share_versions_with_memory(p)  # the new memory's tensors share p's count
         return self
 
     def extra_repr(self):
