@@ -679,10 +679,11 @@ def log_mean_softmax(logits):
     """logits (n, crops, classes), float64 -> (n, classes): the log of each image's softmax
     averaged over its crops, computed from log-softmaxes (log-sum-exp), so that a probability
     too small for float32 (a confident mistake) still gives its loss, not a clipped one."""
-    z = logits - logits.max(axis=2, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=2, keepdims=True))                 # log-softmax per crop
-    top = log_p.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(log_p - top).mean(axis=1, keepdims=True)))[:, 0]
+    with np.errstate(invalid="ignore"):   # an infinite logit gives NaN: counted, refused by the caller
+        z = logits - logits.max(axis=2, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=2, keepdims=True))             # log-softmax per crop
+        top = log_p.max(axis=1, keepdims=True)
+        return (top + np.log(np.exp(log_p - top).mean(axis=1, keepdims=True)))[:, 0]
 
 
 def evaluate(model, dataset, transform, batch_size, device="cpu"):
@@ -911,14 +912,14 @@ def train(args):
                 dist.allreduce_gradients(model.parameters())         # (data parallel: mean over ranks)
                 optimizer.step()                                     # update
                 run.step_done(loss.item(), stop)                     # log; clock; agree on stopping
-                if stop.requested or run.out_of_time:
+                if run.stopping(stop) or run.out_of_time:
                     break
                 if run.evaluation_due():                             # a long epoch under a budget
                     run.evaluate(epoch, epoch_end=False)
                     if run.out_of_time:
                         break
-            if stop.requested:
-                return run.save_and_stop(epoch, stop.requested)
+            if run.stopping(stop):
+                return run.save_and_stop(epoch, run.stopping(stop), stop.signal)
             if run.out_of_time:
                 break
             run.evaluate(epoch, epoch_end=True)                      # evaluate, schedule, checkpoint
@@ -1019,6 +1020,7 @@ class Run:
         self.eval_rate = RateMeter()          # seconds per evaluated image, measured
         self.save_seconds = RateMeter()       # seconds per checkpoint written, measured
         self.out_of_time = False
+        self.agreed_stop = None               # data parallel: the ranks' stop vote at the last step
         self.last_eval_time = time.time()
         self.last_eval = None                 # (global step, images, result) of the newest evaluation
         self.loader = None if args.eval_only else tdata.DataLoader(
@@ -1224,6 +1226,8 @@ class Run:
             value, self.out_of_time = float(total[0]) / self.ranks, bool(total[2])
             if total[1]:
                 stop.request("stop requested on another rank")
+            # what was agreed: a signal that lands after the vote waits for the next step's
+            self.agreed_stop = stop.requested if total[1] else None
         self.seen += cfg["batch_size"]
         self.running += value
         self.count += 1
@@ -1289,18 +1293,28 @@ class Run:
         if best and self.main_rank and self.out:  # the same weights: a link, not a second write
             link_checkpoint(os.path.join(self.out, "latest.npz"), os.path.join(self.out, "best.npz"))
 
-    def save_and_stop(self, epoch, reason):
-        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on.  A stop by
-        a signal this process received then exits with the shell's status for it (130 for
+    def stopping(self, stop):
+        """Why the training loop stops now, or None. One process: the signal or request so far.
+        Several ranks: what they agreed at the last step's vote (step_done), so that a signal
+        landing on one rank between the vote and this question stops no rank alone (the
+        others would wait for it in the next step's Allreduce)."""
+        return stop.requested if self.ranks == 1 else self.agreed_stop
+
+    def save_and_stop(self, epoch, reason, received=None):
+        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on.  A process
+        that `received` a signal (its name) then exits with the shell's status for it (130 for
         Ctrl-C, 143 for SIGTERM), so that a script or scheduler sees a run that did not finish;
-        --stop-after-steps, a stop asked for, returns None."""
+        a stop asked for (--stop-after-steps, another rank's signal) returns None."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
             latest = os.path.join(self.out, "latest.npz")
             print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
                   f"Continue with: {continue_command(self.args, self.ranks, latest)}", flush=True)
-        if reason in signal.Signals.__members__:
-            raise SystemExit(128 + signal.Signals[reason].value)
+        if received is not None:
+            # raised, not sys.exit: under MPI a failing sys.exit status aborts the job (see
+            # tinynet.distributed), and every rank is stopping here anyway, rank 0 maybe still
+            # writing latest.npz
+            raise SystemExit(128 + signal.Signals[received].value)
         return None
 
     def finish(self):

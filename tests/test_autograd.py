@@ -243,8 +243,13 @@ def test_the_loss_and_dropout_keep_their_own_labels_and_mask():
 
 
 def test_an_integer_tensor_to_a_float_power_is_float64():
+    """The dtype rule of the other ops: an integer tensor with a float number gives float64."""
     assert np.allclose((tn.tensor(np.array([2, 4])) ** -1.0).data, [0.5, 0.25])
+    assert np.allclose((tn.tensor(np.array([4, 9])) ** 0.5).data, [2.0, 3.0])
+    assert (tn.tensor(np.array([2, 4])) ** 2.0).dtype == np.float64
     assert (tn.tensor(np.array([2, 4])) ** 2).dtype == np.int64
+    with pytest.raises(ValueError, match=r"negative integer power \(-1\).*float exponent \(-1.0\)"):
+        tn.tensor(np.array([2, 4])) ** -1
 
 
 def test_no_grad_builds_no_graph():

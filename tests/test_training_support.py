@@ -54,6 +54,17 @@ def test_budget_lr_decays_linearly_to_the_floor():
     assert budget_lr(0.1, 1.0, floor=0.001) == pytest.approx(0.001)
 
 
+def test_a_stop_requested_otherwise_is_no_first_ctrl_c():
+    """A data-parallel rank told to stop by another rank's signal, then reached by its own
+    forwarded Ctrl-C, records the signal instead of stopping at once; its second one stops."""
+    with StopOnSignal() as stop:
+        stop.request("stop requested on another rank")
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == "SIGINT" and stop.requested == "stop requested on another rank"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_stop_on_signal_finishes_the_step_and_restores_handlers():
     before = signal.getsignal(signal.SIGTERM)
     with StopOnSignal() as stop:

@@ -586,7 +586,9 @@ def _check_graph(root_fn):
     """Before any gradient is delivered: every function the walk can reach from ``root_fn``
     still holds its inputs (no earlier backward freed them) and finds them as forward left
     them (their version counts).  Checked during the walk instead, a refusal would come after
-    some leaves had already had gradients added."""
+    some leaves had already had gradients added.  It follows every input that needs a gradient;
+    the walk skips those a backward returns None for (no built-in op does), so for such an op
+    this may refuse a part of the graph the walk would not have touched."""
     stack, seen = [root_fn], {id(root_fn)}
     while stack:
         fn = stack.pop()

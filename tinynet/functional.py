@@ -391,14 +391,14 @@ def dropout(x, p=0.5, training=True, rng=None, mask=None):
     if isinstance(mask, Tensor) and mask.device != x.device:  # as any op refuses two devices
         raise RuntimeError(f"{fn}: the mask is on {mask.device} but x on {x.device}; move one with .to(device)")
     mask = mask.data if isinstance(mask, Tensor) else mask
-    if x.device.kind == "cuda":
-        with device_guard(x.device):  # a host mask goes to x's GPU, not to the current one
+    with device_guard(x.device):  # a host mask goes to x's GPU, not to the current one
+        if given and is_grad_enabled():  # the caller's mask, changed before backward, would
+            mask = x.device.xp.array(mask, copy=True)   # change the gradient: a copy is kept
+        elif x.device.kind == "cuda":
             mask = x.device.xp.asarray(mask)
-    if not is_grad_enabled():
-        with device_guard(x.device):
+        if not is_grad_enabled():
             return Tensor(x.data * mask, device=x.device)
-    # the caller's mask is copied: changed before backward, it would change the gradient
-    return activation.Dropout.apply(x, mask=mask.copy() if given else mask)
+    return activation.Dropout.apply(x, mask=mask)
 
 
 def linear(x, weight, bias=None):

@@ -106,23 +106,28 @@ class StopOnSignal:
 
     SIGINT (Ctrl-C) and SIGTERM set ``stop.requested`` to the signal's name
     instead of raising in the middle of an update, so the loop can finish
-    the step and save; a second Ctrl-C raises KeyboardInterrupt as usual.
-    The previous handlers come back on exit.  ``request(reason)`` stops for
-    another reason (e.g. a step limit)."""
+    the step and save; ``stop.signal`` keeps the first signal this process
+    received (its name), and a Ctrl-C after it raises KeyboardInterrupt as
+    usual.  The previous handlers come back on exit.  ``request(reason)``
+    stops for another reason (a step limit, another rank's signal); a stop
+    so requested is no first Ctrl-C: the process's own Ctrl-C after it only
+    records its signal."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = None
+        self.signal = None
         self._previous = {}
 
     def request(self, reason):
         self.requested = self.requested or reason
 
     def _handle(self, signum, _frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
-        self.request(signal.Signals(signum).name)
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # this process asked twice: stop now
+        self.signal = signal.Signals(signum).name
+        self.request(self.signal)
 
     def __enter__(self):
         for s in self.SIGNALS:

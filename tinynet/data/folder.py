@@ -63,7 +63,8 @@ use the winner's cache, so images and labels always come from the same build. Th
 for the images is reserved before decoding starts, so a full disk is a clear OSError naming the
 cache and the bytes needed, and the temporary folder is removed. An earlier cache of the same
 folder (same size and split: its files have changed since) is not deleted, as a run may still
-read it; building the new one names the earlier ones and the space they take, in a warning.
+read it; building the new one names the earlier ones and the space they take, in a warning
+(caches built by tinynet versions before this one record no folder, and are not named).
 """
 
 import errno
@@ -690,7 +691,7 @@ def _build_cache(final_dir, paths, labels, size, split, func, progress, source=N
         _write_npy(os.path.join(work, "labels.npy"), kept_labels[rows])
         meta = {"version": _CACHE_VERSION, "size": size, "num_files": len(paths),
                 "skipped": corrupt, "unreadable": unreadable, "parts": parts,
-                "source": None if source is None else os.path.abspath(source),
+                "source": None if source is None else os.path.realpath(source),
                 "split": None if split is None else list(split)}
         _write_json(os.path.join(work, "meta.json"), meta)
         fsync_folder(work)
@@ -708,20 +709,24 @@ def _warn_earlier_caches(folder, meta, func):
     if not meta or meta.get("source") is None:
         return
     parent, earlier, total = os.path.dirname(folder), [], 0
-    for name in sorted(os.listdir(parent)):
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return
+    for name in names:
         other = os.path.join(parent, name)
-        if not name.startswith("folder-") or other == folder:
+        if not name.startswith("folder-") or name == os.path.basename(folder):
             continue
         theirs = load_json(os.path.join(other, "meta.json"))
         if theirs is None or [theirs.get(k) for k in ("source", "size", "split")] != \
                 [meta["source"], meta["size"], meta.get("split")]:
             continue
         earlier.append(name)
-        for entry in os.scandir(other):
-            try:
+        try:  # (deleted meanwhile, as the warning suggests: then it takes nothing)
+            for entry in os.scandir(other):
                 total += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                pass
+        except OSError:
+            pass
     if earlier:
         warnings.warn(f"{func}: {len(earlier)} earlier cache(s) of {printable(meta['source'])} "
                       f"(built before its files changed) remain in {printable(parent)}, "

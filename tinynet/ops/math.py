@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import device_guard, get_array_module
 
 
 def unbroadcast(grad, shape):
@@ -109,8 +109,6 @@ def _scalar_like(value, other, dtype):
     (created there, under its device guard)."""
     dev = other.device if isinstance(other, Tensor) else None
     if dev is not None and dev.kind == "cuda":
-        from ..backend import device_guard
-
         with device_guard(dev):
             return Tensor(dev.xp.asarray(value, dtype=dtype), device=dev)
     return Tensor(np.asarray(value, dtype=dtype), device=dev)
@@ -380,14 +378,17 @@ def pow(a, exponent):
     if not isinstance(exponent, numbers.Number) or isinstance(exponent, (bool, complex)):
         raise TypeError(f"pow: exponent must be a real number, got {type(exponent).__name__}")
     a = a if isinstance(a, Tensor) else Tensor(a)
-    if a.dtype.kind != "f" and not float(exponent).is_integer():
-        raise TypeError(f"pow: a fractional exponent needs a floating tensor, got dtype {a.dtype}")
     # a NumPy scalar exponent (np.float64(2)) must not promote a float32 tensor
     exponent = exponent.item() if isinstance(exponent, np.generic) else exponent
     if a.dtype.kind != "f" and isinstance(exponent, float):
         # the rule of the other ops: an integer tensor with a float number gives float64
-        # (int ** -1.0 -> 0.5, never a silent 0); integer tensors never require grad
-        a = Tensor(a.data.astype(np.float64), device=a.device)
+        # (int ** -1.0 -> 0.5 and int ** 0.5 a square root, never a silent 0; int ** 2.0 is
+        # float64 too); integer tensors never require grad
+        with device_guard(a.device):
+            a = Tensor(a.data.astype(np.float64), device=a.device)
+    elif a.dtype.kind != "f" and exponent < 0:
+        raise ValueError(f"pow: an integer tensor to a negative integer power ({exponent}) has no "
+                         f"integer result; a float exponent ({float(exponent)}) gives float64")
     return Pow.apply(a, exponent=exponent)
 
 
