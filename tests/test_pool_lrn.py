@@ -71,6 +71,26 @@ def test_max_pool_ties_send_gradient_to_first_maximum():
     assert xt.grad[0, 0, 0, 1] == 1 and xt.grad.sum() == 1
 
 
+@pytest.mark.parametrize("loops", ["compiled", "numpy"])
+def test_max_pool_padding_never_takes_a_gradient(loops):
+    """Padding is -inf, so a window whose real pixels are all -inf ties with it, and the padding
+    comes first in row-major order: its gradient still goes to the first real pixel (PyTorch's
+    choice), on both loops and in the naive twin, and every output's gradient lands somewhere."""
+    x = np.array([[[[-np.inf, -np.inf, 1.0], [-np.inf, -np.inf, 2.0], [3.0, 4.0, -np.inf]]]])
+    old = tn.set_cpu_loops(loops)
+    try:
+        xt = tn.tensor(x, requires_grad=True)
+        y = F.max_pool2d(xt, 2, 1, 1)           # 4x4 windows of 2x2 over the padded 5x5 plane
+        y.backward(np.ones(y.shape))
+    finally:
+        tn.set_cpu_loops(old)
+    assert y.data[0, 0, 0, 0] == -np.inf and xt.grad.sum() == y.size
+    assert xt.grad[0, 0, 0, 0] == 4                  # windows (0,0), (0,1), (1,0) and (1,1): all -inf
+    _, arg = max_pool2d_naive(x, (2, 2), (1, 1), (1, 1))
+    assert arg[0, 0, 0, 0] == 3                      # (ky, kx) = (1, 1): the first real pixel
+    np.testing.assert_array_equal(xt.grad, max_pool2d_backward_naive(x, np.ones(y.shape), (2, 2), (1, 1), (1, 1)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool_nan_wins_and_takes_the_gradient(dtype):
     """A NaN anywhere in a window makes that window's output NaN (as NumPy and PyTorch),

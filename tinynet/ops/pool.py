@@ -5,7 +5,9 @@
 Backward sends each output's gradient to the position of its window that
 held the maximum; where windows overlap (stride < kernel) an input pixel
 can collect gradient from several outputs, and those add.  On ties the
-first maximum in row-major window order (top-most, then left-most) wins.
+first maximum in row-major window order (top-most, then left-most) wins;
+padding (-inf) never does: a window whose real pixels are all -inf sends its
+gradient to the first of them, as PyTorch does.
 Forward records where each window's maximum sits (argmax, int32, an index
 into the input plane), so backward is one scatter of the gradient; it costs
 4 bytes per output: at stride 2, about a quarter of a float32 input's bytes.
@@ -33,6 +35,15 @@ class MaxPool2d(Function):
             raise ValueError(f"max_pool2d: a padded plane of {xpad.shape[2]}x{xpad.shape[3]} pixels has more "
                              f"places than an int32 argmax can name ({np.iinfo(np.int32).max})")
         y, argmax = kernels_for(x).maxpool_forward(xpad, kh, kw, sh, sw, oh, ow)
+        if ph or pw:
+            # only a window whose real pixels are all -inf can have chosen its padding (which
+            # comes first in row-major order): it takes its first real pixel instead
+            lost = y == -xp.inf
+            if lost.any():
+                ky, kx, real = (xp.asarray(a) for a in first_real_offsets(x.shape[2:], kernel_size, stride, padding))
+                oy, ox = xp.arange(oh)[:, None], xp.arange(ow)[None, :]
+                first = ((oy * sh + ky) * xpad.shape[3] + ox * sw + kx).astype(np.int32)
+                argmax = xp.where(lost & real, first, argmax)
         self.save_for_backward(argmax)
         self.geometry = (xpad.shape, kh, kw, sh, sw, ph, pw)
         return y
@@ -52,6 +63,18 @@ class MaxPool2d(Function):
         return gx
 
 
+def first_real_offsets(size, kernel_size, stride, padding):
+    """For each window (oy, ox) over a padded (H, W) plane: the offset (ky, kx) of its first
+    pixel that is no padding, in row-major order, and whether it has one; three (OH, OW)
+    arrays (NumPy)."""
+    (H, W), (kh, kw), (sh, sw), (ph, pw) = size, kernel_size, stride, padding
+    oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    top, left = np.arange(oh)[:, None] * sh, np.arange(ow)[None, :] * sw   # window corners
+    ky, kx = np.maximum(ph - top, 0), np.maximum(pw - left, 0)
+    real = (ky < kh) & (top + ky < ph + H) & (kx < kw) & (left + kx < pw + W)
+    return np.broadcast_to(ky, (oh, ow)), np.broadcast_to(kx, (oh, ow)), real
+
+
 def max_pool2d_naive(x, kernel_size, stride, padding=(0, 0)):
     """Reference max pooling by loops over output positions.
     Returns (y, argmax) with argmax the first maximum's row-major position."""
@@ -61,11 +84,14 @@ def max_pool2d_naive(x, kernel_size, stride, padding=(0, 0)):
     oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
     y = np.empty((N, C, oh, ow), x.dtype)
     arg = np.empty((N, C, oh, ow), np.int64)
+    ky, kx, real = first_real_offsets(x.shape[2:], kernel_size, stride, padding)
     for i in range(oh):
         for j in range(ow):
             win = xpad[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(N, C, -1)
             arg[:, :, i, j] = win.argmax(axis=2)  # np.argmax returns the first maximum
             y[:, :, i, j] = win.max(axis=2)
+            if real[i, j]:  # all real pixels -inf: the first of them, not the padding before it
+                arg[:, :, i, j][y[:, :, i, j] == -np.inf] = ky[i, j] * kw + kx[i, j]
     return y, arg
 
 
