@@ -515,7 +515,8 @@ def check_same_data(cfg, train, val, say):
             f"--resume: the data is not what this run trained on: {where} now gives "
             f"{len(train)} training / {len(val)} held-out images in {train.num_classes} "
             f"classes{had}, and its {' and '.join(differ)} images are not the run's (images "
-            f"added, removed or renamed){class_count_changes(cfg, train, val)}. "
+            f"added, removed or renamed){class_count_changes(cfg, train, val)}"
+            f"{file_changes(cfg, train, val)}. "
             f"Its held-out images could be images it trained on, "
             f"and training would go on over other images (or the loader of this version of "
             f"tinynet reads the folder otherwise than the one that made the run: it uses a file "
@@ -531,6 +532,30 @@ def check_same_data(cfg, train, val, say):
     cfg["data_counts"] = [len(train), len(val)]
     cfg["data_class_counts"] = {name: dict(zip(s.classes, np.bincount(s.labels, minlength=s.num_classes).tolist()))
                                 for name, s in (("train", train), ("val", val))}
+    # an image folder's cache folders, whose files.json name the files (file_changes)
+    cfg["data_caches"] = {"train": getattr(train, "cache", None), "val": getattr(val, "cache", None)}
+
+
+def file_changes(cfg, train, val, most=3):
+    """For the refusal of changed data: the image files added to and removed from the folder
+    since the run recorded it ("; files added: 'cat/new.jpg'; removed: ..."), read from the
+    files.json of the caches it used then and uses now; empty where either is gone or lists no
+    files (a cache of an older version, or the built-in sets)."""
+    def names(caches):
+        listed = [tdata.folder.cache_file_names(c) for c in dict.fromkeys(caches)]
+        return None if any(n is None for n in listed) else {name for n in listed for name in n}
+
+    recorded = cfg.get("data_caches") or {}
+    then = names([recorded.get("train"), recorded.get("val")])
+    now = names([getattr(train, "cache", None), getattr(val, "cache", None)])
+    if then is None or now is None:
+        return ""
+    said = []
+    for what, files in (("added", sorted(now - then)), ("removed", sorted(then - now))):
+        if files:
+            more = f" and {len(files) - most} more" if len(files) > most else ""
+            said.append(f"{what}: {', '.join(repr(f) for f in files[:most])}{more}")
+    return ("; files " + "; ".join(said)) if said else ""
 
 
 def class_count_changes(cfg, train, val, most=8):

@@ -743,6 +743,18 @@ def folder_argv(data, tmp_path, *extra):
             "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet", *extra]
 
 
+def test_a_resumed_run_names_the_files_added_to_and_removed_from_a_split_folder(prog, tmp_path, capsys):
+    """One tree, split here (one cache for both parts): a file removed and one added since the
+    run started are named in the refusal, read from the caches' files.json."""
+    animal_folder(tmp_path / "d", per_class=4)
+    prog.main(folder_argv(tmp_path / "d", tmp_path, "--stop-after-steps", "1"))
+    os.remove(tmp_path / "d" / "cat" / "003.png")
+    pngs(tmp_path / "d" / "dog", 5, (30, 30, 200))                # dog/004.png added
+    msg = run_error(prog, capsys, ["--resume", str(tmp_path / "run" / "latest.npz"),
+                                   "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert "; files added: 'd/dog/004.png'; removed: 'd/cat/003.png'." in msg
+
+
 @pytest.mark.slow
 def test_folder_run_subset_bad_files_and_what_is_recorded(prog, tmp_path, capsys):
     """cat/dog/fox sorted by class: --max-train-images 6 trains on two of each (not six cats),

@@ -652,12 +652,13 @@ def test_resume_moves_device_keeps_towers_and_needs_the_same_data(prog, tmp_path
         assert "the data is not what this run trained on" in msg and "its held-out images are not the run's" in msg
         assert "(the run had 9 / 4)" in msg
         assert "every class has as many images as in the run: files were renamed, or replaced" in msg
+        assert "; files added: 'val/a/009.jpg'; removed: 'val/a/001.jpg'." in msg
     os.rename(data / "val" / "a" / "009.jpg", data / "val" / "a" / "001.jpg")
     # ... or a training image added
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(data / "train" / "a" / "new.jpg")
     msg = run_error(prog, capsys, resume + ["--eval-only"])
     assert "now gives 10 training / 4 held-out images" in msg and "its training images are not the run's" in msg
-    assert "by class: 'a' 5 training image(s), the run had 4." in msg
+    assert "by class: 'a' 5 training image(s), the run had 4; files added: 'train/a/new.jpg'." in msg
     os.remove(data / "train" / "a" / "new.jpg")
     os.utime(data / "val" / "b" / "000.jpg", (1e9, 1e9))  # a file's date is no change of the data
     assert prog.main(resume + ["--eval-only"]) is not None  # the data as it was: scored

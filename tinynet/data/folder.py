@@ -55,7 +55,9 @@ IMAGE_EXTENSIONS), and images lying directly in the folder beside the class fold
 and folders (".name") are left out without a word. File names that are not valid UTF-8 (held by
 Python with surrogates) are read like any other, and shown escaped in the messages.
 
-The cache is one folder, cache_dir/folder-<key>/, holding images.npy, labels.npy and meta.json.
+The cache is one folder, cache_dir/folder-<key>/, holding images.npy, labels.npy, meta.json and
+files.json (the rows' files by name, from the folder they were found in: cache_file_names;
+a dataset loaded from it has the folder as its `cache`).
 It is built in a temporary folder beside it, its files written out to disk (fsync), and then
 renamed into place as one unit, so a reader sees a whole cache or none. Several processes
 (data-parallel ranks) may build the same cache at once: the first rename wins and the others
@@ -689,6 +691,8 @@ def _build_cache(final_dir, paths, labels, size, split, func, progress, source=N
             os.unlink(decoded_path)
         _fsync_file(image_path)
         _write_npy(os.path.join(work, "labels.npy"), kept_labels[rows])
+        # the rows' files by name, for a run that finds its data changed to say which
+        _write_json(os.path.join(work, "files.json"), [_file_name(paths[kept[r]], source) for r in rows])
         meta = {"version": _CACHE_VERSION, "size": size, "num_files": len(paths),
                 "skipped": corrupt, "unreadable": unreadable, "parts": parts,
                 "source": None if source is None else os.path.realpath(source),
@@ -811,7 +815,9 @@ def _load_files(paths, labels, classes, stats, size, cache_dir, func, split=None
         rows = [[kept[r] for r in part] for part in stratified_split_indices(labels[kept], *split, func)]
     origin = [_names_hash([paths[i] for i in part]) for part in rows]
     if split is None:
-        return ArrayDataset(images, kept_labels, classes, skipped=bad, origin=origin[0])
+        dataset = ArrayDataset(images, kept_labels, classes, skipped=bad, origin=origin[0])
+        dataset.cache = folder   # (its files.json names the files: cache_file_names)
+        return dataset
     t = meta["parts"]["train"]
     # stratified_split_indices gives every class with two readable images at least one held-out
     # image; a class with one keeps it for training. Said on every load, like the skipped files.
@@ -821,8 +827,29 @@ def _load_files(paths, labels, classes, stats, size, cache_dir, func, split=None
         warnings.warn(f"{func}: {len(lonely)} class(es) with a single readable image, kept for "
                       f"training, have no held-out image, so the held-out score leaves them out: "
                       f"{', '.join(repr(c) for c in lonely)}", stacklevel=3)
-    return (ArrayDataset(images[:t], kept_labels[:t], classes, skipped=bad, origin=origin[0]),
-            ArrayDataset(images[t:], kept_labels[t:], classes, skipped=bad, origin=origin[1]))
+    parts = (ArrayDataset(images[:t], kept_labels[:t], classes, skipped=bad, origin=origin[0]),
+             ArrayDataset(images[t:], kept_labels[t:], classes, skipped=bad, origin=origin[1]))
+    for part in parts:
+        part.cache = folder
+    return parts
+
+
+def _file_name(path, source):
+    """A file's name in a cache's files.json: its path from the folder it was found in, that
+    folder's own name first ("val/cat/001.jpg"), so that a training and a held-out folder's
+    files never share a name."""
+    if source is None:
+        return os.path.basename(path)
+    source = os.path.normpath(source)
+    return os.path.join(os.path.basename(source), os.path.relpath(path, source)).replace(os.sep, "/")
+
+
+def cache_file_names(folder):
+    """The files of the cache `folder` by name, in its rows' order (training rows first when the
+    cache holds a split), or None for a cache that lists none (built by an earlier version, or
+    gone)."""
+    names = load_json(os.path.join(folder, "files.json")) if folder else None
+    return names if isinstance(names, list) else None
 
 
 def _names_hash(paths):
