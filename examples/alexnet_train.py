@@ -533,7 +533,8 @@ def check_same_data(cfg, train, val, say):
     cfg["data_class_counts"] = {name: dict(zip(s.classes, np.bincount(s.labels, minlength=s.num_classes).tolist()))
                                 for name, s in (("train", train), ("val", val))}
     # an image folder's cache folders, whose files.json name the files (file_changes)
-    cfg["data_caches"] = {"train": getattr(train, "cache", None), "val": getattr(val, "cache", None)}
+    cfg["data_caches"] = {part: os.path.abspath(s.cache) if getattr(s, "cache", None) else None
+                          for part, s in (("train", train), ("val", val))}
 
 
 def file_changes(cfg, train, val, most=3):
@@ -944,13 +945,19 @@ def train(args):
                     if run.out_of_time:
                         break
             if run.stopping(stop):
-                return run.save_and_stop(epoch, run.stopping(stop), stop.signal)
+                return run.save_and_stop(epoch, run.stopping(stop), stop)
             if run.out_of_time:
                 break
             run.evaluate(epoch, epoch_end=True)                      # evaluate, schedule, checkpoint
             if run.out_of_time:
                 break
-    return run.finish()                                              # the whole held-out set, pictures
+        # (still under StopOnSignal: a signal after the last step's vote, or during the final
+        # evaluation, lets the run finish, which takes seconds; a second Ctrl-C stops at once)
+        result = run.finish()                                        # the whole held-out set, pictures
+    if stop.signal:
+        run.say(f"{stop.signal} came after training ended: the run finished its final evaluation "
+                f"and is complete")
+    return result
 
 
 INTERIM_IMAGES = 500    # held-out images scored during training: a fixed stratified subset
@@ -1325,21 +1332,22 @@ class Run:
         others would wait for it in the next step's Allreduce)."""
         return stop.requested if self.ranks == 1 else self.agreed_stop
 
-    def save_and_stop(self, epoch, reason, received=None):
+    def save_and_stop(self, epoch, reason, stop):
         """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on.  A process
-        that `received` a signal (its name) then exits with the shell's status for it (130 for
-        Ctrl-C, 143 for SIGTERM), so that a script or scheduler sees a run that did not finish;
-        a stop asked for (--stop-after-steps, another rank's signal) returns None."""
+        that received a signal (``stop.signal``, read after the save: one may land during it)
+        then exits with the shell's status for it (130 for Ctrl-C, 143 for SIGTERM), so that a
+        script or scheduler sees a run that did not finish; a stop asked for
+        (--stop-after-steps, another rank's signal) returns None."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
             latest = os.path.join(self.out, "latest.npz")
             print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
                   f"Continue with: {continue_command(self.args, self.ranks, latest)}", flush=True)
-        if received is not None:
+        if stop.signal is not None:
             # raised, not sys.exit: under MPI a failing sys.exit status aborts the job (see
             # tinynet.distributed), and every rank is stopping here anyway, rank 0 maybe still
             # writing latest.npz
-            raise SystemExit(128 + signal.Signals[received].value)
+            raise SystemExit(128 + signal.Signals[stop.signal].value)
         return None
 
     def finish(self):

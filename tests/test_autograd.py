@@ -248,6 +248,8 @@ def test_an_integer_tensor_to_a_float_power_is_float64():
     assert np.allclose((tn.tensor(np.array([4, 9])) ** 0.5).data, [2.0, 3.0])
     assert (tn.tensor(np.array([2, 4])) ** 2.0).dtype == np.float64
     assert (tn.tensor(np.array([2, 4])) ** 2).dtype == np.int64
+    from fractions import Fraction
+    assert np.allclose((tn.tensor(np.array([4, 9])) ** Fraction(1, 2)).data, [2.0, 3.0])
     with pytest.raises(ValueError, match=r"negative integer power \(-1\).*float exponent \(-1.0\)"):
         tn.tensor(np.array([2, 4])) ** -1
 

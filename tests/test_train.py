@@ -166,6 +166,22 @@ def test_a_signal_saves_and_exits_with_the_shells_status_for_it(prog, cache_dir,
     assert load_checkpoint(str(out / "latest.npz"))["meta"]["global_step"] == 1
 
 
+def test_a_signal_during_the_final_evaluation_lets_the_run_finish(prog, cache_dir, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Training is over: a SIGTERM then is recorded and the final evaluation finishes (it takes
+    seconds); the run ends complete, and says so."""
+    finish = prog.Run.finish
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return finish(self)
+
+    monkeypatch.setattr(prog.Run, "finish", signalled)
+    result = prog.main(tiny_args(tmp_path / "run", cache_dir, "--epochs", "1"))
+    assert "top1_err" in result
+    assert "SIGTERM came after training ended: the run finished its final evaluation" in capsys.readouterr().out
+
+
 def test_weights_gone_infinite_never_replace_the_last_good_checkpoint(prog, cache_dir, tmp_path,
                                                                      monkeypatch, capsys):
     """An update can make a weight or its momentum infinite after a finite loss; a stop right

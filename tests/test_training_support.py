@@ -63,6 +63,10 @@ def test_a_stop_requested_otherwise_is_no_first_ctrl_c():
         assert stop.signal == "SIGINT" and stop.requested == "stop requested on another rank"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    with StopOnSignal() as stop:                # the first signal is the one kept
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == "SIGINT"
 
 
 def test_stop_on_signal_finishes_the_step_and_restores_handlers():

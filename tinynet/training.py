@@ -126,7 +126,7 @@ class StopOnSignal:
     def _handle(self, signum, _frame):
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # this process asked twice: stop now
-        self.signal = signal.Signals(signum).name
+        self.signal = self.signal or signal.Signals(signum).name   # the first one is kept
         self.request(self.signal)
 
     def __enter__(self):

@@ -849,7 +849,9 @@ def cache_file_names(folder):
     cache holds a split), or None for a cache that lists none (built by an earlier version, or
     gone)."""
     names = load_json(os.path.join(folder, "files.json")) if folder else None
-    return names if isinstance(names, list) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None   # (a damaged list names nothing)
+    return names
 
 
 def _names_hash(paths):

@@ -378,8 +378,11 @@ def pow(a, exponent):
     if not isinstance(exponent, numbers.Number) or isinstance(exponent, (bool, complex)):
         raise TypeError(f"pow: exponent must be a real number, got {type(exponent).__name__}")
     a = a if isinstance(a, Tensor) else Tensor(a)
-    # a NumPy scalar exponent (np.float64(2)) must not promote a float32 tensor
+    # a NumPy scalar exponent (np.float64(2)) must not promote a float32 tensor; any other
+    # number that is no integer (Fraction(1, 2), Decimal("0.5")) is taken as the float it is
     exponent = exponent.item() if isinstance(exponent, np.generic) else exponent
+    if not isinstance(exponent, numbers.Integral):
+        exponent = float(exponent)
     if a.dtype.kind != "f" and isinstance(exponent, float):
         # the rule of the other ops: an integer tensor with a float number gives float64
         # (int ** -1.0 -> 0.5 and int ** 0.5 a square root, never a silent 0; int ** 2.0 is
