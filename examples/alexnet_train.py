@@ -952,7 +952,7 @@ def train(args):
             if run.out_of_time:
                 break
         # (still under StopOnSignal: a signal after the last step's vote, or during the final
-        # evaluation, lets the run finish, which takes seconds; a second Ctrl-C stops at once)
+        # evaluation, lets the run finish that evaluation; a second Ctrl-C stops at once)
         result = run.finish()                                        # the whole held-out set, pictures
     if stop.signal:
         run.say(f"{stop.signal} came after training ended: the run finished its final evaluation "
