@@ -638,7 +638,7 @@ def test_cache_is_one_folder_committed_as_a_unit(tmp_path, monkeypatch):
     cache = tmp_path / "c"
     first = load_image_folder(tmp_path / "d", size=8, cache_dir=cache)
     (folder,) = os.listdir(cache)
-    assert sorted(os.listdir(cache / folder)) == ["images.npy", "labels.npy", "meta.json"]
+    assert sorted(os.listdir(cache / folder)) == ["files.json", "images.npy", "labels.npy", "meta.json"]
     # a second builder that did not see the cache when it started (as a rank starting at the
     # same moment): it decodes, its rename finds the folder taken, and it uses that folder
     real_load_json, calls = folder_module.load_json, []
