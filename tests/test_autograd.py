@@ -221,6 +221,9 @@ def test_a_tensor_made_from_a_parameters_memory_shares_its_version_count():
     tn.optim.SGD([p], lr=0.1).step()
     with pytest.raises(RuntimeError, match="modified in place after forward"):
         loss.backward()
+    import copy
+    q = copy.deepcopy(p)                                   # a copy: memory of its own, registered
+    assert tn.tensor(q.data)._versions is q._versions and q._versions is not p._versions
 
 
 def test_the_loss_and_dropout_keep_their_own_labels_and_mask():

@@ -26,6 +26,11 @@ class Parameter(Tensor):
         # tensors made later from this memory (tn.tensor(p.data)) share the version count
         _share_versions_with_memory(self)
 
+    def __setstate__(self, state):
+        """A copy (copy.deepcopy of a model) holds new memory: registered as __init__ does."""
+        self.__dict__.update(state)
+        _share_versions_with_memory(self)
+
     def __repr__(self):
         return "Parameter(" + super().__repr__()[len("tensor("):]
 
