@@ -530,8 +530,7 @@ def check_same_data(cfg, train, val, say):
             "wrote it); only its class names could be checked to be the same")
     cfg["data_fingerprint"] = now
     cfg["data_counts"] = [len(train), len(val)]
-    cfg["data_class_counts"] = {name: dict(zip(s.classes, np.bincount(s.labels, minlength=s.num_classes).tolist()))
-                                for name, s in (("train", train), ("val", val))}
+    cfg["data_class_counts"] = {"train": class_counts(train), "val": class_counts(val)}
     # an image folder's cache folders, whose files.json name the files (file_changes)
     cfg["data_caches"] = {part: os.path.abspath(s.cache) if getattr(s, "cache", None) else None
                           for part, s in (("train", train), ("val", val))}
@@ -559,6 +558,11 @@ def file_changes(cfg, train, val, most=3):
     return ("; files " + "; ".join(said)) if said else ""
 
 
+def class_counts(dataset):
+    """{class name: how many of the set's images are of it}."""
+    return dict(zip(dataset.classes, np.bincount(dataset.labels, minlength=dataset.num_classes).tolist()))
+
+
 def class_count_changes(cfg, train, val, most=8):
     """For the refusal of changed data: the classes whose numbers of training or held-out images
     differ from those the run recorded ("; by class: 'cat' 120 training images, the run had
@@ -569,8 +573,7 @@ def class_count_changes(cfg, train, val, most=8):
         return ""
     changes = []
     for name, part, label in (("train", train, "training"), ("val", val, "held-out")):
-        now = dict(zip(part.classes, np.bincount(part.labels, minlength=part.num_classes).tolist()))
-        then = recorded.get(name, {})
+        now, then = class_counts(part), recorded.get(name, {})
         for c in list(then) + [c for c in now if c not in then]:
             if now.get(c, 0) != then.get(c, 0):
                 changes.append(f"{c!r} {now.get(c, 0)} {label} image(s), the run had {then.get(c, 0)}")
@@ -945,7 +948,7 @@ def train(args):
                     if run.out_of_time:
                         break
             if run.stopping(stop):
-                return run.save_and_stop(epoch, run.stopping(stop), stop)
+                return run.save_and_stop(epoch, stop)
             if run.out_of_time:
                 break
             run.evaluate(epoch, epoch_end=True)                      # evaluate, schedule, checkpoint
@@ -1332,16 +1335,16 @@ class Run:
         others would wait for it in the next step's Allreduce)."""
         return stop.requested if self.ranks == 1 else self.agreed_stop
 
-    def save_and_stop(self, epoch, reason, stop):
-        """Ctrl-C, SIGTERM or --stop-after-steps: save latest.npz and say how to go on.  A process
-        that received a signal (``stop.signal``, read after the save: one may land during it)
-        then exits with the shell's status for it (130 for Ctrl-C, 143 for SIGTERM), so that a
-        script or scheduler sees a run that did not finish; a stop asked for
-        (--stop-after-steps, another rank's signal) returns None."""
+    def save_and_stop(self, epoch, stop):
+        """Ctrl-C, SIGTERM or --stop-after-steps (the reason: stopping): save latest.npz and say
+        how to go on.  A process that received a signal (``stop.signal``, read after the save:
+        one may land during it) then exits with the shell's status for it (130 for Ctrl-C, 143
+        for SIGTERM), so that a script or scheduler sees a run that did not finish; a stop asked
+        for (--stop-after-steps, another rank's signal) returns None."""
         self.save("latest.npz", epoch, self.step)
         if self.main_rank:
             latest = os.path.join(self.out, "latest.npz")
-            print(f"\n{reason}: saved {latest} at epoch {epoch}, step {self.step}. "
+            print(f"\n{self.stopping(stop)}: saved {latest} at epoch {epoch}, step {self.step}. "
                   f"Continue with: {continue_command(self.args, self.ranks, latest)}", flush=True)
         if stop.signal is not None:
             # raised, not sys.exit: under MPI a failing sys.exit status aborts the job (see

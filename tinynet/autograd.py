@@ -255,13 +255,19 @@ def _memory_owner(a):
     return a
 
 
+def _registered_box(owner):
+    """The version box registered for the array ``owner``, or None."""
+    entry = _parameter_versions.get(id(owner))
+    return entry[1] if entry is not None and entry[0]() is owner else None
+
+
 def _share_versions_with_memory(t):
     """Make parameter ``t``'s version box the one of its memory: the box of an earlier
     parameter over the same memory, or its own, recorded for the tensors made from it later."""
     owner = _memory_owner(t.data)
-    entry = _parameter_versions.get(id(owner))
-    if entry is not None and entry[0]() is owner:
-        t._versions = entry[1]
+    box = _registered_box(owner)
+    if box is not None:
+        t._versions = box
         return
     try:
         ref = weakref.ref(owner, lambda _, key=id(owner): _parameter_versions.pop(key, None))
@@ -273,12 +279,8 @@ def _share_versions_with_memory(t):
 def _memory_versions(a):
     """A new tensor's version box: a parameter's, if ``a`` is its memory or a view of it,
     else a fresh one."""
-    if _parameter_versions:
-        owner = _memory_owner(a)
-        entry = _parameter_versions.get(id(owner))
-        if entry is not None and entry[0]() is owner:
-            return entry[1]
-    return [0]
+    box = _registered_box(_memory_owner(a)) if _parameter_versions else None
+    return [0] if box is None else box
 
 
 def _as_array(data, dtype=None):
