@@ -28,7 +28,9 @@ im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
 the Winograd transforms of the 3x3 and 5x5 convolutions (input tiles, output tiles with
 bias and ReLU, their backward twins),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
-allocation), so the gap to the floor is visible.
+allocation), so the gap to the floor is visible.  On the CPU it then times
+the SGD update alone against the update's own floor, its bytes at the memory's
+speed (update_floor): the table under the breakdown.
 
 The floor: the GEMMs of one training step alone (the same matrix products the
 engine does, operands ready), and the engine's time as a ratio to it; for
@@ -135,6 +137,8 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
+        if device == "cpu":
+            result["update_floor"] = update_floor(opt, repeat)
     if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch, mode, device)
@@ -143,6 +147,32 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
                                           repeat, MIN_TIMED_SECONDS)
         result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
     return result
+
+
+def update_floor(opt, repeat):
+    """The SGD update alone, in turn with its floor (common.interleaved), after the profiled
+    steps, on their gradients.
+
+    The update is one pass over memory that reads w, g and v and writes w and v back: 20 bytes
+    a float32 parameter, 1.22 GB for AlexNet, and a handful of arithmetic per 20 bytes.  Its
+    floor is those bytes at the speed this machine streams memory, measured on the same
+    arrays in the same minute: a pass that multiplies every momentum buffer by 1 in place
+    (reads and writes each value, changes none), on the threads the update runs on, its
+    time scaled by 20 / 8 bytes.  An update near its floor is bound by the memory, not by
+    its code; its share of a step then falls only as the step grows."""
+    from tinynet.ops.cpu_kernels import parallel_runs
+
+    flats = [v.reshape(-1) for v in opt.velocity]  # C-contiguous: views
+
+    def stream():
+        for v in flats:
+            parallel_runs(lambda i0, i1, v=v: np.multiply(v[i0:i1], 1.0, out=v[i0:i1]), v.size)
+
+    update, streamed, _ = interleaved(opt.step, stream, repeat, MIN_TIMED_SECONDS)
+    moved = 20 * sum(v.size for v in flats)  # bytes the update moves (float32)
+    floor = [t * 20 / 8 for t in streamed["values"]]
+    return dict(update=update, floor=stats(floor), ratio=stats([u / f for u, f in zip(update["values"], floor)]),
+                bytes=moved, gb_per_s=moved / update["median"] / 1e9)
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -372,7 +402,7 @@ def summarise(result, batch):
     med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "floor", "version", "cpu_loops"):
+    for key in ("profile_ms", "update_floor", "floor", "version", "cpu_loops"):
         if key in result:
             out[key] = result[key]
     return out
@@ -400,8 +430,9 @@ def combine(rounds, batch):
     for key in ("version", "cpu_loops"):  # what ran: PyTorch's version; tinynet's CPU loops
         if key in rounds[0]:
             out[key] = rounds[0][key]
-    if "profile_ms" in rounds[0]:
-        out["profile_ms"] = rounds[0]["profile_ms"]
+    for key in ("profile_ms", "update_floor"):  # the first round's
+        if key in rounds[0]:
+            out[key] = rounds[0][key]
     floors = [r["floor"] for r in rounds if "floor" in r]
     if floors:  # every round's repetitions together
         out["floor"] = {part: stats([v for f in floors for v in f[part]["values"]])
@@ -459,6 +490,20 @@ def profile_table(rows, device="cpu"):
         with_output = rest + groups["conv output pass"]
         lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} "
                      f"| {with_output / total:.0%} |")
+    floors = [r for r in rows if "update_floor" in r["tinynet"]]
+    if floors:
+        lines += ["", "The SGD update against its floor (update_floor: its bytes at the speed a plain in-place pass "
+                  "over the same momentum buffers streams memory, in turn with the update; medians): "
+                  "the floor's share is of the profiled step's total, the update's least share at this machine's "
+                  "memory speed:", "",
+                  "| batch | update ms | GB moved | GB/s | floor ms | update / floor (min-max) | floor's share of the step |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in floors:
+            f = r["tinynet"]["update_floor"]
+            total = sum(profile_groups(r["tinynet"]["profile_ms"]).values())
+            lines.append(f"| {r['batch']} | {ms(f['update']['median'])} | {f['bytes'] / 1e9:.2f} | {f['gb_per_s']:.0f} "
+                         f"| {ms(f['floor']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
+                         f"{f['ratio']['max']:.2f}) | {f['floor']['median'] * 1e3 / total:.0%} |")
     return lines
 
 

@@ -203,7 +203,7 @@ def test_tensors_over_the_same_memory_share_the_version_count():
 # ---- optimiser and modules keep their parameters ---------------------------------------------
 
 def test_sgd_updates_a_big_non_contiguous_parameter():
-    w = tn.nn.Parameter(np.ones((1100, 1100), np.float32).T)  # > 2**20 elements, F-ordered
+    w = tn.nn.Parameter(np.ones((1100, 1100), np.float32).T)  # big enough for the compiled update, F-ordered
     w.grad = np.ones((1100, 1100), np.float32)
     SGD([w], lr=0.1, momentum=0.0, weight_decay=0.0).step()
     np.testing.assert_allclose(w.data, 0.9, rtol=1e-6)
