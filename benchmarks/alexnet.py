@@ -154,11 +154,11 @@ def update_floor(opt, repeat):
     steps, on their gradients.
 
     The update is one pass over memory that reads w, g and v and writes w and v back: 20 bytes
-    a float32 parameter, 1.22 GB for AlexNet, and a handful of arithmetic per 20 bytes.  Its
+    a float32 parameter, 1.22 GB for AlexNet, and a handful of arithmetic per parameter.  Its
     floor is those bytes at the speed this machine streams memory, measured on the same
     arrays in the same minute: a pass that multiplies every momentum buffer by 1 in place
     (reads and writes each value, changes none), on the threads the update runs on, its
-    time scaled by 20 / 8 bytes.  An update near its floor is bound by the memory, not by
+    time scaled by 5 / 2 (the update moves five arrays of that size, the pass two).  An update near its floor is bound by the memory, not by
     its code; its share of a step then falls only as the step grows."""
     from tinynet.ops.cpu_kernels import parallel_runs
 
@@ -169,8 +169,8 @@ def update_floor(opt, repeat):
             parallel_runs(lambda i0, i1, v=v: np.multiply(v[i0:i1], 1.0, out=v[i0:i1]), v.size)
 
     update, streamed, _ = interleaved(opt.step, stream, repeat, MIN_TIMED_SECONDS)
-    moved = 20 * sum(v.size for v in flats)  # bytes the update moves (float32)
-    floor = [t * 20 / 8 for t in streamed["values"]]
+    moved = 5 * sum(v.nbytes for v in flats)  # bytes the update moves: five arrays of the parameters' size
+    floor = [t * 5 / 2 for t in streamed["values"]]  # the pass moved two
     return dict(update=update, floor=stats(floor), ratio=stats([u / f for u, f in zip(update["values"], floor)]),
                 bytes=moved, gb_per_s=moved / update["median"] / 1e9)
 
