@@ -28,9 +28,9 @@ im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
 the Winograd transforms of the 3x3 and 5x5 convolutions (input tiles, output tiles with
 bias and ReLU, their backward twins),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
-allocation), so the gap to the floor is visible.  On the CPU it then times
-the SGD update alone against the update's own floor, its bytes at the memory's
-speed (update_floor): the table under the breakdown.
+allocation), so the gap to the floor is visible.  On the CPU it also times, last,
+the SGD update alone against a plain pass over the same bytes (update_speed):
+the table under the breakdown.
 
 The floor: the GEMMs of one training step alone (the same matrix products the
 engine does, operands ready), and the engine's time as a ratio to it; for
@@ -78,6 +78,15 @@ PROFILED_STEPS = 3
 # (common.enough): a batch-1 inference pass is timed about 50 times, a batch-128 step 5.
 MIN_TIMED_SECONDS = 1.0
 
+def rss_bytes():
+    """This process's resident memory now (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("rss_bytes: no VmRSS in /proc/self/status")
+
+
 def peak_rss_bytes():
     """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
     keeps the parent's peak across fork + exec, so every worker would report at least the
@@ -95,7 +104,10 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     from tinynet.models import AlexNet
 
     tn.manual_seed(0)
-    tn.reuse_freed_memory()  # as the training program does (see its docstring)
+    tn.reuse_freed_memory()  # as the training program does (see its docstring); PyTorch's worker too
+    if device == "cpu":  # the engine's own memory: after a first tiny convolution has loaded its loops
+        F.conv2d(tn.tensor(np.ones((1, 1, 4, 4), np.float32)), tn.tensor(np.ones((1, 1, 3, 3), np.float32)))
+        base_bytes = rss_bytes()
     kwargs = dict(bias_init="caffe")
     if towers:
         kwargs["towers"] = tn.backend.tower_devices(device)
@@ -128,6 +140,7 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     step = train_step if mode == "train" else infer
     result = timed(step, repeat, devices, model.eval if mode != "train" else None)
     if device == "cpu":  # the loops that ran (a library that failed to load falls back to NumPy's)
+        result["base_bytes"] = base_bytes
         result["cpu_loops"] = "compiled" if tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops else "numpy"
     if mode == "train" and "profile" in extras:
         profiles = []
@@ -137,8 +150,6 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
-        if device == "cpu":
-            result["update_floor"] = update_floor(opt, repeat)
     if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch, mode, device)
@@ -146,20 +157,27 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
         steps, floor, ratio = interleaved(waited(step), waited(lambda: [product() for product in products]),
                                           repeat, MIN_TIMED_SECONDS)
         result["floor"] = dict(steps=steps, floor=floor, ratio=ratio)
+    if mode == "train" and "profile" in extras and device == "cpu":
+        # last: it steps the optimiser on the same gradients again and again, which moves the
+        # weights far from a trained or an initial net's, so nothing is timed after it
+        result["update_speed"] = update_speed(opt, repeat)
     return result
 
 
-def update_floor(opt, repeat):
-    """The SGD update alone, in turn with its floor (common.interleaved), after the profiled
-    steps, on their gradients.
+def update_speed(opt, repeat):
+    """The SGD update alone, in turn with a plain pass over the same memory (common.interleaved),
+    on the profiled steps' gradients.
 
     The update is one pass over memory that reads w, g and v and writes w and v back: 20 bytes
-    a float32 parameter, 1.22 GB for AlexNet, and a handful of arithmetic per parameter.  Its
-    floor is those bytes at the speed this machine streams memory, measured on the same
-    arrays in the same minute: a pass that multiplies every momentum buffer by 1 in place
-    (reads and writes each value, changes none), on the threads the update runs on, its
-    time scaled by 5 / 2 (the update moves five arrays of that size, the pass two).  An update near its floor is bound by the memory, not by
-    its code; its share of a step then falls only as the step grows."""
+    a float32 parameter, 1.22 GB for AlexNet, and a handful of arithmetic per parameter.  The
+    reference: a pass that multiplies every momentum buffer by 1 in place (reads and writes
+    each value, changes none), on the threads the update runs on, its time scaled by 5 / 2
+    (the update moves five arrays of that size, the pass two): the update's bytes at the
+    speed this machine streams memory in a plain pass, in the same minute.  It is a yardstick,
+    not a bound: the memory reads faster than it writes back, and the update reads three
+    arrays for two written, so it may take a little less than the reference.  An update near
+    it is bound by the memory, not by its code; its share of a step then falls only as the
+    step grows."""
     from tinynet.ops.cpu_kernels import parallel_runs
 
     flats = [v.reshape(-1) for v in opt.velocity]  # C-contiguous: views
@@ -170,8 +188,9 @@ def update_floor(opt, repeat):
 
     update, streamed, _ = interleaved(opt.step, stream, repeat, MIN_TIMED_SECONDS)
     moved = 5 * sum(v.nbytes for v in flats)  # bytes the update moves: five arrays of the parameters' size
-    floor = [t * 5 / 2 for t in streamed["values"]]  # the pass moved two
-    return dict(update=update, floor=stats(floor), ratio=stats([u / f for u, f in zip(update["values"], floor)]),
+    reference = [t * 5 / 2 for t in streamed["values"]]  # the pass moved two
+    return dict(update=update, reference=stats(reference),
+                ratio=stats([u / r for u, r in zip(update["values"], reference)]),
                 bytes=moved, gb_per_s=moved / update["median"] / 1e9)
 
 
@@ -179,9 +198,17 @@ def worker_torch(batch, mode, repeat, device):
     import torch
     import torch.nn as nn
 
+    import tinynet as tn
+
     torch.manual_seed(0)
     if device == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+        # the same process setting as tinynet's worker: glibc keeps freed memory for reuse.  PyTorch's
+        # CPU tensors come from the same malloc, and without it its batch-8 step took about 2.4 times
+        # as long here (fresh pages, page faults), so the comparison would measure the allocator
+        tn.reuse_freed_memory()
+        torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))  # loads its kernels
+        base_bytes = rss_bytes()
     else:
         torch.backends.cudnn.benchmark = True
     lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # noqa: E731  = paper alpha 1e-4
@@ -197,7 +224,11 @@ def worker_torch(batch, mode, repeat, device):
     model.to(dev)
     x = torch.randn(batch, 3, 227, 227, device=dev)
     y = torch.arange(batch, device=dev) % 1000
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    # PyTorch's fastest SGD where it has one (fused: one kernel over each parameter, as tinynet's update)
+    try:
+        opt, sgd = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4, fused=True), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        opt, sgd = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4), "default (foreach)"
     loss_fn = nn.CrossEntropyLoss()
 
     def train_step():
@@ -226,9 +257,9 @@ def worker_torch(batch, mode, repeat, device):
         sync()
         times.append(time.perf_counter() - t0)
     if device == "cpu":
-        return dict(times=times, peak_bytes=peak_rss_bytes(), version=torch.__version__)
+        return dict(times=times, peak_bytes=peak_rss_bytes(), base_bytes=base_bytes, version=torch.__version__, sgd=sgd)
     return dict(times=times, peak_bytes=torch.cuda.max_memory_allocated(),
-                peak_reserved_bytes=torch.cuda.max_memory_reserved(), version=torch.__version__)
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(), version=torch.__version__, sgd=sgd)
 
 
 GPU_WARMUP = 3  # untimed steps on a GPU: kernel compilation, cuBLAS/cuDNN set-up, the pool's first cudaMallocs
@@ -402,7 +433,7 @@ def summarise(result, batch):
     med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "update_floor", "floor", "version", "cpu_loops"):
+    for key in ("profile_ms", "update_speed", "floor", "version", "cpu_loops", "sgd", "base_bytes"):
         if key in result:
             out[key] = result[key]
     return out
@@ -427,10 +458,12 @@ def combine(rounds, batch):
                images_per_s=batch / med, peak_bytes=max(r["peak_bytes"] for r in rounds),
                peak_reserved_bytes=rounds[0]["peak_reserved_bytes"] and max(r["peak_reserved_bytes"] for r in rounds),
                round_medians=[r["median"] for r in rounds])
-    for key in ("version", "cpu_loops"):  # what ran: PyTorch's version; tinynet's CPU loops
+    if all("base_bytes" in r for r in rounds):  # the peak above the process's memory before the model
+        out["peak_above_base_bytes"] = max(r["peak_bytes"] - r["base_bytes"] for r in rounds)
+    for key in ("version", "cpu_loops", "sgd"):  # what ran: PyTorch's version and SGD; tinynet's CPU loops
         if key in rounds[0]:
             out[key] = rounds[0][key]
-    for key in ("profile_ms", "update_floor"):  # the first round's
+    for key in ("profile_ms", "update_speed"):  # the first round's
         if key in rounds[0]:
             out[key] = rounds[0][key]
     floors = [r["floor"] for r in rounds if "floor" in r]
@@ -490,27 +523,32 @@ def profile_table(rows, device="cpu"):
         with_output = rest + groups["conv output pass"]
         lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} "
                      f"| {with_output / total:.0%} |")
-    floors = [r for r in rows if "update_floor" in r["tinynet"]]
-    if floors:
-        lines += ["", "The SGD update against its floor (update_floor: its bytes at the speed a plain in-place pass "
-                  "over the same momentum buffers streams memory, in turn with the update; medians): "
-                  "the floor's share is of the profiled step's total, the update's least share at this machine's "
-                  "memory speed:", "",
-                  "| batch | update ms | GB moved | GB/s | floor ms | update / floor (min-max) | floor's share of the step |",
+    speeds = [r for r in rows if "update_speed" in r["tinynet"]]
+    if speeds:
+        lines += ["", "The SGD update alone against a plain pass over the same bytes (update_speed: the pass multiplies "
+                  "each momentum buffer by 1 in place on the same threads, its time scaled to the update's five "
+                  "arrays from its two; in turn with the update; medians). A yardstick of the memory's speed, not a "
+                  "bound: the update reads three arrays for two written back and may take a little less. Its share "
+                  "is of the profiled step's total:", "",
+                  "| batch | update ms | GB moved | GB/s | plain pass, same bytes, ms | update / pass (min-max) "
+                  "| the pass's share of the step |",
                   "|---|---|---|---|---|---|---|"]
-        for r in floors:
-            f = r["tinynet"]["update_floor"]
+        for r in speeds:
+            f = r["tinynet"]["update_speed"]
             total = sum(profile_groups(r["tinynet"]["profile_ms"]).values())
             lines.append(f"| {r['batch']} | {ms(f['update']['median'])} | {f['bytes'] / 1e9:.2f} | {f['gb_per_s']:.0f} "
-                         f"| {ms(f['floor']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
-                         f"{f['ratio']['max']:.2f}) | {f['floor']['median'] * 1e3 / total:.0%} |")
+                         f"| {ms(f['reference']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
+                         f"{f['ratio']['max']:.2f}) | {f['reference']['median'] * 1e3 / total:.0%} |")
     return lines
 
 
 def memory_cell(result):
-    """CPU: peak RSS MB.  GPU: peak MB in use / peak MB reserved from the device."""
+    """CPU: peak RSS MB (and the peak above the process's memory before the model).  GPU: peak
+    MB in use / peak MB reserved from the device."""
     used = f"{result['peak_bytes'] / 2**20:.0f}"
     if result.get("peak_reserved_bytes") is None:
+        if "peak_above_base_bytes" in result:
+            used += f" ({result['peak_above_base_bytes'] / 2**20:.0f})"
         return used
     return f"{used} / {result['peak_reserved_bytes'] / 2**20:.0f}"
 
@@ -576,7 +614,15 @@ def main():
              + (f"tinynet's CPU loops that ran: {ran(rows, 'tinynet', 'cpu_loops')}; "
                 f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else
                 f"GPU: {info['gpu']}; GEMMs by cuBLAS (cupy.matmul), convolutions by im2col\n"),
-             ("Peak MB: the process's peak RSS\n" if args.device == "cpu" else
+             ("Peak MB: the process's peak RSS, and in brackets the peak above the process's resident memory "
+              "after its imports and a first tiny convolution (the library's own code and data: about 40 MB for "
+              "tinynet and NumPy, 230 for PyTorch), before the model was built\n\n"
+              f"PyTorch: eager; SGD {ran(rows, 'torch', 'sgd') if with_torch else '-'}; nn.LocalResponseNorm. Both "
+              "engines' worker processes run with glibc keeping freed memory for reuse (tn.reuse_freed_memory(), "
+              "as the training program sets it)\n\n"
+              "ms/step and the floor's ratio come from different steps: ms/step from the timed steps, the ratio "
+              "from the steps timed in turn with the floor afterwards (its median of step / floor per repetition), "
+              "so the one divided by the floor's ms need not give the other\n" if args.device == "cpu" else
               "Peak MB: used / reserved, both engines alike: bytes in use by arrays at the peak "
               "(CuPy pool used bytes; PyTorch max_memory_allocated) / bytes the allocator holds "
               "from the device (CuPy pool total bytes; PyTorch max_memory_reserved)\n"),

@@ -182,9 +182,10 @@ def main():
         rows.append(row)
     act = lambda shape: (lambda: rng.standard_normal(shape).astype(np.float32))  # noqa: E731
     rows += [
-        simple_case("lrn1", act((n, 96, 55, 55)), lambda t: F.local_response_norm(t), r, rng),
+        # the network's LRNs: within each tower's half of the channels (groups=2)
+        simple_case("lrn1", act((n, 96, 55, 55)), lambda t: F.local_response_norm(t, groups=2), r, rng),
         simple_case("pool1", act((n, 96, 55, 55)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
-        simple_case("lrn2", act((n, 256, 27, 27)), lambda t: F.local_response_norm(t), r, rng),
+        simple_case("lrn2", act((n, 256, 27, 27)), lambda t: F.local_response_norm(t, groups=2), r, rng),
         simple_case("pool2", act((n, 256, 27, 27)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
         simple_case("pool5", act((n, 256, 13, 13)), lambda t: F.max_pool2d(t, 3, 2), r, rng),
         simple_case("dropout6", act((n, 4096)), lambda t: F.dropout(t, 0.5), r, rng),

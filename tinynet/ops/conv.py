@@ -298,7 +298,8 @@ class Conv2d(Function):
         y = xp.empty((N, O, OH * OW), dtype=x.dtype)
         if self.winograd:  # E = A*A products per group, one per entry of a tile (cpu_kernels)
             E = self.side ** 2
-            u = kernels.winograd_weight(weight)  # (E, O, C/G)
+            with section("Winograd filter transform"):
+                u = kernels.winograd_weight(weight)  # (E, O, C/G)
             for n0, n1, v, m in self._chunks(x, {"gemm_output": E * O}, kept):
                 # (E*G, O/G, n*TH*TW) = (E*G, O/G, C/G) @ (E*G, C/G, n*TH*TW)
                 with section("GEMM"):
@@ -519,7 +520,11 @@ class Conv2d(Function):
                     batched_matmul(u.reshape(E * G, O // G, Cg).transpose(0, 2, 1), z, out=gv)
                 with section("Winograd input gradient"):  # B gV B^T, added back onto the pixels
                     kernels.winograd_input_grad(gv.reshape(E, C, -1), padding, self.tiles, gx[n0:n1])
-        grads = [gx, kernels.winograd_weight_grad(gu.reshape(E, O, Cg)) if need_w else None]
+        gw = None
+        if need_w:
+            with section("Winograd filter transform"):  # its backward twin, G^T gU G
+                gw = kernels.winograd_weight_grad(gu.reshape(E, O, Cg))
+        grads = [gx, gw]
         if self.has_bias:
             grads.append(gb)
         return tuple(grads)
