@@ -347,6 +347,39 @@ def test_batched_matmul_puts_blas_threads_back_also_after_an_error(threads):
     assert get_blas_threads() == before
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 40), k=st.integers(1, 70), p=st.integers(1, 50), transposed=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_rows_matmul_gives_np_matmuls_numbers(threads, m, k, p, transposed, dtype):
+    """a @ b with a's rows shared between three threads (fewer rows than threads too), with a
+    transposed a as the fully connected layers' weight gradient passes gy.T: within a dot
+    product's rounding bound of np.matmul (a share of one or a few rows may take another of
+    OpenBLAS's kernels, which can round a last bit apart)."""
+    rng = np.random.default_rng(m * 10000 + k * 100 + p)
+    a = rng.standard_normal((k, m)).astype(dtype).T if transposed else rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, p)).astype(dtype)
+    out = cpu_kernels.rows_matmul(a, b)
+    bound = (k + 1) * np.finfo(dtype).eps * (np.abs(a) @ np.abs(b))
+    assert np.all(np.abs(out - np.matmul(a, b)) <= bound)
+    assert out.dtype == dtype and out.flags.c_contiguous and out.shape == (m, p)
+
+
+def test_rows_matmul_puts_blas_threads_back_and_with_one_thread_is_np_matmul(threads, monkeypatch):
+    control = cpu_kernels._openblas_control()
+    if control is None:
+        pytest.skip(f"no OpenBLAS thread control here: {cpu_kernels.batched_matmul_route()}")
+    before = control[1]()
+    a, b = np.ones((6, 5), np.float32), np.ones((5, 2), np.float32)
+    np.testing.assert_array_equal(cpu_kernels.rows_matmul(a, b), np.full((6, 2), 5, np.float32))
+    assert control[1]() == before
+    with pytest.raises(ValueError):  # mismatched inner sizes fail inside the threads
+        cpu_kernels.rows_matmul(a, np.ones((4, 2), np.float32))
+    assert control[1]() == before
+    cpu_kernels.set_num_threads(1)
+    monkeypatch.setattr(cpu_kernels, "_openblas_control", lambda: pytest.fail("thread count touched"))
+    np.testing.assert_array_equal(cpu_kernels.rows_matmul(a, b), np.full((6, 2), 5, np.float32))
+
+
 def test_batched_matmul_with_one_thread_is_np_matmul(monkeypatch):
     """One tinynet thread: no split, and OpenBLAS's thread count is never touched."""
     old = cpu_kernels.get_num_threads()

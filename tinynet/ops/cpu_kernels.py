@@ -220,15 +220,40 @@ def batched_matmul(a, b, out=None):
         return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
     if out is None:
         out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a.dtype, b.dtype))
+    _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b[i0:i1], out=out[i0:i1]), a.shape[0])
+    return out
+
+
+def rows_matmul(a, b):
+    """a @ b for 2-D NumPy arrays, the rows of a (and of the result) shared out between
+    tinynet's threads as ``parallel_runs`` shares a pass, each thread's product on one BLAS
+    thread, as batched_matmul runs a batch.  For the fully connected layers' weight gradient
+    at a small batch (ops/linear.py): gy.T @ x, 4096 x N times N x 9216 for fc6, is a product
+    OpenBLAS ran no faster on two threads than on one here (fc6 at batch 8: 27 ms on two,
+    26 on one), and each of two threads taking half of the rows took 15.  Every entry is the
+    same dot product as in np.matmul, never split: at AlexNet's shapes (shares of 500 to 2,048
+    rows) the bits were np.matmul's in every comparison here, but a share of one or a few rows
+    may take another of OpenBLAS's kernels, which can round a last bit apart.  Where the thread
+    count cannot be set, or tinynet has one thread, this is np.matmul."""
+    control = _openblas_control() if get_num_threads() > 1 else None
+    if control is None:
+        return np.matmul(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
+    _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b, out=out[i0:i1]), a.shape[0])
+    return out
+
+
+def _on_one_blas_thread_each(control, run, n):
+    """parallel_runs(run, n) with OpenBLAS set to one thread meanwhile, its count put back after,
+    also on an error."""
     set_blas_threads, get_blas_threads = control
-    with _blas_lock:  # one batch at a time changes the count (models may run in several threads)
+    with _blas_lock:  # one pass at a time changes the count (models may run in several threads)
         blas_threads = get_blas_threads()
         set_blas_threads(1)
         try:
-            parallel_runs(lambda i0, i1: np.matmul(a[i0:i1], b[i0:i1], out=out[i0:i1]), a.shape[0])
+            parallel_runs(run, n)
         finally:
             set_blas_threads(blas_threads)
-    return out
 
 
 def _image_bytes(x):

@@ -14,16 +14,21 @@ import numpy as np
 from ..autograd import Function
 from ..backend import get_array_module
 from ..profile import section
+from .cpu_kernels import rows_matmul
 
 # The GEMMs that carry the weight matrix (fc6: 4096 x 9216, 151 MB), for a small batch on the
 # CPU, measured on this project's 2-core machine by benchmarks/fc_blocks.py
 # (results/fc_blocks_cpu.md):
-# - batch 2 to 64: OpenBLAS runs them faster as a loop over blocks of WEIGHT_ROWS rows of the
-#   weight, y.T = W @ x.T and gw = gy.T @ x block by block: fc6's forward at batch 32
-#   44 -> 31 ms, at batch 8 22 -> 16 ms; no gain from batch 128 on.  Each output is still one
-#   whole dot product: the values are the GEMM's, to its rounding order.
+# - batch 2 to 64, the forward: OpenBLAS runs it faster as a loop over blocks of WEIGHT_ROWS
+#   rows of the weight, y.T = W @ x.T block by block: fc6's forward at batch 32 44 -> 31 ms,
+#   at batch 8 22 -> 16 ms; no gain from batch 128 on.  Each output is still one whole dot
+#   product: the values are the GEMM's, to its rounding order.
 # - batch 1: the weight gradient is an outer product, which OpenBLAS takes 70-80 ms for on
 #   fc6; np.multiply writes the same products (one rounding each, as the GEMM's) in about 20.
+# - batch 2 to 64, the weight gradient: the rows of gw shared between tinynet's threads, one
+#   BLAS thread each (cpu_kernels.rows_matmul), where OpenBLAS's own two threads ran it no
+#   faster than one: fc6 at batch 8 40 -> 13 ms, batch 32 26 -> 22, fc7 at batch 8 8.4 -> 5.6
+#   (against the blocks of rows; interleaved, with freed memory kept for reuse).
 # SMALL_BATCH_ROUTES = False takes the single products everywhere (the benchmark compares).
 WEIGHT_ROWS = 512
 SMALL_BATCH = range(2, 65)
@@ -51,12 +56,12 @@ def forward_gemm(x, weight):
 
 
 def weight_grad_gemm(gy, x):
-    """gy.T @ x, on the CPU for batch 2-64 WEIGHT_ROWS rows of the result at a time, and
-    for batch 1 as the outer product it is."""
+    """gy.T @ x, on the CPU for batch 2-64 its rows shared between the threads, and for
+    batch 1 as the outer product it is."""
     if _small_batch_cpu(x) and x.shape[0] == 1:
         return np.multiply(gy.T, x)  # (out, 1) * (1, in): every product once, as the GEMM
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
-        return _by_row_blocks(gy.T, x)
+        return rows_matmul(gy.T, x)
     return gy.T @ x
 
 
