@@ -1,9 +1,10 @@
 """The fully connected layers' small-batch routes against one GEMM each.
 
 For a small batch on the CPU, tinynet.ops.linear computes y = x @ W.T as
-(W @ x.T).T and the weight gradient gy.T @ x WEIGHT_ROWS rows of W (of the
-gradient) per product (batch 2-64), and the batch-1 weight gradient as an outer
-product, because OpenBLAS is slow at those shapes.  This script measures it on
+(W @ x.T).T, WEIGHT_ROWS rows of W per product, and the weight gradient gy.T @ x
+with its rows shared between tinynet's threads, one BLAS thread each
+(cpu_kernels.rows_matmul) (batch 2-64), and the batch-1 weight gradient as an
+outer product, because OpenBLAS is slow at those shapes.  This script measures it on
 AlexNet's fc6, fc7 and fc8 (float32): the forward GEMM, the weight-gradient
 GEMM, and the layer's whole forward + backward (F.linear, then .backward with a
 gradient as the layer above would send), each both ways, interleaved repetition
@@ -78,8 +79,9 @@ def main():
     lines = [f"# Fully connected GEMMs: single products against tinynet's small-batch routes, {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. float32; medians of "
              f"{args.repeat} interleaved repetitions; ms single product -> tinynet's route (ratio). Routes: "
-             f"blocks of {linear.WEIGHT_ROWS} weight rows for batches {linear.SMALL_BATCH.start}-"
-             f"{linear.SMALL_BATCH.stop - 1}, and the outer product for the batch-1 weight gradient.\n",
+             f"for batches {linear.SMALL_BATCH.start}-{linear.SMALL_BATCH.stop - 1} the forward by blocks of "
+             f"{linear.WEIGHT_ROWS} weight rows and the weight gradient with its rows shared between the threads "
+             f"(one BLAS thread each), and the outer product for the batch-1 weight gradient.\n",
              "| layer | batch | forward GEMM | weight-gradient GEMM | layer forward + backward |",
              "|---|---|---|---|---|"]
     for r in rows:
