@@ -56,7 +56,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import tinynet  # noqa: E402,F401  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
+import tinynet  # noqa: E402  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
 from benchmarks.common import enough, interleaved, machine, ms, save, stats  # noqa: E402
 from benchmarks.layers import CONVS, FCS, conv_products  # noqa: E402  the layer shapes and their products, for both scripts
@@ -78,24 +78,15 @@ PROFILED_STEPS = 3
 # (common.enough): a batch-1 inference pass is timed about 50 times, a batch-128 step 5.
 MIN_TIMED_SECONDS = 1.0
 
-def rss_bytes():
-    """This process's resident memory now (VmRSS)."""
+def status_bytes(field):
+    """A memory field of this process's /proc/self/status in bytes: "VmRSS" (resident now) or
+    "VmHWM" (the peak).  The peak is not getrusage's ru_maxrss: that one keeps the parent's
+    peak across fork + exec, so every worker would report at least the driver's memory."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError("rss_bytes: no VmRSS in /proc/self/status")
-
-
-def peak_rss_bytes():
-    """This process's peak resident memory (VmHWM).  Not getrusage's ru_maxrss: that one
-    keeps the parent's peak across fork + exec, so every worker would report at least the
-    driver's memory."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError("peak_rss_bytes: no VmHWM in /proc/self/status")
+    raise RuntimeError(f"status_bytes: no {field} in /proc/self/status")
 
 
 def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
@@ -107,7 +98,7 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     tn.reuse_freed_memory()  # as the training program does (see its docstring); PyTorch's worker too
     if device == "cpu":  # the engine's own memory: after a first tiny convolution has loaded its loops
         F.conv2d(tn.tensor(np.ones((1, 1, 4, 4), np.float32)), tn.tensor(np.ones((1, 1, 3, 3), np.float32)))
-        base_bytes = rss_bytes()
+        base_bytes = status_bytes("VmRSS")
     kwargs = dict(bias_init="caffe")
     if towers:
         kwargs["towers"] = tn.backend.tower_devices(device)
@@ -198,17 +189,15 @@ def worker_torch(batch, mode, repeat, device):
     import torch
     import torch.nn as nn
 
-    import tinynet as tn
-
     torch.manual_seed(0)
     if device == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
         # the same process setting as tinynet's worker: glibc keeps freed memory for reuse.  PyTorch's
         # CPU tensors come from the same malloc, and without it its batch-8 step took about 2.4 times
         # as long here (fresh pages, page faults), so the comparison would measure the allocator
-        tn.reuse_freed_memory()
+        tinynet.reuse_freed_memory()
         torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))  # loads its kernels
-        base_bytes = rss_bytes()
+        base_bytes = status_bytes("VmRSS")
     else:
         torch.backends.cudnn.benchmark = True
     lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # noqa: E731  = paper alpha 1e-4
@@ -257,7 +246,7 @@ def worker_torch(batch, mode, repeat, device):
         sync()
         times.append(time.perf_counter() - t0)
     if device == "cpu":
-        return dict(times=times, peak_bytes=peak_rss_bytes(), base_bytes=base_bytes, version=torch.__version__, sgd=sgd)
+        return dict(times=times, peak_bytes=status_bytes("VmHWM"), base_bytes=base_bytes, version=torch.__version__, sgd=sgd)
     return dict(times=times, peak_bytes=torch.cuda.max_memory_allocated(),
                 peak_reserved_bytes=torch.cuda.max_memory_reserved(), version=torch.__version__, sgd=sgd)
 
@@ -291,7 +280,7 @@ def timed(fn, repeat, devices, prepare=None):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        return dict(times=times, peak_bytes=peak_rss_bytes())
+        return dict(times=times, peak_bytes=status_bytes("VmHWM"))
     synchronize = synchronizer(devices)
     # Warm-up steps, and the pool keeps what they allocated: a timed step that had to
     # cudaMalloc its buffers again would measure the allocator, not the network.
