@@ -40,12 +40,16 @@ def enough(times, repeat, min_seconds):
 def interleaved(first, second, repeat, min_seconds=0.0):
     """Time first() and second() in turn, repeat times each after one warm-up of each
     (more, until first's timings add up to ``min_seconds``: ``enough``), so that the
-    shared machine's drift hits both alike.  Returns their timings and the ratios
-    first / second of the repetitions, each as stats() gives them."""
+    shared machine's drift hits both alike.  The order alternates, repetition by
+    repetition (first, second; then second, first; ...), so that neither always runs
+    in what the other left behind: its caches, the BLAS threads it woke, the memory it
+    freed.  Returns their timings and the ratios first / second of the repetitions
+    (each repetition's pair), each as stats() gives them."""
     first(), second()
     t_first, t_second = [], []
     while not enough(t_first, repeat, min_seconds):
-        for fn, times in ((first, t_first), (second, t_second)):
+        pair = ((first, t_first), (second, t_second))
+        for fn, times in pair if len(t_first) % 2 == 0 else pair[::-1]:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)

@@ -9,7 +9,9 @@ metrics.jsonl (the clock at every 20th step, from the first record on, so that
 data preparation and the first steps are left out); then it times the bare step
 (the same model, optimiser and batch on ready random images, nothing else) for
 as many steps in a fresh process.  The two alternate, pair by pair, so that the
-shared machine's drift hits both alike.  The ratio program / bare is the share
+shared machine's drift hits both alike, and which runs first alternates too (the
+program, then the bare step; then the bare step, on the config the program wrote
+for that data set, then the program), so that neither always runs second.  The ratio program / bare is the share
 of the step rate the program keeps.
 
     python benchmarks/program_rate.py                        # shapes and fashion-mnist, 2 pairs
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,25 +115,33 @@ def main():
         ap.error("--steps must be at least 40: the program logs every 20 steps and its rate starts at step 20")
     info = machine()
     rows = []
-    for pair in range(args.pairs):
-        for dataset in args.datasets:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = os.path.join(tmp, "run")
-                program, cfg, start = run_program(dataset, args.steps, folder)
-                bare = run_bare(os.path.join(folder, "config.json"), args.steps - 20)
-            rows.append(dict(pair=pair, dataset=dataset, batch=cfg["batch_size"], classes=cfg["num_classes"],
-                             program_images_per_s=program, bare_images_per_s=bare, ratio=program / bare,
-                             seconds_to_first_record=start))
-            print(f"pair {pair} {dataset}: program {program:.2f} img/s, bare step {bare:.2f} img/s, "
-                  f"ratio {program / bare:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as configs:  # each data set's config.json, from its first run
+        for pair in range(args.pairs):
+            for dataset in args.datasets:
+                config = os.path.join(configs, dataset + ".json")
+                bare_first = pair % 2 == 1  # pair 0 runs the program first: it writes the config
+                with tempfile.TemporaryDirectory() as tmp:
+                    if bare_first:
+                        bare = run_bare(config, args.steps - 20)
+                    folder = os.path.join(tmp, "run")
+                    program, cfg, start = run_program(dataset, args.steps, folder)
+                    if not bare_first:
+                        shutil.copyfile(os.path.join(folder, "config.json"), config)
+                        bare = run_bare(config, args.steps - 20)
+                rows.append(dict(pair=pair, dataset=dataset, batch=cfg["batch_size"], classes=cfg["num_classes"],
+                                 first="bare" if bare_first else "program", program_images_per_s=program,
+                                 bare_images_per_s=bare, ratio=program / bare, seconds_to_first_record=start))
+                print(f"pair {pair} {dataset}: program {program:.2f} img/s, bare step {bare:.2f} img/s, "
+                      f"ratio {program / bare:.3f}" + (" (bare step first)" if bare_first else ""), flush=True)
     lines = [f"# The training program against its bare step, {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. The 'short' preset "
              f"(the program's default); program: images/s from its first metrics record (step 20) to "
              f"step {args.steps}; bare: the same model and optimiser on ready random images, "
-             f"{args.steps - 20} steps, in a fresh process right after.\n",
-             "| pair | data | batch | program img/s | bare step img/s | program / bare |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {r['dataset']} | {r['batch']} | {r['program_images_per_s']:.2f} | "
+             f"{args.steps - 20} steps, in a fresh process right before or after (first: which ran first; "
+             f"the order alternates pair by pair).\n",
+             "| pair | data | batch | first | program img/s | bare step img/s | program / bare |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['dataset']} | {r['batch']} | {r['first']} | {r['program_images_per_s']:.2f} | "
               f"{r['bare_images_per_s']:.2f} | {r['ratio']:.3f} |" for r in rows]
     for dataset in args.datasets:
         ratios = [r["ratio"] for r in rows if r["dataset"] == dataset]
