@@ -222,7 +222,17 @@ static inline void max_lanes(T* __restrict__ m, int* __restrict__ where, const T
     }
 }
 
+// The same maximum, by the same rule, when nothing will need its place (no argmax: inference)
 template <typename T>
+static inline void max_values(T* __restrict__ m, const T* __restrict__ v, i64 P) {
+    for (i64 i = 0; i < P; ++i) {
+        const T a = m[i], b = v[i];
+        m[i] = (a >= b || a != a) ? a : b;
+    }
+}
+
+// WHERE: record each maximum's place in argmax (for backward); without it argmax is not touched
+template <typename T, bool WHERE>
 static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
                                    i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
     const i64 L = Lanes<T>::L, P = (OW + L - 1) / L * L;  // lanes per row of outputs
@@ -251,14 +261,16 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
                     if (ky == 0 && kx == 0) {  // the start
                         for (i64 i = 0; i < P; ++i) {
                             m[i] = v[i];
-                            where[i] = int(f0) + lane[i];
+                            if (WHERE) where[i] = int(f0) + lane[i];
                         }
-                    } else {
+                    } else if (WHERE) {
                         max_lanes(m.data(), where.data(), v, lane.data(), int(f0), P);
+                    } else {
+                        max_values(m.data(), v, P);
                     }
                 }
             std::memcpy(y + (plane * OH + oy) * OW, m.data(), OW * sizeof(T));
-            std::memcpy(argmax + (plane * OH + oy) * OW, where.data(), OW * sizeof(int));
+            if (WHERE) std::memcpy(argmax + (plane * OH + oy) * OW, where.data(), OW * sizeof(int));
         }
     }
 }
@@ -926,7 +938,8 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
     extern "C" TINYNET_CLONES void maxpool_forward_##SUFFIX(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W,      \
                                              i64 KH, i64 KW, i64 SH, i64 SW, i64 OH, i64 OW, i64 n0,    \
                                              i64 n1) {                                                  \
-        maxpool_forward(x, y, argmax, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);                         \
+        if (argmax) maxpool_forward<T, true>(x, y, argmax, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);    \
+        else maxpool_forward<T, false>(x, y, argmax, C, H, W, KH, KW, SH, SW, OH, OW, n0, n1);          \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void maxpool_backward_##SUFFIX(const int* argmax, const T* gy, T* gx, i64 C, i64 HW,   \
                                               i64 OHW, i64 n0, i64 n1) {                                \

@@ -159,6 +159,10 @@ def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
     y, argmax = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
     y_c, argmax_c = cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
     assert same_bits(y_c, y) and argmax_c.dtype == np.int32 and np.array_equal(argmax_c, argmax)
+    # without argmax (inference) both find the same maxima, by the loop that records no places
+    for loops in (cpu_kernels, cpu_loops):
+        y_only, none = loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow, with_argmax=False)
+        assert none is None and same_bits(y_only, y), loops.__name__
     # the naive twin's argmax (row-major place in the window) is the same place in the plane
     y_naive, in_window = max_pool2d_naive(x, (kh, kw), (sh, sw))
     ky, kx = np.divmod(in_window, kw)

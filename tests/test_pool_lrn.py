@@ -47,6 +47,28 @@ def test_max_pool_matches_naive_and_gradcheck(path, g):
         gradcheck(lambda t: F.max_pool2d(t, k, s, p), [x], eps=1e-7)
 
 
+@pytest.mark.parametrize("path", POOL_PATHS)
+@given(pool_geometry(), st.integers(1, 4), st.booleans())
+def test_max_pool_without_backward_gives_the_same_maxima(path, g, levels, nans):
+    """Under no_grad, or on an input that needs no gradient, forward finds the maxima without
+    their places (nothing will read them): the same values, bit for bit, as when it records
+    them, with ties (few distinct levels), NaN and padding, on every code path."""
+    rng = np.random.default_rng(levels)
+    x = rng.integers(0, levels, (g["n"], g["c"], g["h"], g["w"])).astype(np.float32)
+    if nans:
+        x[rng.random(x.shape) < 0.1] = np.nan
+    k, s, p = (g["kh"], g["kw"]), (g["sh"], g["sw"]), (g["p"], g["p"])
+    with conv_path(path):
+        recorded = F.max_pool2d(tn.tensor(x, requires_grad=True), k, s, p)
+        plain = F.max_pool2d(tn.tensor(x), k, s, p)
+        with tn.no_grad():
+            inference = F.max_pool2d(tn.tensor(x, requires_grad=True), k, s, p)
+    assert recorded._creator is not None and plain._creator is None and inference._creator is None
+    for y in (plain, inference):
+        assert np.array_equal(y.data.view(np.int32), recorded.data.view(np.int32))
+    assert np.array_equal(recorded.data, max_pool2d_naive(x, k, s, p)[0], equal_nan=True)
+
+
 def test_overlapping_pool_gradient_adds_where_windows_share_the_max():
     # 3x3 windows, stride 2: the centre column/row is shared by neighbouring windows
     x = np.zeros((1, 1, 5, 5))

@@ -120,7 +120,9 @@ class Kernels:
                   np.int32(sh), np.int32(sw), np.int32(ph), np.int32(pw), _i(OH), _i(OW)))
         return self._into(out, target)
 
-    def maxpool_forward(self, x, kh, kw, sh, sw, oh, ow):
+    def maxpool_forward(self, x, kh, kw, sh, sw, oh, ow, with_argmax=True):
+        """(y, argmax); the kernel always records argmax, and without ``with_argmax`` it is
+        dropped here (None), as the CPU's loops leave it out."""
         xp = self.xp()
         x = xp.ascontiguousarray(x)
         N, C, H, W = x.shape
@@ -129,7 +131,7 @@ class Kernels:
         self.run("maxpool.cu", "maxpool_forward_kernel", x.dtype, y.size,
                  (x, y, argmax, _i(N), _i(C), _i(H), _i(W), np.int32(kh), np.int32(kw),
                   np.int32(sh), np.int32(sw), _i(oh), _i(ow)))
-        return y, argmax
+        return y, argmax if with_argmax else None
 
     def maxpool_backward(self, argmax, gy, x_shape, kh, kw, sh, sw):
         xp = self.xp()

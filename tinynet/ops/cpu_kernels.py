@@ -348,9 +348,11 @@ def _window_slice(k_off, stride, out_len):
     return slice(k_off, k_off + stride * out_len, stride)
 
 
-def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
+def maxpool_forward(x, kh, kw, sh, sw, oh, ow, with_argmax=True):
     """x: (N, C, H, W) -> (y, argmax), both (N, C, OH, OW): the maximum of each
-    window, and where it sits in its input plane (h * W + w, int32).
+    window, and where it sits in its input plane (h * W + w, int32).  Without
+    ``with_argmax`` (nothing will run backward: inference) argmax is None and
+    only the maxima are computed.
 
     The maximum: one np.maximum per kernel offset, over the whole strided
     slice (a NaN anywhere in the window wins, as in NumPy).  Its place: the
@@ -362,17 +364,19 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow):
     argmax."""
     N, C, H, W = x.shape
     y = np.empty((N, C, oh, ow), dtype=x.dtype)
-    argmax = np.empty((N, C, oh, ow), dtype=np.int32)
+    argmax = np.empty((N, C, oh, ow), dtype=np.int32) if with_argmax else None
     # the plane index of each window's top-left pixel
     start = (np.arange(oh)[:, None] * (sh * W) + np.arange(ow) * sw).astype(np.int32)
 
     def run(i0, i1):
-        xs, ys, arg = x[i0:i1], y[i0:i1], argmax[i0:i1]
+        xs, ys, arg = x[i0:i1], y[i0:i1], None if argmax is None else argmax[i0:i1]
         ys[...] = xs[:, :, _window_slice(0, sh, oh), _window_slice(0, sw, ow)]
         for ky in range(kh):
             for kx in range(kw):
                 if ky or kx:
                     np.maximum(ys, xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)], out=ys)
+        if arg is None:
+            return
         arg[...] = start
         pending = np.ones(ys.shape, dtype=bool)
         hit = np.empty(ys.shape, dtype=bool)
