@@ -251,15 +251,17 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow, with_argmax=True):
     y = np.empty((N, C, oh, ow), x.dtype)
     argmax = np.empty((N, C, oh, ow), np.int32) if with_argmax else None
     fn = _function("maxpool_forward", x.dtype)
-    where = 0 if argmax is None else argmax.ctypes.data  # a null pointer: the loop records no places
+
+    def places(out):  # where output `out`'s argmax goes; a null pointer: the loop records no places
+        return 0 if argmax is None else argmax.ctypes.data + out * argmax.itemsize
 
     def run(n0, n1):
-        fn(x.ctypes.data, y.ctypes.data, where, C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
+        fn(x.ctypes.data, y.ctypes.data, places(0), C, H, W, kh, kw, sh, sw, oh, ow, n0, n1)
 
     def run_channels(c0, c1):  # one image: channels [c0, c1)
         out = int(c0 * oh * ow)
         fn(x.ctypes.data + c0 * H * W * x.itemsize, y.ctypes.data + out * y.itemsize,
-           where and where + out * 4, c1 - c0, H, W, kh, kw, sh, sw, oh, ow, 0, 1)
+           places(out), c1 - c0, H, W, kh, kw, sh, sw, oh, ow, 0, 1)
 
     if N == 1:  # one image: one run of channels per thread
         cpu_kernels.parallel_runs(run_channels, C)
