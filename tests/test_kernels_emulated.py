@@ -360,6 +360,9 @@ def test_emulated_module_has_the_gpu_module_functions_and_agrees_with_numpy():
     y_np, argmax_np = cpu_kernels.maxpool_forward(x, 3, 3, 2, 2, 27, 27)
     np.testing.assert_array_equal(y, y_np)
     np.testing.assert_array_equal(argmax, argmax_np)
+    # asked for the maxima alone (no backward will run), the host code drops the argmax
+    values_only, no_argmax = emulate.maxpool_forward(x, 3, 3, 2, 2, 27, 27, with_argmax=False)
+    assert no_argmax is None and np.array_equal(bits(values_only), bits(y_np))
     gy = values(y.shape, np.float32, 1)
     assert np.array_equal(bits(emulate.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)),
                           bits(cpu_kernels.maxpool_backward(argmax, gy, x.shape, 3, 3, 2, 2)))
