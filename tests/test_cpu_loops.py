@@ -324,6 +324,39 @@ def test_sgd_update_gives_the_numpy_bits(n, dtype, lr, m, wd, seed):
     assert same_bits(w2, w) and same_bits(v2, v)
 
 
+@given(st.integers(0, 13), st.integers(0, 300), DTYPES, st.integers(0, 2**31),
+       st.sampled_from(["finite", "finite", "nan", "inf"]))
+def test_matvec_gives_the_numpy_bits(rows, length, dtype, seed, special):
+    # lengths on both sides of the partial sums' width (32 float32, 16 float64) and its
+    # multiples, with and without a tail; rows in groups of 4 and the rest one by one
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, length)).astype(dtype)
+    x = rng.standard_normal(length).astype(dtype)
+    if special != "finite" and w.size:
+        w[rng.integers(rows), rng.integers(length)] = np.nan if special == "nan" else -np.inf
+        x[rng.integers(length)] = np.inf
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as it should
+        assert same_bits_but_nan(cpu_loops.matvec(w, x), cpu_kernels.matvec(w, x))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows, length, dtype", [(23, 1000, np.float32), (300, 1001, np.float64), (5, 20000, np.float32)])
+def test_matvec_shared_out_between_threads_gives_the_numpy_bits(threads, rows, length, dtype):
+    # the compiled loop's runs of rows (23 on 3 threads: 8, 8 and 7, each 4 at a time and the
+    # rest); the NumPy twin's blocks of about 1 MB of products (300 x 1001 float64: three)
+    rng = np.random.default_rng(rows)
+    w, x = rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(length).astype(dtype)
+    old = cpu_kernels.get_num_threads()
+    cpu_kernels.set_num_threads(threads)
+    try:
+        y = cpu_loops.matvec(w, x)
+        assert same_bits(y, cpu_kernels.matvec(w, x))
+        assert same_bits(cpu_loops.matvec(w[:, ::2], x[::2]), cpu_kernels.matvec(w[:, ::2], x[::2]))  # strided
+    finally:
+        cpu_kernels.set_num_threads(old)
+    assert np.allclose(y, w.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
 def test_other_dtypes_run_the_numpy_loops():
     x = np.arange(2 * 3 * 6 * 6, dtype=np.float16).reshape(2, 3, 6, 6)
     (y, argmax), (y_np, argmax_np) = (m.maxpool_forward(x, 2, 2, 2, 2, 3, 3) for m in (cpu_loops, cpu_kernels))
@@ -463,6 +496,8 @@ def run_every_loop_on_exact_buffers(cases=60):
         n = int(rng.integers(1, 5000))
         w, g, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
         cpu_loops.sgd_update(w, g, v, 0.01, 0.9, 5e-4)
+        rows, length = int(rng.integers(0, 9)), int(rng.integers(0, 100))
+        cpu_loops.matvec(rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(length).astype(dtype))
     print(f"{cases} cases, every access in bounds")
 
 

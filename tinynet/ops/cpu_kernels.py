@@ -840,6 +840,54 @@ def sgd_update(w, g, v, lr, m, wd):
 
 
 # ----------------------------------------------------------------------------
+# A matrix times a vector: a fully connected layer at batch 1
+# ----------------------------------------------------------------------------
+
+MATVEC_SUMS = 128  # bytes of partial sums per row: 32 float32, 16 float64 (a compiled loop's lanes)
+
+
+def matvec(w, x):
+    """y = w @ x for w (O, I) and x (I,): a fully connected layer's forward at batch 1, where
+    every weight is read once and the time is that of reading them.
+
+    Each row's sum runs in a fixed order, the compiled loop's (kernels/cpu_loops.cpp), so
+    that the two give the same bits.  S = MATVEC_SUMS / itemsize partial sums, sum s taking
+    the products s, s + S, s + 2S, ... of the first I - I % S in order (``np.add.reduce``
+    over an axis that is not the fastest in memory adds its terms one by one, in order:
+    NumPy's documented behaviour, and the test against the compiled loop checks it); the S
+    sums then added in halves, s + (s + S/2), down to one; then the last I % S products one
+    by one.  With I < S, the products one by one from the first.  Every product and sum is
+    rounded once, as NumPy rounds it: the result differs from np.matmul's (OpenBLAS's order)
+    by rounding only.  Blocks of rows, about 1 MB of products each, are shared out between
+    the threads."""
+    dtype = np.result_type(w, x)
+    O, I = w.shape
+    S = MATVEC_SUMS // dtype.itemsize
+    n = I // S * S
+    y = np.empty(O, dtype)
+
+    def rows(o0, o1):
+        block = w[o0:o1]
+        if n > 0:
+            products = block[:, :n].reshape(o1 - o0, n // S, S) * x[:n].reshape(n // S, S)
+            sums = np.add.reduce(products, axis=1)  # (rows, S), each over its products in order
+            while sums.shape[1] > 1:
+                half = sums.shape[1] // 2
+                sums = sums[:, :half] + sums[:, half:]
+            part, start = sums[:, 0], n
+        elif I > 0:
+            part, start = block[:, 0] * x[0], 1
+        else:
+            part, start = np.zeros(o1 - o0, dtype), 0
+        for i in range(start, I):
+            part = part + block[:, i] * x[i]
+        y[o0:o1] = part
+
+    parallel_chunks(rows, O, I * dtype.itemsize, target_bytes=1 << 20)
+    return y
+
+
+# ----------------------------------------------------------------------------
 # Memory: reuse freed pages instead of asking the kernel for fresh ones
 # ----------------------------------------------------------------------------
 

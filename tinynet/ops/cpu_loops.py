@@ -2,7 +2,7 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, and the
+lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, matvec, and the
 Winograd transforms (winograd_input, winograd_output, winograd_grad_output,
 winograd_input_grad, winograd_weight, winograd_weight_grad; where a sum of
 NaN operands gives a NaN, its sign may differ from NumPy's; an LRN with a beta
@@ -73,6 +73,7 @@ _SIGNATURES = {
     "winograd_input_grad": [_ptr] * 2 + [_i64] * 13,
     "winograd_weight": [_ptr] * 2 + [_i64] * 4,
     "winograd_weight_grad": [_ptr] * 2 + [_i64] * 4,
+    "matvec": [_ptr] * 3 + [_i64] * 3,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -459,3 +460,16 @@ def sgd_update(w, g, v, lr, m, wd):
         fn(w.ctypes.data, g.ctypes.data, v.ctypes.data, lr, m, wd, i0, i1)
 
     cpu_kernels.parallel_runs(run, w.size)
+
+
+def matvec(w, x):
+    """w (O, I) @ x (I,) -> (O,), each row's sum in cpu_kernels.matvec's order; the rows shared
+    out between the threads, one run each."""
+    if not _compiled(w, x):
+        return cpu_kernels.matvec(w, x)
+    w, x = _c(w), _c(x)
+    O, I = w.shape
+    y = np.empty(O, w.dtype)
+    fn = _function("matvec", w.dtype)
+    cpu_kernels.parallel_runs(lambda o0, o1: fn(w.ctypes.data, x.ctypes.data, y.ctypes.data, I, o0, o1), O)
+    return y

@@ -6,7 +6,9 @@ Backward: gx = gy @ weight; gw = gy.T @ x; gb = gy summed over the batch.
 
 On the CPU a small batch takes other routes to the same products
 (``forward_gemm`` and ``weight_grad_gemm``): OpenBLAS, NumPy's BLAS, is slow
-at these shapes.
+at these shapes.  At batch 1 the forward is a matrix-vector product summed in
+an order of its own (the CPU loops' ``matvec``): its numbers differ from
+OpenBLAS's by rounding only.
 """
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from ..autograd import Function
 from ..backend import get_array_module
 from ..profile import section
+from . import kernels_for
 from .cpu_kernels import rows_matmul
 
 # The GEMMs that carry the weight matrix (fc6: 4096 x 9216, 151 MB), for a small batch on the
@@ -23,6 +26,12 @@ from .cpu_kernels import rows_matmul
 #   rows of the weight, y.T = W @ x.T block by block: fc6's forward at batch 32 44 -> 31 ms,
 #   at batch 8 22 -> 16 ms; no gain from batch 128 on.  Each output is still one whole dot
 #   product: the values are the GEMM's, to its rounding order.
+# - batch 1: the forward is a matrix-vector product, whose time is that of reading the weight
+#   once: the CPU loops' matvec (kernels/cpu_loops.cpp, 4 rows read side by side) reads fc6's
+#   at a plain read's speed, 4.3-4.4 ms against 4.7-5.1 for OpenBLAS's sgemv, and a batch-1
+#   inference pass took 0.95-0.97 of the time (benchmarks/batch1.py shows the layers).  Its
+#   sums run in an order of its own, which cpu_kernels.matvec (NumPy) follows to the bit; they
+#   differ from OpenBLAS's by rounding only.
 # - batch 1: the weight gradient is an outer product, which OpenBLAS takes 70-80 ms for on
 #   fc6; np.multiply writes the same products (one rounding each, as the GEMM's) in about 20.
 # - batch 2 to 64, the weight gradient: the rows of gw shared between tinynet's threads, one
@@ -48,8 +57,11 @@ def _by_row_blocks(a, b):
 
 
 def forward_gemm(x, weight):
-    """x @ weight.T, on the CPU for batch 2-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
+    """x @ weight.T, on the CPU for batch 1 as the matrix-vector product it is (the CPU
+    loops' ``matvec``), and for batch 2-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
     weight at a time."""
+    if _small_batch_cpu(x) and x.shape[0] == 1:
+        return kernels_for(x).matvec(weight, x[0])[None]
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
     return x @ weight.T
