@@ -34,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402  (before NumPy: tinynet sets OpenBLAS's thread timeout)
 import tinynet.functional as F  # noqa: E402
-from benchmarks.common import machine, save  # noqa: E402
+from benchmarks.common import machine, save, timeit  # noqa: E402
 from tinynet.models import AlexNet  # noqa: E402
 from tinynet.ops import cpu_kernels  # noqa: E402
 
@@ -184,13 +184,7 @@ def read_rate(weight, repeat):
     def read():
         cpu_kernels.parallel_runs(lambda r0, r1: np.add.reduce(rows[r0:r1], axis=None), rows.shape[0])
 
-    read()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        read()
-        times.append(time.perf_counter() - t0)
-    return weight.nbytes / statistics.median(times) / 1e9
+    return weight.nbytes / timeit(read, repeat)["median"] / 1e9
 
 
 def main():
