@@ -34,35 +34,33 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tinynet as tn  # noqa: E402  (before NumPy: tinynet sets OpenBLAS's thread timeout)
 import tinynet.functional as F  # noqa: E402
-from benchmarks.common import machine, save, timeit  # noqa: E402
+from benchmarks.common import interleaved, machine, save, timeit  # noqa: E402
 from tinynet.models import AlexNet  # noqa: E402
+from tinynet.models.alexnet import conv_act  # noqa: E402
 from tinynet.ops import cpu_kernels  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 
 def stages(model):
-    """AlexNet's forward as (name, function of the previous stage's output), as
-    AlexNet.features and .classifier run it in eval mode (dropout passes its input on)."""
-    lrn = dict(groups=2, **model.lrn_params)
-
-    def pool(x):
-        return F.max_pool2d(x, model.pool_kernel, model.pool_stride)
-
+    """AlexNet's forward as (name, function of the previous stage's output), made of the
+    model's own pieces in the order AlexNet.features and .classifier call them (in eval mode
+    its dropout passes its input on)."""
+    act = model.act
     return [
-        ("conv1+ReLU", lambda x: model.conv1(x, relu=True)),
-        ("lrn1", lambda x: F.local_response_norm(x, **lrn)),
-        ("pool1", pool),
-        ("conv2+ReLU", lambda x: model.conv2(x, relu=True)),
-        ("lrn2", lambda x: F.local_response_norm(x, **lrn)),
-        ("pool2", pool),
-        ("conv3+ReLU", lambda x: model.conv3(x, relu=True)),
-        ("conv4+ReLU", lambda x: model.conv4(x, relu=True)),
-        ("conv5+ReLU", lambda x: model.conv5(x, relu=True)),
-        ("pool5", pool),
+        ("conv1+ReLU", lambda x: conv_act(act, model.conv1, x)),
+        ("lrn1", model._lrn),
+        ("pool1", model._pool),
+        ("conv2+ReLU", lambda x: conv_act(act, model.conv2, x)),
+        ("lrn2", model._lrn),
+        ("pool2", model._pool),
+        ("conv3+ReLU", lambda x: conv_act(act, model.conv3, x)),
+        ("conv4+ReLU", lambda x: conv_act(act, model.conv4, x)),
+        ("conv5+ReLU", lambda x: conv_act(act, model.conv5, x)),
+        ("pool5", model._pool),
         ("flatten", F.flatten),
-        ("fc6+ReLU", lambda x: F.relu(model.fc6(x))),
-        ("fc7+ReLU", lambda x: F.relu(model.fc7(x))),
+        ("fc6+ReLU", lambda x: model.drop6(act(model.fc6(x)))),
+        ("fc7+ReLU", lambda x: model.drop7(act(model.fc7(x)))),
         ("fc8", model.fc8),
     ]
 
@@ -96,13 +94,7 @@ def time_alone(steps, x, repeat):
     with tn.no_grad():
         h = x
         for _, fn in steps:
-            fn(h)
-            times = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                fn(h)
-                times.append(time.perf_counter() - t0)
-            alone.append(times)
+            alone.append(timeit(lambda: fn(h), repeat)["values"])
             h = fn(h)
     return alone
 
@@ -144,22 +136,11 @@ def handoffs(model, x, repeat):
         for i in range(threads):
             nothing(i, i + 1)
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    back_to_back()
-    back = median_ms([timed(back_to_back) for _ in range(repeat * 20)]) * 1e3  # microseconds
+    back = timeit(back_to_back, repeat * 20)["median"] * 1e6  # microseconds
     # after a GEMM: the GEMM then the hand-off, less the GEMM then the same calls made directly,
     # timed in turn (the order alternating) and the median taken of the pairs' differences
-    gemm_then_handoff(), gemm_then_direct()
-    extra = []
-    for i in range(repeat * 5):
-        pair = (gemm_then_handoff, gemm_then_direct) if i % 2 == 0 else (gemm_then_direct, gemm_then_handoff)
-        t = {fn: timed(fn) for fn in pair}
-        extra.append(t[gemm_then_handoff] - t[gemm_then_direct])
-    after = median_ms(extra) * 1e3
+    handoff, direct, _ = interleaved(gemm_then_handoff, gemm_then_direct, repeat * 5)
+    after = median_ms([a - b for a, b in zip(handoff["values"], direct["values"])]) * 1e3
     calls = [0]
     real = cpu_kernels.parallel_chunks
 
