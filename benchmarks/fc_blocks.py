@@ -1,10 +1,11 @@
 """The fully connected layers' small-batch routes against one GEMM each.
 
-For a small batch on the CPU, tinynet.ops.linear computes y = x @ W.T as
-(W @ x.T).T, WEIGHT_ROWS rows of W per product, and the weight gradient gy.T @ x
-with its rows shared between tinynet's threads, one BLAS thread each
-(cpu_kernels.rows_matmul) (batch 2-64), and the batch-1 weight gradient as an
-outer product, because OpenBLAS is slow at those shapes.  This script measures it on
+For a small batch on the CPU, tinynet.ops.linear computes y = x @ W.T at batch 1
+as a matrix-vector product (the CPU loops' matvec) and at batch 2-64 as
+(W @ x.T).T, WEIGHT_ROWS rows of W per product; the weight gradient gy.T @ x at
+batch 1-32 as the sum of outer products it is (the CPU loops' outer_sum) and at
+batch 33-64 with its rows shared between tinynet's threads, one BLAS thread each
+(cpu_kernels.rows_matmul), because OpenBLAS is slow at those shapes.  This script measures it on
 AlexNet's fc6, fc7 and fc8 (float32): the forward GEMM, the weight-gradient
 GEMM, and the layer's whole forward + backward (F.linear, then .backward with a
 gradient as the layer above would send), each both ways, interleaved repetition
@@ -79,9 +80,11 @@ def main():
     lines = [f"# Fully connected GEMMs: single products against tinynet's small-batch routes, {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. float32; medians of "
              f"{args.repeat} interleaved repetitions; ms single product -> tinynet's route (ratio). Routes: "
-             f"for batches {linear.SMALL_BATCH.start}-{linear.SMALL_BATCH.stop - 1} the forward by blocks of "
-             f"{linear.WEIGHT_ROWS} weight rows and the weight gradient with its rows shared between the threads "
-             f"(one BLAS thread each), and the outer product for the batch-1 weight gradient.\n",
+             f"the forward at batch 1 as a matrix-vector product (the CPU loops' matvec), at batches "
+             f"{linear.SMALL_BATCH.start}-{linear.SMALL_BATCH.stop - 1} by blocks of {linear.WEIGHT_ROWS} weight "
+             f"rows; the weight gradient at batches {linear.OUTER_SUM_BATCH.start}-{linear.OUTER_SUM_BATCH.stop - 1} "
+             f"as the sum of outer products (the CPU loops' outer_sum), at batches {linear.OUTER_SUM_BATCH.stop}-"
+             f"{linear.SMALL_BATCH.stop - 1} with its rows shared between the threads (one BLAS thread each).\n",
              "| layer | batch | forward GEMM | weight-gradient GEMM | layer forward + backward |",
              "|---|---|---|---|---|"]
     for r in rows:

@@ -1,7 +1,8 @@
 // The CPU's compiled loops: im2col, col2im, max pooling and LRN, forward and
 // backward, for NCHW arrays in float32 and float64; the convolution's output
-// pass (transpose, bias, ReLU) and its backward twin; the SGD update; and the
-// matrix-vector product of a fully connected layer at batch 1.
+// pass (transpose, bias, ReLU) and its backward twin; the SGD update; the
+// matrix-vector product of a fully connected layer at batch 1, and its weight gradient at a
+// small batch, a sum of outer products.
 //
 // They compute exactly what tinynet/ops/cpu_kernels.py computes with NumPy,
 // operation for operation and in the same order, so the two give the same
@@ -31,6 +32,9 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>  // the non-temporal stores of outer_sum
+#endif
 
 typedef long long i64;
 
@@ -983,6 +987,99 @@ static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* _
 }
 
 // ---------------------------------------------------------------------------
+// A fully connected layer's weight gradient at a small batch, gw = gy.T @ x, as the sum of
+// N outer products it is: gw[o, i] = sum_n gt[o, n] * x[n, i] for the rows [o0, o1) of gw
+// (O, I), with gt = gy.T (O, N) and x (N, I).  The order of the sum (cpu_kernels.outer_sum
+// follows it): n = 0, 1, ..., N-1, the first product itself, then each next product added.
+//
+// With N of 8 or 16, each weight-sized output takes a few multiply-adds, and the time is that
+// of writing gw (fc6's is 151 MB).  OpenBLAS first clears gw, then adds the product into it:
+// more passes over the 151 MB, and 12-15 ms for fc6 at batch 8 here against 6 for this loop
+// and for a plain fill of the array (benchmarks/fc_blocks.py).  So:
+// - x is copied a tile of columns at a time (OUTER_TILE_BYTES of each of its N rows) into one
+//   contiguous block: x's rows lie a multiple of 4 KB apart at fc6's and fc7's widths, and 16
+//   of them read side by side evicted each other from the L1 cache;
+// - Q = 6 rows of gw and U = 2 vectors of columns are summed at once, 12 sums in registers
+//   (AVX2 has 16): each x vector read serves 6 rows, and 12 independent sums hide the adds'
+//   latency;
+// - with `stream`, the sums are stored past the cache (non-temporal stores, SSE2's, which
+//   every x86-64 has): gw is read again only by the update, after the rest of the backward
+//   pass has gone through the cache, and a store past it saves reading each line in first.
+//   The caller asks for it for outputs larger than the cache, with gw 16-byte aligned and
+//   rows a multiple of 16 bytes long.
+constexpr i64 OUTER_TILE_BYTES = 1024;
+
+template <typename T>
+static INLINE void store_vector(T* p, const typename Lanes<T>::V& v, bool stream) {
+#if defined(__SSE2__)
+    if (stream) {  // two 16-byte halves, moved as bits (the same instruction for float and double)
+        __m128 lo, hi;
+        std::memcpy(&lo, &v, 16);
+        std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+        _mm_stream_ps(reinterpret_cast<float*>(p), lo);
+        _mm_stream_ps(reinterpret_cast<float*>(p) + 4, hi);
+        return;
+    }
+#endif
+    std::memcpy(p, &v, sizeof(v));
+}
+
+// rows o .. o+Q-1 of gw, columns i0 .. i0+cols; xt: x's columns i0 .. i0+cols, (N, cols)
+template <typename T, int Q>
+static INLINE void outer_sum_rows(const T* __restrict__ gt, const T* __restrict__ xt, T* __restrict__ gw,
+                                  i64 N, i64 I, i64 o, i64 i0, i64 cols, bool stream) {
+    typedef typename Lanes<T>::V V;
+    constexpr int L = Lanes<T>::L, U = 2;
+    const T* c[Q];  // row q's coefficients gt[o + q, 0 .. N-1]
+    for (int q = 0; q < Q; ++q) c[q] = gt + (o + q) * N;
+    i64 j = 0;
+    for (; j + U * L <= cols; j += U * L) {
+        V acc[Q][U], xv[U];
+        for (int u = 0; u < U; ++u) std::memcpy(&xv[u], xt + j + u * L, sizeof(V));
+        for (int q = 0; q < Q; ++q)
+            for (int u = 0; u < U; ++u) acc[q][u] = xv[u] * c[q][0];
+        for (i64 n = 1; n < N; ++n) {
+            for (int u = 0; u < U; ++u) std::memcpy(&xv[u], xt + n * cols + j + u * L, sizeof(V));
+            for (int q = 0; q < Q; ++q) {
+                const T b = c[q][n];
+                for (int u = 0; u < U; ++u) acc[q][u] += xv[u] * b;
+            }
+        }
+        for (int q = 0; q < Q; ++q)
+            for (int u = 0; u < U; ++u) store_vector<T>(gw + (o + q) * I + i0 + j + u * L, acc[q][u], stream);
+    }
+    for (; j < cols; ++j) {  // the last columns one by one
+        for (int q = 0; q < Q; ++q) {
+            T sum = xt[j] * c[q][0];
+            for (i64 n = 1; n < N; ++n) sum += xt[n * cols + j] * c[q][n];
+            gw[(o + q) * I + i0 + j] = sum;
+        }
+    }
+}
+
+template <typename T>
+static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, T* __restrict__ gw, i64 N, i64 I,
+                             i64 o0, i64 o1, bool stream) {
+    if (N == 0) {  // the sum of no products
+        std::fill(gw + o0 * I, gw + o1 * I, T(0));
+        return;
+    }
+    constexpr int Q = 6;
+    const i64 tile = OUTER_TILE_BYTES / (i64)sizeof(T);
+    std::vector<T> xt(N * std::min(tile, I));
+    for (i64 i0 = 0; i0 < I; i0 += tile) {
+        const i64 cols = std::min(tile, I - i0);
+        for (i64 n = 0; n < N; ++n) std::memcpy(xt.data() + n * cols, x + n * I + i0, cols * sizeof(T));
+        i64 o = o0;
+        for (; o + Q <= o1; o += Q) outer_sum_rows<T, Q>(gt, xt.data(), gw, N, I, o, i0, cols, stream);
+        for (; o < o1; ++o) outer_sum_rows<T, 1>(gt, xt.data(), gw, N, I, o, i0, cols, stream);
+    }
+#if defined(__SSE2__)
+    if (stream) _mm_sfence();  // the stores past the cache are done before the caller goes on
+#endif
+}
+
+// ---------------------------------------------------------------------------
 // The C interface: one function per (operation, type), suffix f32 or f64.
 // On x86-64 with GCC or clang each is compiled twice, for plain x86-64 (SSE2)
 // and for AVX2, and the loader picks the one the processor runs (ifunc): AVX2
@@ -1075,6 +1172,10 @@ static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* _
     }                                                                                                   \
     extern "C" TINYNET_CLONES void matvec_##SUFFIX(const T* w, const T* x, T* y, i64 I, i64 o0, i64 o1) { \
         matvec(w, x, y, I, o0, o1);                                                                     \
+    }                                                                                                   \
+    extern "C" TINYNET_CLONES void outer_sum_##SUFFIX(const T* gt, const T* x, T* gw, i64 N, i64 I, i64 o0,  \
+                                                      i64 o1, i64 stream) {                            \
+        outer_sum(gt, x, gw, N, I, o0, o1, stream != 0);                                                \
     }
 
 TINYNET_EXPORT(float, f32)

@@ -325,14 +325,17 @@ def test_sgd_update_gives_the_numpy_bits(n, dtype, lr, m, wd, seed):
 
 
 @given(st.integers(0, 13), st.integers(0, 300), DTYPES, st.integers(0, 2**31),
-       st.sampled_from(["finite", "finite", "nan", "inf"]))
+       st.sampled_from(["finite", "finite", "nan", "inf", "zeros"]))
 def test_matvec_gives_the_numpy_bits(rows, length, dtype, seed, special):
     # lengths on both sides of the partial sums' width (32 float32, 16 float64) and its
     # multiples, with and without a tail; rows in groups of 4 and the rest one by one
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, length)).astype(dtype)
     x = rng.standard_normal(length).astype(dtype)
-    if special != "finite" and w.size:
+    if special == "zeros" and w.size:  # a row of zero weights times negative inputs: -0.0 every product
+        w[rng.integers(rows)] = 0
+        x = -np.abs(x)
+    elif special != "finite" and w.size:
         w[rng.integers(rows), rng.integers(length)] = np.nan if special == "nan" else -np.inf
         x[rng.integers(length)] = np.inf
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, as it should
@@ -356,6 +359,62 @@ def test_matvec_shared_out_between_threads_gives_the_numpy_bits(threads, rows, l
         cpu_kernels.set_num_threads(old)
     assert np.allclose(y, w.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
 
+
+
+@given(st.integers(0, 40), st.integers(0, 20), st.integers(0, 600), DTYPES, st.booleans(), st.integers(0, 2**31),
+       st.sampled_from(["finite", "finite", "nan", "inf", "zeros"]))
+def test_outer_sum_gives_the_numpy_bits(batch, rows, length, dtype, stream, seed, special):
+    # batches on both sides of 1 and of the 6 rows summed at once; lengths on both sides of the
+    # vectors of columns (16 float32, 8 float64) and of the tile of x copied at a time (256,
+    # 128), with and without a tail; stores past the cache when the rows allow them
+    rng = np.random.default_rng(seed)
+    gy = rng.standard_normal((batch, rows)).astype(dtype)
+    x = rng.standard_normal((batch, length)).astype(dtype)
+    if special == "zeros" and gy.size:  # a row of gw whose every product is -0.0
+        gy[:, rng.integers(rows)] = 0
+        x = -np.abs(x)
+    elif special != "finite" and gy.size and x.size:
+        gy[rng.integers(batch), rng.integers(rows)] = np.nan if special == "nan" else -np.inf
+        x[rng.integers(batch), rng.integers(length)] = np.inf
+    old = cpu_loops.OUTER_SUM_STREAM_BYTES
+    cpu_loops.OUTER_SUM_STREAM_BYTES = 0 if stream else 2**62
+    try:
+        with np.errstate(invalid="ignore"):  # inf - inf, 0 * inf: NaN, as it should
+            assert same_bits_but_nan(cpu_loops.outer_sum(gy, x), cpu_kernels.outer_sum(gy, x))
+    finally:
+        cpu_loops.OUTER_SUM_STREAM_BYTES = old
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch, rows, length, dtype", [(8, 23, 1024, np.float32), (3, 300, 1001, np.float64),
+                                                        (32, 5, 20000, np.float32)])
+def test_outer_sum_shared_out_between_threads_gives_the_numpy_bits(threads, batch, rows, length, dtype):
+    # the compiled loop's runs of rows (23 on 3 threads: 8, 8 and 7, each 6 at a time and the
+    # rest); the NumPy twin's blocks of about 1 MB of gw (300 x 1001 float64: three); gw of
+    # 1024 float32 columns (whole cache lines) stored past the cache, the others not
+    rng = np.random.default_rng(rows)
+    gy, x = rng.standard_normal((batch, rows)).astype(dtype), rng.standard_normal((batch, length)).astype(dtype)
+    old, old_stream = cpu_kernels.get_num_threads(), cpu_loops.OUTER_SUM_STREAM_BYTES
+    cpu_kernels.set_num_threads(threads)
+    cpu_loops.OUTER_SUM_STREAM_BYTES = 0
+    try:
+        gw = cpu_loops.outer_sum(gy, x)
+        assert same_bits(gw, cpu_kernels.outer_sum(gy, x))
+        assert same_bits(cpu_loops.outer_sum(gy[::2, ::2], x[::2, ::2]), cpu_kernels.outer_sum(gy[::2, ::2], x[::2, ::2]))
+    finally:
+        cpu_kernels.set_num_threads(old)
+        cpu_loops.OUTER_SUM_STREAM_BYTES = old_stream
+    assert gw.ctypes.data % 64 == 0  # on a cache line's start, for the stores past the cache
+    assert np.allclose(gw, gy.T.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
+def test_outer_sum_of_no_products_is_zero():
+    for module in (cpu_loops, cpu_kernels):
+        gw = module.outer_sum(np.zeros((0, 3), np.float32), np.zeros((0, 70), np.float32))
+        assert gw.shape == (3, 70) and gw.dtype == np.float32 and not np.any(gw) and not np.signbit(gw).any()
+        with pytest.raises(ValueError, match=r"outer_sum: expected gy \(N, O\) and x \(N, I\) with the same N, "
+                                             r"got \(2, 3\) and \(3, 70\)"):
+            module.outer_sum(np.zeros((2, 3), np.float32), np.zeros((3, 70), np.float32))
 
 def test_other_dtypes_run_the_numpy_loops():
     x = np.arange(2 * 3 * 6 * 6, dtype=np.float16).reshape(2, 3, 6, 6)
@@ -498,6 +557,10 @@ def run_every_loop_on_exact_buffers(cases=60):
         cpu_loops.sgd_update(w, g, v, 0.01, 0.9, 5e-4)
         rows, length = int(rng.integers(0, 9)), int(rng.integers(0, 100))
         cpu_loops.matvec(rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(length).astype(dtype))
+        batch, length = int(rng.integers(0, 20)), int(rng.choice([int(rng.integers(0, 300)), 64, 256]))
+        cpu_loops.OUTER_SUM_STREAM_BYTES = int(rng.choice([0, 2**62]))  # past the cache or not
+        cpu_loops.outer_sum(rng.standard_normal((batch, rows)).astype(dtype),
+                            rng.standard_normal((batch, length)).astype(dtype))
     print(f"{cases} cases, every access in bounds")
 
 

@@ -37,7 +37,7 @@ def test_linear_gradcheck(n, fin, fout, bias):
 @given(st.integers(1, 6), st.integers(1, 7), st.integers(1, 7), st.booleans())
 def test_linear_small_batch_routes_by_weight_rows_and_outer_product(n, fin, fout, routes):
     # blocks of 2 weight rows here (512 in use), so that most weights have several blocks and
-    # an uneven last one; batch 1 takes the outer product for the weight gradient
+    # an uneven last one; the weight gradient is a sum of outer products (one product at batch 1)
     from tinynet.ops import linear
     rng = np.random.default_rng(n * 100 + fin * 10 + fout)
     x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
@@ -79,6 +79,36 @@ def test_linear_at_batch_one_is_the_matrix_vector_product_within_its_rounding(fo
     finally:
         set_cpu_loops(old)
 
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 300), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31))
+def test_linear_weight_gradient_at_a_small_batch_is_the_sum_of_outer_products_within_its_rounding(
+        batch, fout, fin, dtype, seed):
+    # at batch 1-32 the CPU writes gy.T @ x as the sum of the batch's outer products (cpu loops'
+    # outer_sum), each entry's products added in order, not OpenBLAS's: within gamma_n * sum |gy| |x|
+    # of the exact sum, as any order of n products (Higham 3.1); batch 33-40 takes OpenBLAS's route
+    from tinynet.ops import cpu_kernels, linear
+    from tinynet.ops.cpu_loops import set_cpu_loops
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((batch, fin)).astype(dtype), rng.standard_normal((fout, fin)).astype(dtype)
+    gy = rng.standard_normal((batch, fout)).astype(dtype)
+    gw = linear.weight_grad_gemm(gy, x)
+    assert gw.shape == (fout, fin) and gw.dtype == dtype
+    wide = np.longdouble if dtype == np.float64 else np.float64
+    exact = gy.T.astype(wide) @ x.astype(wide)
+    u = np.finfo(dtype).eps / 2
+    gamma = batch * u / (1 - batch * u)
+    assert np.all(np.abs(gw.astype(wide) - exact) <= 1.01 * gamma * (np.abs(gy.T).astype(wide) @ np.abs(x).astype(wide)))
+    if batch in linear.OUTER_SUM_BATCH:
+        assert np.array_equal(gw, cpu_kernels.outer_sum(gy, x))  # the route taken: the NumPy twin's bits
+        old = set_cpu_loops("numpy")
+        try:  # and the NumPy loops take it too, in the backward pass
+            xt, wt = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
+            F.linear(xt, wt).backward(gy)
+            assert np.array_equal(wt.grad, gw)
+        finally:
+            set_cpu_loops(old)
 
 @given(st.integers(1, 6), st.integers(1, 8))
 def test_softmax_family_and_cross_entropy(n, k):

@@ -846,6 +846,39 @@ def sgd_update(w, g, v, lr, m, wd):
 MATVEC_SUMS = 128  # bytes of partial sums per row: 32 float32, 16 float64 (a compiled loop's lanes)
 
 
+def outer_sum(gy, x):
+    """gy.T @ x for gy (N, O) and x (N, I), as the sum of N outer products it is: a fully
+    connected layer's weight gradient at a small batch, gw[o, i] = sum_n gy[n, o] * x[n, i].
+
+    The sum runs in the compiled loop's order (kernels/cpu_loops.cpp): the first product
+    itself, then each next one added, n = 0, 1, ..., N-1; every product and sum rounded once,
+    as NumPy rounds it.  The result differs from np.matmul's (OpenBLAS's order) by rounding
+    only.  Blocks of rows, about 1 MB of gw each, are shared out between the threads; each
+    block stays in the cache through its N products."""
+    _check_outer_sum(gy, x)
+    dtype = np.result_type(gy, x)
+    N, O = gy.shape
+    I = x.shape[1]
+    gw = np.empty((O, I), dtype)
+
+    def rows(o0, o1):
+        block, product = gw[o0:o1], np.empty((o1 - o0, I), dtype)
+        if N == 0:
+            block[...] = 0  # the sum of no products
+            return
+        np.multiply(gy[0, o0:o1, None], x[0], out=block)
+        for n in range(1, N):
+            np.multiply(gy[n, o0:o1, None], x[n], out=product)
+            block += product
+
+    parallel_chunks(rows, O, I * dtype.itemsize, target_bytes=1 << 20)
+    return gw
+
+def _check_outer_sum(gy, x):
+    if gy.ndim != 2 or x.ndim != 2 or gy.shape[0] != x.shape[0]:
+        raise ValueError(f"outer_sum: expected gy (N, O) and x (N, I) with the same N, got {gy.shape} and {x.shape}")
+
+
 def matvec(w, x):
     """y = w @ x for w (O, I) and x (I,): a fully connected layer's forward at batch 1, where
     every weight is read once and the time is that of reading them.
@@ -870,7 +903,10 @@ def matvec(w, x):
         block = w[o0:o1]
         if n > 0:
             products = block[:, :n].reshape(o1 - o0, n // S, S) * x[:n].reshape(n // S, S)
-            sums = np.add.reduce(products, axis=1)  # (rows, S), each over its products in order
+            # (rows, S), each over its products in order; from -0.0, which adding leaves every
+            # value as it is, so that each sum starts from its first product, as the loop's do (the
+            # default start, +0.0, would turn a sum of -0.0 products into +0.0)
+            sums = np.add.reduce(products, axis=1, initial=-0.0)
             while sums.shape[1] > 1:
                 half = sums.shape[1] // 2
                 sums = sums[:, :half] + sums[:, half:]

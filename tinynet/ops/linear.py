@@ -6,9 +6,10 @@ Backward: gx = gy @ weight; gw = gy.T @ x; gb = gy summed over the batch.
 
 On the CPU a small batch takes other routes to the same products
 (``forward_gemm`` and ``weight_grad_gemm``): OpenBLAS, NumPy's BLAS, is slow
-at these shapes.  At batch 1 the forward is a matrix-vector product summed in
-an order of its own (the CPU loops' ``matvec``): its numbers differ from
-OpenBLAS's by rounding only.
+at these shapes.  At batch 1 the forward is a matrix-vector product, and up to
+batch 32 the weight gradient a sum of outer products, each summed in an order
+of its own (the CPU loops' ``matvec`` and ``outer_sum``): their numbers differ
+from OpenBLAS's by rounding only.
 """
 
 import numpy as np
@@ -32,15 +33,20 @@ from .cpu_kernels import rows_matmul
 #   inference pass took 0.95-0.97 of the time (benchmarks/batch1.py shows the layers).  Its
 #   sums run in an order of its own, which cpu_kernels.matvec (NumPy) follows to the bit; they
 #   differ from OpenBLAS's by rounding only.
-# - batch 1: the weight gradient is an outer product, which OpenBLAS takes 70-80 ms for on
-#   fc6; np.multiply writes the same products (one rounding each, as the GEMM's) in about 20.
-# - batch 2 to 64, the weight gradient: the rows of gw shared between tinynet's threads, one
+# - batch 1 to 32, the weight gradient: the sum of N outer products it is, written once (the
+#   CPU loops' outer_sum: each entry's N products added in order, the same bits as its NumPy
+#   twin cpu_kernels.outer_sum).  Its time is that of writing gw, where OpenBLAS clears gw and
+#   then adds the product into it: fc6 at batch 8 6.4 ms against 14.8 for the rows shared
+#   between the threads below, batch 16 11.7 against 17.3, batch 32 18.0 against 22.3; fc7 at
+#   batch 8 3.6 against 8.0; at batch 1 6.2 against 12.4 for np.multiply; no gain at 48 and 64.
+# - batch 33 to 64, the weight gradient: the rows of gw shared between tinynet's threads, one
 #   BLAS thread each (cpu_kernels.rows_matmul), where OpenBLAS's own two threads ran it no
-#   faster than one: fc6 at batch 8 40 -> 13 ms, batch 32 26 -> 22, fc7 at batch 8 8.4 -> 5.6
-#   (against the blocks of rows; interleaved, with freed memory kept for reuse).
+#   faster than one: fc6 at batch 32 26 -> 22 ms, at batch 8 40 -> 13.
+# (Interleaved, with freed memory kept for reuse.)
 # SMALL_BATCH_ROUTES = False takes the single products everywhere (the benchmark compares).
 WEIGHT_ROWS = 512
 SMALL_BATCH = range(2, 65)
+OUTER_SUM_BATCH = range(1, 33)
 SMALL_BATCH_ROUTES = True
 
 
@@ -68,10 +74,10 @@ def forward_gemm(x, weight):
 
 
 def weight_grad_gemm(gy, x):
-    """gy.T @ x, on the CPU for batch 2-64 its rows shared between the threads, and for
-    batch 1 as the outer product it is."""
-    if _small_batch_cpu(x) and x.shape[0] == 1:
-        return np.multiply(gy.T, x)  # (out, 1) * (1, in): every product once, as the GEMM
+    """gy.T @ x, on the CPU for batch 1-32 as the sum of outer products it is (the CPU loops'
+    ``outer_sum``), and for batch 33-64 its rows shared between the threads."""
+    if _small_batch_cpu(x) and x.shape[0] in OUTER_SUM_BATCH:
+        return kernels_for(x).outer_sum(gy, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return rows_matmul(gy.T, x)
     return gy.T @ x
