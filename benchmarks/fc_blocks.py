@@ -1,7 +1,7 @@
 """The fully connected layers' small-batch routes against one GEMM each.
 
-For a small batch on the CPU, tinynet.ops.linear computes y = x @ W.T at batch 1
-as a matrix-vector product (the CPU loops' matvec) and at batch 2-64 as
+For a small batch on the CPU, tinynet.ops.linear computes y = x @ W.T at batch 1-4
+as matrix-vector products (the CPU loops' matvec) and at batch 5-64 as
 (W @ x.T).T, WEIGHT_ROWS rows of W per product; the weight gradient gy.T @ x at
 batch 1-32 as the sum of outer products it is (the CPU loops' outer_sum) and at
 batch 33-64 with its rows shared between tinynet's threads, one BLAS thread each
@@ -80,8 +80,9 @@ def main():
     lines = [f"# Fully connected GEMMs: single products against tinynet's small-batch routes, {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. float32; medians of "
              f"{args.repeat} interleaved repetitions; ms single product -> tinynet's route (ratio). Routes: "
-             f"the forward at batch 1 as a matrix-vector product (the CPU loops' matvec), at batches "
-             f"{linear.SMALL_BATCH.start}-{linear.SMALL_BATCH.stop - 1} by blocks of {linear.WEIGHT_ROWS} weight "
+             f"the forward at batches {linear.MATVEC_BATCH.start}-{linear.MATVEC_BATCH.stop - 1} as matrix-vector "
+             f"products (the CPU loops' matvec), at batches "
+             f"{linear.MATVEC_BATCH.stop}-{linear.SMALL_BATCH.stop - 1} by blocks of {linear.WEIGHT_ROWS} weight "
              f"rows; the weight gradient at batches {linear.OUTER_SUM_BATCH.start}-{linear.OUTER_SUM_BATCH.stop - 1} "
              f"as the sum of outer products (the CPU loops' outer_sum), at batches {linear.OUTER_SUM_BATCH.stop}-"
              f"{linear.SMALL_BATCH.stop - 1} with its rows shared between the threads (one BLAS thread each).\n",

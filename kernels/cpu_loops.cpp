@@ -919,9 +919,10 @@ static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __r
 }
 
 // ---------------------------------------------------------------------------
-// A fully connected layer at batch 1, a matrix times a vector: y[o] = sum_i w[o, i] * x[i]
-// for the rows [o0, o1) of w (O, I).  Each weight is used once, so the time is that of
-// reading the weights (fc6's are 151 MB); the loop reads each row once, from start to end.
+// A fully connected layer at batch 1 (to 4), a matrix times a vector (or each of a few
+// vectors): y[o] = sum_i w[o, i] * x[i] for the rows [o0, o1) of w (O, I).  Each weight is used
+// once, so the time is that of reading the weights (fc6's are 151 MB); the loop reads each row
+// once, from start to end.
 //
 // The order of the sum (cpu_kernels.matvec follows it): S = 4*L partial sums (128 bytes of
 // lanes: 32 float32, 16 float64), partial sum s taking the products i = s, s + S, s + 2S, ...
@@ -978,12 +979,16 @@ static INLINE void matvec_rows(const T* __restrict__ w, const T* __restrict__ x,
     }
 }
 
+// N vectors, x (N, I) and y (N, O): each block of 4 rows of w is read from memory once and from
+// the cache for the other vectors.
 template <typename T>
-static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* __restrict__ y, i64 I,
-                          i64 o0, i64 o1) {
+static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* __restrict__ y, i64 N, i64 I,
+                          i64 O, i64 o0, i64 o1) {
     i64 o = o0;
-    for (; o + 4 <= o1; o += 4) matvec_rows<T, 4>(w, x, y, I, o);
-    for (; o < o1; ++o) matvec_rows<T, 1>(w, x, y, I, o);
+    for (; o + 4 <= o1; o += 4)
+        for (i64 n = 0; n < N; ++n) matvec_rows<T, 4>(w, x + n * I, y + n * O, I, o);
+    for (; o < o1; ++o)
+        for (i64 n = 0; n < N; ++n) matvec_rows<T, 1>(w, x + n * I, y + n * O, I, o);
 }
 
 // ---------------------------------------------------------------------------
@@ -1170,8 +1175,9 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
                                                        double wd, i64 i0, i64 i1) {                     \
         sgd_update(w, g, v, lr, m, wd, i0, i1);                                                         \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void matvec_##SUFFIX(const T* w, const T* x, T* y, i64 I, i64 o0, i64 o1) { \
-        matvec(w, x, y, I, o0, o1);                                                                     \
+    extern "C" TINYNET_CLONES void matvec_##SUFFIX(const T* w, const T* x, T* y, i64 N, i64 I, i64 O, i64 o0,  \
+                                                   i64 o1) {                                          \
+        matvec(w, x, y, N, I, O, o0, o1);                                                               \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void outer_sum_##SUFFIX(const T* gt, const T* x, T* gw, i64 N, i64 I, i64 o0,  \
                                                       i64 o1, i64 stream) {                            \

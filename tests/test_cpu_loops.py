@@ -325,21 +325,24 @@ def test_sgd_update_gives_the_numpy_bits(n, dtype, lr, m, wd, seed):
 
 
 @given(st.integers(0, 13), st.integers(0, 300), DTYPES, st.integers(0, 2**31),
-       st.sampled_from(["finite", "finite", "nan", "inf", "zeros"]))
-def test_matvec_gives_the_numpy_bits(rows, length, dtype, seed, special):
+       st.sampled_from(["finite", "finite", "nan", "inf", "zeros"]), st.sampled_from([None, 1, 2, 3, 5]))
+def test_matvec_gives_the_numpy_bits(rows, length, dtype, seed, special, vectors):
     # lengths on both sides of the partial sums' width (32 float32, 16 float64) and its
     # multiples, with and without a tail; rows in groups of 4 and the rest one by one
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, length)).astype(dtype)
-    x = rng.standard_normal(length).astype(dtype)
+    x = rng.standard_normal(length if vectors is None else (vectors, length)).astype(dtype)  # one or a few
     if special == "zeros" and w.size:  # a row of zero weights times negative inputs: -0.0 every product
         w[rng.integers(rows)] = 0
         x = -np.abs(x)
     elif special != "finite" and w.size:
         w[rng.integers(rows), rng.integers(length)] = np.nan if special == "nan" else -np.inf
-        x[rng.integers(length)] = np.inf
+        x[..., rng.integers(length)] = np.inf
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, as it should
-        assert same_bits_but_nan(cpu_loops.matvec(w, x), cpu_kernels.matvec(w, x))
+        y = cpu_loops.matvec(w, x)
+        assert same_bits_but_nan(y, cpu_kernels.matvec(w, x))
+        if vectors is not None:  # each vector's product as if alone
+            assert all(same_bits_but_nan(y[n], cpu_kernels.matvec(w, x[n])) for n in range(vectors))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -355,6 +358,8 @@ def test_matvec_shared_out_between_threads_gives_the_numpy_bits(threads, rows, l
         y = cpu_loops.matvec(w, x)
         assert same_bits(y, cpu_kernels.matvec(w, x))
         assert same_bits(cpu_loops.matvec(w[:, ::2], x[::2]), cpu_kernels.matvec(w[:, ::2], x[::2]))  # strided
+        xs = np.stack([x, -x, 2 * x])  # three vectors, each block of rows read once for them
+        assert same_bits(cpu_loops.matvec(w, xs), cpu_kernels.matvec(w, xs))
     finally:
         cpu_kernels.set_num_threads(old)
     assert np.allclose(y, w.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
@@ -556,7 +561,8 @@ def run_every_loop_on_exact_buffers(cases=60):
         w, g, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
         cpu_loops.sgd_update(w, g, v, 0.01, 0.9, 5e-4)
         rows, length = int(rng.integers(0, 9)), int(rng.integers(0, 100))
-        cpu_loops.matvec(rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(length).astype(dtype))
+        vectors = (length,) if rng.integers(2) else (int(rng.integers(0, 5)), length)
+        cpu_loops.matvec(rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(vectors).astype(dtype))
         batch, length = int(rng.integers(0, 20)), int(rng.choice([int(rng.integers(0, 300)), 64, 256]))
         cpu_loops.OUTER_SUM_STREAM_BYTES = int(rng.choice([0, 2**62]))  # past the cache or not
         cpu_loops.outer_sum(rng.standard_normal((batch, rows)).astype(dtype),

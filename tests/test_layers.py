@@ -54,25 +54,29 @@ def test_linear_small_batch_routes_by_weight_rows_and_outer_product(n, fin, fout
         linear.WEIGHT_ROWS, linear.SMALL_BATCH_ROUTES = saved
 
 
-@given(st.integers(1, 40), st.integers(0, 600), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
-def test_linear_at_batch_one_is_the_matrix_vector_product_within_its_rounding(fout, fin, dtype, seed):
-    # at batch 1 the CPU runs x @ w.T as a matrix-vector product (cpu loops' matvec), each
+@given(st.integers(1, 40), st.integers(0, 600), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31),
+       st.integers(1, 5))
+def test_linear_at_batch_one_is_the_matrix_vector_product_within_its_rounding(fout, fin, dtype, seed, batch):
+    # at batch 1-4 the CPU runs x @ w.T as matrix-vector products (cpu loops' matvec), each
     # output a sum of fin products in a fixed order of its own, not OpenBLAS's: whatever the
     # order, a sum of n products is within gamma_n * sum |w| |x| of the exact one, gamma_n =
-    # n u / (1 - n u) (Higham, Accuracy and Stability of Numerical Algorithms, 3.1)
+    # n u / (1 - n u) (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); batch 5
+    # takes the blocks of weight rows
     from tinynet.ops import cpu_kernels, linear
     from tinynet.ops.cpu_loops import set_cpu_loops
     rng = np.random.default_rng(seed)
-    x, w = rng.standard_normal((1, fin)).astype(dtype), rng.standard_normal((fout, fin)).astype(dtype)
+    x, w = rng.standard_normal((batch, fin)).astype(dtype), rng.standard_normal((fout, fin)).astype(dtype)
     y = linear.forward_gemm(x, w)
-    assert y.shape == (1, fout) and y.dtype == dtype
+    assert y.shape == (batch, fout) and y.dtype == dtype
     wide = np.longdouble if dtype == np.float64 else np.float64  # products exact or nearly, sums far finer
-    exact = (w.astype(wide) * x[0].astype(wide)).sum(axis=1)
+    exact = x.astype(wide) @ w.T.astype(wide)
     u = np.finfo(dtype).eps / 2
     gamma = fin * u / (1 - fin * u)
-    bound = gamma * (np.abs(w).astype(wide) @ np.abs(x[0]).astype(wide))
-    assert np.all(np.abs(y[0].astype(wide) - exact) <= 1.01 * bound)
-    assert np.array_equal(y[0], cpu_kernels.matvec(w, x[0]))  # the route taken: the NumPy twin's bits
+    bound = gamma * (np.abs(x).astype(wide) @ np.abs(w.T).astype(wide))
+    assert np.all(np.abs(y.astype(wide) - exact) <= 1.01 * bound)
+    if batch not in linear.MATVEC_BATCH:
+        return
+    assert np.array_equal(y, cpu_kernels.matvec(w, x))  # the route taken: the NumPy twin's bits
     old = set_cpu_loops("numpy")
     try:
         assert np.array_equal(F.linear(x, w).data, y)  # and the NumPy loops take it too

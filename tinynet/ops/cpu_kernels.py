@@ -881,7 +881,9 @@ def _check_outer_sum(gy, x):
 
 def matvec(w, x):
     """y = w @ x for w (O, I) and x (I,): a fully connected layer's forward at batch 1, where
-    every weight is read once and the time is that of reading them.
+    every weight is read once and the time is that of reading them.  For a few vectors x (N,
+    I), y (N, O) holds the N products, each as for one vector (the compiled loop reads each
+    block of w's rows from memory once for all N).
 
     Each row's sum runs in a fixed order, the compiled loop's (kernels/cpu_loops.cpp), so
     that the two give the same bits.  S = MATVEC_SUMS / itemsize partial sums, sum s taking
@@ -893,6 +895,11 @@ def matvec(w, x):
     rounded once, as NumPy rounds it: the result differs from np.matmul's (OpenBLAS's order)
     by rounding only.  Blocks of rows, about 1 MB of products each, are shared out between
     the threads."""
+    if x.ndim == 2:
+        y = np.empty((len(x), w.shape[0]), np.result_type(w, x))
+        for n, vector in enumerate(x):
+            y[n] = matvec(w, vector)
+        return y
     dtype = np.result_type(w, x)
     O, I = w.shape
     S = MATVEC_SUMS // dtype.itemsize

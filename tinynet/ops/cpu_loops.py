@@ -73,7 +73,7 @@ _SIGNATURES = {
     "winograd_input_grad": [_ptr] * 2 + [_i64] * 13,
     "winograd_weight": [_ptr] * 2 + [_i64] * 4,
     "winograd_weight_grad": [_ptr] * 2 + [_i64] * 4,
-    "matvec": [_ptr] * 3 + [_i64] * 3,
+    "matvec": [_ptr] * 3 + [_i64] * 5,
     "outer_sum": [_ptr] * 3 + [_i64] * 5,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -464,16 +464,18 @@ def sgd_update(w, g, v, lr, m, wd):
 
 
 def matvec(w, x):
-    """w (O, I) @ x (I,) -> (O,), each row's sum in cpu_kernels.matvec's order; the rows shared
-    out between the threads, one run each."""
+    """w (O, I) @ x (I,) -> (O,), or for N vectors x (N, I) -> (N, O), each row's sum in
+    cpu_kernels.matvec's order; the rows of w shared out between the threads, one run each."""
     if not _compiled(w, x):
         return cpu_kernels.matvec(w, x)
     w, x = _c(w), _c(x)
     O, I = w.shape
-    y = np.empty(O, w.dtype)
+    xs = x.reshape(len(x) if x.ndim == 2 else 1, I)
+    y = np.empty((xs.shape[0], O), w.dtype)
     fn = _function("matvec", w.dtype)
-    cpu_kernels.parallel_runs(lambda o0, o1: fn(w.ctypes.data, x.ctypes.data, y.ctypes.data, I, o0, o1), O)
-    return y
+    cpu_kernels.parallel_runs(lambda o0, o1: fn(w.ctypes.data, xs.ctypes.data, y.ctypes.data, xs.shape[0], I, O,
+                                                o0, o1), O)
+    return y.reshape(x.shape[:-1] + (O,))
 
 
 # gw larger than this is stored past the cache (see outer_sum in kernels/cpu_loops.cpp)

@@ -6,10 +6,10 @@ Backward: gx = gy @ weight; gw = gy.T @ x; gb = gy summed over the batch.
 
 On the CPU a small batch takes other routes to the same products
 (``forward_gemm`` and ``weight_grad_gemm``): OpenBLAS, NumPy's BLAS, is slow
-at these shapes.  At batch 1 the forward is a matrix-vector product, and up to
-batch 32 the weight gradient a sum of outer products, each summed in an order
-of its own (the CPU loops' ``matvec`` and ``outer_sum``): their numbers differ
-from OpenBLAS's by rounding only.
+at these shapes.  At batch 1-4 the forward is a matrix-vector product per
+image, and up to batch 32 the weight gradient a sum of outer products, each
+summed in an order of its own (the CPU loops' ``matvec`` and ``outer_sum``):
+their numbers differ from OpenBLAS's by rounding only.
 """
 
 import numpy as np
@@ -32,7 +32,9 @@ from .cpu_kernels import rows_matmul
 #   at a plain read's speed, 4.3-4.4 ms against 4.7-5.1 for OpenBLAS's sgemv, and a batch-1
 #   inference pass took 0.95-0.97 of the time (benchmarks/batch1.py shows the layers).  Its
 #   sums run in an order of its own, which cpu_kernels.matvec (NumPy) follows to the bit; they
-#   differ from OpenBLAS's by rounding only.
+#   differ from OpenBLAS's by rounding only.  At batch 2-4 the same loop takes each block of 4
+#   rows from memory once for all the vectors: fc6 at batch 2 6.5 ms against 10.7 by blocks of
+#   rows, at batch 4 7.4 against 9.9; at batch 8 13.3 against 13.4, so no further.
 # - batch 1 to 32, the weight gradient: the sum of N outer products it is, written once (the
 #   CPU loops' outer_sum: each entry's N products added in order, the same bits as its NumPy
 #   twin cpu_kernels.outer_sum).  Its time is that of writing gw, where OpenBLAS clears gw and
@@ -46,6 +48,7 @@ from .cpu_kernels import rows_matmul
 # SMALL_BATCH_ROUTES = False takes the single products everywhere (the benchmark compares).
 WEIGHT_ROWS = 512
 SMALL_BATCH = range(2, 65)
+MATVEC_BATCH = range(1, 5)
 OUTER_SUM_BATCH = range(1, 33)
 SMALL_BATCH_ROUTES = True
 
@@ -63,11 +66,11 @@ def _by_row_blocks(a, b):
 
 
 def forward_gemm(x, weight):
-    """x @ weight.T, on the CPU for batch 1 as the matrix-vector product it is (the CPU
-    loops' ``matvec``), and for batch 2-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
+    """x @ weight.T, on the CPU for batch 1-4 as the matrix-vector products it is (the CPU
+    loops' ``matvec``), and for batch 5-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
     weight at a time."""
-    if _small_batch_cpu(x) and x.shape[0] == 1:
-        return kernels_for(x).matvec(weight, x[0])[None]
+    if _small_batch_cpu(x) and x.shape[0] in MATVEC_BATCH:
+        return kernels_for(x).matvec(weight, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
     return x @ weight.T
