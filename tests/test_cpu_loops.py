@@ -409,8 +409,30 @@ def test_outer_sum_shared_out_between_threads_gives_the_numpy_bits(threads, batc
     finally:
         cpu_kernels.set_num_threads(old)
         cpu_loops.OUTER_SUM_STREAM_BYTES = old_stream
-    assert gw.ctypes.data % 64 == 0  # on a cache line's start, for the stores past the cache
+    assert gw.flags.owndata  # autograd keeps an array of its own as .grad, without a copy
     assert np.allclose(gw, gy.T.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("length_bytes", [64, 4096, 4160])
+def test_outer_sum_past_the_cache_from_anywhere_in_a_line(dtype, length_bytes):
+    # gw at every place in a cache line (NumPy's arrays start where malloc put them): the
+    # columns before the first line's start and each row's part line at its end go through
+    # the cache, the rest past it; the same bits, and nothing written outside gw
+    itemsize = np.dtype(dtype).itemsize
+    I, O, N = length_bytes // itemsize, 13, 5
+    rng = np.random.default_rng(length_bytes)
+    gy, x = rng.standard_normal((N, O)).astype(dtype), rng.standard_normal((N, I)).astype(dtype)
+    gt, want = np.ascontiguousarray(gy.T), cpu_kernels.outer_sum(gy, x)
+    fn = cpu_loops._function("outer_sum", np.dtype(dtype))
+    memory = np.full(O * I + 2 * 64 // itemsize, 7, dtype)
+    base = -memory.ctypes.data % 64 // itemsize  # memory[base] starts a line
+    for offset in range(64 // itemsize):
+        gw = memory[base + offset:base + offset + O * I]
+        memory[:] = 7
+        fn(gt.ctypes.data, x.ctypes.data, gw.ctypes.data, N, I, 0, O, 1)
+        assert same_bits(gw.reshape(O, I), want), offset
+        assert (memory[:base + offset] == 7).all() and (memory[base + offset + O * I:] == 7).all(), offset
 
 
 def test_outer_sum_of_no_products_is_zero():

@@ -484,25 +484,17 @@ OUTER_SUM_STREAM_BYTES = 8 << 20
 
 def outer_sum(gy, x):
     """gy (N, O), x (N, I) -> gy.T @ x (O, I), each entry's sum in cpu_kernels.outer_sum's
-    order; the rows of gw shared out between the threads, one run each.  gw starts on a cache
-    line (64 bytes): a store past the cache that fills part of a line costs as much as reading
-    it in (fc6 at batch 8 took 28 ms so against 9-12 from a line's start)."""
+    order; the rows of gw shared out between the threads, one run each.  gw is an array of
+    its own (autograd keeps it as the weight's .grad without a copy); wherever it starts, the
+    loop stores whole cache lines only past the cache (see outer_sum in kernels/cpu_loops.cpp)."""
     if not _compiled(gy, x):
         return cpu_kernels.outer_sum(gy, x)
     cpu_kernels._check_outer_sum(gy, x)  # the loop reads N rows of both
     gt, x = _c(gy.T), _c(x)  # gy.T (O, N): each row's N coefficients side by side
     (O, N), I = gt.shape, x.shape[1]
-    gw = _on_a_line((O, I), gt.dtype)
+    gw = np.empty((O, I), gt.dtype)
     stream = gw.nbytes > OUTER_SUM_STREAM_BYTES and I * gw.itemsize % 64 == 0
     fn = _function("outer_sum", gt.dtype)
     cpu_kernels.parallel_runs(lambda o0, o1: fn(gt.ctypes.data, x.ctypes.data, gw.ctypes.data, N, I, o0, o1,
                                                 int(stream)), O)
     return gw
-
-
-def _on_a_line(shape, dtype):
-    """np.empty(shape, dtype) starting on a 64-byte boundary."""
-    size, itemsize = int(np.prod(shape)), np.dtype(dtype).itemsize
-    buffer = np.empty(size * itemsize + 64, np.uint8)
-    start = -buffer.ctypes.data % 64
-    return buffer[start:start + size * itemsize].view(dtype).reshape(shape)
