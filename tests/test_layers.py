@@ -114,6 +114,28 @@ def test_linear_weight_gradient_at_a_small_batch_is_the_sum_of_outer_products_wi
         finally:
             set_cpu_loops(old)
 
+
+@pytest.mark.parametrize("loops", ["compiled", "numpy"])
+@pytest.mark.parametrize("batch", [1, 8, 48, 128])
+def test_linear_weight_gradient_is_kept_as_grad_without_a_copy(monkeypatch, loops, batch):
+    # every route's gw (the sum of outer products, rows shared between the threads, one GEMM) is
+    # an array of its own, which autograd keeps as .grad: a copy of fc6's would move 151 MB more
+    from tinynet.ops import linear
+    from tinynet.ops.cpu_loops import set_cpu_loops
+    made = []
+    route = linear.weight_grad_gemm
+    monkeypatch.setattr(linear, "weight_grad_gemm", lambda gy, x: made.append(route(gy, x)) or made[-1])
+    old = set_cpu_loops(loops)
+    try:
+        rng = np.random.default_rng(batch)
+        x = tn.tensor(rng.standard_normal((batch, 4096)).astype(np.float32))  # gw of 8 MB: stored past the cache
+        w = tn.tensor(rng.standard_normal((520, 4096)).astype(np.float32), requires_grad=True)
+        F.linear(x, w).sum().backward()
+    finally:
+        set_cpu_loops(old)
+    assert len(made) == 1 and w.grad is made[0]
+
+
 @given(st.integers(1, 6), st.integers(1, 8))
 def test_softmax_family_and_cross_entropy(n, k):
     rng = np.random.default_rng(2)
