@@ -267,6 +267,37 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
         F.set_conv_keep_columns(-1)
 
 
+def test_the_workspace_budget_defaults_by_device_and_a_set_one_holds_for_both():
+    """Unset (None), the budget is DEFAULT_WORKSPACE's for where the arrays live: 32 MiB on the
+    CPU, 192 MiB on a GPU (a module other than NumPy); a set budget holds for both, and None puts
+    the defaults back.  The chunks follow it: conv1 needs 5.6 MB an image (4.4 MB of columns,
+    1.2 MB of GEMM output): 6 fit in 32 MiB, so 16 images go in 3 chunks (of 6, 6 and 4) on the
+    CPU's default, in one on a GPU's."""
+    from tinynet.ops.conv import DEFAULT_WORKSPACE, _chunk_images, get_conv_workspace
+
+    class OtherModule:  # stands for CuPy: anything but NumPy
+        pass
+
+    old = F.set_conv_workspace(None)
+    try:
+        assert DEFAULT_WORKSPACE == {"cpu": 32 * 2**20, "gpu": 192 * 2**20}
+        assert F.get_conv_workspace() == get_conv_workspace(np) == 32 * 2**20
+        assert get_conv_workspace(OtherModule) == 192 * 2**20
+        per_image = (363 + 96) * 3025 * 4
+        assert _chunk_images(16, per_image) == 6 and _chunk_images(16, per_image, OtherModule) == 16
+        assert F.set_conv_workspace(2**20) is None  # the previous value: the defaults
+        assert get_conv_workspace(np) == get_conv_workspace(OtherModule) == 2**20
+        assert F.set_conv_workspace(None) == 2**20
+        assert get_conv_workspace(np) == 32 * 2**20
+        for bad in (0, -1, 1.5, True, "32"):
+            with pytest.raises(ValueError, match=r"set_conv_workspace: nbytes must be a positive int or None "
+                                                 r"\(the defaults\), got "):
+                F.set_conv_workspace(bad)
+        assert get_conv_workspace(np) == 32 * 2**20  # a refused value changes nothing
+    finally:
+        F.set_conv_workspace(old)
+
+
 # tracemalloc also counts the Python objects made along the way (a few KB)
 PYTHON_OBJECTS = 32 * 2**10
 

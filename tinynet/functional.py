@@ -36,15 +36,15 @@ import numpy as np
 from .autograd import Function, Tensor, is_grad_enabled
 from .backend import copy_to_device, device_guard, device_of_array, get_array_module, is_gpu_array
 from .ops import activation, conv, linear as _linear, loss, lrn, pool
-from .ops.conv import (conv_output_size, conv_workspace_peak, get_conv_algorithm, set_conv_algorithm,  # noqa: F401
-                       set_conv_keep_columns, set_conv_workspace)
+from .ops.conv import (conv_output_size, conv_workspace_peak, get_conv_algorithm, get_conv_workspace,  # noqa: F401
+                       set_conv_algorithm, set_conv_keep_columns, set_conv_workspace)
 from .ops.math import concat, split  # noqa: F401
 from .random import default_generator
 
 __all__ = [
     "im2col", "col2im", "conv2d", "max_pool2d", "local_response_norm", "relu", "tanh",
     "dropout", "dropout_mask", "dropout_rows", "linear", "flatten", "softmax", "log_softmax", "cross_entropy", "concat",
-    "split", "set_conv_workspace", "set_conv_keep_columns", "conv_workspace_peak", "conv_output_size",
+    "split", "set_conv_workspace", "get_conv_workspace", "set_conv_keep_columns", "conv_workspace_peak", "conv_output_size",
     "set_conv_algorithm", "get_conv_algorithm",
 ]
 
