@@ -263,8 +263,9 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
     ref_gx, ref_gw, _ = conv2d_backward_naive(x, w, gy, (1, 1), (1, 1), 2)
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="set_conv_keep_columns: nbytes must be an int >= 0"):
-        F.set_conv_keep_columns(-1)
+    for bad in (-1, True, 2.0**20, None):  # True is no byte count, though Python calls it an int
+        with pytest.raises(ValueError, match="set_conv_keep_columns: nbytes must be an int >= 0"):
+            F.set_conv_keep_columns(bad)
 
 
 def test_the_workspace_budget_defaults_by_device_and_a_set_one_holds_for_both():

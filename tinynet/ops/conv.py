@@ -115,7 +115,7 @@ def set_conv_keep_columns(nbytes):
     (256 MiB: conv2's tiles rebuilt), and its peak was 2,469 MB (PyTorch's:
     2,987); the batch-32 step's peak is 1,516 MB (PyTorch's: 1,786).
     Returns the previous value."""
-    if not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+    if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
     old = _workspace["keep"]
     _workspace["keep"] = int(nbytes)
