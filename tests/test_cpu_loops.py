@@ -144,17 +144,19 @@ def pool_case(draw):
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
     # few distinct values: many ties, so "the first maximum" is put to the test
     levels = draw(st.integers(1, 4))
-    nans = draw(st.booleans())
-    return shape, (kh, kw, sh, sw), levels, nans
+    nans, signed_zeros = draw(st.booleans()), draw(st.booleans())
+    return shape, (kh, kw, sh, sw), levels, nans, signed_zeros
 
 
 @given(pool_case(), DTYPES, st.integers(0, 2**31))
 def test_max_pool_gives_the_numpy_bits_with_ties_and_nan(case, dtype, seed):
-    shape, (kh, kw, sh, sw), levels, nans = case
+    shape, (kh, kw, sh, sw), levels, nans, signed_zeros = case
     rng = np.random.default_rng(seed)
     x = rng.integers(0, levels, shape).astype(dtype)
     if nans:
         x[rng.random(shape) < 0.1] = np.nan
+    if signed_zeros:  # -0.0 ties +0.0: the maximum is the first zero, with its sign
+        x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
     oh, ow = (shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1
     y, argmax = cpu_kernels.maxpool_forward(x, kh, kw, sh, sw, oh, ow)
     y_c, argmax_c = cpu_loops.maxpool_forward(x, kh, kw, sh, sw, oh, ow)

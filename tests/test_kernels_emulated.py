@@ -199,6 +199,7 @@ def pool_geometry(draw):
        nans=st.sampled_from([0, 0, 1, 3]), ties=st.booleans(), data=st.data())
 def test_maxpool_forward_and_backward_match_numpy(g, dtype, seed, nans, ties, data):
     x = values((g["N"], g["C"], g["H"], g["W"]), dtype, seed, nans, ties)
+    x[(x == 0) & (np.random.default_rng(seed).random(x.shape) < 0.5)] = -0.0  # -0.0 ties +0.0
     p = g["p"]
     if p:  # as MaxPool2d pads: with -inf, which never wins
         x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
@@ -209,6 +210,8 @@ def test_maxpool_forward_and_backward_match_numpy(g, dtype, seed, nans, ties, da
                               scalars, N * C * OH * OW)
     expected, expected_argmax = cpu_kernels.maxpool_forward(x, g["kh"], g["kw"], g["sh"], g["sw"], OH, OW)
     np.testing.assert_array_equal(y, expected)  # NaN wins its window in both
+    number = ~np.isnan(y)  # and a zero maximum is the window's first zero, with its sign
+    assert np.array_equal(np.signbit(y[number]), np.signbit(expected[number]))
     np.testing.assert_array_equal(argmax, expected_argmax)  # the first maximum, or the first NaN
 
     gy = values(y.shape, dtype, seed + 1)

@@ -359,7 +359,9 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow, with_argmax=True):
     offsets once more, in row-major order; ``pending`` marks the windows whose
     maximum has not been found yet, so the first offset that holds it is the
     one recorded: on ties the first maximum, as np.argmax would pick it, and
-    if the maximum is NaN, the first NaN.  (Arithmetic on the masks: a masked
+    if the maximum is NaN, the first NaN.  The value too is the first maximum's:
+    where it is zero, the first zero's sign (np.maximum, given -0.0 and +0.0,
+    may return either; the compiled loop keeps the first).  (Arithmetic on the masks: a masked
     copy, np.copyto(..., where=), is twenty times slower.)  Backward needs only
     argmax."""
     N, C, H, W = x.shape
@@ -375,6 +377,12 @@ def maxpool_forward(x, kh, kw, sh, sw, oh, ow, with_argmax=True):
             for kx in range(kw):
                 if ky or kx:
                     np.maximum(ys, xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)], out=ys)
+        zero = ys == 0
+        if zero.any():  # -0.0 and +0.0 are equal: such a maximum takes the sign of the window's first zero
+            for ky in reversed(range(kh)):
+                for kx in reversed(range(kw)):
+                    v = xs[:, :, _window_slice(ky, sh, oh), _window_slice(kx, sw, ow)]
+                    np.copyto(ys, v, where=zero & (v == 0))
         if arg is None:
             return
         arg[...] = start
