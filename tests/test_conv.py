@@ -268,23 +268,26 @@ def test_kept_and_rebuilt_columns_give_identical_gradients(rng, keep):
             F.set_conv_keep_columns(bad)
 
 
-def test_the_workspace_budget_defaults_by_device_and_a_set_one_holds_for_both():
-    """Unset (None), the budget is DEFAULT_WORKSPACE's for where the arrays live: 32 MiB on the
-    CPU, 192 MiB on a GPU (a module other than NumPy); a set budget holds for both, and None puts
-    the defaults back.  The chunks follow it: conv1 needs 5.6 MB an image (4.4 MB of columns,
-    1.2 MB of GEMM output): 6 fit in 32 MiB, so 16 images go in 3 chunks (of 6, 6 and 4) on the
-    CPU's default, in one on a GPU's."""
+def test_the_workspace_budget_defaults_by_device_and_a_set_one_holds_for_both(monkeypatch):
+    """Unset (None), the budget is DEFAULT_WORKSPACE's for where the arrays live: 192 MiB on the
+    CPU and on a GPU (a module other than NumPy), each looked up by its own key (told apart below
+    with made-up values); a set budget holds for both, and None puts the defaults back.  The
+    chunks follow it: conv1 needs 5.6 MB an image (4.4 MB of columns, 1.2 MB of GEMM output):
+    6 fit in 32 MiB, so 16 images go in 3 chunks (of 6, 6 and 4), and all 16 in one in 192 MiB."""
+    from tinynet.ops import conv
     from tinynet.ops.conv import DEFAULT_WORKSPACE, _chunk_images, get_conv_workspace
 
     class OtherModule:  # stands for CuPy: anything but NumPy
         pass
 
+    per_image = (363 + 96) * 3025 * 4
     old = F.set_conv_workspace(None)
     try:
-        assert DEFAULT_WORKSPACE == {"cpu": 32 * 2**20, "gpu": 192 * 2**20}
-        assert F.get_conv_workspace() == get_conv_workspace(np) == 32 * 2**20
-        assert get_conv_workspace(OtherModule) == 192 * 2**20
-        per_image = (363 + 96) * 3025 * 4
+        assert DEFAULT_WORKSPACE == {"cpu": 192 * 2**20, "gpu": 192 * 2**20}
+        assert F.get_conv_workspace() == get_conv_workspace(np) == get_conv_workspace(OtherModule) == 192 * 2**20
+        assert _chunk_images(16, per_image) == _chunk_images(16, per_image, OtherModule) == 16
+        monkeypatch.setattr(conv, "DEFAULT_WORKSPACE", {"cpu": 32 * 2**20, "gpu": 3 * 2**30})
+        assert get_conv_workspace(np) == 32 * 2**20 and get_conv_workspace(OtherModule) == 3 * 2**30
         assert _chunk_images(16, per_image) == 6 and _chunk_images(16, per_image, OtherModule) == 16
         assert F.set_conv_workspace(2**20) is None  # the previous value: the defaults
         assert get_conv_workspace(np) == get_conv_workspace(OtherModule) == 2**20

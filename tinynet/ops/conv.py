@@ -63,13 +63,19 @@ from .cpu_kernels import batched_matmul
 # columns role: each chunk reads its slice of the kept columns.
 # conv_workspace_peak() reports the largest pass, role by role.
 
-# The budget when none is set, by where the arrays live.  On the CPU a chunk's buffers should stay
-# in the caches between the passes that write and read them (the GEMM's output and the pass after
-# it; Winograd's tiles): measured on a 2-core Intel Xeon (2 MB L2 per core), interleaved whole
-# training steps took 0.91 of the time with 32 MiB against 192 MiB at batch 128, 0.97 at batch 32
-# and 0.98 at batch 8; 16 MiB took 1.08 of 32's at batch 128 (thinner GEMMs), 64 MiB 1.03.  On a
-# GPU fewer, larger chunks mean fewer, larger kernels: the budget there stays 192 MiB.
-DEFAULT_WORKSPACE = {"cpu": 32 * 2**20, "gpu": 192 * 2**20}
+# The budget when none is set, by where the arrays live.  On the CPU two effects pull apart: a
+# small budget keeps a chunk's buffers (the GEMM's output, Winograd's tiles) in the caches between
+# the pass that writes them and the one that reads them; a large one makes fewer, wider GEMMs and
+# fewer hand-overs between the threads.  Measured as interleaved whole training steps in one
+# process, the machines disagree.  On 2-core AMD EPYCs (1 MB L2 per core, 32 MB L3 shared with
+# other guests; one of them a Zen 5) 192 MiB was fastest: in six runs 32 MiB took 0.98-1.30 of its
+# time at batch 128 (median 1.10; the two highest while other guests took a fifth of the cores'
+# time), in three 1.04-1.09 at batch 32, in one 1.00 at batch 8; 64 MiB took 1.08 and 1.03 in the
+# run that had it.  On a 2-core Intel Xeon (2 MB L2 per core) 32 MiB took 0.91 of 192's time
+# at batch 128, 0.97 at batch 32 and 0.98 at batch 8.  The default is the EPYCs', the
+# machines the project's CPU targets are set on; on a machine like that Xeon,
+# set_conv_workspace(32 * 2**20).  On a GPU fewer, larger chunks mean fewer, larger kernels.
+DEFAULT_WORKSPACE = {"cpu": 192 * 2**20, "gpu": 192 * 2**20}
 _workspace = {"bytes": None, "keep": 384 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
 _peak_lock = threading.Lock()
 
@@ -78,7 +84,7 @@ def set_conv_workspace(nbytes):
     """The workspace budget, in bytes: the most one convolution pass may hold
     in its chunk's columns, GEMM output and column gradient together (kept
     columns have their own cap, set_conv_keep_columns).  None: the defaults,
-    DEFAULT_WORKSPACE (32 MiB on the CPU, 192 MiB on a GPU).  Returns the
+    DEFAULT_WORKSPACE (192 MiB on the CPU and on a GPU).  Returns the
     previous value (None where it was the defaults).
 
     A chunk holds at least one image, so when one image alone needs more
