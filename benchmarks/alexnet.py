@@ -598,7 +598,7 @@ def main():
 
     lines = [f"# AlexNet (1000 classes, float32) on {args.device}"
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
-             f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
+             f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; {info['blas_kernels']}; "
              f"PyTorch: {ran(rows, 'torch', 'version') if with_torch else 'not installed: no reference column'}; "
              + (f"tinynet's CPU loops that ran: {ran(rows, 'tinynet', 'cpu_loops')}; "
                 f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else

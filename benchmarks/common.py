@@ -63,14 +63,42 @@ def stats(values):
 
 
 def cpu_model():
+    """The processor's name and what tells apart machines a virtual machine names alike ("AMD
+    EPYC" is the name of several generations): family and model numbers, AVX-512, and the
+    caches of the first core, e.g. "AMD EPYC (family 26, model 2; AVX-512; L2 1024K, L3 32768K)"."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not key and fields:
+                    break  # the first processor's block is enough
+                fields.setdefault(key, value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    details = []
+    if "cpu family" in fields:
+        details.append(f"family {fields['cpu family']}, model {fields.get('model', '?')}")
+    if "flags" in fields:
+        details.append("AVX-512" if "avx512f" in fields["flags"].split() else "no AVX-512")
+    caches = []
+    for level in ("2", "3"):
+        for index in range(8):
+            base = f"/sys/devices/system/cpu/cpu0/cache/index{index}/"
+            try:
+                with open(base + "level") as f:
+                    if f.read().strip() != level:
+                        continue
+                with open(base + "size") as f:
+                    caches.append(f"L{level} {f.read().strip()}")
+                break
+            except OSError:
+                break
+    if caches:
+        details.append(", ".join(caches))
+    return f"{name} ({'; '.join(details)})" if details else name
 
 
 def blas_info():
@@ -97,6 +125,7 @@ def machine():
         "tinynet_threads": tinynet.get_num_threads(),
         "tinynet_cpu_loops_chosen": tinynet.get_cpu_loops(),  # chosen; the workers report what ran
         "blas": blas_info(),
+        "blas_kernels": tinynet.ops.cpu_kernels.blas_kernels(),
         "batched_products": tinynet.ops.cpu_kernels.batched_matmul_route(),  # a convolution's GEMMs
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",

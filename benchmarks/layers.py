@@ -221,7 +221,7 @@ def main():
                  f"(ratio {total / floor:.2f}); with im2col's products for the Winograd layers: {ms(direct)} ms "
                  f"(ratio {total / direct:.2f}).\n")
     info = machine()
-    lines.append(f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
+    lines.append(f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; {info['blas_kernels']}; "
                  f"tinynet threads {info['tinynet_threads']}; a convolution's batch of GEMMs: "
                  f"{info['batched_products']}; {info['date']}\n")
     md = "\n".join(lines)

@@ -1200,7 +1200,7 @@ class Run:
             compiled = tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops  # builds them, or warns
             self.say(f"CPU loops: {'compiled (kernels/cpu_loops.cpp)' if compiled else 'NumPy'}, "
                      f"{tn.get_num_threads()} thread(s); a convolution's products: "
-                     f"{tn.ops.cpu_kernels.batched_matmul_route()}")
+                     f"{tn.ops.cpu_kernels.batched_matmul_route()}; {tn.ops.cpu_kernels.blas_kernels()}")
 
     # ---- the loop's parts ---------------------------------------------------------------
     def batches(self, epoch):

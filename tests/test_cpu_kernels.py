@@ -391,3 +391,21 @@ def test_batched_matmul_with_one_thread_is_np_matmul(monkeypatch):
         assert cpu_kernels.batched_matmul_route() == "np.matmul: tinynet has one thread"
     finally:
         cpu_kernels.set_num_threads(old)
+
+
+def test_blas_kernels_names_the_kernels_openblas_chose_and_the_setting_that_chose_them():
+    """OpenBLAS picks its kernels when it loads, unless OPENBLAS_CORETYPE names some; the training
+    program prints blas_kernels(), so a run on kernels narrower than its processor's says so.
+    Each case in a fresh process: the variable counts only before NumPy loads OpenBLAS."""
+    if cpu_kernels._openblas_control() is None:
+        pytest.skip(f"no OpenBLAS here: {cpu_kernels.blas_kernels()}")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the Haswell kernels are x86-64's")
+    code = "import tinynet.ops.cpu_kernels as c; print(c.blas_kernels())"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    said = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_CORETYPE": "Haswell"},
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert said == "OpenBLAS's Haswell kernels, with OPENBLAS_CORETYPE=Haswell set in the environment"
+    said = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert said.startswith("OpenBLAS's ") and said.endswith(" kernels") and "environment" not in said, said

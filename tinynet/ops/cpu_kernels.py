@@ -151,7 +151,7 @@ _OPENBLAS_NAMES = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num
                    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
                    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
                    ("openblas_set_num_threads", "openblas_get_num_threads"))
-_blas = {"looked": False, "control": None, "found": None}
+_blas = {"looked": False, "control": None, "found": None, "kernels": None}
 _blas_lock = threading.Lock()
 
 
@@ -175,6 +175,10 @@ def _find_openblas():
             if setter is not None and getter is not None:
                 setter.argtypes, setter.restype = [ctypes.c_int], None
                 getter.argtypes, getter.restype = [], ctypes.c_int
+                corename = getattr(lib, set_name.replace("set_num_threads", "get_corename"), None)
+                if corename is not None:  # the kernels OpenBLAS chose when it loaded, e.g. "Haswell"
+                    corename.argtypes, corename.restype = [], ctypes.c_char_p
+                    _blas["kernels"] = (corename() or b"?").decode(errors="replace")
                 return (setter, getter), os.path.basename(path)
     return None, "NumPy's BLAS is not an OpenBLAS whose thread count can be set"
 
@@ -185,6 +189,20 @@ def _openblas_control():
             _blas["control"], _blas["found"] = _find_openblas()
             _blas["looked"] = True
         return _blas["control"]
+
+
+def blas_kernels():
+    """Which of OpenBLAS's kernels this process runs, in words, e.g. "OpenBLAS's SkylakeX
+    kernels", and the setting that chose them where one did.  OpenBLAS picks them for the
+    processor when it loads, unless OPENBLAS_CORETYPE names some: "Haswell" (256-bit) on an
+    AVX-512 processor halved the sgemm rate on a 2-core AMD EPYC (about 190 GFLOP/s against
+    370), and with it every GEMM of a step.  The training program and the benchmarks print it."""
+    _openblas_control()
+    if _blas["control"] is None:
+        return f"BLAS kernels unknown: {_blas['found']}"
+    kernels = f"OpenBLAS's {_blas['kernels']} kernels" if _blas["kernels"] else "OpenBLAS (kernels not reported)"
+    chosen = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    return kernels + (f", with {' and '.join(chosen)} set in the environment" if chosen else "")
 
 
 def batched_matmul_route():
