@@ -68,13 +68,14 @@ from .cpu_kernels import batched_matmul
 # the pass that writes them and the one that reads them; a large one makes fewer, wider GEMMs and
 # fewer hand-overs between the threads.  Measured as interleaved whole training steps in one
 # process, the machines disagree.  On 2-core AMD EPYCs (1 MB L2 per core, 32 MB L3 shared with
-# other guests; one of them a Zen 5) 192 MiB was fastest: in six runs 32 MiB took 0.98-1.30 of its
-# time at batch 128 (median 1.10; the two highest while other guests took a fifth of the cores'
-# time), in three 1.04-1.09 at batch 32, in one 1.00 at batch 8; 64 MiB took 1.08 and 1.03 in the
-# run that had it.  On a 2-core Intel Xeon (2 MB L2 per core) 32 MiB took 0.91 of 192's time
-# at batch 128, 0.97 at batch 32 and 0.98 at batch 8.  The default is the EPYCs', the
-# machines the project's CPU targets are set on; on a machine like that Xeon,
-# set_conv_workspace(32 * 2**20).  On a GPU fewer, larger chunks mean fewer, larger kernels.
+# other guests; one of them a Zen 5) 192 MiB was fastest.  In six runs 32 MiB took 0.98-1.30 of
+# its time at batch 128 (median 1.10; the two highest while other guests loaded the machine, a
+# fifth of the cores' time in the one that counted it), in three 1.04-1.09 at batch 32, and in
+# one 1.00 at batch 8; 64 MiB took 1.08 and 1.03 in the run that had it.  On a 2-core Intel
+# Xeon (2 MB L2 per core) 32 MiB took 0.91 of 192's time at batch 128, 0.97 at batch 32 and 0.98
+# at batch 8.  The default is the EPYCs', the machines the project's CPU targets are set on; on
+# a machine like that Xeon, set_conv_workspace(32 * 2**20).  On a GPU fewer, larger chunks mean
+# fewer, larger kernels.
 DEFAULT_WORKSPACE = {"cpu": 192 * 2**20, "gpu": 192 * 2**20}
 _workspace = {"bytes": None, "keep": 384 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
 _peak_lock = threading.Lock()
