@@ -6,6 +6,7 @@ library versions, thread counts and the date.
 """
 
 import datetime
+import glob
 import json
 import os
 import platform
@@ -83,19 +84,14 @@ def cpu_model():
         details.append(f"family {fields['cpu family']}, model {fields.get('model', '?')}")
     if "flags" in fields:
         details.append("AVX-512" if "avx512f" in fields["flags"].split() else "no AVX-512")
-    caches = []
-    for level in ("2", "3"):
-        for index in range(8):
-            base = f"/sys/devices/system/cpu/cpu0/cache/index{index}/"
-            try:
-                with open(base + "level") as f:
-                    if f.read().strip() != level:
-                        continue
-                with open(base + "size") as f:
-                    caches.append(f"L{level} {f.read().strip()}")
-                break
-            except OSError:
-                break
+    sizes = {}  # cache level -> size, of the first core's caches
+    for folder in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/")):
+        try:
+            with open(folder + "level") as level, open(folder + "size") as size:
+                sizes.setdefault(level.read().strip(), size.read().strip())
+        except OSError:
+            continue
+    caches = [f"L{level} {sizes[level]}" for level in ("2", "3") if level in sizes]
     if caches:
         details.append(", ".join(caches))
     return f"{name} ({'; '.join(details)})" if details else name

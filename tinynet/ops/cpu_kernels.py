@@ -156,7 +156,9 @@ _blas_lock = threading.Lock()
 
 
 def _find_openblas():
-    """((set, get), what) for the OpenBLAS this process has loaded, or (None, why not)."""
+    """((set, get), what, kernels) for the OpenBLAS this process has loaded, kernels the name of
+    the ones it chose when it loaded (e.g. "Haswell"; None where it does not say), or
+    (None, why not, None)."""
     import ctypes
 
     try:
@@ -164,7 +166,7 @@ def _find_openblas():
             fields = [line.split() for line in maps]
         paths = sorted({f[-1] for f in fields if len(f) >= 6 and "openblas" in f[-1].lower()})
     except OSError:
-        return None, "the loaded libraries cannot be listed (no /proc/self/maps)"
+        return None, "the loaded libraries cannot be listed (no /proc/self/maps)", None
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
@@ -175,18 +177,19 @@ def _find_openblas():
             if setter is not None and getter is not None:
                 setter.argtypes, setter.restype = [ctypes.c_int], None
                 getter.argtypes, getter.restype = [], ctypes.c_int
+                kernels = None
                 corename = getattr(lib, set_name.replace("set_num_threads", "get_corename"), None)
-                if corename is not None:  # the kernels OpenBLAS chose when it loaded, e.g. "Haswell"
+                if corename is not None:
                     corename.argtypes, corename.restype = [], ctypes.c_char_p
-                    _blas["kernels"] = (corename() or b"?").decode(errors="replace")
-                return (setter, getter), os.path.basename(path)
-    return None, "NumPy's BLAS is not an OpenBLAS whose thread count can be set"
+                    kernels = (corename() or b"?").decode(errors="replace")
+                return (setter, getter), os.path.basename(path), kernels
+    return None, "NumPy's BLAS is not an OpenBLAS whose thread count can be set", None
 
 
 def _openblas_control():
     with _blas_lock:
         if not _blas["looked"]:
-            _blas["control"], _blas["found"] = _find_openblas()
+            _blas["control"], _blas["found"], _blas["kernels"] = _find_openblas()
             _blas["looked"] = True
         return _blas["control"]
 
