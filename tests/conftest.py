@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import tinynet  # noqa: F401  before NumPy, as every script does (tinynet/__init__.py)
 import numpy as np
 import pytest
 from hypothesis import settings

@@ -309,6 +309,41 @@ def test_importing_tinynet_lets_idle_blas_threads_sleep():
     assert idle < 0.01 < spun, (idle, spun)
 
 
+def test_importing_tinynet_after_numpy_warns_and_says_so():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when it loads.  Imported after NumPy, with
+    no value in the environment, tinynet cannot set it: it warns, naming the two ways out, and
+    blas_kernels() (the training program's header, the benchmarks' machine line) says the idle
+    threads spin.  Imported first, or with a value in the environment, it says nothing and
+    blas_kernels() says where the value came from.  Each case in a fresh process."""
+    if cpu_kernels._openblas_control() is None:
+        pytest.skip(f"no OpenBLAS here: {cpu_kernels.blas_kernels()}")
+    if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) < 2:
+        pytest.skip("one core: tinynet runs one thread, and warns of nothing")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS")}
+    report = "from tinynet.ops import cpu_kernels as c; print(c.blas_kernels())"
+
+    def run(imports, **env):
+        out = subprocess.run([sys.executable, "-W", "default", "-c", imports + "; " + report], capture_output=True,
+                             text=True, cwd=root, env={**base, **env}, timeout=120,
+                             check=True)
+        return out.stdout.strip(), out.stderr
+
+    said, warned = run("import numpy; import tinynet", OPENBLAS_NUM_THREADS="2")
+    assert "tinynet was imported after NumPy had loaded OpenBLAS" in warned
+    assert "Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4" in warned
+    assert said.endswith("its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet)")
+    said, warned = run("import tinynet; import numpy", OPENBLAS_NUM_THREADS="2")
+    assert "RuntimeWarning" not in warned
+    assert said.endswith("its idle threads sleep at once (OPENBLAS_THREAD_TIMEOUT=4, set by tinynet)")
+    said, warned = run("import numpy; import tinynet", OPENBLAS_NUM_THREADS="2", OPENBLAS_THREAD_TIMEOUT="4")
+    assert "RuntimeWarning" not in warned
+    assert said.endswith("from the environment (OPENBLAS_THREAD_TIMEOUT=4)")
+    said, warned = run("import numpy; import tinynet", OPENBLAS_NUM_THREADS="1")  # no workers to spin
+    assert "RuntimeWarning" not in warned
+    assert said.endswith("it runs one thread, so none idles")
+
+
 # ----------------------------------------------------------------------------
 # batched_matmul: a batch of products shared between the threads, one BLAS thread each
 # ----------------------------------------------------------------------------
@@ -405,7 +440,9 @@ def test_blas_kernels_names_the_kernels_openblas_chose_and_the_setting_that_chos
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     said = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_CORETYPE": "Haswell"},
                           capture_output=True, text=True, check=True).stdout.strip()
-    assert said == "OpenBLAS's Haswell kernels, with OPENBLAS_CORETYPE=Haswell set in the environment"
+    kernels = said.split("; ")[0]  # then what its idle threads do (the test above)
+    assert kernels == "OpenBLAS's Haswell kernels, with OPENBLAS_CORETYPE=Haswell set in the environment"
     said = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert said.startswith("OpenBLAS's ") and said.endswith(" kernels") and "environment" not in said, said
+    kernels = said.split("; ")[0]
+    assert kernels.startswith("OpenBLAS's ") and kernels.endswith(" kernels") and "environment" not in kernels, said

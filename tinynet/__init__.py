@@ -9,13 +9,16 @@ convolutional networks work, on NumPy (CPU) and CuPy (GPU).
 
 OpenBLAS (NumPy's BLAS) keeps its idle worker threads spinning for about 0.1 s
 after every matrix product.  Between a training step's GEMMs tinynet runs its
-elementwise passes (im2col, col2im, pooling, LRN) on every core, and a spinning
-worker takes a core from them: on 2 cores those passes ran up to 1.5x slower
-and a whole AlexNet step about 12% slower.  So importing tinynet first asks
-OpenBLAS to let idle workers sleep at once (OPENBLAS_THREAD_TIMEOUT=4, its
-smallest value; waking them costs microseconds per GEMM).  It takes effect only
-when tinynet is imported before NumPy loads OpenBLAS; a value already in the
-environment is kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own default).
+own passes (im2col, Winograd's transforms, pooling, LRN) and its batches of small
+products on every core, and a spinning worker takes a core from them.  So
+importing tinynet asks OpenBLAS to let idle workers sleep at once
+(OPENBLAS_THREAD_TIMEOUT=4, its smallest value; waking them costs microseconds
+per GEMM).  OpenBLAS reads it once, when it loads: import tinynet before NumPy
+(or set the variable in the environment).  Imported after NumPy, with no value
+in the environment, tinynet warns: on a 2-core AMD EPYC (Zen 5) that order made
+AlexNet's training steps 1.19-1.42 times as long at batches 8 and 32, and a
+batch-1 inference pass 1.23-1.54 times.  A value already in the environment is
+kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own default).
 
 The CPU's loops (im2col, col2im, max-pool, LRN) come in two versions that give
 the same bits: NumPy (tinynet/ops/cpu_kernels.py, the one to read) and compiled
@@ -25,7 +28,22 @@ default is "compiled", and without a compiler tinynet warns and runs NumPy's.
 """
 
 import os as _os
+import sys as _sys
 
+
+def _openblas_loaded():
+    """Whether an OpenBLAS is in this process already (NumPy imported before tinynet)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("openblas" in line.lower() for line in maps)
+    except OSError:  # no /proc (macOS, Windows): NumPy brings its OpenBLAS when imported
+        return "numpy" in _sys.modules
+
+
+# what OpenBLAS read when it loaded, if it loaded before this line: the environment's value, or
+# none (its default of 0.1 s)
+_blas_timeout_seen = ("environment" if "OPENBLAS_THREAD_TIMEOUT" in _os.environ else
+                      "default" if _openblas_loaded() else "tinynet")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import functional, nn, optim  # noqa: F401,E402
@@ -41,3 +59,7 @@ from .summary import summary  # noqa: F401,E402  (tn.summary(model, (3, 227, 227
 from . import models  # noqa: F401,E402  (tn.models.AlexNet after a plain `import tinynet as tn`)
 
 __version__ = "0.1.0"
+
+from .ops import cpu_kernels as _cpu_kernels  # noqa: E402
+
+_cpu_kernels.note_blas_timeout(_blas_timeout_seen)  # warns where OpenBLAS loaded first, with no value

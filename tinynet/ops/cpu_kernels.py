@@ -15,6 +15,7 @@ chunking.
 
 import os
 import threading
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -151,7 +152,7 @@ _OPENBLAS_NAMES = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num
                    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
                    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
                    ("openblas_set_num_threads", "openblas_get_num_threads"))
-_blas = {"looked": False, "control": None, "found": None, "kernels": None}
+_blas = {"looked": False, "control": None, "found": None, "kernels": None, "timeout": None}
 _blas_lock = threading.Lock()
 
 
@@ -205,7 +206,42 @@ def blas_kernels():
         return f"BLAS kernels unknown: {_blas['found']}"
     kernels = f"OpenBLAS's {_blas['kernels']} kernels" if _blas["kernels"] else "OpenBLAS (kernels not reported)"
     chosen = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
-    return kernels + (f", with {' and '.join(chosen)} set in the environment" if chosen else "")
+    return (kernels + (f", with {' and '.join(chosen)} set in the environment" if chosen else "")
+            + "; " + blas_idle_threads())
+
+
+def note_blas_timeout(seen):
+    """How OpenBLAS came by its idle threads' timeout, told by tinynet's import (tinynet/__init__.py):
+    "tinynet" (OpenBLAS loaded after tinynet set OPENBLAS_THREAD_TIMEOUT=4), "environment" (a value
+    the environment held before) or "default" (OpenBLAS had loaded before tinynet, with no value:
+    its idle threads spin about 0.1 s after every product).  In the last case, where OpenBLAS and
+    tinynet both run more than one thread, it warns, once: those threads take a core from
+    tinynet's passes between the GEMMs."""
+    _blas["timeout"] = seen
+    control = _openblas_control()
+    blas_threads = control[1]() if control is not None else 0
+    if seen == "default" and blas_threads > 1 and get_num_threads() > 1:
+        warnings.warn(
+            "tinynet was imported after NumPy had loaded OpenBLAS, with no OPENBLAS_THREAD_TIMEOUT in the "
+            "environment: OpenBLAS's idle threads now spin for about 0.1 s after every matrix product and "
+            "take a core from tinynet's own passes (AlexNet's training steps took 1.19-1.42 times as long "
+            "on 2 cores).  Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment.",
+            RuntimeWarning, stacklevel=3)
+
+
+def blas_idle_threads():
+    """What OpenBLAS's idle threads do between products, in words (see note_blas_timeout)."""
+    seen = _blas.get("timeout")
+    control = _openblas_control()
+    if control is not None and control[1]() == 1:
+        return "it runs one thread, so none idles"
+    if seen == "tinynet":
+        return "its idle threads sleep at once (OPENBLAS_THREAD_TIMEOUT=4, set by tinynet)"
+    if seen == "environment":
+        return f"its idle threads' timeout from the environment (OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']})"
+    if seen == "default":
+        return "its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet)"
+    return "its idle threads' timeout unknown"
 
 
 def batched_matmul_route():
