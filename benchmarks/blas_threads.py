@@ -2,7 +2,9 @@
 
 After every GEMM, OpenBLAS keeps its idle worker threads spinning for about 0.1 s
 (OPENBLAS_THREAD_TIMEOUT=28, 2^28 cycles); `import tinynet` sets 4 (its smallest:
-they sleep at once) unless the variable is set.  This script measures what that is
+they sleep at once) unless the variable is set.  "spin" is also what a program gets
+that imports NumPy before tinynet with no value in the environment: OpenBLAS has
+read its default by then (tinynet warns).  This script measures what that is
 worth: AlexNet training steps (benchmarks/alexnet.py's worker: 1000 classes, float32,
 random data) with 28 and with 4, in fresh processes, interleaved pair by pair, so
 that the shared machine's drift hits both alike.  It prints and saves each pair's
@@ -39,7 +41,8 @@ def main():
     info = machine()
     rows = compare(SETTINGS, args.batches, args.pairs, args.repeat)
     lines = [f"# OpenBLAS idle threads: spinning (28) against sleeping (4), {info['date']}\n",
-             f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}. AlexNet (1000 classes, "
+             f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; "
+             f"{info['blas_kernels'].split('; ')[0]} (each column's processes set their own timeout). AlexNet (1000 classes, "
              f"float32) training steps, median of {args.repeat} per process; pairs interleaved; the "
              f"between-GEMM passes and GEMMs from the profiled steps per process (median of 3).\n"]
     lines += table(rows, list(SETTINGS), args.batches)

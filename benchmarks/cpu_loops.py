@@ -7,8 +7,10 @@ Two parts, both interleaved so that the shared machine's drift hits both alike:
    after conv1, conv2 and conv5, LRN forward and backward after conv1 and
    conv2.  For each, NumPy and compiled take turns, ``--reps`` calls each; the
    median of each is printed with their ratio, after checking that both give the
-   same bits.  Also the Winograd transforms of conv3-conv5 (input tiles,
-   output tiles, gradient tiles, input gradient).
+   same bits.  Also the Winograd transforms of conv2-conv5 (input tiles,
+   output tiles, gradient tiles, input gradient).  Beside each, the memory's
+   floor: a copy, on the same threads, of as many bytes as the loop must read
+   and write, timed in turn with it.
 2. Whole training steps (benchmarks/interleaved.py): fresh processes with
    TINYNET_CPU_LOOPS=numpy and =compiled, pair by pair.
 
@@ -84,24 +86,49 @@ def kept(result):
     return tuple(kept(r) for r in result) if isinstance(result, tuple) else result.copy()
 
 
+def moved_bytes(args, result):
+    """Bytes a loop must read and write at the least: its input arrays once, its result once
+    (an ``out`` buffer among the arguments counts as written, not read)."""
+    results = result if isinstance(result, tuple) else (result,)
+    written = sum(r.nbytes for r in results)
+    read = sum(a.nbytes for a in args if isinstance(a, np.ndarray) and not any(a is r for r in results))
+    return read + written
+
+
+def parallel_copy(src, dst):
+    """dst = src on tinynet's threads, one run each, as the compiled loops share a pass out."""
+    cpu_kernels.parallel_runs(lambda i0, i1: np.copyto(dst[i0:i1], src[i0:i1]), src.size)
+
+
 def time_loops(batch, reps):
+    """Each loop, NumPy's and compiled, and a copy moving as many bytes on as many threads (half
+    read, half written: the memory's floor for that loop), taking turns call by call."""
     rng = np.random.default_rng(0)
     rows = []
     for name, fn, args in loop_cases(batch, rng):
         numpy_fn, compiled_fn = getattr(cpu_kernels, fn), getattr(cpu_loops, fn)
         reference = kept(numpy_fn(*args))                         # also a warm-up call of each
-        bits = same_bits(reference, compiled_fn(*args))
-        times = {"numpy": [], "compiled": []}
+        result = compiled_fn(*args)
+        bits = same_bits(reference, result)
+        moved = moved_bytes(args, result)
+        src = rng.standard_normal(moved // 8).astype(np.float32)  # moved/2 bytes read, moved/2 written
+        dst = np.empty_like(src)
+        parallel_copy(src, dst)
+        times = {"numpy": [], "compiled": [], "copy": []}
         for _ in range(reps):
-            for which, f in (("numpy", numpy_fn), ("compiled", compiled_fn)):
+            for which, f in (("numpy", lambda: numpy_fn(*args)), ("compiled", lambda: compiled_fn(*args)),
+                             ("copy", lambda: parallel_copy(src, dst))):
                 t0 = time.perf_counter()
-                f(*args)
+                f()
                 times[which].append(time.perf_counter() - t0)
-        row = dict(loop=name, same_bits=bits, **{k: statistics.median(v) * 1e3 for k, v in times.items()})
+        row = dict(loop=name, same_bits=bits, moved_mb=moved / 1e6,
+                   **{k: statistics.median(v) * 1e3 for k, v in times.items()})
         row["ratio"] = row["compiled"] / row["numpy"]
+        row["over_copy"] = row["compiled"] / row["copy"]
         rows.append(row)
-        print(f"{name:16s} numpy {row['numpy']:7.1f} ms  compiled {row['compiled']:7.1f} ms  "
-              f"ratio {row['ratio']:.2f}  same bits: {bits}", flush=True)
+        print(f"{name:26s} numpy {row['numpy']:7.1f} ms  compiled {row['compiled']:7.1f} ms  "
+              f"ratio {row['ratio']:.2f}  same bits: {bits}  copy of its {moved / 1e6:.0f} MB "
+              f"{row['copy']:.1f} ms ({row['over_copy']:.2f})", flush=True)
     return rows
 
 
@@ -126,13 +153,20 @@ def main():
              f"{info['tinynet_threads']}.\n",
              f"## Each loop alone (batch {args.loop_batch}, float32, median of {args.reps} calls each, "
              f"interleaved)\n",
-             "| loop | NumPy ms | compiled ms | compiled / NumPy | same bits |", "|---|---|---|---|---|"]
+             "The memory's floor of a loop: a copy on tinynet's threads (one run each) that reads and writes as "
+             "many bytes as the loop must (its inputs read once, its result written once), timed in turn "
+             "with it.\n",
+             "| loop | NumPy ms | compiled ms | compiled / NumPy | same bits | MB moved | copy ms | compiled / copy |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in loops:
         lines.append(f"| {r['loop']} | {r['numpy']:.1f} | {r['compiled']:.1f} | {r['ratio']:.2f} | "
-                     f"{'yes' if r['same_bits'] else '**no**'} |")
+                     f"{'yes' if r['same_bits'] else '**no**'} | {r['moved_mb']:.0f} | {r['copy']:.1f} | "
+                     f"{r['over_copy']:.2f} |")
     total_np, total_c = sum(r["numpy"] for r in loops), sum(r["compiled"] for r in loops)
+    total_copy = sum(r["copy"] for r in loops)
     lines += ["", f"All loops above once each: NumPy {total_np:.0f} ms, compiled {total_c:.0f} ms "
-                  f"({total_c / total_np:.2f}).\n"]
+                  f"({total_c / total_np:.2f}); the copies of their bytes {total_copy:.0f} ms (compiled / copies "
+                  f"{total_c / total_copy:.2f}).\n"]
     if steps:
         lines += [f"## Whole training steps (AlexNet, 1000 classes, float32; median of {args.repeat} steps "
                   f"per process; pairs interleaved)\n"]

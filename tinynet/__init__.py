@@ -15,10 +15,12 @@ importing tinynet asks OpenBLAS to let idle workers sleep at once
 (OPENBLAS_THREAD_TIMEOUT=4, its smallest value; waking them costs microseconds
 per GEMM).  OpenBLAS reads it once, when it loads: import tinynet before NumPy
 (or set the variable in the environment).  Imported after NumPy, with no value
-in the environment, tinynet warns: on a 2-core AMD EPYC (Zen 5) that order made
-AlexNet's training steps 1.19-1.42 times as long at batches 8 and 32, and a
-batch-1 inference pass 1.23-1.54 times.  A value already in the environment is
-kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own default).
+in the environment, tinynet warns.  On a 2-core AMD EPYC (Zen 5) spinning idle
+threads made AlexNet's training steps 1.5 times as long at batch 8 and 1.3 times
+at batch 32 (benchmarks/blas_threads.py); importing NumPy first, 1.19-1.42 times
+and a batch-1 inference pass 1.23-1.54 times, in other pairs of runs.  A value
+already in the environment is kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own
+default).
 
 The CPU's loops (im2col, col2im, max-pool, LRN) come in two versions that give
 the same bits: NumPy (tinynet/ops/cpu_kernels.py, the one to read) and compiled

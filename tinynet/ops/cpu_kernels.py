@@ -224,7 +224,7 @@ def note_blas_timeout(seen):
         warnings.warn(
             "tinynet was imported after NumPy had loaded OpenBLAS, with no OPENBLAS_THREAD_TIMEOUT in the "
             "environment: OpenBLAS's idle threads now spin for about 0.1 s after every matrix product and "
-            "take a core from tinynet's own passes (AlexNet's training steps took 1.19-1.42 times as long "
+            "take a core from tinynet's own passes (AlexNet's training steps took 1.3-1.5 times as long "
             "on 2 cores).  Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment.",
             RuntimeWarning, stacklevel=3)
 
