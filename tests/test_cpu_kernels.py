@@ -332,7 +332,8 @@ def test_importing_tinynet_after_numpy_warns_and_says_so():
     said, warned = run("import numpy; import tinynet", OPENBLAS_NUM_THREADS="2")
     assert "tinynet was imported after NumPy had loaded OpenBLAS" in warned
     assert "Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4" in warned
-    assert said.endswith("its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet)")
+    assert said.endswith("its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet), "
+                         "so tinynet runs its products on its own threads")
     said, warned = run("import tinynet; import numpy", OPENBLAS_NUM_THREADS="2")
     assert "RuntimeWarning" not in warned
     assert said.endswith("its idle threads sleep at once (OPENBLAS_THREAD_TIMEOUT=4, set by tinynet)")
@@ -413,6 +414,83 @@ def test_rows_matmul_puts_blas_threads_back_and_with_one_thread_is_np_matmul(thr
     cpu_kernels.set_num_threads(1)
     monkeypatch.setattr(cpu_kernels, "_openblas_control", lambda: pytest.fail("thread count touched"))
     np.testing.assert_array_equal(cpu_kernels.rows_matmul(a, b), np.full((6, 2), 5, np.float32))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 60), k=st.integers(1, 70), n=st.integers(1, 60), transposed=st.booleans(),
+       batch_of_one=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_matmul_where_blas_threads_spin_shares_the_product_and_gives_its_numbers(threads, monkeypatch, m, k, n,
+                                                                                  transposed, batch_of_one, dtype):
+    """Where OpenBLAS's idle threads spin (NumPy imported first), a single product (linear's,
+    and a convolution's batch of one: conv1) runs on tinynet's threads, a run of the output's
+    columns or rows each, on one BLAS thread.  Every entry is one whole dot product, so the
+    numbers are np.matmul's up to the rounding of another of OpenBLAS's kernels; OpenBLAS's
+    thread count comes back; elsewhere it is np.matmul, the count never touched."""
+    control = cpu_kernels._openblas_control()
+    if control is None:
+        pytest.skip(f"no OpenBLAS thread control here: {cpu_kernels.batched_matmul_route()}")
+    rng = np.random.default_rng(m * 10000 + k * 100 + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype).T if transposed else rng.standard_normal((k, n)).astype(dtype)
+    want = np.matmul(a, b)
+    tol = dict(rtol=1e-5, atol=1e-5 * np.sqrt(k)) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12 * np.sqrt(k))
+    before = control[1]()
+    shares = []
+    real = cpu_kernels._on_one_blas_thread_each
+    monkeypatch.setattr(cpu_kernels, "_on_one_blas_thread_each", lambda c, run, size: (shares.append(size), real(c, run, size)))
+    monkeypatch.setitem(cpu_kernels._blas, "timeout", "default")
+    got = cpu_kernels.batched_matmul(a[None], b[None])[0] if batch_of_one else cpu_kernels.matmul(a, b)
+    np.testing.assert_allclose(got, want, **tol)
+    assert shares == [max(m, n)]  # shared out along the longer side of the output
+    assert control[1]() == before
+    monkeypatch.setitem(cpu_kernels._blas, "timeout", "tinynet")  # idle threads sleep: np.matmul's own threads
+    shares.clear()
+    np.testing.assert_array_equal(cpu_kernels.matmul(a, b), want)
+    assert shares == []
+
+
+def test_importing_numpy_first_a_training_step_leaves_blas_threads_asleep():
+    """The point of matmul's route: in a process that imported NumPy first, a training step of
+    a small net with a convolution of one group (by im2col) and a fully connected layer, at
+    sizes OpenBLAS shares between its threads, leaves no OpenBLAS thread spinning after it;
+    a plain product does (else this OpenBLAS does not spin, and there is nothing to show)."""
+    if cpu_kernels._openblas_control() is None:
+        pytest.skip(f"no OpenBLAS here: {cpu_kernels.blas_kernels()}")
+    if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) < 2:
+        pytest.skip("one core: OpenBLAS runs no worker threads")
+    code = """
+import numpy as np
+import time
+import tinynet as tn
+import tinynet.functional as F
+rng = np.random.default_rng(0)
+x = tn.tensor(rng.standard_normal((64, 3, 40, 40)).astype(np.float32))
+w = tn.tensor(rng.standard_normal((64, 3, 5, 5)).astype(np.float32) * 0.1, requires_grad=True)
+v = tn.tensor(rng.standard_normal((10, 64 * 18 * 18)).astype(np.float32) * 0.01, requires_grad=True)
+labels = np.arange(64) % 10
+def idle():  # CPU time of the process while this thread sleeps: idle workers spinning
+    t0 = time.process_time()
+    time.sleep(0.05)
+    return time.process_time() - t0
+def step():
+    loss = F.cross_entropy(F.linear(F.flatten(F.conv2d(x, w, stride=2, relu=True)), v), labels)
+    loss.backward()
+step()
+time.sleep(0.3)  # any spinning from the first step's setup runs out
+step()
+after_step = idle()
+a = np.ones((768, 768), np.float32)
+a @ a
+print(after_step, idle())
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=root,
+                         env=env, timeout=300, check=True)
+    after_step, after_product = (float(v) for v in out.stdout.split())
+    if after_product < 0.02:
+        pytest.skip(f"this OpenBLAS's idle workers did not spin ({after_product:.3f} s of CPU in 0.05 s)")
+    assert after_step < 0.01 < after_product, (after_step, after_product)
 
 
 def test_batched_matmul_with_one_thread_is_np_matmul(monkeypatch):

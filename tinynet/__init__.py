@@ -14,13 +14,15 @@ products on every core, and a spinning worker takes a core from them.  So
 importing tinynet asks OpenBLAS to let idle workers sleep at once
 (OPENBLAS_THREAD_TIMEOUT=4, its smallest value; waking them costs microseconds
 per GEMM).  OpenBLAS reads it once, when it loads: import tinynet before NumPy
-(or set the variable in the environment).  Imported after NumPy, with no value
-in the environment, tinynet warns.  On a 2-core AMD EPYC (Zen 5) spinning idle
-threads made AlexNet's training steps 1.5 times as long at batch 8 and 1.3 times
-at batch 32 (benchmarks/blas_threads.py); importing NumPy first, 1.19-1.42 times
-and a batch-1 inference pass 1.23-1.54 times, in other pairs of runs.  A value
-already in the environment is kept (OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own
-default).
+(or set the variable in the environment).  On a 2-core AMD EPYC (Zen 5) spinning
+idle threads made AlexNet's training steps 1.5 times as long at batch 8 and 1.3
+times at batch 32 (benchmarks/blas_threads.py).  Imported after NumPy, with no
+value in the environment, tinynet warns, and runs the products it would have
+handed to OpenBLAS's threads on its own threads instead, one BLAS thread each
+(cpu_kernels.matmul), so that OpenBLAS's stay asleep through its steps: NumPy
+first then took 0.83-1.13 of the time of tinynet first, where it had taken
+1.19-1.54 (batches 1, 8 and 32).  A value already in the environment is kept
+(OPENBLAS_THREAD_TIMEOUT=28 is OpenBLAS's own default).
 
 The CPU's loops (im2col, col2im, max-pool, LRN) come in two versions that give
 the same bits: NumPy (tinynet/ops/cpu_kernels.py, the one to read) and compiled

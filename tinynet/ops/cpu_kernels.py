@@ -223,10 +223,12 @@ def note_blas_timeout(seen):
     if seen == "default" and blas_threads > 1 and get_num_threads() > 1:
         warnings.warn(
             "tinynet was imported after NumPy had loaded OpenBLAS, with no OPENBLAS_THREAD_TIMEOUT in the "
-            "environment: OpenBLAS's idle threads now spin for about 0.1 s after every matrix product and "
-            "take a core from tinynet's own passes (AlexNet's training steps took 1.3-1.5 times as long "
-            "on 2 cores).  Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4 in the environment.",
-            RuntimeWarning, stacklevel=3)
+            "environment: OpenBLAS's idle threads now spin for about 0.1 s after every matrix product it "
+            "shares out, taking a core from tinynet's own passes (AlexNet's training steps took 1.3-1.5 "
+            "times as long on 2 cores).  So tinynet runs its own products on its own threads instead, "
+            "one BLAS thread each, which keeps them asleep through its steps; a product elsewhere in the "
+            "program still wakes them.  Import tinynet before numpy, or set OPENBLAS_THREAD_TIMEOUT=4 in "
+            "the environment.", RuntimeWarning, stacklevel=3)
 
 
 def blas_idle_threads():
@@ -240,7 +242,8 @@ def blas_idle_threads():
     if seen == "environment":
         return f"its idle threads' timeout from the environment (OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']})"
     if seen == "default":
-        return "its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet)"
+        return ("its idle threads spin about 0.1 s after each product (OpenBLAS loaded before tinynet), "
+                "so tinynet runs its products on its own threads")
     return "its idle threads' timeout unknown"
 
 
@@ -267,8 +270,13 @@ def batched_matmul(a, b, out=None):
     so the numbers are np.matmul's (OpenBLAS splits a product's rows and columns between
     threads, never its sums).  Where the thread count cannot be set (another BLAS;
     ``batched_matmul_route`` says why), or tinynet has one thread, or for CuPy arrays,
-    this is np.matmul (xp.matmul)."""
+    this is np.matmul (xp.matmul).  A batch of one product goes to ``matmul`` where OpenBLAS's
+    idle threads spin."""
     xp = get_array_module(a)
+    if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] == 1 and blas_threads_spin():
+        out = np.empty((1, a.shape[1], b.shape[2]), np.result_type(a.dtype, b.dtype)) if out is None else out
+        matmul(a[0], b[0], out=out[0])  # one product (one group: conv1): see matmul
+        return out
     control = None
     if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] > 1 and get_num_threads() > 1 \
             and (out is None or out.shape[0] == a.shape[0]):
@@ -278,6 +286,38 @@ def batched_matmul(a, b, out=None):
     if out is None:
         out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a.dtype, b.dtype))
     _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b[i0:i1], out=out[i0:i1]), a.shape[0])
+    return out
+
+
+def blas_threads_spin():
+    """Whether OpenBLAS's idle threads spin after a product here: it loaded before tinynet, with
+    no OPENBLAS_THREAD_TIMEOUT in the environment (see note_blas_timeout)."""
+    return _blas.get("timeout") == "default"
+
+
+def matmul(a, b, out=None):
+    """a @ b for one product of 2-D NumPy arrays, as the CPU's convolutions and fully connected
+    layers run it: np.matmul, on OpenBLAS's threads, unless OpenBLAS's idle threads spin after a
+    product (blas_threads_spin: NumPy was imported before tinynet).  Then every product a step
+    hands to OpenBLAS's threads leaves one spinning on a core for about 0.1 s, where tinynet's
+    passes and its batches of products want it, and a step took 1.2-1.5 times as long on 2
+    cores.  So there the product runs on tinynet's threads instead, each on one BLAS thread (as
+    batched_matmul runs a batch), each thread taking a run of the output's columns, or of its
+    rows where they are more: OpenBLAS's own threads never run, and never spin.  On a 2-core
+    AMD EPYC (Zen 5), with NumPy imported first, that took 0.62-0.82 of the time of a batch-8
+    training step, 0.76-0.79 at batch 32 and 0.67-0.71 of a batch-1 inference pass, and came
+    within 0.90-1.22 of a process that imported tinynet first.  Every entry is still one whole
+    dot product (OpenBLAS splits rows and columns, never sums); a share of a few columns may take
+    another of OpenBLAS's kernels, which can round a last bit apart (see rows_matmul)."""
+    control = _openblas_control() if blas_threads_spin() and get_num_threads() > 1 else None
+    if control is None or a.ndim != 2 or b.ndim != 2 or get_array_module(a) is not np:
+        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
+    if b.shape[1] >= a.shape[0]:  # a run of the output's columns per thread
+        _on_one_blas_thread_each(control, lambda j0, j1: np.matmul(a, b[:, j0:j1], out=out[:, j0:j1]), b.shape[1])
+    else:  # a run of its rows
+        _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b, out=out[i0:i1]), a.shape[0])
     return out
 
 

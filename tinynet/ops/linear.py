@@ -18,7 +18,7 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..profile import section
 from . import kernels_for
-from .cpu_kernels import rows_matmul
+from .cpu_kernels import matmul, rows_matmul
 
 # The GEMMs that carry the weight matrix (fc6: 4096 x 9216, 151 MB), for a small batch on the
 # CPU, measured on this project's 2-core machine by benchmarks/fc_blocks.py
@@ -61,7 +61,7 @@ def _by_row_blocks(a, b):
     """a @ b, WEIGHT_ROWS rows of a (and of the result) per product."""
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     for i in range(0, a.shape[0], WEIGHT_ROWS):
-        np.matmul(a[i:i + WEIGHT_ROWS], b, out=out[i:i + WEIGHT_ROWS])
+        matmul(a[i:i + WEIGHT_ROWS], b, out=out[i:i + WEIGHT_ROWS])
     return out
 
 
@@ -73,7 +73,7 @@ def forward_gemm(x, weight):
         return kernels_for(x).matvec(weight, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
-    return x @ weight.T
+    return _product(x, weight.T)
 
 
 def weight_grad_gemm(gy, x):
@@ -83,7 +83,13 @@ def weight_grad_gemm(gy, x):
         return kernels_for(x).outer_sum(gy, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return rows_matmul(gy.T, x)
-    return gy.T @ x
+    return _product(gy.T, x)
+
+
+def _product(a, b):
+    """a @ b: on the CPU by cpu_kernels.matmul (on tinynet's threads where OpenBLAS's idle
+    threads spin), on a GPU by CuPy."""
+    return matmul(a, b) if get_array_module(a) is np else a @ b
 
 
 class Linear(Function):
@@ -108,7 +114,7 @@ class Linear(Function):
     def backward(self, gy):
         x, weight = self.saved
         with section("GEMM"):
-            gx = gy @ weight if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
+            gx = _product(gy, weight) if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
             gw = weight_grad_gemm(gy, x) if self.needs_input_grad[1] else None  # (out, in) = (out, N) @ (N, in)
         if not self.has_bias:
             return gx, gw
