@@ -304,9 +304,10 @@ def matmul(a, b, out=None):
     cores.  So there the product runs on tinynet's threads instead, each on one BLAS thread (as
     batched_matmul runs a batch), each thread taking a run of the output's columns, or of its
     rows where they are more: OpenBLAS's own threads never run, and never spin.  On a 2-core
-    AMD EPYC (Zen 5), with NumPy imported first, that took 0.62-0.82 of the time of a batch-8
-    training step, 0.76-0.79 at batch 32 and 0.67-0.71 of a batch-1 inference pass, and came
-    within 0.90-1.22 of a process that imported tinynet first.  Every entry is still one whole
+    AMD EPYC (Zen 5), in pairs of fresh processes, NumPy first then took 0.83-0.94 of the time
+    of tinynet first for a batch-8 training step, 1.03-1.13 at batch 32 and 0.99-1.14 for a
+    batch-1 inference pass, where it had taken 1.24-1.42, 1.19-1.23 and 1.23-1.54 times as
+    long.  Every entry is still one whole
     dot product (OpenBLAS splits rows and columns, never sums); a share of a few columns may take
     another of OpenBLAS's kernels, which can round a last bit apart (see rows_matmul)."""
     control = _openblas_control() if blas_threads_spin() and get_num_threads() > 1 else None
