@@ -310,9 +310,10 @@ def matmul(a, b, out=None):
     long.  Every entry is still one whole
     dot product (OpenBLAS splits rows and columns, never sums); a share of a few columns may take
     another of OpenBLAS's kernels, which can round a last bit apart (see rows_matmul)."""
-    control = _openblas_control() if blas_threads_spin() and get_num_threads() > 1 else None
-    if control is None or a.ndim != 2 or b.ndim != 2 or get_array_module(a) is not np:
-        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+    xp = get_array_module(a)
+    control = _openblas_control() if xp is np and blas_threads_spin() and get_num_threads() > 1 else None
+    if control is None or a.ndim != 2 or b.ndim != 2:
+        return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
     if b.shape[1] >= a.shape[0]:  # a run of the output's columns per thread
