@@ -218,9 +218,10 @@ def note_blas_timeout(seen):
     tinynet both run more than one thread, it warns, once: those threads take a core from
     tinynet's passes between the GEMMs."""
     _blas["timeout"] = seen
+    if seen != "default":  # nothing to warn of: OpenBLAS is not looked up at import
+        return
     control = _openblas_control()
-    blas_threads = control[1]() if control is not None else 0
-    if seen == "default" and blas_threads > 1 and get_num_threads() > 1:
+    if control is not None and control[1]() > 1 and get_num_threads() > 1:
         warnings.warn(
             "tinynet was imported after NumPy had loaded OpenBLAS, with no OPENBLAS_THREAD_TIMEOUT in the "
             "environment: OpenBLAS's idle threads now spin for about 0.1 s after every matrix product it "
@@ -270,12 +271,12 @@ def batched_matmul(a, b, out=None):
     so the numbers are np.matmul's (OpenBLAS splits a product's rows and columns between
     threads, never its sums).  Where the thread count cannot be set (another BLAS;
     ``batched_matmul_route`` says why), or tinynet has one thread, or for CuPy arrays,
-    this is np.matmul (xp.matmul).  A batch of one product goes to ``matmul`` where OpenBLAS's
-    idle threads spin."""
+    this is np.matmul (xp.matmul).  A batch of one product is ``matmul``'s (np.matmul, unless
+    OpenBLAS's idle threads spin)."""
     xp = get_array_module(a)
-    if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] == 1 and blas_threads_spin():
+    if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] == 1:
         out = np.empty((1, a.shape[1], b.shape[2]), np.result_type(a.dtype, b.dtype)) if out is None else out
-        matmul(a[0], b[0], out=out[0])  # one product (one group: conv1): see matmul
+        matmul(a[0], b[0], out=out[0])  # one product (one group: conv1): np.matmul's, unless idle threads spin
         return out
     control = None
     if xp is np and a.ndim == b.ndim == 3 and a.shape[0] == b.shape[0] > 1 and get_num_threads() > 1 \
@@ -314,13 +315,7 @@ def matmul(a, b, out=None):
     control = _openblas_control() if xp is np and blas_threads_spin() and get_num_threads() > 1 else None
     if control is None or a.ndim != 2 or b.ndim != 2:
         return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
-    if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
-    if b.shape[1] >= a.shape[0]:  # a run of the output's columns per thread
-        _on_one_blas_thread_each(control, lambda j0, j1: np.matmul(a, b[:, j0:j1], out=out[:, j0:j1]), b.shape[1])
-    else:  # a run of its rows
-        _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b, out=out[i0:i1]), a.shape[0])
-    return out
+    return _shared_product(control, a, b, out, by_columns=b.shape[1] >= a.shape[0])
 
 
 def rows_matmul(a, b):
@@ -337,8 +332,18 @@ def rows_matmul(a, b):
     control = _openblas_control() if get_num_threads() > 1 else None
     if control is None:
         return np.matmul(a, b)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
-    _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b, out=out[i0:i1]), a.shape[0])
+    return _shared_product(control, a, b, by_columns=False)
+
+
+def _shared_product(control, a, b, out=None, by_columns=False):
+    """a @ b (2-D) on tinynet's threads, one BLAS thread each, each thread taking a run of the
+    output's columns (``by_columns``) or of its rows: every entry one whole dot product."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype))
+    if by_columns:
+        _on_one_blas_thread_each(control, lambda j0, j1: np.matmul(a, b[:, j0:j1], out=out[:, j0:j1]), b.shape[1])
+    else:
+        _on_one_blas_thread_each(control, lambda i0, i1: np.matmul(a[i0:i1], b, out=out[i0:i1]), a.shape[0])
     return out
 
 

@@ -73,7 +73,7 @@ def forward_gemm(x, weight):
         return kernels_for(x).matvec(weight, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
-    return _product(x, weight.T)
+    return matmul(x, weight.T)
 
 
 def weight_grad_gemm(gy, x):
@@ -83,13 +83,7 @@ def weight_grad_gemm(gy, x):
         return kernels_for(x).outer_sum(gy, x)
     if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return rows_matmul(gy.T, x)
-    return _product(gy.T, x)
-
-
-def _product(a, b):
-    """a @ b: on the CPU by cpu_kernels.matmul (on tinynet's threads where OpenBLAS's idle
-    threads spin), on a GPU by CuPy."""
-    return matmul(a, b) if get_array_module(a) is np else a @ b
+    return matmul(gy.T, x)
 
 
 class Linear(Function):
@@ -114,7 +108,7 @@ class Linear(Function):
     def backward(self, gy):
         x, weight = self.saved
         with section("GEMM"):
-            gx = _product(gy, weight) if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
+            gx = matmul(gy, weight) if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
             gw = weight_grad_gemm(gy, x) if self.needs_input_grad[1] else None  # (out, in) = (out, N) @ (N, in)
         if not self.has_bias:
             return gx, gw
