@@ -74,6 +74,32 @@ def test_im2col_and_col2im_fill_the_buffers_they_are_given(g, dtype):
     assert same_bits(gx, cpu_kernels.col2im(cols, x.shape, *args))
 
 
+@given(conv_geometry(), DTYPES, st.integers(0, 15), st.sampled_from([1, 2, 3]))
+def test_im2col_stored_past_the_cache_gives_the_numpy_bits(g, dtype, offset, threads):
+    # columns over IM2COL_STREAM_BYTES go past the cache in whole lines, the part lines at each
+    # image's run's ends as usual: with the threshold at 0 every call streams, into a buffer
+    # starting anywhere in a cache line (offset elements past one's start), the rest of the
+    # buffer untouched, with one to three threads (each a run of the images)
+    rng = np.random.default_rng(offset)
+    x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"])).astype(dtype)
+    args = (g["kh"], g["kw"], g["stride"], g["padding"])
+    cols = cpu_kernels.im2col(x, *args)
+    lines = np.full(cols.size + 64, np.nan, dtype)
+    start = (-lines.ctypes.data % 64) // lines.itemsize + offset % (64 // lines.itemsize)
+    out = lines[start:start + cols.size].reshape(cols.shape)
+    old_threads, old_bytes = cpu_kernels.get_num_threads(), cpu_loops.IM2COL_STREAM_BYTES
+    cpu_kernels.set_num_threads(threads)
+    cpu_loops.IM2COL_STREAM_BYTES = 0
+    try:
+        assert cpu_loops.im2col(x, *args, out=out) is out
+        own = cpu_loops.im2col(x, *args)  # into an array of its own
+    finally:
+        cpu_kernels.set_num_threads(old_threads)
+        cpu_loops.IM2COL_STREAM_BYTES = old_bytes
+    assert same_bits(out, cols) and same_bits(own, cols)
+    assert np.isnan(lines[:start]).all() and np.isnan(lines[start + cols.size:]).all()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n, hw, dtype", [(5, 160, np.float32), (3, 190, np.float64), (4, 260, np.float32)])
 def test_im2col_of_large_images_in_blocks_and_runs_per_thread_gives_the_numpy_bits(threads, n, hw, dtype):
@@ -551,6 +577,7 @@ def run_every_loop_on_exact_buffers(cases=60):
         H, W = kh + int(rng.integers(0, 12)), kw + int(rng.integers(0, 12))
         ph, pw = int(rng.integers(0, min(kh, 3))), int(rng.integers(0, min(kw, 3)))
         x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        cpu_loops.IM2COL_STREAM_BYTES = int(rng.choice([0, 2**62]))  # past the cache or not
         cols = cpu_loops.im2col(x, kh, kw, (sh, sw), (ph, pw))
         cpu_loops.col2im(cols, x.shape, kh, kw, (sh, sw), (ph, pw))
         oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1

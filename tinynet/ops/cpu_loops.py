@@ -58,7 +58,7 @@ _lock = threading.Lock()
 
 _i64, _dbl, _ptr = ctypes.c_longlong, ctypes.c_double, ctypes.c_void_p
 _SIGNATURES = {
-    "im2col": [_ptr, _ptr] + [_i64] * 14,
+    "im2col": [_ptr, _ptr] + [_i64] * 15,
     "col2im": [_ptr, _ptr] + [_i64] * 14,
     "maxpool_forward": [_ptr] * 3 + [_i64] * 11,
     "maxpool_backward": [_ptr] * 3 + [_i64] * 5,
@@ -175,6 +175,14 @@ def _c(a):
 # ----------------------------------------------------------------------------
 
 
+# columns larger than this are stored past the cache (see im2col in kernels/cpu_loops.cpp): the
+# caches could not hold them for the GEMM that reads them next.  On a 2-core AMD EPYC (Zen 5),
+# interleaved in one process, conv1's forward and backward took 0.96 of the time so at batch 8
+# (35 MB of columns) and 32 and 0.92 at batch 128, in each of two runs; at batch 1 (4.4 MB, which
+# the GEMM finds in the cache when they are stored as usual) 1.03 and 0.99, so it is left so
+IM2COL_STREAM_BYTES = 16 << 20
+
+
 def im2col(x, kh, kw, stride, padding, out=None):
     """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW); see cpu_kernels.im2col."""
     if not _compiled(x):
@@ -187,13 +195,14 @@ def im2col(x, kh, kw, stride, padding, out=None):
     target = out if out is not None and out.flags.c_contiguous and out.dtype == x.dtype else None
     cols = np.empty((C * kh * kw, N * OH * OW), x.dtype) if target is None else target
     fn = _function("im2col", x.dtype)
+    stream = int(cols.nbytes > IM2COL_STREAM_BYTES)
 
     def run(n0, n1):
-        fn(x.ctypes.data, cols.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1)
+        fn(x.ctypes.data, cols.ctypes.data, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW, n0, n1, stream)
 
     def run_channels(c0, c1):  # one image: channels [c0, c1) fill rows [c0*KH*KW, c1*KH*KW)
         fn(x.ctypes.data + c0 * H * W * x.itemsize, cols.ctypes.data + c0 * kh * kw * cols.shape[1] * x.itemsize,
-           N, c1 - c0, H, W, kh, kw, sh, sw, ph, pw, OH, OW, 0, 1)
+           N, c1 - c0, H, W, kh, kw, sh, sw, ph, pw, OH, OW, 0, 1, stream)
 
     # one run of images per thread: each row of cols is then written in long runs, and no two
     # threads write the same cache line (a piece per image would share a line at every row's
