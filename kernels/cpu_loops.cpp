@@ -648,6 +648,23 @@ static INLINE void sandwich_rows(const T* __restrict__ t, i64 n, i64 stride, Wri
         });
 }
 
+// Each call goes channel by channel (or filter by filter) and within it image by image, so the
+// planes it reads or writes in the images lie C*H*W elements apart: a jump the processor's
+// prefetchers do not follow.  So the plane PLANES_AHEAD images on is asked for in advance: a
+// hint, no effect on any result.  At batch 32 (2-core AMD EPYC, Zen 5, one process, in turn
+// with the loops without the hints) the input's tiles took 0.85-0.91 of the time so, the
+// output's 0.88-0.94, the output gradient's 0.92-0.97 and the input gradient's 0.92-0.96.
+constexpr i64 PLANES_AHEAD = 2;
+
+template <typename T>
+static inline void prefetch_read(const T* p, i64 count) {  // p[0, count) into the caches
+    for (i64 b = 0; b < count * i64(sizeof(T)); b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + b, 0, 3);
+}
+template <typename T>
+static inline void prefetch_write(T* p, i64 count) {  // the same, for lines about to be written
+    for (i64 b = 0; b < count * i64(sizeof(T)); b += 64) __builtin_prefetch(reinterpret_cast<char*>(p) + b, 1, 3);
+}
+
 // The loops run over whole planes at once, vectorised over the tiles: a padded
 // plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
 // (TH + E) x QW with E = A/2 - 1 and QW = TW + E, so that the input tile entry (r, s)
@@ -689,8 +706,11 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
     const i64 P = 4 * QS + QW;
     std::vector<T> q((i1 - i0) * P);
     for (i64 c = c0; c < c1; ++c) {
-        for (i64 i = i0; i < i1; ++i)
+        for (i64 i = i0; i < i1; ++i) {
+            if (i + PLANES_AHEAD < i1)  // (the next channel's first planes are not asked for)
+                prefetch_read(x + ((i + PLANES_AHEAD) * C + c) * H * W, H * W);
             winograd_phases(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
+        }
         unroll<A>([&](auto rc) __attribute__((always_inline)) {  // see TINYNET_CLONES
             constexpr int r = decltype(rc)::value;
             for (i64 i = i0; i < i1; ++i) {
@@ -753,6 +773,8 @@ static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O
                     out[k] = relu ? ::relu(w) : w;
                 }
             T* dst = y + (i * O + o) * OH * OW;  // each tile's 2x2 at its place, past OH, OW dropped
+            if (i + PLANES_AHEAD < i1)
+                prefetch_write(y + ((i + PLANES_AHEAD) * O + o) * OH * OW, OH * OW);
             for (i64 row = 0; row < OH; ++row) {  // the block's columns 0 and 1, side by side
                 const T* __restrict__ c0 = out + (row & 1) * 2 * TT + (row >> 1) * TW;
                 const T* __restrict__ c1 = c0 + TT;
@@ -780,6 +802,11 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
     for (i64 o = o0; o < o1; ++o) {
         for (i64 i = i0; i < i1; ++i) {
             const i64 plane = (i * O + o) * OH * OW;
+            if (i + PLANES_AHEAD < i1) {
+                prefetch_read(gy + plane + PLANES_AHEAD * O * OH * OW, OH * OW);
+                if (y)
+                    prefetch_read(y + plane + PLANES_AHEAD * O * OH * OW, OH * OW);
+            }
             T* __restrict__ pad = padded.data();  // the plane, masked, in 2*TH x 2*TW with zeros past the output
             for (i64 row = 0; row < 2 * TH; ++row) {
                 T* __restrict__ dst = pad + row * 2 * TW;
@@ -856,6 +883,9 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
         for (i64 b0 = i0; b0 < i1; b0 += IB) {
             const i64 b1 = std::min(i1, b0 + IB), NT = (b1 - b0) * TT;
             const T* __restrict__ src = gv + c * T_ + b0 * TT;
+            if (b1 + (PLANES_AHEAD - 1) * IB < i1)  // the A*A rows' runs of the block PLANES_AHEAD on
+                for (int e = 0; e < A * A; ++e)
+                    prefetch_read(src + e * XI + PLANES_AHEAD * IB * TT, IB * TT);
             sandwich_columns<T, A, A, BT>([&](int i, int j, i64 t) { return src[(A * i + j) * XI + t]; },
                                           half.data(), NT);
             for (i64 i = b0; i < b1; ++i) {
@@ -879,6 +909,8 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                         }
                 }
                 T* out = gx + (i * C + c) * H * W;
+                if (i + PLANES_AHEAD < i1)
+                    prefetch_write(out + PLANES_AHEAD * C * H * W, H * W);
                 for (i64 h = 0; h < H; ++h) {  // padded column pw = w + PW: in phase pw & 1, at pw >> 1
                     const i64 ph = h + PH;
                     const T* __restrict__ even = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
