@@ -4,6 +4,7 @@ included; and the setting that chooses between them, with its fallback said out 
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinynet.cbuild import compiler
+from tinynet.cbuild import compiler, compiler_identity
 from tinynet.ops import cpu_kernels, cpu_loops
 from tinynet.ops.pool import max_pool2d_backward_naive, max_pool2d_naive
 
@@ -546,15 +547,21 @@ def test_a_bad_sanitizer_value_is_refused():
                     or platform.machine() != "x86_64",
                     reason="the loops are cloned for AVX2 on x86-64 Linux; listing the library takes nm")
 def test_every_loop_is_compiled_inside_its_exported_function():
-    """The exported functions are cloned for SSE2 and AVX2; a C++ function the compiler left out
-    of line (a loop's lambda, say) would be compiled once, for SSE2, and called from the AVX2
-    clone.  Every C++ function must be inlined: the library defines none of its own (mangled
+    """The exported functions are cloned for SSE2 and AVX2 (LRN's for AVX-512 too); a C++ function
+    the compiler left out of line (a loop's lambda, say) would be compiled once, for SSE2, and
+    called from the AVX2 clone.  Every C++ function must be inlined: the library defines none of its own (mangled
     names start with _Z), only the exported C functions, their clones and the runtime's."""
     library = cpu_loops._load(strict=True)._name  # built if not yet
     listing = subprocess.run(["nm", "--defined-only", library], capture_output=True, text=True, check=True)
     symbols = (line.split() for line in listing.stdout.splitlines())
     functions = [fields[2] for fields in symbols if len(fields) == 3 and fields[1] in "tT"]
     assert any(name.startswith("winograd_input_f32") for name in functions), "nm listed no loops"
+    wide = {name.split(".")[0] for name in functions if "arch_x86_64_v4" in name}  # AVX-512 clones
+    assert wide <= {f"lrn_{way}_{suffix}" for way in ("forward", "backward") for suffix in ("f32", "f64")}, wide
+    identity = compiler_identity(compiler())
+    version = re.search(r"(\d+)\.\d+\.\d+", identity)
+    if "clang" not in identity and version and int(version.group(1)) >= 11:  # GCC 11 knows x86-64-v4
+        assert len(wide) == 4, f"no AVX-512 clones of LRN's loops from {identity}: {wide}"
     out_of_line = [name for name in functions if name.startswith("_Z")]
     assert not out_of_line, f"functions left out of line in {library}: {out_of_line}"
 
