@@ -343,7 +343,7 @@ def floor_products(batch, mode="train", device="cpu"):
     """The GEMMs of one training step (forward, weight gradient, input gradient; conv1 has no
     input gradient), or for mode "infer" of one forward pass, each a callable on ready
     operands, whole batch at once.  They are the products the engine does: a 3x3 or 5x5,
-    stride-1 convolution's (K+1)^2 per group of Winograd's F(2x2, KxK) where the engine takes it
+    stride-1 convolution's A^2 per group of Winograd's F(2x2, 3x3) or F(4x4, 5x5) where the engine takes it
     (ops/conv.py, set_conv_algorithm), run as the engine runs them (cpu_kernels.batched_matmul:
     a convolution's batch of products shared between the threads).  At batch 1 the fully connected layers' products only
     stream their weights (234 MB) from memory: their part of the floor is the memory's speed.

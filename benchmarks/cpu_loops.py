@@ -48,7 +48,7 @@ def loop_cases(batch, rng):
     for layer, (C, H, W), O, k, s, p, _ in CONVS:  # the Winograd transforms of the 3x3 and 5x5, stride-1 layers
         if k not in (3, 5) or s != 1:
             continue
-        tiles, e = cpu_kernels.winograd_tiles(H, W), (k + 1) ** 2
+        tiles, e = cpu_kernels.winograd_tiles(H, W, k), cpu_kernels.winograd_side(k) ** 2
         t = batch * tiles[0] * tiles[1]
         x = rng.standard_normal((batch, C, H, W)).astype(np.float32)
         y = np.maximum(rng.standard_normal((batch, O, H, W)).astype(np.float32), 0)

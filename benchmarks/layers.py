@@ -4,8 +4,8 @@ For every layer shape of AlexNet at batch 32: forward and backward times of
 tinynet's op, and for convolutions and fully connected layers the time of
 their GEMMs alone (the same matrix products on ready-made operands, measured
 in this run at this machine's sgemm rate): the floor no im2col engine can
-beat.  conv3-5 run by Winograd's F(2x2, 3x3) and conv2 by F(2x2, 5x5)
-(ops/conv.py): their floor is the 16 or 36 products per group that they do,
+beat.  conv3-5 run by Winograd's F(2x2, 3x3) and conv2 by F(4x4, 5x5)
+(ops/conv.py): their floor is the 16 or 64 products per group that they do,
 and the table gives im2col's beside.  Each convolution runs as in the network: with the ReLU that follows
 it, done in its output pass (``F.conv2d(relu=True)``); and conv1's input,
 the image, needs no gradient, so neither the op nor its floor computes one.
@@ -97,11 +97,12 @@ def conv_products(c, h, o, k, s, p, g, n, rng, winograd):
     """The GEMMs of one convolution's training step at batch n, as (a, b) operand pairs, ready:
     forward, weight gradient and, unless the input is the image (c == 3, no gradient), input
     gradient.  By im2col: filters (G, O/G, K), columns (G, K, n*OH*OW), gradient rows; with
-    ``winograd``, Winograd's E = (k+1)^2 per group (ops/conv.py): U (E*G, O/G, C/G), V (E*G, C/G,
+    ``winograd``, Winograd's E = A^2 per group (ops/conv.py): U (E*G, O/G, C/G), V (E*G, C/G,
     tiles), Z."""
     oh = (h + 2 * p - k) // s + 1
     if winograd:
-        batch, rows, cols = (k + 1) ** 2 * g, c // g, n * ((oh + 1) // 2) ** 2
+        th, tw = cpu_kernels.winograd_tiles(oh, oh, k)
+        batch, rows, cols = cpu_kernels.winograd_side(k) ** 2 * g, c // g, n * th * tw
     else:
         batch, rows, cols = g, c // g * k * k, n * oh * oh
     weights = rng.standard_normal((batch, o // g, rows)).astype(np.float32)

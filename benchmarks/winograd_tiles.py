@@ -1,10 +1,10 @@
 """Larger Winograd tiles for AlexNet's convolutions: the work each would save, and its cost in
 float32 accuracy.
 
-The engine convolves conv2 (5x5) by Winograd's F(2x2, 5x5) and conv3-5 (3x3) by F(2x2, 3x3)
+The engine convolves conv2 (5x5) by Winograd's F(4x4, 5x5) and conv3-5 (3x3) by F(2x2, 3x3)
 (tinynet/ops/cpu_kernels.py).  F(m x m, r x r) computes a block of m x m outputs from an n x n
 input tile, n = m + r - 1, with n^2 products: per output, n^2 / m^2 of them, 9 for F(2x2, 5x5)
-and 4 for F(4x4, 5x5).  A layer's products and its tile matrices (V, M and their gradients) all
+(the engine's choice until this script's numbers) and 4 for F(4x4, 5x5).  A layer's products and its tile matrices (V, M and their gradients) all
 scale with n^2 times the number of tiles, and an output whose side is not a multiple of m pays
 for the tiles that stick out past it.
 
@@ -21,9 +21,9 @@ inputs, He-scaled filters) measures in float32 against a float64 direct convolut
     root mean square;
   - the products per image (n^2 times the tiles), against the engine's.
 
-The engine's own F(2x2, .) is measured twice: through the same NumPy code as the candidates
-(with tinynet's maps, cpu_kernels.WINOGRAD_MAPS) and through tinynet itself (F.conv2d with the
-Winograd algorithm), so that the one path can be compared with the other.
+The engine's own maps (cpu_kernels.WINOGRAD_MAPS) are measured twice: through the same NumPy
+code as the candidates and through tinynet itself (F.conv2d with the Winograd algorithm), so that
+the one path can be compared with the other.
 
     python benchmarks/winograd_tiles.py
 """
@@ -39,15 +39,15 @@ import numpy as np  # noqa: E402
 import tinynet.functional as F  # noqa: E402
 from benchmarks.common import machine, save  # noqa: E402
 from tinynet.ops import conv as conv_ops  # noqa: E402
-from tinynet.ops.cpu_kernels import WINOGRAD_MAPS  # noqa: E402
+from tinynet.ops.cpu_kernels import WINOGRAD_MAPS, winograd_block  # noqa: E402
 
 # (name, input channels of one group, filters of one group, side, kernel, padding), AlexNet's
 LAYERS = (("conv2", 48, 128, 27, 5, 2), ("conv3", 256, 384, 13, 3, 1))
-# the candidates per kernel size: (m, the n - 1 finite points); m = 2 is the engine's own maps
+# the candidates per kernel size: (m, the n - 1 finite points); (None, None): the engine's own maps
 CANDIDATES = {
-    5: ((2, None), (3, (0, 1, -1, 2, -2, Fraction(1, 2))), (3, (0, 1, -1, Fraction(1, 2), Fraction(-1, 2), -2)),
-        (4, (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)))),
-    3: ((2, None), (3, (0, 1, -1, Fraction(1, 2))), (4, (0, 1, -1, 2, -2)),
+    5: ((None, None), (2, (0, 1, -1, 2, -2)), (3, (0, 1, -1, 2, -2, Fraction(1, 2))),
+        (3, (0, 1, -1, Fraction(1, 2), Fraction(-1, 2), -2)), (4, (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)))),
+    3: ((None, None), (3, (0, 1, -1, Fraction(1, 2))), (4, (0, 1, -1, 2, -2)),
         (4, (0, 1, -1, Fraction(1, 2), Fraction(-1, 2)))),
 }
 IMAGES = 4
@@ -105,7 +105,8 @@ def exact_check(m, r, maps):
 
 
 def engine_maps(r):
-    """tinynet's own F(2, r) maps, as (A^T, G, B^T), as Fractions (their sixths written as floats)."""
+    """tinynet's own maps for an r x r filter, as (A^T, G, B^T), as Fractions (their fractions
+    written as floats)."""
     bt, g, at = WINOGRAD_MAPS[r]
     exact = lambda mat: [[Fraction(v).limit_denominator(1000) for v in row] for row in mat]  # noqa: E731
     return exact(at), exact(g), exact(bt)
@@ -170,6 +171,8 @@ def main():
         oh = h + 2 * pad - k + 1
         base = None
         for m, points in CANDIDATES[k]:
+            if points is None:
+                m = winograd_block(k)
             maps = engine_maps(k) if points is None else toom_cook(m, k, points)
             n = m + k - 1
             products = n * n * (-(-oh // m)) ** 2  # per image and channel pair
@@ -195,7 +198,7 @@ def main():
     md = [f"# Larger Winograd tiles for AlexNet's convolutions, {info['date']}", "",
           f"{IMAGES} images of one group's shape, ReLU'd standard-normal inputs, He-scaled filters; errors against a "
           "float64 direct convolution: the largest over the largest output, and the rms over the outputs' rms. "
-          "Products: n^2 per tile times the tiles of one image, against the engine's F(2x2, .). Exact check: the "
+          "Products: n^2 per tile times the tiles of one image, against the engine's maps. Exact check: the "
           "largest error of the maps in exact arithmetic (0: right). The candidates' float32 path is NumPy's einsum "
           "(its own order of sums); the engine's maps go through it too, beside tinynet's own result.", "",
           "| layer | F(m x m, r x r) | points | tiles | products per output | products vs the engine's | exact check "

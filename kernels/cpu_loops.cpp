@@ -555,38 +555,50 @@ static INLINE void conv_grad_rows(const T* gy, const T* y, T* g, i64 O, i64 n, i
 }
 
 // ---------------------------------------------------------------------------
-// Winograd's F(2x2, KxK), K = 3 or 5, the transforms around its A*A GEMMs (A = K + 1: the
-// tile's side).  The NumPy twins in cpu_kernels.py say what each computes; every sum is
-// cpu_kernels._combine's, its terms in the order its matrix writes them, and these follow
-// them to the bit.  Tiles: TH x TW per image, tile (ty, tx) reading the padded rows
-// 2*ty .. 2*ty+A-1 and columns 2*tx .. 2*tx+A-1 and writing the output block rows 2*ty,
-// 2*ty+1.  A tile matrix (A*A, rows, T) holds entry xi = A*i + j of tile t of row r at
+// Winograd's F(SxS, KxK): F(2x2, 3x3) and F(4x4, 5x5), the transforms around its A*A GEMMs
+// (A = S + K - 1: the tile's side, 4 or 8; S: the side of the output block a tile makes).  The
+// NumPy twins in cpu_kernels.py say what each computes; every sum is cpu_kernels._combine's,
+// its terms in the order its matrix writes them, and these follow them to the bit.  Tiles:
+// TH x TW per image, tile (ty, tx) reading the padded rows S*ty .. S*ty+A-1 and columns
+// S*tx .. S*tx+A-1 and writing the output block rows S*ty .. S*ty+S-1.  A tile matrix
+// (A*A, rows, T) holds entry xi = A*i + j of tile t of row r at
 // [xi][r][t], T = n*TH*TW, t = (image*TH + ty)*TW + tx.
 // Each call does the (image, channel) planes [i0, i1) x [c0, c1), channel by channel and
 // within a channel image by image: row (xi, c) of the tile matrix holds channel c's tiles of
 // every image in turn, so a call given all the images reads or writes each of its A*A rows
 // from end to end (tinynet/ops/cpu_loops.py gives each thread its own channels so).
 
-// The maps of cpu_kernels.WINOGRAD_MAPS: B^T (A x A), G (A x K), A^T (2 x A).
+// The maps of cpu_kernels.WINOGRAD_MAPS: B^T (A x A), G (A x K), A^T (S x A).  Each fraction is
+// written as one division of two integers, as the twins' Python writes it, so that both round it
+// to the same double.
 template <int K>
 struct Maps;
 template <>
 struct Maps<3> {
+    static constexpr int A = 4, S = 2;
     static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
     static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
     static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 };
 template <>
 struct Maps<5> {
-    static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                                        {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-    static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
-                                       {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                       {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-                                       {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-                                       {0, 0, 0, 0, 1}};
-    static constexpr double AT[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+    static constexpr int A = 8, S = 4;
+    static constexpr double BT[8][8] = {{4, 0, -21, 0, 21, 0, -4, 0},    {0, 4, 4, -17, -17, 4, 4, 0},
+                                        {0, 4, -4, -17, 17, 4, -4, 0},   {0, 2, 1, -10, -5, 8, 4, 0},
+                                        {0, 2, -1, -10, 5, 8, -4, 0},    {0, 4, 8, -5, -10, 1, 2, 0},
+                                        {0, 4, -8, -5, 10, 1, -2, 0},    {0, -4, 0, 21, 0, -21, 0, 4}};
+    static constexpr double G[8][5] = {{1.0 / 4, 0, 0, 0, 0},
+                                       {-1.0 / 18, -1.0 / 18, -1.0 / 18, -1.0 / 18, -1.0 / 18},
+                                       {1.0 / 18, -1.0 / 18, 1.0 / 18, -1.0 / 18, 1.0 / 18},
+                                       {1.0 / 360, 1.0 / 180, 1.0 / 90, 1.0 / 45, 2.0 / 45},
+                                       {-1.0 / 360, 1.0 / 180, -1.0 / 90, 1.0 / 45, -2.0 / 45},
+                                       {16.0 / 45, 8.0 / 45, 4.0 / 45, 2.0 / 45, 1.0 / 45},
+                                       {-16.0 / 45, 8.0 / 45, -4.0 / 45, 2.0 / 45, -1.0 / 45},
+                                       {0, 0, 0, 0, 1.0 / 4}};
+    static constexpr double AT[4][8] = {{1, 1, 1, 1, 1, 1, 1, 0},
+                                        {0, 1, -1, 2, -2, 1.0 / 2, -1.0 / 2, 0},
+                                        {0, 1, 1, 4, 4, 1.0 / 4, 1.0 / 4, 0},
+                                        {0, 1, -1, 8, -8, 1.0 / 8, -1.0 / 8, 1}};
 };
 
 // sum_k c(k) * v[k] over the nonzero c(k), in the order of k, as cpu_kernels._combine: the
@@ -619,7 +631,7 @@ static INLINE T combine(C c, const T (&v)[N]) {
 // t[(r*A + j)*n + tile], and sandwich_rows then (M^T X) M tile by tile from t (whose rows
 // may lie further apart than n: `stride`).  A pass so
 // reads A rows of the tile matrix at once, not all A*A (those rows often lie a multiple of
-// 4 KiB apart, in one cache set, where 16 or 36 of them evict each other), each loop one SIMD
+// 4 KiB apart, in one cache set, where 16 or 64 of them evict each other), each loop one SIMD
 // run over the tiles.  Taking each tile whole instead, the filters' gradient took 3 to 9
 // times as long (float32, one thread), the input's 1.1 times.  The input's gradient (B gV B^T),
 // the filters' (G^T gU G), the output's A^T M A and the filters' own map G g G^T are all this.
@@ -666,30 +678,30 @@ static inline void prefetch_write(T* p, i64 count) {  // the same, for lines abo
 }
 
 // The loops run over whole planes at once, vectorised over the tiles: a padded
-// plane is kept as its four phases Q[a][b][y][x] = padded[2y + a][2x + b], each
-// (TH + E) x QW with E = A/2 - 1 and QW = TW + E, so that the input tile entry (r, s)
-// of every tile is one contiguous run of a phase, shifted by (r/2)*QW + s/2, when tiles
-// are numbered "wide", t' = ty*QW + tx (E spare columns per tile row).
+// plane is kept as its S*S phases Q[a][b][y][x] = padded[S*y + a][S*x + b], each
+// (TH + E) x QW with E = (A - 1)/S and QW = TW + E, so that the input tile entry (r, s)
+// of every tile is one contiguous run of phase (r%S, s%S), shifted by (r/S)*QW + s/S, when
+// tiles are numbered "wide", t' = ty*QW + tx (E spare columns per tile row).
 
 // Each phase's pixels that fall on the padding are zero whatever the plane: q starts as zeros
 // (winograd_input) and winograd_phases writes only the pixels inside the image, so that
 // no plane pays for its borders again.
-template <typename T>
+template <int S, typename T>
 static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH, i64 PW,
-                                   i64 TH, i64 TW, i64 E) {  // q: 4 phases of (TH + E) x (TW + E)
+                                   i64 TH, i64 TW, i64 E) {  // q: S*S phases of (TH + E) x (TW + E)
     const i64 QW = TW + E, QS = (TH + E) * QW;
-    for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) {
-            // phase column x reads image column w = 2x + b - PW: inside the image for x in [lo, hi)
-            const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + 1) / 2));
-            const i64 hi = std::max(lo, std::min(QW, (W + PW - b + 1) / 2));
+    for (int a = 0; a < S; ++a)
+        for (int b = 0; b < S; ++b) {
+            // phase column x reads image column w = Sx + b - PW: inside the image for x in [lo, hi)
+            const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + S - 1) / S));
+            const i64 hi = std::max(lo, std::min(QW, (W + PW - b + S - 1) / S));
             for (i64 y = 0; y < TH + E; ++y) {
-                const i64 h = 2 * y + a - PH;
+                const i64 h = S * y + a - PH;
                 if (h < 0 || h >= H)
                     continue;
-                T* __restrict__ dst = q + (2 * a + b) * QS + y * QW;
-                const T* __restrict__ src = plane + h * W + b - PW;  // src[2x] = plane[h][2x + b - PW]
-                for (i64 x = lo; x < hi; ++x) dst[x] = src[2 * x];
+                T* __restrict__ dst = q + (S * a + b) * QS + y * QW;
+                const T* __restrict__ src = plane + h * W + b - PW;  // src[Sx] = plane[h][Sx + b - PW]
+                for (i64 x = lo; x < hi; ++x) dst[x] = src[S * x];
             }
         }
 }
@@ -698,18 +710,18 @@ template <typename T, int K>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1, E = A / 2 - 1;
+    constexpr int A = M::A, S = M::S, E = (A - 1) / S;
     const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
     // the phases of channel c in every image of the call, each followed by QW zeros (the last
     // spare lanes read there); V is then written A rows at a time (r = 0 .. A-1), each row from
     // end to end over the images
-    const i64 P = 4 * QS + QW;
+    const i64 P = S * S * QS + QW;
     std::vector<T> q((i1 - i0) * P);
     for (i64 c = c0; c < c1; ++c) {
         for (i64 i = i0; i < i1; ++i) {
             if (i + PLANES_AHEAD < i1)  // (the next channel's first planes are not asked for)
                 prefetch_read(x + ((i + PLANES_AHEAD) * C + c) * H * W, H * W);
-            winograd_phases(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
+            winograd_phases<S>(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
         }
         unroll<A>([&](auto rc) __attribute__((always_inline)) {  // see TINYNET_CLONES
             constexpr int r = decltype(rc)::value;
@@ -717,7 +729,7 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
                 const T* __restrict__ d[A][A];  // d[k][s][t']: entry (k, s) of wide tile t'
                 for (int k = 0; k < A; ++k)
                     for (int s = 0; s < A; ++s)
-                        d[k][s] = q.data() + (i - i0) * P + (2 * (k & 1) + (s & 1)) * QS + (k >> 1) * QW + (s >> 1);
+                        d[k][s] = q.data() + (i - i0) * P + (S * (k % S) + s % S) * QS + (k / S) * QW + s / S;
                 T* __restrict__ o = v + c * T_ + i * TT;  // entry e of tile t at o[e * XI + t]
                 for (i64 ty = 0; ty < TH; ++ty) {
                     // a row of tiles and its E spare lanes too, which land on the next tiles of
@@ -749,42 +761,40 @@ template <typename T, int K>
 static INLINE void winograd_output(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                    i64 TW, i64 relu, i64 i0, i64 i1, i64 o0, i64 o1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1;
+    constexpr int A = M::A, S = M::S;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
     // u = A^T M for filter o's tiles of all the call's images, u[(A*a + j)*L + t], made column
     // by column (sandwich_columns: each pass reads A rows of M from end to end, not A*A at once);
-    // then (A^T M) A image by image, into a block of its 2x2 outputs
-    struct AT {  // the map A (A x 2), as A^T's transpose
+    // then (A^T M) A image by image, into a block of its SxS outputs
+    struct AT {  // the map A (A x S), as A^T's transpose
         constexpr double operator()(int k, int r) const { return M::AT[r][k]; }
     };
-    std::vector<T> u(2 * A * L), block(4 * TT);
+    std::vector<T> u(S * A * L), block(S * S * TT);
     for (i64 o = o0; o < o1; ++o) {
         const T* __restrict__ q = m + o * T_ + i0 * TT;
         T* __restrict__ uu = u.data();
-        sandwich_columns<T, A, 2, AT>([&](int i, int j, i64 t) { return q[(A * i + j) * XI + t]; }, uu, L);
+        sandwich_columns<T, A, S, AT>([&](int i, int j, i64 t) { return q[(A * i + j) * XI + t]; }, uu, L);
         const T b = bias ? bias[o] : T(0);
         for (i64 i = i0; i < i1; ++i) {
             const T* __restrict__ ui = uu + (i - i0) * TT;
             T* __restrict__ out = block.data();
-            sandwich_rows<T, A, 2, AT>(ui, TT, L, [&](int a, int c, i64 t, T v) { out[(2 * a + c) * TT + t] = v; });
+            sandwich_rows<T, A, S, AT>(ui, TT, L, [&](int a, int c, i64 t, T v) { out[(S * a + c) * TT + t] = v; });
             if (bias || relu)  // the bias, then the ReLU, over the block while it is in the cache
-                for (i64 k = 0; k < 4 * TT; ++k) {
+                for (i64 k = 0; k < S * S * TT; ++k) {
                     const T w = bias ? out[k] + b : out[k];
                     out[k] = relu ? ::relu(w) : w;
                 }
-            T* dst = y + (i * O + o) * OH * OW;  // each tile's 2x2 at its place, past OH, OW dropped
+            T* dst = y + (i * O + o) * OH * OW;  // each tile's SxS at its place, past OH, OW dropped
             if (i + PLANES_AHEAD < i1)
                 prefetch_write(y + ((i + PLANES_AHEAD) * O + o) * OH * OW, OH * OW);
-            for (i64 row = 0; row < OH; ++row) {  // the block's columns 0 and 1, side by side
-                const T* __restrict__ c0 = out + (row & 1) * 2 * TT + (row >> 1) * TW;
-                const T* __restrict__ c1 = c0 + TT;
+            const i64 whole = OW / S;  // tiles whose S columns all lie inside the output
+            for (i64 row = 0; row < OH; ++row) {  // the block's columns 0 .. S-1, side by side
+                const T* __restrict__ c0 = out + (row % S) * S * TT + (row / S) * TW;  // column c at c0 + c*TT
                 T* __restrict__ d = dst + row * OW;
-                for (i64 tx = 0; tx < OW / 2; ++tx) {
-                    d[2 * tx] = c0[tx];
-                    d[2 * tx + 1] = c1[tx];
-                }
-                if (OW & 1)
-                    d[OW - 1] = c0[OW / 2];
+                for (i64 tx = 0; tx < whole; ++tx)
+                    unroll<S>([&](auto c) { d[S * tx + c] = c0[c * TT + tx]; });
+                for (i64 c = 0; c < OW - whole * S; ++c)
+                    d[S * whole + c] = c0[c * TT + whole];
             }
         }
     }
@@ -794,11 +804,11 @@ template <typename T, int K>
 static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                         i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1;
+    constexpr int A = M::A, S = M::S;
     const i64 TT = TH * TW, T_ = n * TT, XI = O * T_, L = (i1 - i0) * TT;
-    // g: the 2x2 blocks of filter o's gradient in all the call's images, g[(2a + b)*L + t]: the
+    // g: the SxS blocks of filter o's gradient in all the call's images, g[(Sa + b)*L + t]: the
     // block's (a, b); Z is then written A rows at a time (i = 0 .. A-1), each from end to end
-    std::vector<T> g(4 * L), padded(4 * TT);
+    std::vector<T> g(S * S * L), padded(S * S * TT);
     for (i64 o = o0; o < o1; ++o) {
         for (i64 i = i0; i < i1; ++i) {
             const i64 plane = (i * O + o) * OH * OW;
@@ -807,9 +817,9 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                 if (y)
                     prefetch_read(y + plane + PLANES_AHEAD * O * OH * OW, OH * OW);
             }
-            T* __restrict__ pad = padded.data();  // the plane, masked, in 2*TH x 2*TW with zeros past the output
-            for (i64 row = 0; row < 2 * TH; ++row) {
-                T* __restrict__ dst = pad + row * 2 * TW;
+            T* __restrict__ pad = padded.data();  // the plane, masked, in S*TH x S*TW with zeros past the output
+            for (i64 row = 0; row < S * TH; ++row) {
+                T* __restrict__ dst = pad + row * S * TW;
                 const T* __restrict__ src = gy + plane + row * OW;
                 const T* __restrict__ out = y ? y + plane + row * OW : nullptr;
                 i64 col = 0;
@@ -820,14 +830,14 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
                         for (; col < OW; ++col) dst[col] = src[col];
                     }
                 }
-                for (; col < 2 * TW; ++col) dst[col] = T(0);
+                for (; col < S * TW; ++col) dst[col] = T(0);
             }
-            for (int a = 0; a < 2; ++a)
-                for (int b = 0; b < 2; ++b)
+            for (int a = 0; a < S; ++a)
+                for (int b = 0; b < S; ++b)
                     for (i64 ty = 0; ty < TH; ++ty) {
-                        const T* __restrict__ src = pad + (2 * ty + a) * 2 * TW + b;
-                        T* __restrict__ dst = g.data() + (2 * a + b) * L + (i - i0) * TT + ty * TW;
-                        for (i64 tx = 0; tx < TW; ++tx) dst[tx] = src[2 * tx];
+                        const T* __restrict__ src = pad + (S * ty + a) * S * TW + b;
+                        T* __restrict__ dst = g.data() + (S * a + b) * L + (i - i0) * TT + ty * TW;
+                        for (i64 tx = 0; tx < TW; ++tx) dst[tx] = src[S * tx];
                     }
         }
         const T* __restrict__ gb = g.data();
@@ -838,9 +848,10 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
             for (int j = 0; j < A; ++j) zr[j] = q + (A * i + j) * XI;
             #pragma GCC ivdep  // the entries' rows and g never overlap
             for (i64 t = 0; t < L; ++t) {
-                T row[2];  // row i of A g, its two columns
-                unroll<2>([&](auto j) {
-                    const T col[2] = {gb[j * L + t], gb[(2 + j) * L + t]};
+                T row[S];  // row i of A g, its S columns
+                unroll<S>([&](auto j) {
+                    T col[S];
+                    unroll<S>([&](auto k) { col[k] = gb[(S * k + j) * L + t]; });
                     row[j] = combine([](int k) { return M::AT[k][i]; }, col);
                 });
                 unroll<A>([&](auto jc) {  // (A g) A^T
@@ -856,9 +867,9 @@ template <typename T, int K>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                        i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1, E = A / 2 - 1;
+    constexpr int A = M::A, S = M::S, E = (A - 1) / S;
     const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
-    // gd: B gV B^T of every tile; q: the padded plane's gradient as its four phases (winograd_phases).
+    // gd: B gV B^T of every tile; q: the padded plane's gradient as its S*S phases (winograd_phases).
     // Each row of TW tiles is added to its phase in SIMD runs of L lanes, the lanes past the row
     // adding -0.0 (x + -0.0 is x, to the bit): they may read past gd's end and reach past q's.
     typedef typename Lanes<T>::V V;
@@ -872,13 +883,14 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
         constexpr double operator()(int k, int r) const { return M::BT[k][r]; }
     };
     // half: B gV of channel c's tiles in IB images, made column by column, then (B gV) B^T and
-    // the rest image by image.  With the 36 rows of a 5x5 map the columns pass takes all the
+    // the rest image by image.  With the 64 rows of a 5x5 map the columns pass takes all the
     // call's images at once, reading A rows of gV from end to end as the output's transform
-    // does: image by image it read 36 rows' short runs at a time, and conv2's input gradient
-    // took 1.2-1.3 times as long (one thread, float32).  The 16 rows of a 3x3 map go image by
-    // image: all at once, the 13x13 layers took up to 1.1 times as long.
+    // does: image by image (measured with 2x2 blocks' 36 rows) it read the rows' short runs at
+    // a time, and conv2's input gradient took 1.2-1.3 times as long (one thread, float32).  The
+    // 16 rows of a 3x3 map go image by image: all at once, the 13x13 layers took up to 1.1 times
+    // as long.
     const i64 IB = A * A > 16 ? i1 - i0 : 1;
-    std::vector<T> gd(A * A * TT + L), q(4 * QS + QW + L), half(A * A * IB * TT);
+    std::vector<T> gd(A * A * TT + L), q(S * S * QS + QW + L), half(A * A * IB * TT);
     for (i64 c = c0; c < c1; ++c)
         for (i64 b0 = i0; b0 < i1; b0 += IB) {
             const i64 b1 = std::min(i1, b0 + IB), NT = (b1 - b0) * TT;
@@ -892,11 +904,11 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 T* __restrict__ g = gd.data();
                 sandwich_rows<T, A, A, BT>(half.data() + (i - b0) * TT, TT, NT,
                                            [&](int r, int s, i64 t, T v) { g[(A * r + s) * TT + t] = v; });
-                for (i64 k = 0; k < 4 * QS; ++k) q[k] = T(0);
+                for (i64 k = 0; k < S * S * QS; ++k) q[k] = T(0);
                 #pragma GCC unroll 8
                 for (int e = 0; e < A * A; ++e) {  // added at the tiles' places, entry by entry as the twin
                     const int r = e / A, s = e % A;
-                    T* __restrict__ phase = q.data() + (2 * (r & 1) + (s & 1)) * QS + (r >> 1) * QW + (s >> 1);
+                    T* __restrict__ phase = q.data() + (S * (r % S) + s % S) * QS + (r / S) * QW + s / S;
                     const T* __restrict__ ge = gd.data() + e * TT;
                     for (i64 ty = 0; ty < TH; ++ty)
                         for (i64 tx = 0; tx < TW; tx += L) {
@@ -911,22 +923,14 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 T* out = gx + (i * C + c) * H * W;
                 if (i + PLANES_AHEAD < i1)
                     prefetch_write(out + PLANES_AHEAD * C * H * W, H * W);
-                for (i64 h = 0; h < H; ++h) {  // padded column pw = w + PW: in phase pw & 1, at pw >> 1
+                for (i64 h = 0; h < H; ++h) {  // padded row ph = h + PH: in phases (ph % S, .), row ph / S
                     const i64 ph = h + PH;
-                    const T* __restrict__ even = q.data() + 2 * (ph & 1) * QS + (ph >> 1) * QW;
-                    const T* __restrict__ odd = even + QS;
+                    const T* __restrict__ row = q.data() + S * (ph % S) * QS + (ph / S) * QW;  // phase b at b*QS
                     T* __restrict__ d = out + h * W;
-                    i64 w = 0;
-                    if (PW & 1)  // the row starts at an odd padded column
-                        d[w++] = odd[PW >> 1];
-                    const i64 b = (w + PW) >> 1, pairs = (W - w) / 2;
-                    d += w;
-                    for (i64 x = 0; x < pairs; ++x) {  // then (even, odd) pairs, the two phases side by side
-                        d[2 * x] = even[b + x];
-                        d[2 * x + 1] = odd[b + x];
+                    for (i64 w = 0; w < W; ++w) {  // padded column pw = w + PW: in phase pw % S, at pw / S
+                        const i64 pw = w + PW;
+                        d[w] = row[(pw % S) * QS + pw / S];
                     }
-                    if ((W - w) & 1)
-                        d[2 * pairs] = even[b + pairs];
                 }
             }
         }
@@ -938,7 +942,7 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
 template <typename T, int K>
 static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1;
+    constexpr int A = M::A;
     struct GT {  // the map G^T (K x A) of G g G^T = (G^T)^T g G^T
         constexpr double operator()(int k, int r) const { return M::G[r][k]; }
     };
@@ -956,7 +960,7 @@ static INLINE void winograd_weight(const T* w, T* u, i64 P, i64 p0, i64 p1) {
 template <typename T, int K>
 static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p1) {
     typedef Maps<K> M;
-    constexpr int A = K + 1;
+    constexpr int A = M::A;
     struct G {  // the map G (A x K)
         constexpr double operator()(int k, int r) const { return M::G[k][r]; }
     };

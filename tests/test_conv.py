@@ -394,7 +394,7 @@ def test_a_pass_over_the_budget_is_reported_and_not_held():
 
 
 # ----------------------------------------------------------------------------
-# Winograd's F(2x2, 3x3) and F(2x2, 5x5): every 3x3 and 5x5, stride-1 convolution on the CPU
+# Winograd's F(2x2, 3x3) and F(4x4, 5x5): every 3x3 and 5x5, stride-1 convolution on the CPU
 # ----------------------------------------------------------------------------
 
 @st.composite

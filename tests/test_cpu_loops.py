@@ -241,7 +241,7 @@ def test_conv_output_pass_gives_the_numpy_bits_with_zeros_infinities_and_nan(n, 
 @given(st.integers(0, 3), st.integers(1, 5), st.integers(1, 5), st.integers(1, 12), st.integers(1, 12),
        st.integers(0, 4), st.sampled_from([3, 5]), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**31))
 def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, k, bias, relu, dtype, seed):
-    """The four Winograd transforms around the (K+1)^2 GEMMs, for 3x3 and 5x5 filters, every
+    """The four Winograd transforms around the A^2 GEMMs, for 3x3 and 5x5 filters, every
     geometry from 1x1 images (only padding) to uneven tiles, one image (split by channels) and
     none, with exact zeros, NaN and infinities on a few levels: the NumPy twins' bits, NaN for
     NaN."""
@@ -250,8 +250,8 @@ def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, k, bias, re
     levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan], dtype)
     x = rng.choice(levels, (n, c, h, w))
     oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-    tiles = cpu_kernels.winograd_tiles(oh, ow)
-    t, e = n * tiles[0] * tiles[1], (k + 1) ** 2
+    tiles = cpu_kernels.winograd_tiles(oh, ow, k)
+    t, e = n * tiles[0] * tiles[1], cpu_kernels.winograd_side(k) ** 2
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf * 0
         v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.full((e, c, t), 7.0, dtype))
         assert same_bits_but_nan(v, cpu_kernels.winograd_input(x, (pad, pad), tiles, np.empty((e, c, t), dtype)))
@@ -275,7 +275,7 @@ def test_winograd_filter_transforms_give_the_numpy_bits(o, c, k, dtype, seed):
     levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, np.inf, np.nan], dtype)
     w = np.where(rng.random((o, c, k, k)) < 0.9, rng.standard_normal((o, c, k, k)), rng.choice(levels, (o, c, k, k)))
     w = w.astype(dtype)
-    gu = rng.standard_normal(((k + 1) ** 2, o, c)).astype(dtype)
+    gu = rng.standard_normal((cpu_kernels.winograd_side(k) ** 2, o, c)).astype(dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         assert same_bits_but_nan(cpu_loops.winograd_weight(w), cpu_kernels.winograd_weight(w))
         assert same_bits_but_nan(cpu_loops.winograd_weight_grad(gu), cpu_kernels.winograd_weight_grad(gu))
@@ -602,10 +602,10 @@ def run_every_loop_on_exact_buffers(cases=60):
         cpu_loops.conv_output(prod, rng.standard_normal(O).astype(dtype), True, out)
         cpu_loops.conv_grad_rows(out, out, np.empty((O, N, P), dtype))
         k = int(rng.choice([3, 5]))
-        pad, e = int(rng.integers(0, k)), (k + 1) ** 2
+        pad, e = int(rng.integers(0, k)), cpu_kernels.winograd_side(k) ** 2
         if H + 2 * pad >= k and W + 2 * pad >= k:  # Winograd's transforms, when a kxk fits
             oh, ow = H + 2 * pad - k + 1, W + 2 * pad - k + 1
-            tiles = cpu_kernels.winograd_tiles(oh, ow)
+            tiles = cpu_kernels.winograd_tiles(oh, ow, k)
             t = N * tiles[0] * tiles[1]
             v = cpu_loops.winograd_input(x, (pad, pad), tiles, np.empty((e, C, t), dtype))
             cpu_loops.winograd_input_grad(v, (pad, pad), tiles, np.empty_like(x))

@@ -146,12 +146,14 @@ def test_a_winograd_convolution_prints_what_ran():
     assert "cols [2304 x 338]" in text and "V [" not in text and "Winograd did fewer" not in text
 
 
-def test_a_5x5_winograd_convolution_prints_its_6x6_tiles():
-    """conv2 (5x5, two groups) at batch 2: 6x6 tiles, 36 entries per channel, 36 products per group."""
+def test_a_5x5_winograd_convolution_prints_its_8x8_tiles():
+    """conv2 (5x5, two groups) at batch 2: 8x8 tiles making 4x4 blocks (7x7 of them per image), 64
+    entries per channel, 64 products per group."""
     conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=2)
     x = tn.tensor(np.zeros((2, 96, 27, 27), np.float32), requires_grad=True)
     y, text = traced(lambda: conv2(x).sum().backward())
-    assert "every 6x6 input tile: 36 rows per channel" in text and "V [3456 x 392]" in text
-    assert "36 tile entries x 2 groups x U [128 x 48] @ V [48 x 392] -> [128 x 392]" in text
-    assert f"{36 * 256 * 48 * 392:,} multiply-adds" in text
-    assert "Z [9216 x 392]" in text
+    assert "every 8x8 input tile: 64 rows per channel, a column per 4x4 output block" in text
+    assert "V [6144 x 98]" in text
+    assert "64 tile entries x 2 groups x U [128 x 48] @ V [48 x 98] -> [128 x 98]" in text
+    assert f"{64 * 256 * 48 * 98:,} multiply-adds" in text
+    assert "Z [16384 x 98]" in text and "every 4x4 output block" in text and "its 16 gradients' sum" in text

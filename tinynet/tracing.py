@@ -43,6 +43,7 @@ computation at a time.  ``Tracer`` below is the base class;
 """
 
 import contextlib
+import math
 import sys
 
 from . import autograd as _autograd
@@ -134,16 +135,18 @@ def describe_forward(info):
 
 
 def _winograd_forward(info):
-    """A 3x3 or 5x5, stride-1 convolution the CPU ran by Winograd's F(2x2, KxK) (ops/conv.py)."""
+    """A 3x3 or 5x5, stride-1 convolution the CPU ran by Winograd's F(2x2, 3x3) or F(4x4, 5x5)
+    (ops/conv.py)."""
     N, C, _, _ = info["input"]
     _, O, OH, OW = info["output"]
     EG, Og, Cg, T = info["winograd_gemm"]
-    a = info["kernel"][0] + 1  # the tile's side
-    E = a * a
+    E = EG // info["groups"]  # a tile's entries, one product per entry and group
+    a = math.isqrt(E)  # the tile's side
+    m = a - info["kernel"][0] + 1  # the side of the output block a tile makes
     th, tw = info["tiles"]
     groups = f"{EG // E} groups x " if EG > E else ""
     lines = [f"tiles   x {format_shape(info['input'])} -> V {_mat(E * C, T)}  (B^T d B of every {a}x{a} input "
-             f"tile: {E} rows per channel, a column per 2x2 output block, N*TH*TW = {N}*{th}*{tw}; "
+             f"tile: {E} rows per channel, a column per {m}x{m} output block, N*TH*TW = {N}*{th}*{tw}; "
              f"{_megabytes(info['tile_bytes'])})",
              f"GEMM    {E} tile entries x {groups}U {_mat(Og, Cg)} @ V {_mat(Cg, T)} -> {_mat(Og, T)}"
              f"  (U = G g G^T of the filters)",
@@ -155,9 +158,10 @@ def _winograd_forward(info):
 
 def _winograd_backward(info, need):
     """Backward of a Winograd convolution: the same maps transposed."""
-    _, Og, Cg, T = info["winograd_gemm"]
-    E = (info["kernel"][0] + 1) ** 2
-    lines = [f"tiles   Z = A gY A^T of every 2x2 output block -> Z {_mat(E * info['output'][1], T)}"]
+    EG, Og, Cg, T = info["winograd_gemm"]
+    E = EG // info["groups"]
+    m = math.isqrt(E) - info["kernel"][0] + 1  # the output block's side
+    lines = [f"tiles   Z = A gY A^T of every {m}x{m} output block -> Z {_mat(E * info['output'][1], T)}"]
     if len(need) > 1 and need[1]:
         lines.append(f"GEMM    grad U = Z {_mat(Og, T)} @ V^T {_mat(T, Cg)} per tile entry; grad W = G^T (grad U) G")
     if need and need[0]:
@@ -165,7 +169,7 @@ def _winograd_backward(info, need):
         lines.append(f"tiles   B (grad V) B^T of every tile, added back onto its pixels -> grad x "
                      f"{format_shape(info['input'])}")
     if len(need) > 2 and need[2]:
-        lines.append("sum     grad bias = the sum of every block's Z entry (1, 1), its four gradients' sum")
+        lines.append(f"sum     grad bias = the sum of every block's Z entry (1, 1), its {m * m} gradients' sum")
     products = int(bool(need and need[0])) + int(len(need) > 1 and bool(need[1]))
     lines.append(f"cost    {_cost(info['winograd_macs'] * products)}; im2col's products: "
                  f"{_cost(info['macs'] * products)}")

@@ -114,13 +114,14 @@ def set_conv_keep_columns(nbytes):
     when the weights need a gradient (backward reads them for nothing else).
     Default 384 MiB.  What a convolution keeps is its column matrix, or for one
     run by Winograd its input tiles V.  At batch 32 on one device every AlexNet
-    convolution keeps them (conv1's columns 134 MiB, conv2's tiles 83, conv3's
+    convolution keeps them (conv1's columns 134 MiB, conv2's tiles 36.8, conv3's
     24.5, conv4's and conv5's 36.8 each), so backward rebuilds nothing; at batch
-    128 conv2-5 keep their tiles (conv2's 331 MiB) and conv1 rebuilds its
-    columns (538 MiB) chunk by chunk.  On the 2-core development machine the
-    batch-128 step took 2.67 s with this cap and 2.79 s with the previous one
-    (256 MiB: conv2's tiles rebuilt), and its peak was 2,469 MB (PyTorch's:
-    2,987); the batch-32 step's peak is 1,516 MB (PyTorch's: 1,786).
+    128 conv2-5 keep their tiles (conv2's 147 MiB) and conv1 rebuilds its
+    columns (538 MiB) chunk by chunk.  On the 2-core development machine, when
+    conv2 ran 2x2 blocks (its tiles 331 MiB at batch 128), the batch-128 step
+    took 2.67 s with this cap and 2.79 s with the previous one (256 MiB: conv2's
+    tiles rebuilt), and its peak was 2,469 MB (PyTorch's: 2,987); the batch-32
+    step's peak was 1,516 MB (PyTorch's: 1,786).
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
@@ -137,21 +138,26 @@ WINOGRAD_MIN_BATCH = {(3, 3): 2, (5, 5): 1}
 
 def set_conv_algorithm(name):
     """How the CPU convolves a 3x3 or 5x5, stride-1 convolution (AlexNet's conv3-5 and
-    conv2): "winograd" by Winograd's F(2x2, 3x3) or F(2x2, 5x5) (``cpu_kernels.winograd_*``:
-    2.25 and 2.78 times fewer multiply-adds; the 5x5 maps round in float32, see there);
+    conv2): "winograd" by Winograd's F(2x2, 3x3) or F(4x4, 5x5) (``cpu_kernels.winograd_*``:
+    2.25 and 6.25 times fewer multiply-adds, less the tiles that overhang the output; the 5x5
+    maps round in float32, see there);
     "im2col" by im2col, the picture of the tour; "auto" (the default) by Winograd
     from WINOGRAD_MIN_BATCH images on: a 5x5 from one image, a 3x3 from two.  A
     single image's 3x3 layers run im2col: their 16 products per group have one
     column per tile (49 for a 13x13 output), too thin to run faster than im2col's
     one product, and the filters' transforms come on top (on the 2-core development
     machine, one image: conv3-5 by Winograd in 0.97-1.02 of their time by im2col).
-    A 5x5 saves enough for one image too: conv2 by Winograd in 0.75 of its time by
-    im2col, a whole batch-1 inference pass in 0.97.  From two images on both win:
+    A 5x5 saves enough for one image too: with 2x2 blocks conv2 by Winograd took 0.75 of its
+    time by im2col, a whole batch-1 inference pass 0.97; with 4x4 blocks (49 columns per
+    product) the pass took 0.96 of its time with 2x2 blocks and 0.95 of its time with conv2 by
+    im2col (2-core AMD EPYC, Zen 5, in turn in one process).  From two images on both win:
     AlexNet inference at batch 8, 91 ms against 97; a batch-32 training step
     0.81-0.90 s against 0.94-1.06; with conv2 by Winograd too, 0.89 times the step
-    with conv2 by im2col.  Other kernels and strides, and every convolution on a
+    with conv2 by im2col, and with 4x4 blocks instead of 2x2, 0.93, 0.93, 0.90 and 0.86 of
+    the step at batches 8, 16, 32 and 128 (conv2's forward and backward alone 0.57).  Other
+    kernels and strides, and every convolution on a
     GPU, run by im2col.  The two differ in the last bits, as two orders of
-    summation do (the 5x5 maps a little more: their sixths round).  And where an
+    summation do (the 5x5 maps a little more: their fractions round).  And where an
     input is infinite, Winograd's tiles subtract it from itself: outputs that
     im2col makes inf come out NaN (both say the values overflowed; a NaN input
     spreads the same way by either).  Returns the previous value."""
@@ -309,8 +315,9 @@ class Conv2d(Function):
         self.shapes = (x.shape, weight.shape, x.itemsize)  # for describe()
         self.has_bias, self.relu = bool(bias), relu
         self.winograd = xp is np and uses_winograd((KH, KW), stride, N)
-        self.tiles = cpu_kernels.winograd_tiles(OH, OW) if self.winograd else None
-        self.side = KH + 1  # a Winograd tile's side A: A*A entries, one product per entry and group
+        self.tiles = cpu_kernels.winograd_tiles(OH, OW, KH) if self.winograd else None
+        # a Winograd tile's side A (4 for 3x3, 8 for 5x5): A*A entries, one product per entry and group
+        self.side = cpu_kernels.winograd_side(KH) if self.winograd else None
         # keep the whole batch's columns for backward if its weight gradient will need them and they
         # fit the keep cap: made once here, outside the workspace, and read chunk by chunk
         keep = is_grad_enabled() and self.needs_input_grad[1] and self._can_keep_columns(N)
@@ -348,7 +355,7 @@ class Conv2d(Function):
 
     def _layout(self):
         """(rows, positions per image) of the column matrix: (C*KH*KW, OH*OW) for im2col;
-        for Winograd, V: ((K+1)^2*C, TH*TW), one column per tile."""
+        for Winograd, V: (A^2*C, TH*TW), one column per tile."""
         (_, C, _, _), (_, _, KH, KW), _ = self.shapes
         OH, OW = self.geometry[5:]
         if self.winograd:
@@ -419,11 +426,12 @@ class Conv2d(Function):
                           set_conv_keep_columns); False if backward rebuilds them,
                           or needs none (frozen weights)
             relu          True if the ReLU after the convolution ran in its output pass
-            algorithm     "winograd" (F(2x2, KxK), see set_conv_algorithm) or "im2col"; with
-                          "winograd" the CPU ran E = (K+1)^2 GEMMs per group on V (E*C, tiles) instead
+            algorithm     "winograd" (F(2x2, 3x3) or F(4x4, 5x5), see set_conv_algorithm) or
+                          "im2col"; with "winograd" the CPU ran E = A^2 GEMMs per group (A the
+                          tile's side, 4 or 8) on V (E*C, tiles) instead
                           of the im2col product above (cols, gemm, col_bytes describe that one;
                           columns_kept says whether V was kept), and these keys say what ran:
-            tiles         (TH, TW) 2x2 output blocks per image
+            tiles         (TH, TW) output blocks (2x2 or 4x4) per image
             winograd_gemm (E*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
             winograd_macs their multiply-adds
             tile_bytes    bytes of V
@@ -444,7 +452,7 @@ class Conv2d(Function):
         }
 
     def _describe_winograd(self):
-        """For a Winograd forward: tiles (TH, TW) per image, the E = (K+1)^2 products per
+        """For a Winograd forward: tiles (TH, TW) per image, the E = A^2 products per
         group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
         if not getattr(self, "winograd", False):
             return {}
@@ -513,7 +521,7 @@ class Conv2d(Function):
         _, _, _, padding, G, OH, OW = self.geometry
         N, C = x.shape[:2]
         E, O, Cg = u.shape  # E = A*A entries of a tile
-        block_sum = self.side + 1  # entry (1, 1) of a tile's Z: the sum of its 2x2 gradients
+        block_sum = self.side + 1  # entry (1, 1) of a tile's Z: the sum of its block's gradients
         kernels = kernels_for(gy)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         gx = np.empty_like(x) if need_x else None

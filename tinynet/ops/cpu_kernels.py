@@ -259,7 +259,7 @@ def batched_matmul_route():
 
 def batched_matmul(a, b, out=None):
     """out[i] = a[i] @ b[i] for a batch of independent products: the G groups of a grouped
-    convolution, or Winograd's (K+1)^2 * G (ops/conv.py).  a (B, M, K), b (B, K, P).
+    convolution, or Winograd's A^2 * G (ops/conv.py).  a (B, M, K), b (B, K, P).
 
     np.matmul does the products one after the other, each split between OpenBLAS's threads.
     A convolution's products are small (inner sizes of 48 to 384) and that split costs:
@@ -687,7 +687,7 @@ def _over_images(xp, run, images):
 
 
 # ----------------------------------------------------------------------------
-# Winograd's F(2x2, 3x3) and F(2x2, 5x5): the CPU's 3x3 and 5x5, stride-1 convolutions
+# Winograd's F(2x2, 3x3) and F(4x4, 5x5): the CPU's 3x3 and 5x5, stride-1 convolutions
 # ----------------------------------------------------------------------------
 #
 # Lavin and Gray (2016): a 2x2 block of a 3x3 convolution's outputs needs 36
@@ -710,23 +710,38 @@ def _over_images(xp, run, images):
 # float32; the results differ from im2col's in the last bits, as any other
 # order of summation would.
 #
-# A 5x5 filter (AlexNet's conv2) takes the same 2x2 blocks from 6x6 tiles: 36
-# products instead of 100, 2.78 times fewer, with (points 0, 1, -1, 2, -2 and
-# infinity; the construction is the paper's)
+# A 5x5 filter (AlexNet's conv2) takes 4x4 blocks from 8x8 tiles: 64 products
+# per 16 outputs instead of 400, 6.25 times fewer.  The maps come from the
+# Toom-Cook construction on the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity
+# (Lavin and Gray's; benchmarks/winograd_tiles.py builds them and checks them
+# in exact arithmetic): A^T's columns are the points' powers,
 #
-#     B^T = [4  0 -5  0  1  0]   G = [ 1/4    0     0     0     0 ]   A^T = [1  1  1  1  1  0]
-#           [0 -4 -4  1  1  0]       [-1/6 -1/6  -1/6  -1/6  -1/6 ]         [0  1 -1  2 -2  1]
-#           [0  4 -4 -1  1  0]       [-1/6  1/6  -1/6   1/6  -1/6 ]
-#           [0 -2 -1  2  1  0]       [1/24 1/12   1/6   1/3   2/3 ]
-#           [0  2 -1 -2  1  0]       [1/24 -1/12  1/6  -1/3   2/3 ]
-#           [0  4  0 -5  0  1]       [  0    0     0     0     1  ]
+#     B^T = [4  0 -21   0  21   0 -4  0]   G = [  1/4     0      0     0     0  ]
+#           [0  4   4 -17 -17   4  4  0]       [-1/18  -1/18  -1/18 -1/18 -1/18 ]
+#           [0  4  -4 -17  17   4 -4  0]       [ 1/18  -1/18   1/18 -1/18  1/18 ]
+#           [0  2   1 -10  -5   8  4  0]       [1/360  1/180   1/90  1/45  2/45 ]
+#           [0  2  -1 -10   5   8 -4  0]       [-1/360 1/180  -1/90  1/45 -2/45 ]
+#           [0  4   8  -5 -10   1  2  0]       [16/45   8/45   4/45  2/45  1/45 ]
+#           [0  4  -8  -5  10   1 -2  0]       [-16/45  8/45  -4/45  2/45 -1/45 ]
+#           [0 -4   0  21   0 -21  0  4]       [  0      0      0     0    1/4  ]
 #
-# whose sixths are not exact in binary: in float32 its results are a few times
-# further from the exact ones than im2col's (AlexNet's conv2: 2.9e-6 of the
-# largest output against 1.0e-6 by im2col; conv3-5's F(2x2, 3x3): 4.5e-7).
+#     A^T = [1  1  1  1  1    1    1    0]
+#           [0  1 -1  2 -2  1/2 -1/2    0]
+#           [0  1  1  4  4  1/4  1/4    0]
+#           [0  1 -1  8 -8  1/8 -1/8    1]
 #
-# The products' layout, with A = K + 1 the tile's side, xi = A*i + j the entry
-# of an AxA tile and t = (image, tile row, tile column):
+# AlexNet's 27x27 output is 7x7 such blocks (the last row and column of blocks
+# stick out by one), 3,136 products per channel pair and image where 2x2
+# blocks from 6x6 tiles (14x14 of them) took 7,056.  G's eighteenths and
+# forty-fifths are not exact in binary, and the larger tile adds larger
+# terms: in float32 its results are further from the exact ones than
+# im2col's (AlexNet's conv2 in benchmarks/winograd_tiles.py: 5.3e-6 of the
+# largest output, against 5e-7 for direct float32 sums and 4.1-4.8e-6 with
+# 2x2 blocks; conv3-5's F(2x2, 3x3): 6e-7).
+#
+# The products' layout, with A the tile's side (4 or 8), m its output block's
+# (2 or 4), xi = A*i + j the entry of an AxA tile and t = (image, tile row,
+# tile column):
 #
 #     V (A*A, C, t)   input tiles       B^T d B   (winograd_input)
 #     U (A*A, O, C/G) filters           G g G^T   (winograd_weight)
@@ -744,20 +759,33 @@ WINOGRAD_MAPS = {  # K -> (B^T, G, A^T), rows as written above
     3: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
         ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
         ((1, 1, 1, 0), (0, 1, -1, -1))),
-    5: (((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
-         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
-        ((1 / 4, 0, 0, 0, 0), (-1 / 6, -1 / 6, -1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6),
-         (1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3), (1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3), (0, 0, 0, 0, 1)),
-        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 1))),
+    5: (((4, 0, -21, 0, 21, 0, -4, 0), (0, 4, 4, -17, -17, 4, 4, 0), (0, 4, -4, -17, 17, 4, -4, 0),
+         (0, 2, 1, -10, -5, 8, 4, 0), (0, 2, -1, -10, 5, 8, -4, 0), (0, 4, 8, -5, -10, 1, 2, 0),
+         (0, 4, -8, -5, 10, 1, -2, 0), (0, -4, 0, 21, 0, -21, 0, 4)),
+        ((1 / 4, 0, 0, 0, 0), (-1 / 18, -1 / 18, -1 / 18, -1 / 18, -1 / 18), (1 / 18, -1 / 18, 1 / 18, -1 / 18, 1 / 18),
+         (1 / 360, 1 / 180, 1 / 90, 1 / 45, 2 / 45), (-1 / 360, 1 / 180, -1 / 90, 1 / 45, -2 / 45),
+         (16 / 45, 8 / 45, 4 / 45, 2 / 45, 1 / 45), (-16 / 45, 8 / 45, -4 / 45, 2 / 45, -1 / 45), (0, 0, 0, 0, 1 / 4)),
+        ((1, 1, 1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0), (0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0),
+         (0, 1, -1, 8, -8, 1 / 8, -1 / 8, 1))),
 }
 
 
+def winograd_side(k):
+    """A, the side of the input tile of a KxK filter's maps (4 for 3x3, 8 for 5x5)."""
+    return len(WINOGRAD_MAPS[k][0])
+
+
+def winograd_block(k):
+    """m, the side of the output block of a KxK filter's maps (2 for 3x3, 4 for 5x5)."""
+    return len(WINOGRAD_MAPS[k][2])
+
+
 def winograd_kernel(entries):
-    """The filter size K of a tile matrix with ``entries`` rows per channel ((K+1)^2)."""
+    """The filter size K of a tile matrix with ``entries`` rows per channel (A^2)."""
     for k in WINOGRAD_MAPS:
-        if (k + 1) ** 2 == entries:
+        if winograd_side(k) ** 2 == entries:
             return k
-    raise ValueError(f"winograd: a tile matrix has 16 (3x3) or 36 (5x5) entries per channel, got {entries}")
+    raise ValueError(f"winograd: a tile matrix has 16 (3x3) or 64 (5x5) entries per channel, got {entries}")
 
 
 def _combine(coefs, terms):
@@ -782,9 +810,10 @@ def _column(matrix, j):
     return [row[j] for row in matrix]
 
 
-def winograd_tiles(oh, ow):
-    """Tile rows and columns covering an (oh, ow) output with 2x2 blocks."""
-    return (oh + 1) // 2, (ow + 1) // 2
+def winograd_tiles(oh, ow, k):
+    """Tile rows and columns covering an (oh, ow) output with the mxm blocks of a KxK filter's maps."""
+    m = winograd_block(k)
+    return (oh + m - 1) // m, (ow + m - 1) // m
 
 
 def winograd_weight(w):
@@ -793,7 +822,7 @@ def winograd_weight(w):
     step below is one pass over a row that stays in the cache."""
     O, Cg, K = w.shape[:3]
     _, G, _ = WINOGRAD_MAPS[K]
-    A = K + 1
+    A = winograd_side(K)
     taps = np.ascontiguousarray(w.reshape(O * Cg, K * K).T)  # taps[K*r + s]: tap (r, s) of every pair
     rows = [[_combine(G[i], [taps[K * r + s] for r in range(K)]) for s in range(K)] for i in range(A)]  # G g
     out = np.empty((A * A, O, Cg), w.dtype)
@@ -807,7 +836,7 @@ def winograd_weight_grad(gu):
     """The filters' gradient from U's: G^T gU G, (A*A, O, C/G) -> (O, C/G, K, K)."""
     K = winograd_kernel(gu.shape[0])
     _, G, _ = WINOGRAD_MAPS[K]
-    A = K + 1
+    A = winograd_side(K)
     O, Cg = gu.shape[1:]
     u = gu.reshape(A, A, O * Cg)  # u[i][j]: entry (i, j) of every pair
     rows = [[_combine(_column(G, r), [u[i][j] for i in range(A)]) for j in range(A)] for r in range(K)]  # G^T gU
@@ -821,18 +850,18 @@ def winograd_weight_grad(gu):
 def winograd_input(x, padding, tiles, out):
     """V = B^T d B for every AxA input tile d: x (n, C, H, W) -> out (A*A, C, n*TH*TW).
 
-    Tile (ty, tx) covers input rows 2*ty - ph ... 2*ty - ph + A - 1 (and the columns
+    Tile (ty, tx) covers input rows m*ty - ph ... m*ty - ph + A - 1 (and the columns
     likewise); what lies outside the image is zero.  Returns out."""
     (ph, pw), (th, tw) = padding, tiles
     C, H, W = x.shape[1:]
     K = winograd_kernel(out.shape[0])
     BT, _, _ = WINOGRAD_MAPS[K]
-    A = K + 1
+    A, m = winograd_side(K), winograd_block(K)
 
     def run(i0, i1):
-        xpad = np.zeros((i1 - i0, C, 2 * th + A - 2, 2 * tw + A - 2), x.dtype)  # >= H + 2*ph
+        xpad = np.zeros((i1 - i0, C, m * th + A - m, m * tw + A - m), x.dtype)  # >= H + 2*ph
         xpad[:, :, ph:ph + H, pw:pw + W] = x[i0:i1]
-        d = [[xpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] for s in range(A)] for r in range(A)]
+        d = [[xpad[:, :, r:r + m * th:m, s:s + m * tw:m] for s in range(A)] for r in range(A)]
         rows = [[_combine(BT[i], [d[r][s] for r in range(A)]) for i in range(A)] for s in range(A)]  # B^T d
         dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(A * A, C, i1 - i0, th, tw)
         for i in range(A):  # (B^T d) B along the columns
@@ -852,16 +881,16 @@ def winograd_output(m, bias, relu, tiles, out):
     O, oh, ow = out.shape[1:]
     K = winograd_kernel(m.shape[0])
     _, _, AT = WINOGRAD_MAPS[K]
-    A = K + 1
+    A, b = winograd_side(K), winograd_block(K)
 
     def run(i0, i1):
         k = i1 - i0
         mm = m[:, :, i0 * th * tw:i1 * th * tw].reshape(A, A, O, k, th, tw)
-        full = np.empty((k, O, 2 * th, 2 * tw), m.dtype)
-        rows = [[_combine(AT[a], [mm[i][j] for i in range(A)]) for j in range(A)] for a in range(2)]  # A^T M
+        full = np.empty((k, O, b * th, b * tw), m.dtype)
+        rows = [[_combine(AT[a], [mm[i][j] for i in range(A)]) for j in range(A)] for a in range(b)]  # A^T M
         for a, t in enumerate(rows):  # (A^T M) A along the columns
-            for c in range(2):
-                full[:, :, a::2, c::2] = _combine(AT[c], t).transpose(1, 0, 2, 3)
+            for c in range(b):
+                full[:, :, a::b, c::b] = _combine(AT[c], t).transpose(1, 0, 2, 3)
         dst = out[i0:i1]
         if bias is None:
             dst[...] = full[:, :, :oh, :ow]
@@ -875,28 +904,29 @@ def winograd_output(m, bias, relu, tiles, out):
 
 
 def winograd_grad_output(gy, y, tiles, out):
-    """Z = A g A^T for every 2x2 block g of the output gradient (zero past OH,
+    """Z = A g A^T for every mxm block g of the output gradient (zero past OH,
     OW), times the ReLU's mask (y > 0) when ``y`` is given (as conv_grad_rows):
     gy (n, O, OH, OW) -> out (A*A, O, n*TH*TW).  Entry (1, 1) of each tile,
-    out[A + 1], is the block's sum: the bias gradient sums it.  Returns out."""
+    out[A + 1], is the block's sum (A^T's column 1, the point 1, is all ones):
+    the bias gradient sums it.  Returns out."""
     th, tw = tiles
     O, oh, ow = gy.shape[1:]
     K = winograd_kernel(out.shape[0])
     _, _, AT = WINOGRAD_MAPS[K]
-    A = K + 1
+    A, m = winograd_side(K), winograd_block(K)
 
     def run(i0, i1):
         k = i1 - i0
-        g = np.zeros((k, O, 2 * th, 2 * tw), gy.dtype)
+        g = np.zeros((k, O, m * th, m * tw), gy.dtype)
         if y is None:
             g[:, :, :oh, :ow] = gy[i0:i1]
         else:
             np.multiply(gy[i0:i1], y[i0:i1] > 0, out=g[:, :, :oh, :ow])
-        b = [[g[:, :, i::2, j::2] for j in range(2)] for i in range(2)]  # b[i][j]: (k, O, TH, TW)
-        rows = [[_combine(_column(AT, i), [b[0][j], b[1][j]]) for i in range(A)] for j in range(2)]  # A g
+        b = [[g[:, :, i::m, j::m] for j in range(m)] for i in range(m)]  # b[i][j]: (k, O, TH, TW)
+        rows = [[_combine(_column(AT, i), [b[a][j] for a in range(m)]) for i in range(A)] for j in range(m)]  # A g
         dst = out[:, :, i0 * th * tw:i1 * th * tw].reshape(A * A, O, k, th, tw)
         for i in range(A):  # (A g) A^T along the columns
-            t = [rows[0][i], rows[1][i]]
+            t = [rows[c][i] for c in range(m)]
             for j in range(A):
                 dst[A * i + j] = _combine(_column(AT, j), t).transpose(1, 0, 2, 3)
 
@@ -913,17 +943,17 @@ def winograd_input_grad(gv, padding, tiles, out):
     C, H, W = out.shape[1:]
     K = winograd_kernel(gv.shape[0])
     BT, _, _ = WINOGRAD_MAPS[K]
-    A = K + 1
+    A, m = winograd_side(K), winograd_block(K)
 
     def run(i0, i1):
         k = i1 - i0
         v = gv[:, :, i0 * th * tw:i1 * th * tw].reshape(A, A, C, k, th, tw)
         rows = [[_combine(_column(BT, r), [v[i][j] for i in range(A)]) for r in range(A)] for j in range(A)]  # B gV
-        gpad = np.zeros((k, C, 2 * th + A - 2, 2 * tw + A - 2), gv.dtype)
+        gpad = np.zeros((k, C, m * th + A - m, m * tw + A - m), gv.dtype)
         for r in range(A):  # (B gV) B^T along the columns, added at the tile's place
             t = [rows[j][r] for j in range(A)]
             for s in range(A):
-                gpad[:, :, r:r + 2 * th:2, s:s + 2 * tw:2] += _combine(_column(BT, s), t).transpose(1, 0, 2, 3)
+                gpad[:, :, r:r + m * th:m, s:s + m * tw:m] += _combine(_column(BT, s), t).transpose(1, 0, 2, 3)
         out[i0:i1] = gpad[:, :, ph:ph + H, pw:pw + W]
 
     _over_images(np, run, out)

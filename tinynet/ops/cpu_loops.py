@@ -374,7 +374,7 @@ def conv_grad_rows(gy, y, out):
 def _planes(run, n, rows):
     """run(i0, i1, r0, r1) over n images of ``rows`` planes each (channels or filters): one run
     of planes per thread, each with every image.  A thread then owns whole rows of the tile
-    matrix ((K+1)^2, rows, n*TH*TW) and streams through them; split by images instead, both
+    matrix (A^2, rows, n*TH*TW) and streams through them; split by images instead, both
     threads would write or read pieces of every row, and the four image-side transforms took
     17-32% longer at AlexNet's conv3-conv5 (batch 2 to 128, measured interleaved in one
     process)."""
@@ -382,19 +382,19 @@ def _planes(run, n, rows):
 
 
 def winograd_weight(w):
-    """w (O, C/G, K, K) -> U ((K+1)^2, O, C/G); see cpu_kernels.winograd_weight."""
+    """w (O, C/G, K, K) -> U (A^2, O, C/G); see cpu_kernels.winograd_weight."""
     if not _compiled(w):
         return cpu_kernels.winograd_weight(w)
     w = _c(w)
     O, Cg, K = w.shape[:3]
-    u = np.empty(((K + 1) ** 2, O, Cg), w.dtype)
+    u = np.empty((cpu_kernels.winograd_side(K) ** 2, O, Cg), w.dtype)
     fn = _function("winograd_weight", w.dtype)
     cpu_kernels.parallel_runs(lambda p0, p1: fn(w.ctypes.data, u.ctypes.data, O * Cg, p0, p1, K), O * Cg)
     return u
 
 
 def winograd_weight_grad(gu):
-    """gU ((K+1)^2, O, C/G) -> (O, C/G, K, K); see cpu_kernels.winograd_weight_grad."""
+    """gU (A^2, O, C/G) -> (O, C/G, K, K); see cpu_kernels.winograd_weight_grad."""
     if not _compiled(gu):
         return cpu_kernels.winograd_weight_grad(gu)
     gu = _c(gu)
@@ -407,7 +407,7 @@ def winograd_weight_grad(gu):
 
 
 def _image_tiles(name, src, dst, images, tiles_of, padding, tiles):
-    """The compiled loop ``name`` between images (n, C, H, W) and their tiles ((K+1)^2, C,
+    """The compiled loop ``name`` between images (n, C, H, W) and their tiles (A^2, C,
     n*TH*TW), ``tiles_of`` (src or dst): src -> dst, over the images' (image, channel) planes."""
     src = _c(src)
     n, C, H, W = images.shape
@@ -419,14 +419,14 @@ def _image_tiles(name, src, dst, images, tiles_of, padding, tiles):
 
 
 def winograd_input(x, padding, tiles, out):
-    """x (n, C, H, W) -> out ((K+1)^2, C, n*TH*TW); see cpu_kernels.winograd_input."""
+    """x (n, C, H, W) -> out (A^2, C, n*TH*TW); see cpu_kernels.winograd_input."""
     if not _compiled(x, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input(x, padding, tiles, out)
     return _image_tiles("winograd_input", x, out, x, out, padding, tiles)
 
 
 def winograd_output(m, bias, relu, tiles, out):
-    """m ((K+1)^2, O, n*TH*TW) -> out (n, O, OH, OW); see cpu_kernels.winograd_output."""
+    """m (A^2, O, n*TH*TW) -> out (n, O, OH, OW); see cpu_kernels.winograd_output."""
     arrays = (m, out) if bias is None else (m, out, bias)
     if not _compiled(*arrays) or not (m.flags.c_contiguous and out.flags.c_contiguous):
         return cpu_kernels.winograd_output(m, bias, relu, tiles, out)
@@ -440,7 +440,7 @@ def winograd_output(m, bias, relu, tiles, out):
 
 
 def winograd_grad_output(gy, y, tiles, out):
-    """gy (n, O, OH, OW) -> out ((K+1)^2, O, n*TH*TW); see cpu_kernels.winograd_grad_output."""
+    """gy (n, O, OH, OW) -> out (A^2, O, n*TH*TW); see cpu_kernels.winograd_grad_output."""
     arrays = (gy, out) if y is None else (gy, out, y)
     if not _compiled(*arrays) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_grad_output(gy, y, tiles, out)
@@ -454,7 +454,7 @@ def winograd_grad_output(gy, y, tiles, out):
 
 
 def winograd_input_grad(gv, padding, tiles, out):
-    """gv ((K+1)^2, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
+    """gv (A^2, C, n*TH*TW) -> out (n, C, H, W); see cpu_kernels.winograd_input_grad."""
     if not _compiled(gv, out) or not out.flags.c_contiguous:
         return cpu_kernels.winograd_input_grad(gv, padding, tiles, out)
     return _image_tiles("winograd_input_grad", gv, out, out, gv, padding, tiles)
