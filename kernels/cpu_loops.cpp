@@ -923,14 +923,20 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 T* out = gx + (i * C + c) * H * W;
                 if (i + PLANES_AHEAD < i1)
                     prefetch_write(out + PLANES_AHEAD * C * H * W, H * W);
+                // padded column pw = w + PW lies in phase pw % S, at pw / S.  The row's first columns
+                // up to the next multiple of S one by one, then whole runs of S columns, the S phases
+                // side by side (as the output's blocks are written), then the rest.
+                const i64 lead = std::min(W, (S - PW % S) % S), runs = (W - lead) / S, base = (lead + PW) / S;
                 for (i64 h = 0; h < H; ++h) {  // padded row ph = h + PH: in phases (ph % S, .), row ph / S
                     const i64 ph = h + PH;
                     const T* __restrict__ row = q.data() + S * (ph % S) * QS + (ph / S) * QW;  // phase b at b*QS
                     T* __restrict__ d = out + h * W;
-                    for (i64 w = 0; w < W; ++w) {  // padded column pw = w + PW: in phase pw % S, at pw / S
-                        const i64 pw = w + PW;
-                        d[w] = row[(pw % S) * QS + pw / S];
-                    }
+                    for (i64 w = 0; w < lead; ++w)
+                        d[w] = row[((w + PW) % S) * QS + (w + PW) / S];
+                    for (i64 x = 0; x < runs; ++x)
+                        unroll<S>([&](auto b) { d[lead + S * x + b] = row[b * QS + base + x]; });
+                    for (i64 w = lead + S * runs; w < W; ++w)
+                        d[w] = row[((w + PW) % S) * QS + (w + PW) / S];
                 }
             }
         }
