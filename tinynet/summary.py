@@ -33,7 +33,6 @@ Use ``collect_summary`` for the numbers as data (``tinynet.summary`` is the
 function; import the module's other names with ``from tinynet.summary import ...``).
 """
 
-import math
 import numbers
 import sys
 
@@ -287,7 +286,7 @@ def format_summary(s):
             if info.get("algorithm") == "winograd":
                 EG, Og, Cg, T = info["winograd_gemm"]
                 KH, KW = info["kernel"]
-                m = math.isqrt(EG // info["groups"]) - KH + 1  # the side of a tile's output block
+                m = info["block"]
                 lines.append(f"{r['layer'] or r['op']} ran by Winograd's F({m}x{m}, {KH}x{KW}) here, not by "
                              f"the im2col product above (the convolution as written): {EG} products "
                              f"U {_mat(Og, Cg)} @ V {_mat(Cg, T)} (one per tile entry and group), "

@@ -43,7 +43,6 @@ computation at a time.  ``Tracer`` below is the base class;
 """
 
 import contextlib
-import math
 import sys
 
 from . import autograd as _autograd
@@ -140,9 +139,9 @@ def _winograd_forward(info):
     N, C, _, _ = info["input"]
     _, O, OH, OW = info["output"]
     EG, Og, Cg, T = info["winograd_gemm"]
-    E = EG // info["groups"]  # a tile's entries, one product per entry and group
-    a = math.isqrt(E)  # the tile's side
-    m = a - info["kernel"][0] + 1  # the side of the output block a tile makes
+    m = info["block"]  # the side of the output block a tile makes
+    a = m + info["kernel"][0] - 1  # the tile's side
+    E = a * a  # its entries, one product per entry and group
     th, tw = info["tiles"]
     groups = f"{EG // E} groups x " if EG > E else ""
     lines = [f"tiles   x {format_shape(info['input'])} -> V {_mat(E * C, T)}  (B^T d B of every {a}x{a} input "
@@ -158,9 +157,9 @@ def _winograd_forward(info):
 
 def _winograd_backward(info, need):
     """Backward of a Winograd convolution: the same maps transposed."""
-    EG, Og, Cg, T = info["winograd_gemm"]
-    E = EG // info["groups"]
-    m = math.isqrt(E) - info["kernel"][0] + 1  # the output block's side
+    _, Og, Cg, T = info["winograd_gemm"]
+    m = info["block"]  # the output block's side
+    E = (m + info["kernel"][0] - 1) ** 2
     lines = [f"tiles   Z = A gY A^T of every {m}x{m} output block -> Z {_mat(E * info['output'][1], T)}"]
     if len(need) > 1 and need[1]:
         lines.append(f"GEMM    grad U = Z {_mat(Og, T)} @ V^T {_mat(T, Cg)} per tile entry; grad W = G^T (grad U) G")

@@ -431,7 +431,8 @@ class Conv2d(Function):
                           tile's side, 4 or 8) on V (E*C, tiles) instead
                           of the im2col product above (cols, gemm, col_bytes describe that one;
                           columns_kept says whether V was kept), and these keys say what ran:
-            tiles         (TH, TW) output blocks (2x2 or 4x4) per image
+            tiles         (TH, TW) output blocks per image
+            block         m, the side of an output block: 2 (3x3) or 4 (5x5)
             winograd_gemm (E*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
             winograd_macs their multiply-adds
             tile_bytes    bytes of V
@@ -452,15 +453,17 @@ class Conv2d(Function):
         }
 
     def _describe_winograd(self):
-        """For a Winograd forward: tiles (TH, TW) per image, the E = A^2 products per
-        group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their multiply-adds, and V's bytes."""
+        """For a Winograd forward: tiles (TH, TW) per image, the side of a tile's output block,
+        the E = A^2 products per group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their
+        multiply-adds, and V's bytes."""
         if not getattr(self, "winograd", False):
             return {}
-        (N, C, _, _), (O, Cg, _, _), itemsize = self.shapes
+        (N, C, _, _), (O, Cg, KH, _), itemsize = self.shapes
         G, (th, tw) = self.geometry[4], self.tiles
         T, E = N * th * tw, self.side ** 2
-        return {"tiles": (th, tw), "winograd_gemm": (E * G, O // G, Cg, T),
-                "winograd_macs": E * O * Cg * T, "tile_bytes": E * C * T * itemsize}
+        return {"tiles": (th, tw), "block": cpu_kernels.winograd_block(KH),
+                "winograd_gemm": (E * G, O // G, Cg, T), "winograd_macs": E * O * Cg * T,
+                "tile_bytes": E * C * T * itemsize}
 
     def backward(self, gy):
         if self.winograd:
