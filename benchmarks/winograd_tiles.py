@@ -174,12 +174,12 @@ def main():
             if points is None:
                 m = winograd_block(k)
             maps = engine_maps(k) if points is None else toom_cook(m, k, points)
-            n = m + k - 1
-            products = n * n * (-(-oh // m)) ** 2  # per image and channel pair
+            n, t = m + k - 1, -(-oh // m)  # the tile's side, tiles per side
+            products = n * n * t * t  # per image and channel pair
             base = base or products
             row = dict(layer=name, shape=f"{c}->{o}, {h}x{h}, {k}x{k}", m=m, r=k,
                        points="tinynet's" if points is None else ", ".join(str(p) for p in points) + ", inf",
-                       tiles=f"{-(-oh // m)}x{-(-oh // m)}", products=products, products_vs_engine=products / base,
+                       tiles=f"{t}x{t}", products=products, products_vs_engine=products / base,
                        per_output=n * n / (m * m), exact_error=str(exact_check(m, k, maps)))
             row["float32_max"], row["float32_rms"] = errors(winograd(x, w, pad, m, maps, np.float32), ref)
             row["float64_max"] = errors(winograd(x, w, pad, m, maps, np.float64), ref)[0]
