@@ -253,41 +253,30 @@ static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 
 // the phases' zero tail) and are never written out.  Read straight from x, every pass took
 // strided elements, and a row of 6 or 13 outputs ran mostly as the scalar tail of its vector
 // loop: pool5's forward took 2.9 times as long, pool1's and pool2's 1.7 (batch 32, one thread).
-// The running maximum a stays against a candidate b if a >= b or a is NaN (the rule above)
-template <typename T>
-static inline bool keeps_max(T a, T b) {
-    return a >= b || a != a;
-}
-
-template <typename T>
-static inline void max_lanes(T* __restrict__ m, int* __restrict__ where, const T* __restrict__ v,
-                             const int* __restrict__ lane, int at, i64 P) {
-    for (i64 i = 0; i < P; ++i) {  // lane i's candidate sits at plane index at + lane[i]
-        const T a = m[i], b = v[i];
-        const bool keep = keeps_max(a, b);
-        m[i] = keep ? a : b;
-        where[i] = keep ? where[i] : at + lane[i];
-    }
-}
-
-// The same maximum, by the same rule, when nothing will need its place (no argmax: inference)
-template <typename T>
-static inline void max_values(T* __restrict__ m, const T* __restrict__ v, i64 P) {
-    for (i64 i = 0; i < P; ++i) {
-        const T a = m[i], b = v[i];
-        m[i] = keeps_max(a, b) ? a : b;
-    }
-}
-
-// WHERE: record each maximum's place in argmax (for backward); without it argmax is not touched
+// Each run of L output lanes (one SIMD register) then takes its window's KH*KW candidates one
+// after another, the running maximum and its place kept in registers, and is stored once, where
+// KH*KW passes over the row each loaded and stored them again: with the passes, pool2's and
+// pool5's forward took 1.10-1.16 times as long, pool1's (half its time reading memory at batch
+// 32) 0.98-1.01 (one thread, 2 and 32 images, in turn).  Where offset (ky, kx) starts in
+// the phases moves on by SH*W elements a row: its phase and index are carried from row to row,
+// not divided out again.
 template <typename T, bool WHERE>
 static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, i64 W, i64 KH, i64 KW, i64 SH,
                                    i64 SW, i64 OH, i64 OW, i64 n0, i64 n1) {
+    typedef typename Lanes<T>::V V;
+    typedef typename Lanes<T>::I I;
+    typedef typename Lanes<T>::Int Int;
     const i64 L = Lanes<T>::L, P = (OW + L - 1) / L * L;  // lanes per row of outputs
     const i64 PL = (H * W + SW - 1) / SW + P;  // one phase, and room for the lanes past OW
     std::vector<T> phases(SW * PL, T(0)), m(P);
-    std::vector<int> where(P), lane(P);  // lane[i] = i * SW: lane i's offset in the plane
-    for (i64 i = 0; i < P; ++i) lane[i] = int(i * SW);
+    std::vector<int> where(P);
+    std::vector<i64> phase(KH * KW), index(KH * KW);  // offset (ky, kx) of this row: phase, index in it
+    std::vector<const T*> from(KH * KW);
+    std::vector<Int> place(KH * KW);
+    I lane;  // lane j's candidate sits SW*j elements on in the plane
+    #pragma GCC unroll 8
+    for (int j = 0; j < L; ++j) lane[j] = Int(j * SW);
+    const i64 step_index = SH * W / SW, step_phase = SH * W % SW;  // a row on
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
         const T* xp = x + plane * H * W;
         if (SW == 2) {  // AlexNet's stride, two runs the compiler turns into SIMD code
@@ -301,24 +290,42 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
         } else {
             for (i64 f = 0; f < H * W; ++f) phases[(f % SW) * PL + f / SW] = xp[f];
         }
+        for (i64 k = 0; k < KH * KW; ++k) {  // row 0: f0 = ky*W + kx
+            const i64 f0 = (k / KW) * W + k % KW;
+            phase[k] = f0 % SW;
+            index[k] = f0 / SW;
+        }
         for (i64 oy = 0; oy < OH; ++oy) {
-            for (i64 ky = 0; ky < KH; ++ky)
-                for (i64 kx = 0; kx < KW; ++kx) {
-                    const i64 f0 = (oy * SH + ky) * W + kx;  // lane 0's candidate
-                    const T* v = phases.data() + (f0 % SW) * PL + f0 / SW;
-                    if (ky == 0 && kx == 0) {  // the start
-                        for (i64 i = 0; i < P; ++i) {
-                            m[i] = v[i];
-                            if (WHERE) where[i] = int(f0) + lane[i];
-                        }
-                    } else if (WHERE) {
-                        max_lanes(m.data(), where.data(), v, lane.data(), int(f0), P);
-                    } else {
-                        max_values(m.data(), v, P);
-                    }
+            for (i64 k = 0; k < KH * KW; ++k) {  // this row's candidates for lane 0: where they are read, their place
+                from[k] = phases.data() + phase[k] * PL + index[k];
+                place[k] = Int(index[k] * SW + phase[k]);
+            }
+            for (i64 b = 0; b < P; b += L) {  // lanes b .. b+L-1
+                V mv, c;
+                I wv = {};
+                std::memcpy(&mv, from[0] + b, sizeof(V));
+                if (WHERE) wv = lane + Int(place[0] + b * SW);
+                for (i64 k = 1; k < KH * KW; ++k) {
+                    std::memcpy(&c, from[k] + b, sizeof(V));
+                    const auto keep = (mv >= c) | (mv != mv);
+                    mv = keep ? mv : c;
+                    if (WHERE) wv = keep ? wv : lane + Int(place[k] + b * SW);
                 }
+                std::memcpy(m.data() + b, &mv, sizeof(V));
+                if (WHERE)
+                    #pragma GCC unroll 8
+                    for (int j = 0; j < L; ++j) where[b + j] = int(wv[j]);
+            }
             std::memcpy(y + (plane * OH + oy) * OW, m.data(), OW * sizeof(T));
             if (WHERE) std::memcpy(argmax + (plane * OH + oy) * OW, where.data(), OW * sizeof(int));
+            for (i64 k = 0; k < KH * KW; ++k) {  // the next row
+                index[k] += step_index;
+                phase[k] += step_phase;
+                if (phase[k] >= SW) {
+                    phase[k] -= SW;
+                    index[k] += 1;
+                }
+            }
         }
     }
 }
@@ -679,22 +686,33 @@ static inline void prefetch_write(T* p, i64 count) {  // the same, for lines abo
 
 // The loops run over whole planes at once, vectorised over the tiles: a padded
 // plane is kept as its S*S phases Q[a][b][y][x] = padded[S*y + a][S*x + b], each
-// (TH + E) x QW with E = (A - 1)/S and QW = TW + E, so that the input tile entry (r, s)
-// of every tile is one contiguous run of phase (r%S, s%S), shifted by (r/S)*QW + s/S, when
-// tiles are numbered "wide", t' = ty*QW + tx (E spare columns per tile row).
+// (TH + E) x (TW + E) with E = (A - 1)/S, rows QW >= TW + E apart and phases QS apart, so
+// that the input tile entry (r, s) of every tile is one contiguous run of phase (r%S, s%S),
+// shifted by (r/S)*QW + s/S, when tiles are numbered "wide", t' = ty*QW + tx (spare columns
+// past each tile row).
+//
+// FIXED: in float32, a plane whose phases fit in 8 x 8 (7 x 7 tiles: a 5x5's output up to 28
+// a side, a 3x3's up to 14; AlexNet's 27x27 and 13x13) takes QW = 8 and QS = 64, known when
+// the loop is compiled.  Then each of the A*A entries a tile reads (or, in the input's
+// gradient, adds back) is one fixed offset from a single pointer, where with the plane's own
+// QW and QS each had a pointer of its own, more than the registers hold, loaded again from
+// the stack for every SIMD run (a third of the instructions of conv2's input tiles were such
+// loads).  At batch 32 (2-core AMD EPYC, Zen 5, in turn with the loops before): the input's
+// tiles took 0.73 of the time at conv2, 0.84-0.86 at conv3-5; the input's gradient 0.85-0.88.
+// float64 and larger planes keep the plane's own sizes.
 
 // Each phase's pixels that fall on the padding are zero whatever the plane: q starts as zeros
 // (winograd_input) and winograd_phases writes only the pixels inside the image, so that
 // no plane pays for its borders again.
 template <int S, typename T>
 static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plane, i64 H, i64 W, i64 PH, i64 PW,
-                                   i64 TH, i64 TW, i64 E) {  // q: S*S phases of (TH + E) x (TW + E)
-    const i64 QW = TW + E, QS = (TH + E) * QW;
+                                   i64 TH, i64 TW, i64 E, i64 QW, i64 QS) {
+    // q: S*S phases of (TH + E) x (TW + E), their rows QW apart and the phases QS apart
     for (int a = 0; a < S; ++a)
         for (int b = 0; b < S; ++b) {
             // phase column x reads image column w = Sx + b - PW: inside the image for x in [lo, hi)
-            const i64 lo = std::min(QW, std::max<i64>(0, (PW - b + S - 1) / S));
-            const i64 hi = std::max(lo, std::min(QW, (W + PW - b + S - 1) / S));
+            const i64 lo = std::min(TW + E, std::max<i64>(0, (PW - b + S - 1) / S));
+            const i64 hi = std::max(lo, std::min(TW + E, (W + PW - b + S - 1) / S));
             for (i64 y = 0; y < TH + E; ++y) {
                 const i64 h = S * y + a - PH;
                 if (h < 0 || h >= H)
@@ -706,12 +724,12 @@ static inline void winograd_phases(T* __restrict__ q, const T* __restrict__ plan
         }
 }
 
-template <typename T, int K>
+template <typename T, int K, int FIXED>
 static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                   i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     typedef Maps<K> M;
     constexpr int A = M::A, S = M::S, E = (A - 1) / S;
-    const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    const i64 QW = FIXED ? FIXED : TW + E, QS = FIXED ? FIXED * FIXED : (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
     // the phases of channel c in every image of the call, each followed by QW zeros (the last
     // spare lanes read there); V is then written A rows at a time (r = 0 .. A-1), each row from
     // end to end over the images
@@ -721,7 +739,7 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
         for (i64 i = i0; i < i1; ++i) {
             if (i + PLANES_AHEAD < i1)  // (the next channel's first planes are not asked for)
                 prefetch_read(x + ((i + PLANES_AHEAD) * C + c) * H * W, H * W);
-            winograd_phases<S>(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E));
+            winograd_phases<S>(q.data() + (i - i0) * P, x + (i * C + c) * H * W, H, W, PH, PW, TH, TW, i64(E), QW, QS);
         }
         unroll<A>([&](auto rc) __attribute__((always_inline)) {  // see TINYNET_CLONES
             constexpr int r = decltype(rc)::value;
@@ -736,7 +754,7 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
                     // these rows in the call (written again later in this pass), never past the
                     // call's last tile (which would be the next channel's).  Every row is then one
                     // SIMD run.
-                    const i64 lanes = std::min(QW, (i1 - i) * TT - ty * TW), from = ty * QW, to = ty * TW;
+                    const i64 lanes = std::min(TW + E, (i1 - i) * TT - ty * TW), from = ty * QW, to = ty * TW;
                     #pragma GCC ivdep  // the entries' rows never overlap
                     for (i64 tx = 0; tx < lanes; ++tx) {
                         const i64 t = from + tx;
@@ -755,6 +773,16 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
             }
         });
     }
+}
+
+template <typename T, int K>
+static INLINE void winograd_input_any(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
+                                      i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
+    constexpr int E = (Maps<K>::A - 1) / Maps<K>::S;
+    if constexpr (sizeof(T) == 4)
+        if (TW + E <= 8 && TH + E <= 8)
+            return winograd_input<T, K, 8>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
+    winograd_input<T, K, 0>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
 }
 
 template <typename T, int K>
@@ -863,12 +891,13 @@ static INLINE void winograd_grad_output(const T* gy, const T* y, T* z, i64 n, i6
     }
 }
 
-template <typename T, int K>
+template <typename T, int K, int FIXED>
 static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                        i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
     typedef Maps<K> M;
     constexpr int A = M::A, S = M::S, E = (A - 1) / S;
-    const i64 QW = TW + E, QS = (TH + E) * QW, TT = TH * TW, T_ = n * TT, XI = C * T_;
+    const i64 QW = FIXED ? FIXED : TW + E, QS = FIXED ? FIXED * FIXED : (TH + E) * QW;  // as winograd_input's
+    const i64 TT = TH * TW, T_ = n * TT, XI = C * T_;
     // gd: B gV B^T of every tile; q: the padded plane's gradient as its S*S phases (winograd_phases).
     // Each row of TW tiles is added to its phase in SIMD runs of L lanes, the lanes past the row
     // adding -0.0 (x + -0.0 is x, to the bit): they may read past gd's end and reach past q's.
@@ -911,7 +940,7 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                     T* __restrict__ phase = q.data() + (S * (r % S) + s % S) * QS + (r / S) * QW + s / S;
                     const T* __restrict__ ge = gd.data() + e * TT;
                     for (i64 ty = 0; ty < TH; ++ty)
-                        for (i64 tx = 0; tx < TW; tx += L) {
+                        for (i64 tx = 0; tx < (FIXED ? 1 : TW); tx += L) {  // (a fixed layout's rows: one run)
                             V add, sum;
                             std::memcpy(&add, ge + ty * TW + tx, sizeof(V));
                             std::memcpy(&sum, phase + ty * QW + tx, sizeof(V));
@@ -940,6 +969,16 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
                 }
             }
         }
+}
+
+template <typename T, int K>
+static INLINE void winograd_input_grad_any(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
+                                           i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
+    constexpr int E = (Maps<K>::A - 1) / Maps<K>::S;
+    if constexpr (sizeof(T) == 4)
+        if (TW + E <= 8 && TH + E <= 8)
+            return winograd_input_grad<T, K, 8>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
+    winograd_input_grad<T, K, 0>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
 }
 
 // The filters' maps, over the (filter, channel) pairs [p0, p1): U = G g G^T, w (P, K, K) ->
@@ -1247,8 +1286,8 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_input_##SUFFIX(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH,   \
                                        i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1, i64 K) {\
-        if (K == 5) winograd_input<T, 5>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);             \
-        else winograd_input<T, 3>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                    \
+        if (K == 5) winograd_input_any<T, 5>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);         \
+        else winograd_input_any<T, 3>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);                \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_output_##SUFFIX(const T* m, const T* bias, T* y, i64 n, i64 O, i64 OH, \
                                         i64 OW, i64 TH, i64 TW, i64 relu, i64 i0, i64 i1, i64 o0,      \
@@ -1265,8 +1304,8 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
     extern "C" TINYNET_CLONES void winograd_input_grad_##SUFFIX(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W,    \
                                             i64 PH, i64 PW, i64 TH, i64 TW, i64 i0, i64 i1, i64 c0,    \
                                             i64 c1, i64 K) {                                            \
-        if (K == 5) winograd_input_grad<T, 5>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);      \
-        else winograd_input_grad<T, 3>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);             \
+        if (K == 5) winograd_input_grad_any<T, 5>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);  \
+        else winograd_input_grad_any<T, 3>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);         \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void winograd_weight_##SUFFIX(const T* w, T* u, i64 P, i64 p0, i64 p1, i64 K) { \
         if (K == 5) winograd_weight<T, 5>(w, u, P, p0, p1);                                             \
