@@ -248,12 +248,12 @@ static INLINE void col2im(const T* cols, T* gx, i64 N, i64 C, i64 H, i64 W, i64 
 // holds the plane's elements f = h * W + w with f % SW == r, in order (AlexNet's stride 2: the
 // even ones, then the odd ones).  What kernel offset (ky, kx) reads for output row oy is then
 // a contiguous run of one phase: output ox reads f = f0 + ox * SW with f0 = (oy*SH + ky)*W + kx,
-// which is element f0 / SW + ox of phase f0 % SW.  Each offset is one pass over a row of P
-// lanes, OW rounded up to whole SIMD vectors: lanes past OW read the next row's elements (or
-// the phases' zero tail) and are never written out.  Read straight from x, every pass took
-// strided elements, and a row of 6 or 13 outputs ran mostly as the scalar tail of its vector
-// loop: pool5's forward took 2.9 times as long, pool1's and pool2's 1.7 (batch 32, one thread).
-// Each run of L output lanes (one SIMD register) then takes its window's KH*KW candidates one
+// which is element f0 / SW + ox of phase f0 % SW.  A row of outputs is P lanes, OW rounded up
+// to whole SIMD vectors: lanes past OW read the next row's elements (or the phases' zero tail)
+// and are never written out.  Read straight from x, every offset took strided elements, and a
+// row of 6 or 13 outputs ran mostly as the scalar tail of its vector loop: pool5's forward took
+// 2.9 times as long, pool1's and pool2's 1.7 (batch 32, one thread).
+// Each run of L output lanes (one SIMD register) takes its window's KH*KW candidates one
 // after another, the running maximum and its place kept in registers, and is stored once, where
 // KH*KW passes over the row each loaded and stored them again: with the passes, pool2's and
 // pool5's forward took 1.10-1.16 times as long, pool1's (half its time reading memory at batch
