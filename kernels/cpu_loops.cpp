@@ -777,12 +777,18 @@ static INLINE void winograd_input(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, 
     }
 }
 
+// FIXED's test: a plane of TH x TW tiles whose phases fit in 8 x 8 (the callers ask it in float32)
+template <int K>
+static INLINE bool fits_fixed_layout(i64 TH, i64 TW) {
+    constexpr int E = (Maps<K>::A - 1) / Maps<K>::S;
+    return TW + E <= 8 && TH + E <= 8;
+}
+
 template <typename T, int K>
 static INLINE void winograd_input_any(const T* x, T* v, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW, i64 TH,
                                       i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    constexpr int E = (Maps<K>::A - 1) / Maps<K>::S;
     if constexpr (sizeof(T) == 4)
-        if (TW + E <= 8 && TH + E <= 8)
+        if (fits_fixed_layout<K>(TH, TW))
             return winograd_input<T, K, 8>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
     winograd_input<T, K, 0>(x, v, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
 }
@@ -903,7 +909,7 @@ template <typename T, int K>
 static INLINE void winograd_grad_output_any(const T* gy, const T* y, T* z, i64 n, i64 O, i64 OH, i64 OW, i64 TH,
                                             i64 TW, i64 i0, i64 i1, i64 o0, i64 o1) {
     if constexpr (sizeof(T) == 4)
-        if (TW + 1 <= 8)
+        if (fits_fixed_layout<K>(TH, TW))
             return winograd_grad_output<T, K, 8>(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);
     winograd_grad_output<T, K, 0>(gy, y, z, n, O, OH, OW, TH, TW, i0, i1, o0, o1);
 }
@@ -991,9 +997,8 @@ static INLINE void winograd_input_grad(const T* gv, T* gx, i64 n, i64 C, i64 H, 
 template <typename T, int K>
 static INLINE void winograd_input_grad_any(const T* gv, T* gx, i64 n, i64 C, i64 H, i64 W, i64 PH, i64 PW,
                                            i64 TH, i64 TW, i64 i0, i64 i1, i64 c0, i64 c1) {
-    constexpr int E = (Maps<K>::A - 1) / Maps<K>::S;
     if constexpr (sizeof(T) == 4)
-        if (TW + E <= 8 && TH + E <= 8)
+        if (fits_fixed_layout<K>(TH, TW))
             return winograd_input_grad<T, K, 8>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
     winograd_input_grad<T, K, 0>(gv, gx, n, C, H, W, PH, PW, TH, TW, i0, i1, c0, c1);
 }

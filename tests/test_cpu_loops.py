@@ -244,8 +244,9 @@ def test_winograd_transforms_give_the_numpy_bits(n, c, o, h, w, pad, k, bias, re
     """The four Winograd transforms around the A^2 GEMMs, for 3x3 and 5x5 filters, every
     geometry from 1x1 images (only padding) to uneven tiles, one image (split by channels) and
     none, with exact zeros, NaN and infinities on a few levels: the NumPy twins' bits, NaN for
-    NaN.  Planes up to 36 wide: the input's tiles in float32 take a fixed layout of their phases
-    up to 7 tiles a side (AlexNet's 27x27 by 5x5, 13x13 by 3x3), a plane's own beyond."""
+    NaN.  Planes up to 36 wide: in float32 the input's tiles, the input's gradient and the
+    output's gradient take a fixed layout up to 7 tiles a side (AlexNet's 27x27 by 5x5, 13x13 by
+    3x3), the plane's own sizes beyond."""
     h, w = max(h, k - 2 * pad), max(w, k - 2 * pad)  # at least one output
     rng = np.random.default_rng(seed)
     levels = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan], dtype)

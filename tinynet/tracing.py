@@ -139,8 +139,7 @@ def _winograd_forward(info):
     N, C, _, _ = info["input"]
     _, O, OH, OW = info["output"]
     EG, Og, Cg, T = info["winograd_gemm"]
-    m = info["block"]  # the side of the output block a tile makes
-    a = m + info["kernel"][0] - 1  # the tile's side
+    m, a = info["block"], info["side"]  # the sides of the output block a tile makes and of the tile
     E = a * a  # its entries, one product per entry and group
     th, tw = info["tiles"]
     groups = f"{EG // E} groups x " if EG > E else ""
@@ -158,8 +157,7 @@ def _winograd_forward(info):
 def _winograd_backward(info, need):
     """Backward of a Winograd convolution: the same maps transposed."""
     _, Og, Cg, T = info["winograd_gemm"]
-    m = info["block"]  # the output block's side
-    E = (m + info["kernel"][0] - 1) ** 2
+    m, E = info["block"], info["side"] ** 2  # the output block's side, a tile's entries
     lines = [f"tiles   Z = A gY A^T of every {m}x{m} output block -> Z {_mat(E * info['output'][1], T)}"]
     if len(need) > 1 and need[1]:
         lines.append(f"GEMM    grad U = Z {_mat(Og, T)} @ V^T {_mat(T, Cg)} per tile entry; grad W = G^T (grad U) G")

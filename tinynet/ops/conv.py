@@ -432,6 +432,7 @@ class Conv2d(Function):
                           of the im2col product above (cols, gemm, col_bytes describe that one;
                           columns_kept says whether V was kept), and these keys say what ran:
             tiles         (TH, TW) output blocks per image
+            side          A, the side of an input tile: 4 (3x3) or 8 (5x5)
             block         m, the side of an output block: 2 (3x3) or 4 (5x5)
             winograd_gemm (E*G, O/G, C/G, N*TH*TW): U @ V, one product per tile entry and group
             winograd_macs their multiply-adds
@@ -453,7 +454,7 @@ class Conv2d(Function):
         }
 
     def _describe_winograd(self):
-        """For a Winograd forward: tiles (TH, TW) per image, the side of a tile's output block,
+        """For a Winograd forward: tiles (TH, TW) per image, the sides of a tile and of its output block,
         the E = A^2 products per group as winograd_gemm (E*G, O/G, C/G, N*TH*TW), their
         multiply-adds, and V's bytes."""
         if not getattr(self, "winograd", False):
@@ -461,7 +462,7 @@ class Conv2d(Function):
         (N, C, _, _), (O, Cg, KH, _), itemsize = self.shapes
         G, (th, tw) = self.geometry[4], self.tiles
         T, E = N * th * tw, self.side ** 2
-        return {"tiles": (th, tw), "block": cpu_kernels.winograd_block(KH),
+        return {"tiles": (th, tw), "side": self.side, "block": cpu_kernels.winograd_block(KH),
                 "winograd_gemm": (E * G, O // G, Cg, T), "winograd_macs": E * O * Cg * T,
                 "tile_bytes": E * C * T * itemsize}
 
