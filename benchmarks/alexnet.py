@@ -28,7 +28,11 @@ im2col, col2im, the convolutions' output passes (layout, bias and their ReLU),
 the Winograd transforms of the 3x3 and 5x5 convolutions (input tiles, output tiles with
 bias and ReLU, their backward twins),
 LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
-allocation), so the gap to the floor is visible.  On the CPU it also times, last,
+allocation), so the gap to the floor is visible.  On the CPU the fully connected
+layers' weights are updated in backward, as the training program does it (at
+batch 1-32: tinynet/optim.py; TINYNET_BENCH_UPDATE_IN_BACKWARD=0 turns it off):
+that loop's time is split in the table, its products alone (timed by the worker)
+as GEMM and the rest as SGD.  On the CPU it also times, last,
 the SGD update alone against a plain pass over the same bytes (update_speed):
 the table under the breakdown.
 
@@ -77,6 +81,7 @@ PROFILED_STEPS = 3
 # Every worker times --repeat calls, or more until its timings add up to MIN_TIMED_SECONDS
 # (common.enough): a batch-1 inference pass is timed about 50 times, a batch-128 step 5.
 MIN_TIMED_SECONDS = 1.0
+UPDATE_IN_BACKWARD = "TINYNET_BENCH_UPDATE_IN_BACKWARD"  # "0": the fc layers' update in step(), not backward
 
 def status_bytes(field):
     """A memory field of this process's /proc/self/status in bytes: "VmRSS" (resident now) or
@@ -112,7 +117,10 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             model.to(device)
     x = tn.tensor(xp.asarray(np.random.default_rng(0).standard_normal((batch, 3, 227, 227)).astype(np.float32)))
     y = xp.asarray(np.arange(batch) % 1000)
-    opt = tn.optim.SGD(model.parameters(), lr=0.001)
+    # as the training program: on the CPU the fully connected layers' weights are updated in
+    # backward (tinynet/optim.py); UPDATE_IN_BACKWARD=0 in the environment turns it off, to compare
+    in_backward = device == "cpu" and os.environ.get(UPDATE_IN_BACKWARD, "1") != "0"
+    opt = tn.optim.SGD(model.parameters(), lr=0.001, update_in_backward=in_backward)
 
     def train_step():
         loss = F.cross_entropy(model(x), y)
@@ -133,6 +141,7 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
     if device == "cpu":  # the loops that ran (a library that failed to load falls back to NumPy's)
         result["base_bytes"] = base_bytes
         result["cpu_loops"] = "compiled" if tn.ops.cpu_loops.cpu_module() is tn.ops.cpu_loops else "numpy"
+        result["update_in_backward"] = "in backward" if in_backward else "in step()"
     if mode == "train" and "profile" in extras:
         profiles = []
         for _ in range(PROFILED_STEPS):  # more steps, profiled: where their time goes
@@ -141,6 +150,8 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
+        if in_backward:  # the products inside the fused update, alone (see profile_groups)
+            result["fused_products_ms"] = fc_weight_grad_ms(batch)
     if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch, mode, device)
@@ -172,6 +183,9 @@ def update_speed(opt, repeat):
     from tinynet.ops.cpu_kernels import parallel_runs
 
     flats = [v.reshape(-1) for v in opt.velocity]  # C-contiguous: views
+    for p in opt.params:  # updated in backward, so without a .grad: zeros, as a step() would read them
+        if p.grad is None:
+            p.grad = np.zeros_like(p.data)
 
     def stream():
         for v in flats:
@@ -183,6 +197,22 @@ def update_speed(opt, repeat):
     return dict(update=update, reference=stats(reference),
                 ratio=stats([u / r for u, r in zip(update["values"], reference)]),
                 bytes=moved, gb_per_s=moved / update["median"] / 1e9)
+
+
+def fc_weight_grad_ms(batch):
+    """The fully connected layers' weight-gradient products alone (ms, the median of 5 runs of
+    all three), on the route the engine takes at this batch (linear.weight_grad_gemm): the part
+    of the fused weight gradient + SGD update that is the floor's own GEMMs."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal((batch, fout)).astype(np.float32), rng.standard_normal((batch, fin)).astype(np.float32))
+             for _, fin, fout in FCS]
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        for gy, x in pairs:
+            linear.weight_grad_gemm(gy, x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) * 1e3
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -422,7 +452,8 @@ def summarise(result, batch):
     med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "update_speed", "floor", "version", "cpu_loops", "sgd", "base_bytes"):
+    for key in ("profile_ms", "fused_products_ms", "update_speed", "floor", "version", "cpu_loops", "sgd",
+                "base_bytes", "update_in_backward"):
         if key in result:
             out[key] = result[key]
     return out
@@ -449,10 +480,10 @@ def combine(rounds, batch):
                round_medians=[r["median"] for r in rounds])
     if all("base_bytes" in r for r in rounds):  # the peak above the process's memory before the model
         out["peak_above_base_bytes"] = max(r["peak_bytes"] - r["base_bytes"] for r in rounds)
-    for key in ("version", "cpu_loops", "sgd"):  # what ran: PyTorch's version and SGD; tinynet's CPU loops
-        if key in rounds[0]:
+    for key in ("version", "cpu_loops", "sgd", "update_in_backward"):  # what ran: PyTorch's version and SGD; tinynet's
+        if key in rounds[0]:                                         # CPU loops and where its fc layers update
             out[key] = rounds[0][key]
-    for key in ("profile_ms", "update_speed"):  # the first round's
+    for key in ("profile_ms", "fused_products_ms", "update_speed"):  # the first round's
         if key in rounds[0]:
             out[key] = rounds[0][key]
     floors = [r["floor"] for r in rounds if "floor" in r]
@@ -473,13 +504,22 @@ PROFILE_GROUPS = [
     ("max-pool", ("MaxPool2d",)), ("ReLU", ("ReLU",)), ("dropout", ("Dropout",)),
     ("loss", ("CrossEntropy",)), ("SGD update", ("SGD update",)),
 ]
+FUSED = "weight gradient + SGD update"  # the fc layers' update in backward (tinynet/optim.py)
 
 
-def profile_groups(profile_ms):
-    """ms per group of kinds (PROFILE_GROUPS), the rest as 'other (glue, allocation)'."""
+def profile_groups(profile_ms, fused_products_ms=None):
+    """ms per group of kinds (PROFILE_GROUPS), the rest as 'other (glue, allocation)'.  The fc
+    layers' fused weight gradient + SGD update is split: its products' time alone
+    (``fused_products_ms``, measured by the worker) goes to GEMM, the rest to the SGD update,
+    so that the SGD's share counts every millisecond the fusion spends beyond the floor's GEMMs."""
     groups = {name: 0.0 for name, _ in PROFILE_GROUPS}
     groups["other (glue, allocation)"] = 0.0
     for kind, value in profile_ms.items():
+        if kind.startswith(FUSED):
+            gemm = min(value, fused_products_ms or 0.0)
+            groups["GEMM"] += gemm
+            groups["SGD update"] += value - gemm
+            continue
         for name, prefixes in PROFILE_GROUPS:
             if kind.startswith(prefixes):
                 groups[name] += value
@@ -497,7 +537,9 @@ def profile_table(rows, device="cpu"):
         return []
     names = list(profile_groups({}))
     lines = ["", f"Where a training step's time goes (tn.profile(), {PROFILED_STEPS} extra steps after the timed "
-             "ones; each kind's median in ms, and its share of their total"
+             "ones; each kind's median in ms, and its share of their total. Where the fully connected layers' "
+             "weights are updated in backward, that fused loop's time is split: the same products alone, timed by "
+             "the worker, are counted as GEMM, and the rest as SGD update"
              + ("; on the GPU every op waits for its own kernels before the clock is read, so ops do "
                 "not overlap and the total exceeds an unprofiled step" if device != "cpu" else "") + "):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
@@ -505,7 +547,7 @@ def profile_table(rows, device="cpu"):
              "layer's runs in its output tiles) |",
              "|---" * (len(names) + 4) + "|"]
     for r in rows:
-        groups = profile_groups(r["tinynet"]["profile_ms"])
+        groups = profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_ms"))
         total = sum(groups.values())
         cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
         rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
@@ -524,7 +566,7 @@ def profile_table(rows, device="cpu"):
                   "|---|---|---|---|---|---|---|"]
         for r in speeds:
             f = r["tinynet"]["update_speed"]
-            total = sum(profile_groups(r["tinynet"]["profile_ms"]).values())
+            total = sum(profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_ms")).values())
             lines.append(f"| {r['batch']} | {ms(f['update']['median'])} | {f['bytes'] / 1e9:.2f} | {f['gb_per_s']:.0f} "
                          f"| {ms(f['reference']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
                          f"{f['ratio']['max']:.2f}) | {f['reference']['median'] * 1e3 / total:.0%} |")
@@ -600,7 +642,9 @@ def main():
              + (" with two towers" if args.towers else "") + f", {info['date']}\n",
              f"Machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']}; {info['blas_kernels']}; "
              f"PyTorch: {ran(rows, 'torch', 'version') if with_torch else 'not installed: no reference column'}; "
-             + (f"tinynet's CPU loops that ran: {ran(rows, 'tinynet', 'cpu_loops')}; "
+             + (f"tinynet's CPU loops that ran: {ran(rows, 'tinynet', 'cpu_loops')}; the fully connected layers' "
+                f"weights updated {ran(rows, 'tinynet', 'update_in_backward')} (at batch 1-32 the update in backward "
+                f"takes each weight's gradient as it is summed; above 32 it declines and step() updates them); "
                 f"a convolution's batch of GEMMs: {info['batched_products']}\n" if args.device == "cpu" else
                 f"GPU: {info['gpu']}; GEMMs by cuBLAS (cupy.matmul), convolutions by im2col\n"),
              ("Peak MB: the process's peak RSS, and in brackets the peak above the process's resident memory "

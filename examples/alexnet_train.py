@@ -1034,8 +1034,14 @@ class Run:
             tdata.stratified_subset_indices(self.val_set.labels, INTERIM_IMAGES, cfg["data_seed"])))
 
         self.model = build_model(cfg, self.train_set.num_classes, self.device)
+        # One process training on the CPU: the fully connected layers' weights are updated in
+        # backward, each gradient used as it is summed (same bits as backward then step(); see
+        # tinynet/optim.py).  Not with data parallelism (every update waits for the gradients
+        # summed over the processes), nor for --trace (which updates nothing).
+        in_backward = (self.ranks == 1 and not args.trace and not args.eval_only
+                       and tn.backend.Device(self.device).kind == "cpu")
         self.optimizer = SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                             weight_decay=cfg["weight_decay"])
+                             weight_decay=cfg["weight_decay"], update_in_backward=in_backward)
         self.scheduler = ReduceLROnPlateau(self.optimizer, patience=cfg["patience"])
         self._restore_state(ckpt)
         # every rank starts from rank 0's weights (and, resuming, its momentum): equal copies stay

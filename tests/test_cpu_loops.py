@@ -625,8 +625,10 @@ def run_every_loop_on_exact_buffers(cases=60):
         cpu_loops.matvec(rng.standard_normal((rows, length)).astype(dtype), rng.standard_normal(vectors).astype(dtype))
         batch, length = int(rng.integers(0, 20)), int(rng.choice([int(rng.integers(0, 300)), 64, 256]))
         cpu_loops.OUTER_SUM_STREAM_BYTES = int(rng.choice([0, 2**62]))  # past the cache or not
-        cpu_loops.outer_sum(rng.standard_normal((batch, rows)).astype(dtype),
-                            rng.standard_normal((batch, length)).astype(dtype))
+        gy, xs = rng.standard_normal((batch, rows)).astype(dtype), rng.standard_normal((batch, length)).astype(dtype)
+        cpu_loops.outer_sum(gy, xs)
+        w, v = (rng.standard_normal((rows, length)).astype(dtype) for _ in range(2))
+        cpu_loops.outer_sum_sgd(gy, xs, w, v, 0.01, 0.9, 5e-4)
     print(f"{cases} cases, every access in bounds")
 
 

@@ -123,6 +123,12 @@ class Function:
 
     crosses_devices = False
 
+    # The inputs whose optimiser update this op can apply in its backward, instead of returning
+    # their gradient (Linear: its weight), and {input index: update} for those run_backward
+    # handed one (see register_update_in_backward)
+    updatable_inputs = ()
+    updates = {}
+
     def save_for_backward(self, *arrays):
         self.saved = arrays
 
@@ -584,6 +590,65 @@ def _checked_grad(fn, i, tensor, g):
     return g
 
 
+# Leaves whose optimiser applies its update during backward (optim.SGD(update_in_backward=True)):
+# id(tensor) -> (weak reference to the tensor, its update).  By identity, not an attribute of the
+# tensor: a copy of a model (copy.deepcopy) has new parameters, which nothing updates so.
+_updates_in_backward = {}
+
+
+def register_update_in_backward(t, update):
+    """Let the op that takes leaf ``t`` apply ``update`` in its backward instead of returning
+    t's gradient (None: no longer).  ``update`` has ``pending`` (True from the time it is
+    applied until the optimiser's next step()) and ``declined(reason)``, called when a
+    backward delivers t's gradient instead.
+
+    run_backward offers it to an op only where that cannot change a number: t is used once in
+    the graph (no other input of any op in it lies over t's memory: the version count they
+    share says so), its .grad is None (nothing to add to), and the graph is freed as it goes
+    (retain_graph=False: no second backward through the same ops).  Otherwise t's gradient is
+    delivered as usual and the optimiser's step() applies it.  A backward that reaches t while
+    an update applied by an earlier one is pending (no step() between) is refused before any
+    gradient is delivered: the two gradients can no longer be summed."""
+    key = id(t)
+    if update is None:
+        _updates_in_backward.pop(key, None)
+        return
+    ref = weakref.ref(t, lambda _, key=key: _updates_in_backward.pop(key, None))
+    _updates_in_backward[key] = (ref, update)
+
+
+def _update_of(t):
+    entry = _updates_in_backward.get(id(t))
+    return entry[1] if entry is not None and entry[0]() is t else None
+
+
+def _offer_updates(users, boxes, retain_graph):
+    """Hand the registered leaves' updates to the one op that takes each (see
+    register_update_in_backward); ``users``: leaf -> [(fn, index)], ``boxes``: id of a version
+    box -> how many op inputs in the graph hold it."""
+    for t, _ in users.values():  # refused before any op is handed an update
+        if _update_of(t).pending:
+            raise RuntimeError(
+                f"Tensor.backward: a parameter of shape {t.shape} was already updated by an earlier "
+                "backward (its optimiser updates it in backward) and its optimiser's step() has not "
+                "run since; call step() after each backward, or build the optimiser with "
+                "update_in_backward=False to add up the gradients of several backwards"
+            )
+    for t, places in users.values():
+        if not any(i in fn.updatable_inputs for fn, i in places):
+            continue  # no op here could apply it: backward delivers the gradient, as ever
+        update = _update_of(t)
+        if retain_graph:
+            update.declined("backward(retain_graph=True)")
+        elif t.grad is not None:
+            update.declined("its .grad already holds a gradient to add to")
+        elif len(places) > 1 or boxes[id(t._versions)] > 1:
+            update.declined("it is an input of more than one op in the graph, or shares its memory with one")
+        else:
+            fn, i = places[0]
+            fn.updates = {**fn.updates, i: update}
+
+
 def _check_graph(root_fn):
     """Before any gradient is delivered: every function the walk can reach from ``root_fn``
     still holds its inputs (no earlier backward freed them) and finds them as forward left
@@ -592,6 +657,7 @@ def _check_graph(root_fn):
     the walk skips those a backward returns None for (no built-in op does), so for such an op
     this may refuse a part of the graph the walk would not have touched."""
     stack, seen = [root_fn], {id(root_fn)}
+    users, boxes = {}, {}  # for _offer_updates: the registered leaves' users; uses of each version box
     while stack:
         fn = stack.pop()
         if fn.inputs is None:
@@ -612,6 +678,11 @@ def _check_graph(root_fn):
             if fn.needs_input_grad[i] and creator is not None and id(creator) not in seen:
                 seen.add(id(creator))
                 stack.append(creator)
+            if _updates_in_backward:
+                boxes[id(t._versions)] = boxes.get(id(t._versions), 0) + 1
+                if fn.needs_input_grad[i] and creator is None and _update_of(t) is not None:
+                    users.setdefault(id(t), (t, []))[1].append((fn, i))
+    return users, boxes
 
 
 def run_backward(root, grad, retain_graph=False):
@@ -639,7 +710,9 @@ def run_backward(root, grad, retain_graph=False):
         slots[index] = g if slots[index] is None else slots[index] + g
 
     root_fn = root._creator
-    _check_graph(root_fn)
+    users, boxes = _check_graph(root_fn)
+    if users:
+        _offer_updates(users, boxes, retain_graph)
     add_grad(root_fn, root._out_index, grad)
     push(root_fn)
 

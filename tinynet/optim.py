@@ -8,15 +8,24 @@ SGD with momentum and weight decay, the paper's update rule (section 5):
 Note the learning rate sits inside v (unlike PyTorch's SGD, which keeps
 v = momentum * v + grad + weight_decay * w and steps w -= lr * v): the two
 agree while lr is constant and differ for a few steps after lr changes.
+
+``SGD(..., update_in_backward=True)`` applies the same rule, with the same
+bits, to the fully connected layers' weights during backward, on the CPU at
+batch 1-32: each weight's gradient is summed (its N products), used at once
+and never stored, where the two steps would write fc6's 151 MB gradient and
+read it back.  Those weights then have no ``.grad``; ``step()`` updates the
+rest.  The training program uses it; data parallelism cannot (the gradients
+are summed over the processes before any update).
 """
 
 import math
+import warnings
 
 import numpy as np
 
-from .autograd import _may_share_memory, no_grad
+from .autograd import _may_share_memory, no_grad, register_update_in_backward
 from .backend import copy_to_device, device_guard, device_of_array, is_gpu_array
-from .ops import kernels_for
+from .ops import kernels_for, linear
 from .profile import section
 
 
@@ -51,14 +60,25 @@ COMPILED_UPDATE_SIZE = 1 << 18
 
 
 class SGD:
-    """SGD(params, lr, momentum=0.9, weight_decay=5e-4), the paper's rule."""
+    """SGD(params, lr, momentum=0.9, weight_decay=5e-4), the paper's rule.
 
-    def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
+    ``update_in_backward=True``: a fully connected layer's weight is updated by its backward
+    (see the module's docstring; ``UpdateInBackward``).  Then call step() after every
+    backward, as the paper's loop does: a second backward before it is refused, since the
+    first one's gradient is spent.  The newest SGD built over a parameter decides: one built
+    without the option takes it back."""
+
+    def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4, update_in_backward=False):
         _check_constants("SGD", lr, momentum, weight_decay)
         self.params = _check_params(params)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.velocity = [_zeros_beside(p) for p in self.params]
         self.velocity_devices = [p.device for p in self.params]
+        self.update_in_backward = bool(update_in_backward)
+        self.in_backward = [UpdateInBackward(self, i) if update_in_backward else None
+                            for i in range(len(self.params))]
+        for p, update in zip(self.params, self.in_backward):
+            register_update_in_backward(p, update)
 
     def zero_grad(self):
         for p in self.params:
@@ -72,6 +92,10 @@ class SGD:
     def _step(self):
         lr, m, wd = self.lr, self.momentum, self.weight_decay
         for i, (p, v) in enumerate(zip(self.params, self.velocity)):
+            update = self.in_backward[i]
+            if update is not None and update.pending:  # backward updated it (and left no .grad)
+                update.pending = False
+                continue
             if p.grad is None:
                 continue
             if p.device != self.velocity_devices[i]:
@@ -114,6 +138,49 @@ class SGD:
         for buf, p, v in zip(self.velocity, self.params, vel):
             with device_guard(p.device):
                 buf[...] = p.device.xp.asarray(v)  # host -> the parameter's device, its dtype
+
+
+class UpdateInBackward:
+    """Parameter ``index`` of an SGD built with ``update_in_backward=True``.  Linear's backward
+    asks whether it ``takes`` the weight gradient's factors (gy, x); where the CPU's loops sum
+    that gradient at this batch, it does, and ``apply`` runs the paper's rule with each sum as it
+    comes (the CPU loops' outer_sum_sgd, the same bits as outer_sum and then step()).
+    Elsewhere (a GPU, a batch over 32, a weight that is not C-contiguous) backward returns the
+    gradient as usual, for step().  autograd.register_update_in_backward says when backward
+    offers it at all."""
+
+    def __init__(self, optimizer, index):
+        self.optimizer, self.index = optimizer, index
+        self.pending = False     # applied by a backward, step() not yet run
+        self.warned = False
+
+    def takes(self, gy, x):
+        """Whether the CPU's fused loop runs for the weight gradient gy.T @ x: a CPU array at a
+        batch whose weight gradient is a sum of outer products (linear.weight_grad_gemm),
+        the weight and its momentum C-contiguous, one dtype."""
+        opt, i = self.optimizer, self.index
+        p, v = opt.params[i], opt.velocity[i]
+        w = p.data
+        return (linear.small_batch_cpu(x) and x.shape[0] in linear.OUTER_SUM_BATCH and isinstance(w, np.ndarray)
+                and w.flags.c_contiguous and v.flags.c_contiguous and gy.dtype == x.dtype == w.dtype
+                and p.device == opt.velocity_devices[i])
+
+    def apply(self, gy, x):
+        """The update, in place, with the gradient gy.T @ x (where ``takes`` says so)."""
+        opt, i = self.optimizer, self.index
+        p = opt.params[i]
+        with section("weight gradient + SGD update (fused)"):
+            kernels_for(p.data).outer_sum_sgd(gy, x, p.data, opt.velocity[i], opt.lr, opt.momentum, opt.weight_decay)
+        p._bump_version()
+        self.pending = True
+
+    def declined(self, reason):
+        """Backward delivers the gradient instead (said once per parameter): step() applies it."""
+        if not self.warned:
+            self.warned = True
+            warnings.warn(f"SGD(update_in_backward=True): parameter {self.index} (shape "
+                          f"{self.optimizer.params[self.index].shape}) is updated by step(), not in backward: "
+                          f"{reason}", stacklevel=4)
 
 
 def _zeros_beside(p):

@@ -2,7 +2,8 @@
 
 Same functions, arguments and results (to the bit) as ``cpu_kernels``, the
 NumPy versions: im2col, col2im, maxpool_forward, maxpool_backward,
-lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, matvec, outer_sum, and the
+lrn_forward, lrn_backward, conv_output, conv_grad_rows, sgd_update, matvec, outer_sum,
+outer_sum_sgd, and the
 Winograd transforms (winograd_input, winograd_output, winograd_grad_output,
 winograd_input_grad, winograd_weight, winograd_weight_grad; where a sum of
 NaN operands gives a NaN, its sign may differ from NumPy's; an LRN with a beta
@@ -75,6 +76,7 @@ _SIGNATURES = {
     "winograd_weight_grad": [_ptr] * 2 + [_i64] * 4,
     "matvec": [_ptr] * 3 + [_i64] * 5,
     "outer_sum": [_ptr] * 3 + [_i64] * 5,
+    "outer_sum_sgd": [_ptr] * 4 + [_i64] * 4 + [_dbl] * 3,
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -507,3 +509,21 @@ def outer_sum(gy, x):
     cpu_kernels.parallel_runs(lambda o0, o1: fn(gt.ctypes.data, x.ctypes.data, gw.ctypes.data, N, I, o0, o1,
                                                 int(stream)), O)
     return gw
+
+
+def outer_sum_sgd(gy, x, w, v, lr, m, wd):
+    """In place: the paper's update of w (O, I) and its momentum v with g = gy.T @ x, each g
+    summed as outer_sum sums it and used at once, never stored (see outer_sum_sgd in
+    kernels/cpu_loops.cpp); the same bits as cpu_kernels.outer_sum_sgd, which stores g and
+    then updates.  The rows shared out between the threads, one run each."""
+    if not _compiled(gy, x, w, v):
+        return cpu_kernels.outer_sum_sgd(gy, x, w, v, lr, m, wd)
+    cpu_kernels._check_outer_sum(gy, x)
+    cpu_kernels._check_step_arrays(gy, w, v)
+    gt, x = _c(gy.T), _c(x)  # gy.T (O, N): each row's N coefficients side by side
+    (O, N), I = gt.shape, x.shape[1]
+    if w.shape[1] != I:
+        raise ValueError(f"outer_sum_sgd: w has {w.shape[1]} columns, x {I}")
+    fn = _function("outer_sum_sgd", w.dtype)
+    cpu_kernels.parallel_runs(lambda o0, o1: fn(gt.ctypes.data, x.ctypes.data, w.ctypes.data, v.ctypes.data,
+                                                N, I, o0, o1, lr, m, wd), O)

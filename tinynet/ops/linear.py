@@ -53,7 +53,8 @@ OUTER_SUM_BATCH = range(1, 33)
 SMALL_BATCH_ROUTES = True
 
 
-def _small_batch_cpu(x):
+def small_batch_cpu(x):
+    """Whether the small-batch routes may run for x: a CPU array, and SMALL_BATCH_ROUTES."""
     return SMALL_BATCH_ROUTES and get_array_module(x) is np
 
 
@@ -69,9 +70,9 @@ def forward_gemm(x, weight):
     """x @ weight.T, on the CPU for batch 1-4 as the matrix-vector products it is (the CPU
     loops' ``matvec``), and for batch 5-64 as (weight @ x.T).T, WEIGHT_ROWS rows of the
     weight at a time."""
-    if _small_batch_cpu(x) and x.shape[0] in MATVEC_BATCH:
+    if small_batch_cpu(x) and x.shape[0] in MATVEC_BATCH:
         return kernels_for(x).matvec(weight, x)
-    if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
+    if small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return np.ascontiguousarray(_by_row_blocks(weight, x.T).T)
     return matmul(x, weight.T)
 
@@ -79,14 +80,16 @@ def forward_gemm(x, weight):
 def weight_grad_gemm(gy, x):
     """gy.T @ x, on the CPU for batch 1-32 as the sum of outer products it is (the CPU loops'
     ``outer_sum``), and for batch 33-64 its rows shared between the threads."""
-    if _small_batch_cpu(x) and x.shape[0] in OUTER_SUM_BATCH:
+    if small_batch_cpu(x) and x.shape[0] in OUTER_SUM_BATCH:
         return kernels_for(x).outer_sum(gy, x)
-    if _small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
+    if small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return rows_matmul(gy.T, x)
     return matmul(gy.T, x)
 
 
 class Linear(Function):
+    updatable_inputs = (1,)  # the weight: see backward
+
     def forward(self, x, weight, *bias):
         self.save_for_backward(x, weight)
         self.has_bias = bool(bias)
@@ -107,9 +110,16 @@ class Linear(Function):
 
     def backward(self, gy):
         x, weight = self.saved
+        # an optimiser that updates the weight in backward (SGD(update_in_backward=True)), where
+        # it can at this batch, takes gw as it is summed and never stores it
+        update = self.updates.get(1)
+        if update is not None and not update.takes(gy, x):
+            update = None
         with section("GEMM"):
             gx = matmul(gy, weight) if self.needs_input_grad[0] else None   # (N, in) = (N, out) @ (out, in)
-            gw = weight_grad_gemm(gy, x) if self.needs_input_grad[1] else None  # (out, in) = (out, N) @ (N, in)
+            gw = weight_grad_gemm(gy, x) if self.needs_input_grad[1] and update is None else None  # (out, in)
+        if update is not None:
+            update.apply(gy, x)  # after gx, which needs the weight as forward used it
         if not self.has_bias:
             return gx, gw
         gb = gy.sum(axis=0) if self.needs_input_grad[2] else None
