@@ -268,8 +268,7 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
     typedef typename Lanes<T>::Int Int;
     const i64 L = Lanes<T>::L, P = (OW + L - 1) / L * L;  // lanes per row of outputs
     const i64 PL = (H * W + SW - 1) / SW + P;  // one phase, and room for the lanes past OW
-    std::vector<T> phases(SW * PL, T(0)), m(P);
-    std::vector<int> where(P);
+    std::vector<T> phases(SW * PL, T(0));
     std::vector<i64> phase(KH * KW), index(KH * KW);  // offset (ky, kx) of this row: phase, index in it
     std::vector<const T*> from(KH * KW);
     std::vector<Int> place(KH * KW);
@@ -277,6 +276,7 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
     #pragma GCC unroll 8
     for (int j = 0; j < L; ++j) lane[j] = Int(j * SW);
     const i64 step_index = SH * W / SW, step_phase = SH * W % SW;  // a row on
+    const i64 end = n1 * C * OH * OW;  // the end of this call's outputs
     for (i64 plane = n0 * C; plane < n1 * C; ++plane) {
         const T* xp = x + plane * H * W;
         if (SW == 2) {  // AlexNet's stride, two runs the compiler turns into SIMD code
@@ -300,6 +300,9 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
                 from[k] = phases.data() + phase[k] * PL + index[k];
                 place[k] = Int(index[k] * SW + phase[k]);
             }
+            const i64 row = (plane * OH + oy) * OW;
+            T* __restrict__ yrow = y + row;
+            int* __restrict__ arow = WHERE ? argmax + row : nullptr;
             for (i64 b = 0; b < P; b += L) {  // lanes b .. b+L-1
                 V mv, c;
                 I wv = {};
@@ -311,13 +314,18 @@ static INLINE void maxpool_forward(const T* x, T* y, int* argmax, i64 C, i64 H, 
                     mv = keep ? mv : c;
                     if (WHERE) wv = keep ? wv : lane + Int(place[k] + b * SW);
                 }
-                std::memcpy(m.data() + b, &mv, sizeof(V));
-                if (WHERE)
-                    #pragma GCC unroll 8
-                    for (int j = 0; j < L; ++j) where[b + j] = int(wv[j]);
+                if (row + b + L <= end) {  // a whole register, its lanes past OW over rows written later
+                    std::memcpy(yrow + b, &mv, sizeof(V));
+                    if (WHERE)
+                        #pragma GCC unroll 8
+                        for (int j = 0; j < L; ++j) arow[b + j] = int(wv[j]);
+                } else {  // the last outputs of [n0, n1): lane by lane, the lanes past OW dropped
+                    for (i64 j = 0; j < OW - b; ++j) {
+                        yrow[b + j] = mv[j];
+                        if (WHERE) arow[b + j] = int(wv[j]);
+                    }
+                }
             }
-            std::memcpy(y + (plane * OH + oy) * OW, m.data(), OW * sizeof(T));
-            if (WHERE) std::memcpy(argmax + (plane * OH + oy) * OW, where.data(), OW * sizeof(int));
             for (i64 k = 0; k < KH * KW; ++k) {  // the next row
                 index[k] += step_index;
                 phase[k] += step_phase;

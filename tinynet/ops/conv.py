@@ -77,7 +77,7 @@ from .cpu_kernels import batched_matmul
 # a machine like that Xeon, set_conv_workspace(32 * 2**20).  On a GPU fewer, larger chunks mean
 # fewer, larger kernels.
 DEFAULT_WORKSPACE = {"cpu": 192 * 2**20, "gpu": 192 * 2**20}
-_workspace = {"bytes": None, "keep": 384 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
+_workspace = {"bytes": None, "keep": 640 * 2**20, "peak": 0, "peak_roles": {}, "algorithm": "auto"}
 _peak_lock = threading.Lock()
 
 
@@ -112,16 +112,18 @@ def set_conv_keep_columns(nbytes):
     convolution holds across the step; backward reads them chunk by chunk,
     its other buffers within the workspace budget.  Columns are kept only
     when the weights need a gradient (backward reads them for nothing else).
-    Default 384 MiB.  What a convolution keeps is its column matrix, or for one
+    Default 640 MiB.  What a convolution keeps is its column matrix, or for one
     run by Winograd its input tiles V.  At batch 32 on one device every AlexNet
     convolution keeps them (conv1's columns 134 MiB, conv2's tiles 36.8, conv3's
     24.5, conv4's and conv5's 36.8 each), so backward rebuilds nothing; at batch
-    128 conv2-5 keep their tiles (conv2's 147 MiB) and conv1 rebuilds its
-    columns (538 MiB) chunk by chunk.  On the 2-core development machine, when
-    conv2 ran 2x2 blocks (its tiles 331 MiB at batch 128), the batch-128 step
-    took 2.67 s with this cap and 2.79 s with the previous one (256 MiB: conv2's
-    tiles rebuilt), and its peak was 2,469 MB (PyTorch's: 2,987); the batch-32
-    step's peak was 1,516 MB (PyTorch's: 1,786).
+    128 too (conv1's columns 538 MiB, conv2's tiles 147); at batch 256 conv1
+    rebuilds its columns chunk by chunk.  On the 2-core Zen 5, conv1's forward
+    and backward at batch 128 took 0.93 of the time with its columns kept (7
+    pairs in turn, against the previous cap of 384 MiB, which rebuilt them), and
+    a batch-128 step's peak memory went from 2,369 to 2,830 MB (PyTorch's: 4,369).
+    Earlier, when conv2 ran 2x2 blocks (its tiles 331 MiB at batch 128), the
+    batch-128 step took 2.67 s with a cap of 384 MiB and 2.79 s with 256 (conv2's
+    tiles rebuilt).
     Returns the previous value."""
     if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < 0:
         raise ValueError(f"set_conv_keep_columns: nbytes must be an int >= 0, got {nbytes!r}")
