@@ -74,7 +74,7 @@ def bare_worker(config_path, steps):
     batch, classes = cfg["batch_size"], cfg["num_classes"]
     model = program.build_model(cfg, classes)
     opt = tn.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                       weight_decay=cfg["weight_decay"])
+                       weight_decay=cfg["weight_decay"], update_in_backward=True)  # as the program, one CPU process
     rng = np.random.default_rng(0)
     x = tn.tensor(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
     y = rng.integers(0, classes, batch)
