@@ -35,6 +35,7 @@ from tinynet import data as tdata  # noqa: E402
 from tinynet import files, runs  # noqa: E402
 from tinynet.checkpoint import link_checkpoint, load_checkpoint, restore, save_checkpoint  # noqa: E402
 from tinynet.models import AlexNet, he_weight_std  # noqa: E402
+from tinynet.ops import linear  # noqa: E402
 from tinynet.optim import SGD, ReduceLROnPlateau  # noqa: E402
 from tinynet.plot import filter_picture, line_chart  # noqa: E402
 from tinynet.training import RateMeter, StopOnSignal, TimeBudget, budget_lr  # noqa: E402
@@ -1207,6 +1208,12 @@ class Run:
             self.say(f"CPU loops: {'compiled (kernels/cpu_loops.cpp)' if compiled else 'NumPy'}, "
                      f"{tn.get_num_threads()} thread(s); a convolution's products: "
                      f"{tn.ops.cpu_kernels.batched_matmul_route()}; {tn.ops.cpu_kernels.blas_kernels()}")
+        if self.optimizer.update_in_backward and not self.args.eval_only:
+            how = ("each weight's gradient used as it is summed, never stored (the same numbers as "
+                   "backward then step())" if cfg["batch_size"] <= max(linear.OUTER_SUM_BATCH) else
+                   f"but not at batch {cfg['batch_size']} (above {max(linear.OUTER_SUM_BATCH)}: "
+                   "their gradients are stored and step() applies them)")
+            self.say(f"SGD: the fully connected layers' weights are updated in backward, {how}")
 
     # ---- the loop's parts ---------------------------------------------------------------
     def batches(self, epoch):

@@ -475,9 +475,24 @@ def test_trace_writes_no_file(prog, run_a, cache_dir, tmp_path, monkeypatch, cap
     assert "--trace prints one training step and writes nothing, so --out would do nothing" in run_error(
         prog, capsys, argv + ["--out", out_a])
     prog.main(argv)
-    assert "--trace: traced one training step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--trace: traced one training step" in printed
+    assert "updated in backward" not in printed  # --trace updates nothing, in backward or after
     assert folder_state(out_a) == before
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_the_program_says_where_the_fully_connected_layers_are_updated(prog, cache_dir, tmp_path, capsys):
+    """On the CPU, one process: in backward at batch 1-32 (tinynet/optim.py), and said so; above
+    32 it says that step() updates them."""
+    for batch, said in ((2, "each weight's gradient used as it is summed, never stored"),
+                        (33, "but not at batch 33 (above 32")):
+        prog.main(["--preset", "demo", "--max-train-images", "40", "--max-val-images", "2",
+                   "--batch-size", str(batch), "--stop-after-steps", "1", "--out", str(tmp_path / str(batch)),
+                   "--cache-dir", cache_dir, "--quiet"])
+        printed = capsys.readouterr().out
+        assert "SGD: the fully connected layers' weights are updated in backward" in printed and said in printed
 
 
 @pytest.mark.slow
