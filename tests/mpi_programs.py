@@ -121,8 +121,30 @@ def uneven_gradients():
     return out
 
 
+def update_in_backward_refused():
+    """SGD(update_in_backward=True) updates a weight with this rank's own gradient in backward:
+    allreduce_gradients must refuse (on every rank, before any collective), not average the rest.
+    Returns the error message, or '' if none came."""
+    lin = nn.Linear(6, 3, rng=np.random.default_rng(1))
+    SGD(lin.parameters(), lr=0.1, update_in_backward=True)
+    x = np.random.default_rng(dist.rank()).standard_normal((4, 6)).astype(np.float32)
+    F.cross_entropy(lin(tn.tensor(x)), np.arange(4) % 3).backward()
+    try:
+        dist.allreduce_gradients(lin.parameters())
+    except RuntimeError as e:
+        return str(e)
+    return ""
+
+
 def main(argv):
     mode = argv[0]
+    if mode == "in_backward":
+        message = update_in_backward_refused()
+        dist.barrier()  # both ranks got here: nobody waits in a collective
+        if dist.is_main():
+            with open(argv[1], "w") as f:
+                f.write(message)
+        return
     if mode == "uneven":
         grads = uneven_gradients()
         if dist.is_main():

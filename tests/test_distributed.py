@@ -196,6 +196,16 @@ def test_uneven_local_batches_weigh_each_rank_by_its_samples(tmp_path):
 
 
 @needs_mpi
+def test_data_parallelism_refuses_weights_updated_in_backward(tmp_path):
+    """SGD(update_in_backward=True) would update each rank's copy with its own gradient before
+    the sum over ranks: allreduce_gradients refuses on every rank, and no rank hangs."""
+    job = run_mpi(2, [PROGRAMS, "in_backward", str(tmp_path / "message.txt")])
+    assert job.returncode == 0, job.stderr
+    message = (tmp_path / "message.txt").read_text()
+    assert "allreduce_gradients: parameter(s) [0] were updated in backward by SGD(update_in_backward=True)" in message
+
+
+@needs_mpi
 @pytest.mark.parametrize("mode, words", [("raise", "an error injected by the test"),
                                          ("nan", "loss became nan at step 2")])
 def test_failure_on_one_rank_aborts_all(mode, words):

@@ -617,6 +617,12 @@ def register_update_in_backward(t, update):
     _updates_in_backward[key] = (ref, update)
 
 
+def update_in_backward_pending(t):
+    """Whether a backward has applied t's optimiser update and its step() has not run since."""
+    update = _update_of(t)
+    return update is not None and update.pending
+
+
 def _update_of(t):
     entry = _updates_in_backward.get(id(t))
     return entry[1] if entry is not None and entry[0]() is t else None

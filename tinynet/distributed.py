@@ -46,6 +46,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from . import autograd as _autograd
+
 # Environment variables through which the launchers tell each process the job's shape.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")                       # processes in the job
 _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK")   # index on this machine
@@ -355,6 +357,12 @@ def allreduce_gradients(params, count=None):
     n = world_size()
     if n == 1 or not params:
         return 0
+    pending = [i for i, p in enumerate(params) if _autograd.update_in_backward_pending(p)]
+    if pending:  # updated by this rank's own gradient already: the ranks' weights now differ
+        raise RuntimeError(
+            f"allreduce_gradients: parameter(s) {pending} were updated in backward by "
+            "SGD(update_in_backward=True) with this rank's own gradient, before any sum over the "
+            "ranks; build the optimiser without update_in_backward for data parallelism")
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1:
         raise TypeError(f"allreduce_gradients: all parameters must share one dtype (one buffer), "
