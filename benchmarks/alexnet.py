@@ -150,7 +150,7 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
-        if in_backward:  # the products inside the fused update, alone (see profile_groups)
+        if in_backward and batch in linear.OUTER_SUM_BATCH:  # the fused update's products alone (profile_groups)
             result["fused_products_ms"] = fc_weight_grad_ms(batch)
     if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
