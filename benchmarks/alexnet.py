@@ -539,7 +539,9 @@ def profile_table(rows, device="cpu"):
     lines = ["", f"Where a training step's time goes (tn.profile(), {PROFILED_STEPS} extra steps after the timed "
              "ones; each kind's median in ms, and its share of their total. Where the fully connected layers' "
              "weights are updated in backward, that fused loop's time is split: the same products alone, timed by "
-             "the worker, are counted as GEMM, and the rest as SGD update"
+             "the worker, are counted as GEMM, and the rest as SGD update (the products alone are timed apart, "
+             "five runs after the profiled steps, and store their 151 MB gradient, which the fused loop never "
+             "does: the split moves with the minute by a few ms)"
              + ("; on the GPU every op waits for its own kernels before the clock is read, so ops do "
                 "not overlap and the total exceeds an unprofiled step" if device != "cpu" else "") + "):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
@@ -560,7 +562,9 @@ def profile_table(rows, device="cpu"):
                   "each momentum buffer by 1 in place on the same threads, its time scaled to the update's five "
                   "arrays from its two; in turn with the update; medians). A yardstick of the memory's speed, not a "
                   "bound: the update reads three arrays for two written back and may take a little less. Its share "
-                  "is of the profiled step's total:", "",
+                  "is of the profiled step's total. Where the fully connected layers are updated in backward, this "
+                  "is the update of every parameter as step() would run it unfused (their gradients set to zeros), "
+                  "a pass the step no longer makes for those layers:", "",
                   "| batch | update ms | GB moved | GB/s | plain pass, same bytes, ms | update / pass (min-max) "
                   "| the pass's share of the step |",
                   "|---|---|---|---|---|---|---|"]

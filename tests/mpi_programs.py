@@ -123,10 +123,11 @@ def uneven_gradients():
 
 def update_in_backward_refused():
     """SGD(update_in_backward=True) updates a weight with this rank's own gradient in backward:
-    allreduce_gradients must refuse (on every rank, before any collective), not average the rest.
+    allreduce_gradients must refuse on every rank together (after its first, small collective), not
+    average the rest.
     Returns the error message, or '' if none came."""
     lin = nn.Linear(6, 3, rng=np.random.default_rng(1))
-    SGD(lin.parameters(), lr=0.1, update_in_backward=True)
+    opt = SGD(lin.parameters(), lr=0.1, update_in_backward=True)  # noqa: F841  (kept alive: it updates in backward)
     x = np.random.default_rng(dist.rank()).standard_normal((4, 6)).astype(np.float32)
     F.cross_entropy(lin(tn.tensor(x)), np.arange(4) % 3).backward()
     try:

@@ -161,7 +161,7 @@ def test_retain_graph_and_an_existing_grad_decline():
 
 def test_the_newest_optimiser_decides_and_a_copy_is_not_updated_in_backward():
     net = mlp()
-    optim.SGD(net.parameters(), lr=0.01, update_in_backward=True)
+    first = optim.SGD(net.parameters(), lr=0.01, update_in_backward=True)  # noqa: F841  (kept alive)
     twin = copy.deepcopy(net)
     (x, y), = batches([4])
     F.cross_entropy(twin(tn.tensor(x)), y).backward()
@@ -175,7 +175,7 @@ def test_the_newest_optimiser_decides_and_a_copy_is_not_updated_in_backward():
 def test_an_updated_weight_refuses_a_graph_that_saved_it():
     tn.manual_seed(0)
     fc = nn.Linear(4, 3)
-    optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
+    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)  # noqa: F841  (kept alive)
     x = tn.tensor(np.ones((2, 4), np.float32))
     first, second = fc(x).sum(), fc(x).sum()
     first.backward()  # updates the weight in place
@@ -225,9 +225,49 @@ def test_outer_sum_sgd_refuses_mismatched_arrays():
 def test_it_runs_only_where_the_weight_gradient_is_a_sum_of_outer_products():
     assert set(linear.OUTER_SUM_BATCH) == set(range(1, 33))
     net = mlp()
-    optim.SGD(net.parameters(), lr=0.01, update_in_backward=True)
+    opt = optim.SGD(net.parameters(), lr=0.01, update_in_backward=True)  # noqa: F841  (kept alive)
     (x, y), = batches([33])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a route that does not run: no warning, the usual gradient
         F.cross_entropy(net(tn.tensor(x)), y).backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_an_optimiser_that_is_gone_updates_nothing_and_is_not_kept_alive():
+    import gc
+    import weakref
+
+    net = mlp()
+    opt = optim.SGD(net.parameters(), lr=0.01, update_in_backward=True)
+    gone = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert gone() is None  # autograd's registry held it only weakly
+    (x, y), = batches([4])
+    F.cross_entropy(net(tn.tensor(x)), y).backward()
+    assert all(p.grad is not None for p in net.parameters())  # the usual gradients, no update
+
+
+def test_a_plain_tensor_declines_since_its_memory_is_not_tracked():
+    w = tn.tensor(np.ones((3, 5), np.float32), requires_grad=True)
+    opt = optim.SGD([w], lr=0.1, update_in_backward=True)
+    x = tn.tensor(np.ones((2, 5), np.float32))
+    with pytest.warns(UserWarning, match="it is not an nn.Parameter"):
+        F.linear(x, w).sum().backward()
+    assert w.grad is not None
+    opt.step()
+
+
+def test_an_offer_declined_later_is_withdrawn():
+    tn.manual_seed(0)
+    fc = nn.Linear(4, 3)
+    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
+    x = tn.tensor(np.ones((2, 4), np.float32))
+    out = fc(x).sum()
+    fn = out._creator.inputs[0]._creator  # the Linear op, under the sum
+    fn.updates = {1: opt.in_backward[0]}  # as a refused or failed earlier backward might leave it
+    fc.weight.grad = np.zeros(fc.weight.shape, np.float32)  # a .grad to add to: declined this time
+    with pytest.warns(UserWarning, match="already holds a gradient"):
+        out.backward()
+    assert not opt.in_backward[0].pending and np.any(fc.weight.grad != 0)
+    opt.step()

@@ -598,9 +598,10 @@ _updates_in_backward = {}
 
 def register_update_in_backward(t, update):
     """Let the op that takes leaf ``t`` apply ``update`` in its backward instead of returning
-    t's gradient (None: no longer).  ``update`` has ``pending`` (True from the time it is
-    applied until the optimiser's next step()) and ``declined(reason)``, called when a
-    backward delivers t's gradient instead.
+    t's gradient (None: no longer).  ``update`` has ``active`` (False once its optimiser is
+    gone: then nothing is offered), ``pending`` (True from the time it is applied until the
+    optimiser's next step()) and ``declined(reason)``, called when a backward delivers t's
+    gradient instead.
 
     run_backward offers it to an op only where that cannot change a number: t is used once in
     the graph (no other input of any op in it lies over t's memory: the version count they
@@ -625,7 +626,8 @@ def update_in_backward_pending(t):
 
 def _update_of(t):
     entry = _updates_in_backward.get(id(t))
-    return entry[1] if entry is not None and entry[0]() is t else None
+    update = entry[1] if entry is not None and entry[0]() is t else None
+    return update if update is not None and update.active else None
 
 
 def _offer_updates(users, boxes, retain_graph):
@@ -644,7 +646,10 @@ def _offer_updates(users, boxes, retain_graph):
         if not any(i in fn.updatable_inputs for fn, i in places):
             continue  # no op here could apply it: backward delivers the gradient, as ever
         update = _update_of(t)
-        if retain_graph:
+        if _registered_box(_memory_owner(t.data)) is not t._versions:
+            update.declined("it is not an nn.Parameter, whose memory every tensor made from it shares a "
+                            "version count with (so another tensor over it could go unseen)")
+        elif retain_graph:
             update.declined("backward(retain_graph=True)")
         elif t.grad is not None:
             update.declined("its .grad already holds a gradient to add to")
@@ -666,6 +671,7 @@ def _check_graph(root_fn):
     users, boxes = {}, {}  # for _offer_updates: the registered leaves' users; uses of each version box
     while stack:
         fn = stack.pop()
+        fn.__dict__.pop("updates", None)  # an offer from an earlier backward over this graph: withdrawn
         if fn.inputs is None:
             raise RuntimeError(
                 f"Tensor.backward: part of the graph ({type(fn).__name__}) was already freed by "

@@ -357,12 +357,6 @@ def allreduce_gradients(params, count=None):
     n = world_size()
     if n == 1 or not params:
         return 0
-    pending = [i for i, p in enumerate(params) if _autograd.update_in_backward_pending(p)]
-    if pending:  # updated by this rank's own gradient already: the ranks' weights now differ
-        raise RuntimeError(
-            f"allreduce_gradients: parameter(s) {pending} were updated in backward by "
-            "SGD(update_in_backward=True) with this rank's own gradient, before any sum over the "
-            "ranks; build the optimiser without update_in_backward for data parallelism")
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1:
         raise TypeError(f"allreduce_gradients: all parameters must share one dtype (one buffer), "
@@ -371,7 +365,15 @@ def allreduce_gradients(params, count=None):
     # which parameters have a gradient on some rank, and (count) how many samples there are
     # in all: one small Allreduce before the big one
     has_grad = [p.grad is not None for p in params]
-    totals = allreduce_sum(has_grad + [0 if count is None else count])
+    # and on how many ranks a parameter was already updated in backward with the rank's own
+    # gradient (SGD(update_in_backward=True)), before any sum: every rank then refuses together
+    pending = [i for i, p in enumerate(params) if _autograd.update_in_backward_pending(p)]
+    *totals, updated = allreduce_sum(has_grad + [0 if count is None else count, len(pending)])
+    if updated:
+        raise RuntimeError(
+            f"allreduce_gradients: parameter(s) {pending or '(on another rank)'} were updated in "
+            "backward by SGD(update_in_backward=True) with a rank's own gradient, before any sum over "
+            "the ranks; build the optimiser without update_in_backward for data parallelism")
     for p in params:
         if p.grad is None:
             p.grad = _xp(p.data).zeros_like(p.data)

@@ -20,6 +20,7 @@ are summed over the processes before any update).
 
 import math
 import warnings
+import weakref
 
 import numpy as np
 
@@ -65,8 +66,10 @@ class SGD:
     ``update_in_backward=True``: a fully connected layer's weight is updated by its backward
     (see the module's docstring; ``UpdateInBackward``).  Then call step() after every
     backward, as the paper's loop does: a second backward before it is refused, since the
-    first one's gradient is spent.  The newest SGD built over a parameter decides: one built
-    without the option takes it back."""
+    first one's gradient is spent.  The update uses lr, momentum and weight decay as they are
+    when backward runs (set lr before it, as the training program does), and those weights'
+    gradients are never seen: clipping or inspecting gradients needs the option off.  The
+    newest SGD built over a parameter decides: one built without the option takes it back."""
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4, update_in_backward=False):
         _check_constants("SGD", lr, momentum, weight_decay)
@@ -95,6 +98,10 @@ class SGD:
             update = self.in_backward[i]
             if update is not None and update.pending:  # backward updated it (and left no .grad)
                 update.pending = False
+                if p.grad is not None:  # a gradient beside the update: one of the two would be lost
+                    raise RuntimeError(
+                        f"SGD.step: parameter {i} (shape {p.shape}) was updated in backward and also holds "
+                        "a .grad from elsewhere; the .grad was not applied")
                 continue
             if p.grad is None:
                 continue
@@ -150,9 +157,14 @@ class UpdateInBackward:
     offers it at all."""
 
     def __init__(self, optimizer, index):
-        self.optimizer, self.index = optimizer, index
+        # a weak reference: autograd's registry holds this update, and through a strong one it
+        # would keep the optimiser, its parameters and momentum (490 MB for AlexNet) alive
+        self._optimizer, self.index = weakref.ref(optimizer), index
         self.pending = False     # applied by a backward, step() not yet run
         self.warned = False
+
+    optimizer = property(lambda self: self._optimizer())
+    active = property(lambda self: self._optimizer() is not None)  # its optimiser still exists
 
     def takes(self, gy, x):
         """Whether the CPU's fused loop runs for the weight gradient gy.T @ x: a CPU array at a
