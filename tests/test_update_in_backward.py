@@ -46,6 +46,15 @@ def batches(sizes, dtype=np.float32, seed=0):
     return [(rng.standard_normal((n, 3, 7, 7)).astype(dtype), rng.integers(0, 7, n)) for n in sizes]
 
 
+def one_layer(n_in=4, n_out=3):
+    """A Linear layer, an SGD that updates it in backward (kept alive by the caller) and an input
+    of two rows of ones."""
+    tn.manual_seed(0)
+    fc = nn.Linear(n_in, n_out)
+    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
+    return fc, opt, tn.tensor(np.ones((2, n_in), np.float32))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loops", ["compiled", "numpy"])
 def test_training_gives_the_bits_of_backward_then_step(dtype, loops):
@@ -133,10 +142,7 @@ def test_a_weight_used_twice_takes_its_gradient_and_step_with_a_warning():
 
 
 def test_a_view_of_the_weight_elsewhere_in_the_graph_declines():
-    tn.manual_seed(0)
-    fc = nn.Linear(5, 5)
-    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
-    x = tn.tensor(np.ones((2, 5), np.float32))
+    fc, opt, x = one_layer(5, 5)
     other = tn.tensor(fc.weight.data, requires_grad=True)  # the same memory, another tensor
     out = (fc(x) @ other).sum()
     with pytest.warns(UserWarning, match="shares its memory with one"):
@@ -146,10 +152,7 @@ def test_a_view_of_the_weight_elsewhere_in_the_graph_declines():
 
 
 def test_retain_graph_and_an_existing_grad_decline():
-    tn.manual_seed(0)
-    fc = nn.Linear(4, 3)
-    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
-    x = tn.tensor(np.ones((2, 4), np.float32))
+    fc, opt, x = one_layer()
     out = fc(x).sum()
     with pytest.warns(UserWarning, match=r"backward\(retain_graph=True\)"):
         out.backward(retain_graph=True)
@@ -173,10 +176,7 @@ def test_the_newest_optimiser_decides_and_a_copy_is_not_updated_in_backward():
 
 
 def test_an_updated_weight_refuses_a_graph_that_saved_it():
-    tn.manual_seed(0)
-    fc = nn.Linear(4, 3)
-    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)  # noqa: F841  (kept alive)
-    x = tn.tensor(np.ones((2, 4), np.float32))
+    fc, opt, x = one_layer()  # opt kept alive: it updates in backward
     first, second = fc(x).sum(), fc(x).sum()
     first.backward()  # updates the weight in place
     with pytest.raises(RuntimeError, match="was modified in place after forward"):
@@ -259,10 +259,7 @@ def test_a_plain_tensor_declines_since_its_memory_is_not_tracked():
 
 
 def test_an_offer_declined_later_is_withdrawn():
-    tn.manual_seed(0)
-    fc = nn.Linear(4, 3)
-    opt = optim.SGD(fc.parameters(), lr=0.1, update_in_backward=True)
-    x = tn.tensor(np.ones((2, 4), np.float32))
+    fc, opt, x = one_layer()
     out = fc(x).sum()
     fn = out._creator.inputs[0]._creator  # the Linear op, under the sum
     fn.updates = {1: opt.in_backward[0]}  # as a refused or failed earlier backward might leave it

@@ -168,14 +168,13 @@ class UpdateInBackward:
 
     def takes(self, gy, x):
         """Whether the CPU's fused loop runs for the weight gradient gy.T @ x: a CPU array at a
-        batch whose weight gradient is a sum of outer products (linear.weight_grad_gemm),
+        batch whose weight gradient is a sum of outer products (linear.sums_outer_products),
         the weight and its momentum C-contiguous, one dtype."""
         opt, i = self.optimizer, self.index
         p, v = opt.params[i], opt.velocity[i]
         w = p.data
-        return (linear.small_batch_cpu(x) and x.shape[0] in linear.OUTER_SUM_BATCH and isinstance(w, np.ndarray)
-                and w.flags.c_contiguous and v.flags.c_contiguous and gy.dtype == x.dtype == w.dtype
-                and p.device == opt.velocity_devices[i])
+        return (linear.sums_outer_products(x) and isinstance(w, np.ndarray) and w.flags.c_contiguous
+                and v.flags.c_contiguous and gy.dtype == x.dtype == w.dtype and p.device == opt.velocity_devices[i])
 
     def apply(self, gy, x):
         """The update, in place, with the gradient gy.T @ x (where ``takes`` says so)."""

@@ -1016,6 +1016,7 @@ def outer_sum(gy, x):
     parallel_chunks(rows, O, I * dtype.itemsize, target_bytes=1 << 20)
     return gw
 
+
 def outer_sum_sgd(gy, x, w, v, lr, m, wd):
     """The paper's update of a fully connected layer's weights w (O, I) and momentum v, in
     place, with the weight gradient gy.T @ x (``outer_sum``) that comes out of backward:
@@ -1023,15 +1024,16 @@ def outer_sum_sgd(gy, x, w, v, lr, m, wd):
     sgd_update over the flat arrays); the compiled loop does both in one pass and never
     stores g, with the same bits.  w and v: C-contiguous."""
     _check_outer_sum(gy, x)
-    _check_step_arrays(gy, w, v)
+    _check_step_arrays(gy, x, w, v)
     g = outer_sum(gy, x)
     sgd_update(w.reshape(-1), g.reshape(-1), v.reshape(-1), lr, m, wd)
 
 
-def _check_step_arrays(gy, w, v):
-    if w.shape != (gy.shape[1], w.shape[-1]) or w.ndim != 2 or v.shape != w.shape:
-        raise ValueError(f"outer_sum_sgd: expected w and v of shape (O, I) with O = gy.shape[1] = {gy.shape[1]}, "
-                         f"got w {w.shape} and v {v.shape}")
+def _check_step_arrays(gy, x, w, v):
+    O, I = gy.shape[1], x.shape[1]
+    if w.shape != (O, I) or v.shape != w.shape:
+        raise ValueError(f"outer_sum_sgd: expected w and v of shape (O, I) with O = gy.shape[1] = {O} and "
+                         f"I = x.shape[1] = {I}, got w {w.shape} and v {v.shape}")
     if not (w.flags.c_contiguous and v.flags.c_contiguous):
         raise ValueError("outer_sum_sgd: w and v must be C-contiguous (they are updated in place)")
 

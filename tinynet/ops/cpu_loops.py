@@ -519,11 +519,9 @@ def outer_sum_sgd(gy, x, w, v, lr, m, wd):
     if not _compiled(gy, x, w, v):
         return cpu_kernels.outer_sum_sgd(gy, x, w, v, lr, m, wd)
     cpu_kernels._check_outer_sum(gy, x)
-    cpu_kernels._check_step_arrays(gy, w, v)
+    cpu_kernels._check_step_arrays(gy, x, w, v)
     gt, x = _c(gy.T), _c(x)  # gy.T (O, N): each row's N coefficients side by side
     (O, N), I = gt.shape, x.shape[1]
-    if w.shape[1] != I:
-        raise ValueError(f"outer_sum_sgd: w has {w.shape[1]} columns, x {I}")
     fn = _function("outer_sum_sgd", w.dtype)
     cpu_kernels.parallel_runs(lambda o0, o1: fn(gt.ctypes.data, x.ctypes.data, w.ctypes.data, v.ctypes.data,
                                                 N, I, o0, o1, lr, m, wd), O)

@@ -77,10 +77,16 @@ def forward_gemm(x, weight):
     return matmul(x, weight.T)
 
 
+def sums_outer_products(x):
+    """Whether the weight gradient for input x is the CPU loops' sum of outer products
+    (outer_sum): a CPU array at batch 1-32 (OUTER_SUM_BATCH)."""
+    return small_batch_cpu(x) and x.shape[0] in OUTER_SUM_BATCH
+
+
 def weight_grad_gemm(gy, x):
     """gy.T @ x, on the CPU for batch 1-32 as the sum of outer products it is (the CPU loops'
     ``outer_sum``), and for batch 33-64 its rows shared between the threads."""
-    if small_batch_cpu(x) and x.shape[0] in OUTER_SUM_BATCH:
+    if sums_outer_products(x):
         return kernels_for(x).outer_sum(gy, x)
     if small_batch_cpu(x) and x.shape[0] in SMALL_BATCH:
         return rows_matmul(gy.T, x)
