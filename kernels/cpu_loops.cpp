@@ -1049,21 +1049,31 @@ static INLINE void winograd_weight_grad(const T* gu, T* gw, i64 P, i64 p0, i64 p
 }
 
 // ---------------------------------------------------------------------------
-// The paper's SGD update, in place over flat arrays [i0, i1):
-//   v = m*v - (wd*lr)*w - lr*g;  w = w + v
-// rounded step by step as NumPy's four in-place passes round it (optim._update).
+// The paper's SGD rule, v = m*v - (wd*lr)*w - lr*g;  w = w + v, rounded step by step as
+// NumPy's four in-place passes round it (optim._update), for one value or a SIMD vector of
+// them (U).  sgd_update applies it over flat arrays, outer_sum_sgd (below) to each weight
+// gradient as it is summed.
+template <typename T>
+struct Rule {
+    T m, decay, rate;  // m, wd*lr, lr, each rounded to T
+    Rule(double lr, double momentum, double wd) : m(T(momentum)), decay(T(wd * lr)), rate(T(lr)) {}
 
+    template <typename U>
+    INLINE void apply(U& w, U& v, const U& g) const {
+        U vi = v * m;
+        vi -= decay * w;
+        vi -= rate * g;
+        v = vi;
+        w += vi;
+    }
+};
+
+// The update in place over flat arrays [i0, i1)
 template <typename T>
 static INLINE void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v, double lr,
                               double m, double wd, i64 i0, i64 i1) {
-    const T mm = T(m), decay = T(wd * lr), rate = T(lr);
-    for (i64 i = i0; i < i1; ++i) {
-        T vi = v[i] * mm;
-        vi -= decay * w[i];
-        vi -= rate * g[i];
-        v[i] = vi;
-        w[i] += vi;
-    }
+    const Rule<T> rule(lr, m, wd);
+    for (i64 i = i0; i < i1; ++i) rule.apply(w[i], v[i], g[i]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1185,7 +1195,7 @@ static INLINE void store_vector(T* p, const typename Lanes<T>::V& v, bool stream
 }
 
 // outer_sum_sgd: the same sums, each used at once in the paper's update of the weight it is
-// the gradient of (sgd_update's arithmetic, in its order), and never stored:
+// the gradient of (Rule, as sgd_update applies it), and never stored:
 //   v = m*v - (wd*lr)*w - lr*g;  w = w + v
 // An optimiser that updates in backward (tinynet/optim.py) calls it from Linear's backward.
 // Stored and then updated, fc6's gradient is written (151 MB) and read back, and w and v read
@@ -1198,18 +1208,14 @@ constexpr i64 STEP_TILE_BYTES = 64 << 10;
 
 template <typename T>
 struct Step {
-    T m, decay, rate;  // m, wd*lr, lr, each rounded to T as sgd_update rounds them
-    T* w;              // the weights (O, I), row-major, or nullptr: store the gradient instead
-    T* v;              // their momentum, the same shape
+    Rule<T> rule;
+    T* w;  // the weights (O, I), row-major, or nullptr: store the gradient instead
+    T* v;  // their momentum, the same shape
 };
 
 template <typename T>
 static INLINE void step_scalar(const Step<T>& k, i64 at, T g) {
-    T vi = k.v[at] * k.m;
-    vi -= k.decay * k.w[at];
-    vi -= k.rate * g;
-    k.v[at] = vi;
-    k.w[at] += vi;
+    k.rule.apply(k.w[at], k.v[at], g);
 }
 
 template <typename T>
@@ -1218,11 +1224,8 @@ static INLINE void step_vector(const Step<T>& k, i64 at, const typename Lanes<T>
     V w, v;
     std::memcpy(&w, k.w + at, sizeof(V));
     std::memcpy(&v, k.v + at, sizeof(V));
-    V vi = v * k.m;
-    vi -= k.decay * w;
-    vi -= k.rate * g;
-    w += vi;
-    std::memcpy(k.v + at, &vi, sizeof(V));
+    k.rule.apply(w, v, g);
+    std::memcpy(k.v + at, &v, sizeof(V));
     std::memcpy(k.w + at, &w, sizeof(V));
 }
 
@@ -1410,11 +1413,11 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
     }                                                                                                   \
     extern "C" TINYNET_CLONES void outer_sum_##SUFFIX(const T* gt, const T* x, T* gw, i64 N, i64 I, i64 o0,  \
                                                       i64 o1, i64 stream) {                            \
-        outer_sum(gt, x, gw, N, I, o0, o1, stream != 0, Step<T>{T(0), T(0), T(0), nullptr, nullptr});        \
+        outer_sum(gt, x, gw, N, I, o0, o1, stream != 0, Step<T>{Rule<T>(0, 0, 0), nullptr, nullptr});        \
     }                                                                                                   \
     extern "C" TINYNET_CLONES void outer_sum_sgd_##SUFFIX(const T* gt, const T* x, T* w, T* v, i64 N, i64 I,     \
                                                           i64 o0, i64 o1, double lr, double m, double wd) {   \
-        outer_sum<T>(gt, x, nullptr, N, I, o0, o1, false, Step<T>{T(m), T(wd * lr), T(lr), w, v});           \
+        outer_sum<T>(gt, x, nullptr, N, I, o0, o1, false, Step<T>{Rule<T>(lr, m, wd), w, v});           \
     }
 
 TINYNET_EXPORT(float, f32)
