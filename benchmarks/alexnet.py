@@ -31,8 +31,9 @@ LRN, max-pool, the other ReLUs, SGD, and the rest: Python glue and
 allocation), so the gap to the floor is visible.  On the CPU the fully connected
 layers' weights are updated in backward, as the training program does it (at
 batch 1-32: tinynet/optim.py; TINYNET_BENCH_UPDATE_IN_BACKWARD=0 turns it off):
-that loop's time is split in the table, its products alone (timed by the worker)
-as GEMM and the rest as SGD.  On the CPU it also times, last,
+that loop's time is split in the table: the part its products take (the products
+alone against the fused loop, in turn on arrays of their own, measured by the worker)
+as GEMM, the rest as SGD.  On the CPU it also times, last,
 the SGD update alone against a plain pass over the same bytes (update_speed):
 the table under the breakdown.
 
@@ -150,8 +151,8 @@ def worker_tinynet(batch, mode, repeat, device, towers, extras=EXTRAS):
             profiles.append(prof.by_kind())
         kinds = dict.fromkeys(kind for p in profiles for kind in p)  # every kind, in first-seen order
         result["profile_ms"] = {kind: statistics.median(p.get(kind, 0.0) for p in profiles) for kind in kinds}
-        if in_backward and batch in linear.OUTER_SUM_BATCH:  # the fused update's products alone (profile_groups)
-            result["fused_products_ms"] = fc_weight_grad_ms(batch)
+        if in_backward and batch in linear.OUTER_SUM_BATCH:  # the fused update's products' share (profile_groups)
+            result["fused_products_share"] = fused_products_share(batch, repeat)
     if "floor" in extras:
         # the floor, in turn with whole steps (its operands come after the peak was read)
         products = floor_products(batch, mode, device)
@@ -199,20 +200,33 @@ def update_speed(opt, repeat):
                 bytes=moved, gb_per_s=moved / update["median"] / 1e9)
 
 
-def fc_weight_grad_ms(batch):
-    """The fully connected layers' weight-gradient products alone (ms, the median of 5 runs of
-    all three), on the route the engine takes at this batch (linear.weight_grad_gemm): the part
-    of the fused weight gradient + SGD update that is the floor's own GEMMs."""
+def fused_products_share(batch, repeat):
+    """What part of the fully connected layers' fused weight gradient + SGD update is their
+    weight-gradient products: the products alone (linear.weight_grad_gemm, the route the engine
+    takes at this batch) against the fused loop (outer_sum_sgd, the optimiser's call), both over
+    all three layers' shapes on arrays of their own, in turn (common.interleaved).  Returns the
+    median of the repetitions' ratios products / fused, with its range and both medians in ms:
+    a ratio measured in turn, not one time set beside another taken in another minute."""
+    from tinynet.ops import kernels_for
+
     rng = np.random.default_rng(0)
-    pairs = [(rng.standard_normal((batch, fout)).astype(np.float32), rng.standard_normal((batch, fin)).astype(np.float32))
-             for _, fin, fout in FCS]
-    times = []
-    for _ in range(6):
-        t0 = time.perf_counter()
-        for gy, x in pairs:
+    layers = []
+    for _, fin, fout in FCS:
+        gy, x = (rng.standard_normal((batch, n)).astype(np.float32) for n in (fout, fin))
+        w = (rng.standard_normal((fout, fin)) * 0.01).astype(np.float32)
+        layers.append((gy, x, w, np.zeros_like(w)))
+
+    def products():
+        for gy, x, _, _ in layers:
             linear.weight_grad_gemm(gy, x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]) * 1e3
+
+    def fused():  # a tiny rate: the scratch weights barely move, however often they are updated
+        for gy, x, w, v in layers:
+            kernels_for(w).outer_sum_sgd(gy, x, w, v, 1e-9, 0.9, 5e-4)
+
+    alone, together, ratio = interleaved(products, fused, repeat, MIN_TIMED_SECONDS)
+    return {"share": ratio["median"], "min": ratio["min"], "max": ratio["max"],
+            "products_ms": alone["median"] * 1e3, "fused_ms": together["median"] * 1e3, "pairs": len(ratio["values"])}
 
 
 def worker_torch(batch, mode, repeat, device):
@@ -452,7 +466,8 @@ def summarise(result, batch):
     med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "fused_products_ms", "update_speed", "floor", "version", "cpu_loops", "sgd",
+    for key in ("profile_ms", "fused_products_share", "fused_products_ms", "update_speed", "floor", "version",
+                "cpu_loops", "sgd",
                 "base_bytes", "update_in_backward"):
         if key in result:
             out[key] = result[key]
@@ -483,7 +498,7 @@ def combine(rounds, batch):
     for key in ("version", "cpu_loops", "sgd", "update_in_backward"):  # what ran: PyTorch's version and SGD; tinynet's
         if key in rounds[0]:                                         # CPU loops and where its fc layers update
             out[key] = rounds[0][key]
-    for key in ("profile_ms", "fused_products_ms", "update_speed"):  # the first round's
+    for key in ("profile_ms", "fused_products_share", "fused_products_ms", "update_speed"):  # the first round's
         if key in rounds[0]:
             out[key] = rounds[0][key]
     floors = [r["floor"] for r in rounds if "floor" in r]
@@ -507,16 +522,21 @@ PROFILE_GROUPS = [
 FUSED = "weight gradient + SGD update"  # the fc layers' update in backward (tinynet/optim.py)
 
 
-def profile_groups(profile_ms, fused_products_ms=None):
+def profile_groups(profile_ms, fused_products_share=None, fused_products_ms=None):
     """ms per group of kinds (PROFILE_GROUPS), the rest as 'other (glue, allocation)'.  The fc
-    layers' fused weight gradient + SGD update is split: its products' time alone
-    (``fused_products_ms``, measured by the worker) goes to GEMM, the rest to the SGD update,
-    so that the SGD's share counts every millisecond the fusion spends beyond the floor's GEMMs."""
+    layers' fused weight gradient + SGD update is split: the part that is their products
+    (``fused_products_share``, the ratio products / fused loop the worker measured in turn)
+    goes to GEMM, the rest to the SGD update, so that the SGD's share counts every millisecond
+    the fusion spends beyond the floor's GEMMs.  Results saved before that ratio was measured
+    hold ``fused_products_ms`` instead, the products' time alone, taken once apart."""
     groups = {name: 0.0 for name, _ in PROFILE_GROUPS}
     groups["other (glue, allocation)"] = 0.0
     for kind, value in profile_ms.items():
         if kind.startswith(FUSED):
-            gemm = min(value, fused_products_ms or 0.0)
+            if fused_products_share is not None:
+                gemm = value * min(1.0, fused_products_share["share"])
+            else:
+                gemm = min(value, fused_products_ms or 0.0)
             groups["GEMM"] += gemm
             groups["SGD update"] += value - gemm
             continue
@@ -538,10 +558,9 @@ def profile_table(rows, device="cpu"):
     names = list(profile_groups({}))
     lines = ["", f"Where a training step's time goes (tn.profile(), {PROFILED_STEPS} extra steps after the timed "
              "ones; each kind's median in ms, and its share of their total. Where the fully connected layers' "
-             "weights are updated in backward, that fused loop's time is split: the same products alone, timed by "
-             "the worker, are counted as GEMM, and the rest as SGD update (the products alone are timed apart, "
-             "five runs after the profiled steps, and store their 151 MB gradient, which the fused loop never "
-             "does: the split moves with the minute by a few ms)"
+             "weights are updated in backward, that fused loop's time is split: the part its products take, "
+             "measured by the worker as the products alone against the fused loop in turn on arrays of their "
+             "own (the ratio under the table), is counted as GEMM, and the rest as SGD update)"
              + ("; on the GPU every op waits for its own kernels before the clock is read, so ops do "
                 "not overlap and the total exceeds an unprofiled step" if device != "cpu" else "") + "):", "",
              "| batch | " + " | ".join(names) + " | total | LRN, pool, ReLU, dropout, loss, SGD together "
@@ -549,13 +568,21 @@ def profile_table(rows, device="cpu"):
              "layer's runs in its output tiles) |",
              "|---" * (len(names) + 4) + "|"]
     for r in rows:
-        groups = profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_ms"))
+        groups = profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share"),
+                               r["tinynet"].get("fused_products_ms"))
         total = sum(groups.values())
         cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
         rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
         with_output = rest + groups["conv output pass"]
         lines.append(f"| {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} | {rest / total:.0%} "
                      f"| {with_output / total:.0%} |")
+    shares = [r for r in rows if "fused_products_share" in r["tinynet"]]
+    if shares:
+        lines += ["", "The fused loop's products' part (the fully connected layers' weight-gradient products alone / "
+                  "the fused weight gradient + update, the three layers, in turn; median of the pairs, min-max): "
+                  + "; ".join(f"batch {r['batch']}: {f['share']:.2f} ({f['min']:.2f}-{f['max']:.2f}; "
+                              f"{f['products_ms']:.1f} / {f['fused_ms']:.1f} ms, {f['pairs']} pairs)"
+                              for r in shares for f in [r["tinynet"]["fused_products_share"]])]
     speeds = [r for r in rows if "update_speed" in r["tinynet"]]
     if speeds:
         lines += ["", "The SGD update alone against a plain pass over the same bytes (update_speed: the pass multiplies "
@@ -570,7 +597,8 @@ def profile_table(rows, device="cpu"):
                   "|---|---|---|---|---|---|---|"]
         for r in speeds:
             f = r["tinynet"]["update_speed"]
-            total = sum(profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_ms")).values())
+            total = sum(profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share"),
+                               r["tinynet"].get("fused_products_ms")).values())
             lines.append(f"| {r['batch']} | {ms(f['update']['median'])} | {f['bytes'] / 1e9:.2f} | {f['gb_per_s']:.0f} "
                          f"| {ms(f['reference']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
                          f"{f['ratio']['max']:.2f}) | {f['reference']['median'] * 1e3 / total:.0%} |")
