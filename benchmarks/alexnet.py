@@ -63,7 +63,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
-from benchmarks.common import enough, interleaved, machine, ms, save, stats  # noqa: E402
+from benchmarks.common import cpu_times, enough, interleaved, machine, ms, save, stats, steal_share  # noqa: E402
 from benchmarks.layers import CONVS, FCS, conv_products  # noqa: E402  the layer shapes and their products, for both scripts
 from tinynet.ops import linear  # noqa: E402
 
@@ -495,6 +495,7 @@ def combine(rounds, batch):
                round_medians=[r["median"] for r in rounds])
     if all("base_bytes" in r for r in rounds):  # the peak above the process's memory before the model
         out["peak_above_base_bytes"] = max(r["peak_bytes"] - r["base_bytes"] for r in rounds)
+    out["round_steal"] = [r.get("steal") for r in rounds]  # the hypervisor's share of each round's worker
     for key in ("version", "cpu_loops", "sgd", "update_in_backward"):  # what ran: PyTorch's version and SGD; tinynet's
         if key in rounds[0]:                                         # CPU loops and where its fc layers update
             out[key] = rounds[0][key]
@@ -547,6 +548,23 @@ def profile_groups(profile_ms, fused_products_share=None, fused_products_ms=None
         else:
             groups["other (glue, allocation)"] += value
     return groups
+
+
+def steal_lines(rows, whole):
+    """Markdown: how loaded the shared machine was, as steal (common.cpu_times): over the whole
+    run, and per row the highest of its workers' (both engines, every round).  A row whose
+    workers lost a tenth or more of the cores' time is measured on a busy machine, and
+    said so."""
+    if whole is None:
+        return []
+    cells = []
+    for row in rows:
+        shares = [s for engine in ("tinynet", "torch") if engine in row for s in row[engine].get("round_steal", [])
+                  if s is not None]
+        if shares:
+            cells.append(f"batch {row['batch']} {row['mode']} {max(shares):.0%}" + (" (busy)" if max(shares) >= 0.1 else ""))
+    return ["", f"Steal (the share of the cores' time the hypervisor gave other guests, /proc/stat): {whole:.0%} over "
+            f"the run; the highest of each row's workers: " + ("; ".join(cells) or "-")]
 
 
 def profile_table(rows, device="cpu"):
@@ -659,10 +677,11 @@ def main():
             rounds = {engine: [] for engine in engines}
             for k in range(args.rounds):
                 for engine in engines if k % 2 == 0 else engines[::-1]:
+                    before = cpu_times()
                     result = run_worker(engine, batch, mode, args.repeat, args.device,
                                         args.towers and engine == "tinynet",
                                         extras=EXTRAS if k == 0 else ("floor",))
-                    rounds[engine].append(summarise(result, batch))
+                    rounds[engine].append(dict(summarise(result, batch), steal=steal_share(before, cpu_times())))
             row = dict(batch=batch, mode=mode, **{engine: combine(rounds[engine], batch) for engine in engines})
             if with_torch and "error" not in row["tinynet"] and "error" not in row["torch"]:
                 row["throughput_ratio"] = stats([t["median"] / m["median"] for t, m in
@@ -719,6 +738,8 @@ def main():
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
                      f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
                      f"{ms(floor['floor']['median']) if floor else ''} | {ratio} {torch_cols}")
+    info["steal"] = steal_share(info["cpu_ticks_at_start"], cpu_times())
+    lines += steal_lines(rows, info["steal"])
     lines += profile_table(rows, args.device)
     md = "\n".join(lines) + "\n"
     print(md)

@@ -108,6 +108,31 @@ def blas_info():
         return cfg.get("Build Dependencies", {}).get("blas", "unknown") if isinstance(cfg, dict) else "unknown"
 
 
+def cpu_times():
+    """The machine's CPU time so far (Linux: /proc/stat's first line, in clock ticks), as
+    {"total": ..., "steal": ...}; None where there is no such file.  Steal is the time a
+    virtual machine's cores were ready to run but the hypervisor ran another guest: on a
+    shared machine, one measure of how loaded the minute was.  It does not see another guest's
+    use of the shared L3 cache and memory, which slows a step as much without stealing a tick."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest: inside user)
+    return {"total": sum(ticks), "steal": ticks[7]}
+
+
+def steal_share(before, after):
+    """The share of the cores' time stolen by the hypervisor between two cpu_times() readings
+    (0.5: half of it), or None where either is unknown or no time passed."""
+    if before is None or after is None or after["total"] <= before["total"]:
+        return None
+    return (after["steal"] - before["steal"]) / (after["total"] - before["total"])
+
+
 def machine():
     import tinynet
 
@@ -123,6 +148,7 @@ def machine():
         "blas": blas_info(),
         "blas_kernels": tinynet.ops.cpu_kernels.blas_kernels(),
         "batched_products": tinynet.ops.cpu_kernels.batched_matmul_route(),  # a convolution's GEMMs
+        "cpu_ticks_at_start": cpu_times(),  # save() reports the steal from here to the end of the run
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",
                                               "MKL_NUM_THREADS", "TINYNET_CPU_LOOPS")},
@@ -130,6 +156,15 @@ def machine():
 
 
 def save(name, payload, markdown):
+    """Write results/<name>.json and .md.  Where the payload's machine() was read on Linux, both
+    say how much of the cores' time the hypervisor stole from the start to here (unless the
+    script said it already, as machine["steal"])."""
+    info = payload.get("machine")
+    if isinstance(info, dict) and info.get("cpu_ticks_at_start") and "steal" not in info:
+        info["steal"] = steal_share(info["cpu_ticks_at_start"], cpu_times())
+        if info["steal"] is not None:
+            markdown += (f"\nSteal over the run (the share of the cores' time the hypervisor gave other guests, "
+                         f"/proc/stat): {info['steal']:.0%}\n")
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as f:
         json.dump(payload, f, indent=2, default=str)
