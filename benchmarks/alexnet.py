@@ -63,7 +63,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tinynet  # noqa: E402  first: its import sets BLAS's idle threads to sleep (the workers inherit it)
 import numpy as np  # noqa: E402
-from benchmarks.common import cpu_times, enough, interleaved, machine, ms, save, stats, steal_share  # noqa: E402
+from benchmarks.common import RUN_STARTED, cpu_times, enough, interleaved, machine, ms, save, stats, steal_share  # noqa: E402
 from benchmarks.layers import CONVS, FCS, conv_products  # noqa: E402  the layer shapes and their products, for both scripts
 from tinynet.ops import linear  # noqa: E402
 
@@ -738,7 +738,7 @@ def main():
         lines.append(f"| {row['batch']} | {row['mode']} | {t['images_per_s']:.1f} | {ms(t['median'])} "
                      f"({ms(t['min'])}-{ms(t['max'])}) | {memory_cell(t)} | "
                      f"{ms(floor['floor']['median']) if floor else ''} | {ratio} {torch_cols}")
-    info["steal"] = steal_share(info["cpu_ticks_at_start"], cpu_times())
+    info["steal"] = steal_share(RUN_STARTED, cpu_times())
     lines += steal_lines(rows, info["steal"])
     lines += profile_table(rows, args.device)
     md = "\n".join(lines) + "\n"

@@ -133,6 +133,11 @@ def steal_share(before, after):
     return (after["steal"] - before["steal"]) / (after["total"] - before["total"])
 
 
+# the machine's CPU ticks when the benchmark script started (each imports this module first):
+# save() reports the steal from here
+RUN_STARTED = cpu_times()
+
+
 def machine():
     import tinynet
 
@@ -148,7 +153,6 @@ def machine():
         "blas": blas_info(),
         "blas_kernels": tinynet.ops.cpu_kernels.blas_kernels(),
         "batched_products": tinynet.ops.cpu_kernels.batched_matmul_route(),  # a convolution's GEMMs
-        "cpu_ticks_at_start": cpu_times(),  # save() reports the steal from here to the end of the run
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT",
                                               "MKL_NUM_THREADS", "TINYNET_CPU_LOOPS")},
@@ -156,12 +160,12 @@ def machine():
 
 
 def save(name, payload, markdown):
-    """Write results/<name>.json and .md.  Where the payload's machine() was read on Linux, both
-    say how much of the cores' time the hypervisor stole from the start to here (unless the
-    script said it already, as machine["steal"])."""
+    """Write results/<name>.json and .md.  On Linux both also say how much of the cores' time
+    the hypervisor stole while the script ran, from RUN_STARTED to here, as machine["steal"]
+    (unless the script said it already)."""
     info = payload.get("machine")
-    if isinstance(info, dict) and info.get("cpu_ticks_at_start") and "steal" not in info:
-        info["steal"] = steal_share(info["cpu_ticks_at_start"], cpu_times())
+    if isinstance(info, dict) and "steal" not in info:
+        info["steal"] = steal_share(RUN_STARTED, cpu_times())
         if info["steal"] is not None:
             markdown += (f"\nSteal over the run (the share of the cores' time the hypervisor gave other guests, "
                          f"/proc/stat): {info['steal']:.0%}\n")
