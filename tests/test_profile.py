@@ -63,4 +63,3 @@ def test_a_sync_function_is_called_before_every_clock_reading():
     assert len(waits) >= sum(prof.calls.values()) + 1  # every charge ends with a reading; mark() starts
     for kind, seconds in prof.seconds.items():
         assert seconds >= 0.002 * prof.calls[kind], kind
-
