@@ -466,8 +466,7 @@ def summarise(result, batch):
     med = statistics.median(t)
     out = dict(median=med, min=t[0], max=t[-1], images_per_s=batch / med,
                peak_bytes=result["peak_bytes"], peak_reserved_bytes=result.get("peak_reserved_bytes"))
-    for key in ("profile_ms", "fused_products_share", "fused_products_ms", "update_speed", "floor", "version",
-                "cpu_loops", "sgd",
+    for key in ("profile_ms", "fused_products_share", "update_speed", "floor", "version", "cpu_loops", "sgd",
                 "base_bytes", "update_in_backward"):
         if key in result:
             out[key] = result[key]
@@ -499,7 +498,7 @@ def combine(rounds, batch):
     for key in ("version", "cpu_loops", "sgd", "update_in_backward"):  # what ran: PyTorch's version and SGD; tinynet's
         if key in rounds[0]:                                         # CPU loops and where its fc layers update
             out[key] = rounds[0][key]
-    for key in ("profile_ms", "fused_products_share", "fused_products_ms", "update_speed"):  # the first round's
+    for key in ("profile_ms", "fused_products_share", "update_speed"):  # the first round's
         if key in rounds[0]:
             out[key] = rounds[0][key]
     floors = [r["floor"] for r in rounds if "floor" in r]
@@ -523,21 +522,18 @@ PROFILE_GROUPS = [
 FUSED = "weight gradient + SGD update"  # the fc layers' update in backward (tinynet/optim.py)
 
 
-def profile_groups(profile_ms, fused_products_share=None, fused_products_ms=None):
+def profile_groups(profile_ms, fused_products_share=None):
     """ms per group of kinds (PROFILE_GROUPS), the rest as 'other (glue, allocation)'.  The fc
     layers' fused weight gradient + SGD update is split: the part that is their products
     (``fused_products_share``, the ratio products / fused loop the worker measured in turn)
     goes to GEMM, the rest to the SGD update, so that the SGD's share counts every millisecond
-    the fusion spends beyond the floor's GEMMs.  Results saved before that ratio was measured
-    hold ``fused_products_ms`` instead, the products' time alone, taken once apart."""
+    the fusion spends beyond the floor's GEMMs.  Without the ratio, all of it goes to the SGD
+    update."""
     groups = {name: 0.0 for name, _ in PROFILE_GROUPS}
     groups["other (glue, allocation)"] = 0.0
     for kind, value in profile_ms.items():
         if kind.startswith(FUSED):
-            if fused_products_share is not None:
-                gemm = value * min(1.0, fused_products_share["share"])
-            else:
-                gemm = min(value, fused_products_ms or 0.0)
+            gemm = 0.0 if fused_products_share is None else value * min(1.0, fused_products_share["share"])
             groups["GEMM"] += gemm
             groups["SGD update"] += value - gemm
             continue
@@ -586,8 +582,7 @@ def profile_table(rows, device="cpu"):
              "layer's runs in its output tiles) |",
              "|---" * (len(names) + 4) + "|"]
     for r in rows:
-        groups = profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share"),
-                               r["tinynet"].get("fused_products_ms"))
+        groups = profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share"))
         total = sum(groups.values())
         cells = [f"{groups[n]:.0f} ({groups[n] / total:.0%})" for n in names]
         rest = sum(groups[n] for n in ("LRN", "max-pool", "ReLU", "dropout", "loss", "SGD update"))
@@ -615,8 +610,7 @@ def profile_table(rows, device="cpu"):
                   "|---|---|---|---|---|---|---|"]
         for r in speeds:
             f = r["tinynet"]["update_speed"]
-            total = sum(profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share"),
-                               r["tinynet"].get("fused_products_ms")).values())
+            total = sum(profile_groups(r["tinynet"]["profile_ms"], r["tinynet"].get("fused_products_share")).values())
             lines.append(f"| {r['batch']} | {ms(f['update']['median'])} | {f['bytes'] / 1e9:.2f} | {f['gb_per_s']:.0f} "
                          f"| {ms(f['reference']['median'])} | {f['ratio']['median']:.2f} ({f['ratio']['min']:.2f}-"
                          f"{f['ratio']['max']:.2f}) | {f['reference']['median'] * 1e3 / total:.0%} |")

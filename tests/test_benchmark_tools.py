@@ -10,8 +10,7 @@ from benchmarks.common import cpu_times, steal_share
 def test_the_benchmark_splits_the_fused_update_by_the_share_measured_in_turn():
     """benchmarks/alexnet.py's breakdown: the fully connected layers' fused weight gradient +
     update goes to GEMM in the part its products take (the ratio the worker measured in turn),
-    the rest to the SGD update; results saved earlier, with the products' time alone, still
-    read; every millisecond lands in one group."""
+    the rest to the SGD update; every millisecond lands in one group."""
     profile = {"GEMM": 100.0, FUSED: 40.0, "LocalResponseNorm backward (rest)": 5.0, "glue": 1.0}
     groups = profile_groups(profile, {"share": 0.75, "min": 0.5, "max": 0.9})
     assert groups["GEMM"] == pytest.approx(130.0) and groups["SGD update"] == pytest.approx(10.0)
@@ -19,9 +18,6 @@ def test_the_benchmark_splits_the_fused_update_by_the_share_measured_in_turn():
     assert sum(groups.values()) == pytest.approx(sum(profile.values()))
     # a share above 1 (the products alone slower in a noisy minute) gives the SGD nothing, not less
     assert profile_groups(profile, {"share": 1.2})["SGD update"] == 0.0
-    # the earlier form: the products' ms alone, capped at the fused loop's time
-    old = profile_groups(profile, None, 25.0)
-    assert old["GEMM"] == pytest.approx(125.0) and old["SGD update"] == pytest.approx(15.0)
     assert profile_groups(profile)["SGD update"] == pytest.approx(40.0)  # nothing measured: all of it
 
 
