@@ -31,7 +31,7 @@ def compare(settings, batches, pairs, repeat):
                                            extras=("profile",)), batch)
                 if "error" in r:
                     raise SystemExit(f"batch {batch}, {name}: the worker failed: {r['error']}")
-                groups = profile_groups(r.get("profile_ms", {}))
+                groups = profile_groups(r.get("profile_ms", {}), r.get("fused_products_share"))
                 row[name] = dict(median_s=r["median"], gemm_ms=groups["GEMM"], groups_ms=groups,
                                  between_gemms_ms=sum(groups[g] for g in BETWEEN_GEMMS))
             row["ratio"] = row[other]["median_s"] / row[base]["median_s"]
