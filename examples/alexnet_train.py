@@ -1210,7 +1210,7 @@ class Run:
                      f"{tn.ops.cpu_kernels.batched_matmul_route()}; {tn.ops.cpu_kernels.blas_kernels()}")
         if self.optimizer.update_in_backward and not self.args.eval_only:
             how = ("each weight's gradient used as it is summed, never stored (the same numbers as "
-                   "backward then step())" if cfg["batch_size"] <= max(linear.OUTER_SUM_BATCH) else
+                   "backward then step())" if cfg["batch_size"] in linear.OUTER_SUM_BATCH else
                    f"but not at batch {cfg['batch_size']} (above {max(linear.OUTER_SUM_BATCH)}: "
                    "their gradients are stored and step() applies them)")
             self.say(f"SGD: the fully connected layers' weights are updated in backward, {how}")
