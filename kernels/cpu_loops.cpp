@@ -1187,9 +1187,12 @@ static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* _
 // - x is copied a tile of columns at a time (OUTER_TILE_BYTES of each of its N rows) into one
 //   contiguous block: x's rows lie a multiple of 4 KB apart at fc6's and fc7's widths, and 16
 //   of them read side by side evicted each other from the L1 cache;
-// - Q = 6 rows of gw and U = 2 vectors of columns are summed at once, 12 sums in registers
-//   (AVX2 has 16): each x vector read serves 6 rows, and 12 independent sums hide the adds'
-//   latency;
+// - Q = 6 rows of gw and 64 bytes of columns (16 floats) are summed at once, each row's
+//   sums one 64-byte vector (GCC's vector extensions): two AVX2 registers, 12 sums in
+//   registers (AVX2 has 16), or one AVX-512 register.  Each x vector read serves 6 rows, and
+//   the independent sums hide the adds' latency.  These loops are compiled for AVX-512 too
+//   (TINYNET_WIDE_CLONES, below): the same multiplies and adds in the same order, half the
+//   instructions;
 // - with `stream`, the sums are stored past the cache (non-temporal stores, SSE2's, which
 //   every x86-64 has): gw is read again only by the update, after the rest of the backward
 //   pass has gone through the cache, and a store past it saves reading each line in first.
@@ -1197,22 +1200,22 @@ static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* _
 //   bytes long, so that every row starts at the same place in a cache line (64 bytes).  A
 //   store past the cache that fills only part of a line costs as much as reading the line in
 //   (fc6 at batch 8 took 28 ms so, against 6-7 with whole lines), so the columns go in tiles
-//   from the first one on a line's start: each U-vector block (64 bytes) then fills one line.
+//   from the first one on a line's start: each row's 64-byte vector then fills one line.
 //   The columns before it, and the part line at the end of a row, are stored as usual (they
 //   share a line with the row before or after).  gw need not be aligned: NumPy's arrays
 //   start 16 bytes into a line as often as not, and a gradient made aligned by slicing a
 //   bigger array would not own its memory (autograd would copy it, 151 MB for fc6).
 constexpr i64 OUTER_TILE_BYTES = 1024;
 
-template <typename T>
-static INLINE void store_vector(T* p, const typename Lanes<T>::V& v, bool stream) {
+template <typename T, typename V>
+static INLINE void store_vector(T* p, const V& v, bool stream) {
 #if defined(__SSE2__)
-    if (stream) {  // two 16-byte halves, moved as bits (the same instruction for float and double)
-        __m128 lo, hi;
-        std::memcpy(&lo, &v, 16);
-        std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
-        _mm_stream_ps(reinterpret_cast<float*>(p), lo);
-        _mm_stream_ps(reinterpret_cast<float*>(p) + 4, hi);
+    if (stream) {  // in 16-byte quarters, moved as bits (the same instruction for float and double)
+        for (int b = 0; b < int(sizeof(V)); b += 16) {
+            __m128 part;
+            std::memcpy(&part, reinterpret_cast<const char*>(&v) + b, 16);
+            _mm_stream_ps(reinterpret_cast<float*>(reinterpret_cast<char*>(p) + b), part);
+        }
         return;
     }
 #endif
@@ -1243,9 +1246,8 @@ static INLINE void step_scalar(const Step<T>& k, i64 at, T g) {
     k.rule.apply(k.w[at], k.v[at], g);
 }
 
-template <typename T>
-static INLINE void step_vector(const Step<T>& k, i64 at, const typename Lanes<T>::V& g) {
-    typedef typename Lanes<T>::V V;
+template <typename T, typename V>
+static INLINE void step_vector(const Step<T>& k, i64 at, const V& g) {
     V w, v;
     std::memcpy(&w, k.w + at, sizeof(V));
     std::memcpy(&v, k.v + at, sizeof(V));
@@ -1259,29 +1261,24 @@ static INLINE void step_vector(const Step<T>& k, i64 at, const typename Lanes<T>
 template <typename T, int Q>
 static INLINE void outer_sum_rows(const T* __restrict__ gt, const T* __restrict__ xt, T* __restrict__ gw,
                                   i64 N, i64 I, i64 o, i64 i0, i64 cols, bool stream, const Step<T>& k) {
-    typedef typename Lanes<T>::V V;
-    constexpr int L = Lanes<T>::L, U = 2;
+    typedef T V __attribute__((vector_size(64)));  // two AVX2 registers, or one AVX-512 register
+    constexpr int L = 64 / sizeof(T);
     const T* c[Q];  // row q's coefficients gt[o + q, 0 .. N-1]
     for (int q = 0; q < Q; ++q) c[q] = gt + (o + q) * N;
     i64 j = 0;
-    for (; j + U * L <= cols; j += U * L) {
-        V acc[Q][U], xv[U];
-        for (int u = 0; u < U; ++u) std::memcpy(&xv[u], xt + j + u * L, sizeof(V));
-        for (int q = 0; q < Q; ++q)
-            for (int u = 0; u < U; ++u) acc[q][u] = xv[u] * c[q][0];
+    for (; j + L <= cols; j += L) {
+        V acc[Q], xv;
+        std::memcpy(&xv, xt + j, sizeof(V));
+        for (int q = 0; q < Q; ++q) acc[q] = xv * c[q][0];
         for (i64 n = 1; n < N; ++n) {
-            for (int u = 0; u < U; ++u) std::memcpy(&xv[u], xt + n * cols + j + u * L, sizeof(V));
-            for (int q = 0; q < Q; ++q) {
-                const T b = c[q][n];
-                for (int u = 0; u < U; ++u) acc[q][u] += xv[u] * b;
-            }
+            std::memcpy(&xv, xt + n * cols + j, sizeof(V));
+            for (int q = 0; q < Q; ++q) acc[q] += xv * c[q][n];
         }
-        for (int q = 0; q < Q; ++q)
-            for (int u = 0; u < U; ++u) {
-                const i64 at = (o + q) * I + i0 + j + u * L;
-                if (k.w) step_vector<T>(k, at, acc[q][u]);
-                else store_vector<T>(gw + at, acc[q][u], stream);
-            }
+        for (int q = 0; q < Q; ++q) {
+            const i64 at = (o + q) * I + i0 + j;
+            if (k.w) step_vector<T>(k, at, acc[q]);
+            else store_vector<T>(gw + at, acc[q], stream);
+        }
     }
     for (; j < cols; ++j) {  // the last columns one by one
         for (int q = 0; q < Q; ++q) {
@@ -1344,7 +1341,13 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
 // thread: about 0.5 ns an element forward with AVX2), which take twice as many floats at once
 // there.  At batch 8 and 32 on a 2-core AMD EPYC (Zen 5), in one process, in turn with the AVX2
 // build, the forward took 0.77-0.91 of the time, the backward (more of it memory) 0.91-0.96;
-// the same bits.  The other loops ran no faster as AVX-512 clones (1.06 of the time, all
+// the same bits.  So are the fully connected layers' outer sums (outer_sum, outer_sum_sgd), whose
+// 64-byte vectors are then one register each: half the instructions for the same multiplies and
+// adds.  On a 2-core AMD EPYC, Zen 4 (family 25), whose AVX2 build ran them at under a third of
+// its arithmetic's peak, fc6-fc8 at batches 8, 16 and 32 (21 calls each, in turn with the AVX2
+// build): the products alone took 0.89, 0.81 and 0.77 of the time, the products with the
+// update 0.96, 0.93 and 0.83 (the update moves the weights at the memory's speed); the same
+// bits.  The other loops ran no faster as AVX-512 clones (Zen 5: 1.06 of the time, all
 // together, the Winograd output gradient's up to 1.57), so they stay as they are.
 
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
@@ -1436,11 +1439,11 @@ static INLINE void outer_sum(const T* __restrict__ gt, const T* __restrict__ x, 
                                                    i64 o1) {                                          \
         matvec(w, x, y, N, I, O, o0, o1);                                                               \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void outer_sum_##SUFFIX(const T* gt, const T* x, T* gw, i64 N, i64 I, i64 o0,  \
+    extern "C" TINYNET_WIDE_CLONES void outer_sum_##SUFFIX(const T* gt, const T* x, T* gw, i64 N, i64 I, i64 o0,  \
                                                       i64 o1, i64 stream) {                            \
         outer_sum(gt, x, gw, N, I, o0, o1, stream != 0, Step<T>{Rule<T>(0, 0, 0), nullptr, nullptr});        \
     }                                                                                                   \
-    extern "C" TINYNET_CLONES void outer_sum_sgd_##SUFFIX(const T* gt, const T* x, T* w, T* v, i64 N, i64 I,     \
+    extern "C" TINYNET_WIDE_CLONES void outer_sum_sgd_##SUFFIX(const T* gt, const T* x, T* w, T* v, i64 N, i64 I,     \
                                                           i64 o0, i64 o1, double lr, double m, double wd) {   \
         outer_sum<T>(gt, x, nullptr, N, I, o0, o1, false, Step<T>{Rule<T>(lr, m, wd), w, v});           \
     }

@@ -549,9 +549,9 @@ def test_a_bad_sanitizer_value_is_refused():
                     or platform.machine() != "x86_64",
                     reason="the loops are cloned for AVX2 on x86-64 Linux; listing the library takes nm")
 def test_every_loop_is_compiled_inside_its_exported_function():
-    """The exported functions are cloned for SSE2 and AVX2 (LRN's for AVX-512 too); a C++ function
-    the compiler left out of line (a loop's lambda, say) would be compiled once, for SSE2, and
-    called from the AVX2 clone.  Every C++ function must be inlined: the library defines none of its own (mangled
+    """The exported functions are cloned for SSE2 and AVX2 (LRN's and the outer sums' for AVX-512
+    too); a C++ function the compiler left out of line (a loop's lambda, say) would be compiled
+    once, for SSE2, and called from the AVX2 clone.  Every C++ function must be inlined: the library defines none of its own (mangled
     names start with _Z), only the exported C functions, their clones and the runtime's."""
     library = cpu_loops._load(strict=True)._name  # built if not yet
     listing = subprocess.run(["nm", "--defined-only", library], capture_output=True, text=True, check=True)
@@ -559,11 +559,13 @@ def test_every_loop_is_compiled_inside_its_exported_function():
     functions = [fields[2] for fields in symbols if len(fields) == 3 and fields[1] in "tT"]
     assert any(name.startswith("winograd_input_f32") for name in functions), "nm listed no loops"
     wide = {name.split(".")[0] for name in functions if "arch_x86_64_v4" in name}  # AVX-512 clones
-    assert wide <= {f"lrn_{way}_{suffix}" for way in ("forward", "backward") for suffix in ("f32", "f64")}, wide
+    expected = {f"{loop}_{suffix}" for loop in ("lrn_forward", "lrn_backward", "outer_sum", "outer_sum_sgd")
+                for suffix in ("f32", "f64")}
+    assert wide <= expected, wide
     identity = compiler_identity(compiler())
     version = re.search(r"(\d+)\.\d+\.\d+", identity)
     if "clang" not in identity and version and int(version.group(1)) >= 11:  # GCC 11 knows x86-64-v4
-        assert len(wide) == 4, f"no AVX-512 clones of LRN's loops from {identity}: {wide}"
+        assert wide == expected, f"AVX-512 clones from {identity}: {wide}, expected {expected}"
     out_of_line = [name for name in functions if name.startswith("_Z")]
     assert not out_of_line, f"functions left out of line in {library}: {out_of_line}"
 
