@@ -41,6 +41,9 @@ from .cpu_kernels import matmul, rows_matmul
 #   then adds the product into it: fc6 at batch 8 6.4 ms against 14.8 for the rows shared
 #   between the threads below, batch 16 11.7 against 17.3, batch 32 18.0 against 22.3; fc7 at
 #   batch 8 3.6 against 8.0; at batch 1 6.2 against 12.4 for np.multiply; no gain at 48 and 64.
+#   Where the arithmetic is slower (a 2-core Zen 4 EPYC), its multiplies and adds rather than
+#   its writes set the time at batch 16 and 32: its AVX-512 build took 0.81 and 0.77 of the
+#   AVX2 build's time there (see the clones in kernels/cpu_loops.cpp).
 # - batch 33 to 64, the weight gradient: the rows of gw shared between tinynet's threads, one
 #   BLAS thread each (cpu_kernels.rows_matmul), where OpenBLAS's own two threads ran it no
 #   faster than one: fc6 at batch 32 26 -> 22 ms, at batch 8 40 -> 13.
