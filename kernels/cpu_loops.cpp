@@ -1190,10 +1190,9 @@ static INLINE void matvec(const T* __restrict__ w, const T* __restrict__ x, T* _
 // - Q = 6 rows of gw (4 in an update at a small batch, see outer_sum) and 64 bytes of
 //   columns (16 floats) are summed at once, each row's sums one 64-byte vector (GCC's vector
 //   extensions): two AVX2 registers, 12 sums in registers (AVX2 has 16), or one AVX-512
-//   register.  Each x vector read serves 6 rows, and the independent sums hide the adds'
-//   latency.  These loops are compiled for AVX-512 too
-//   (TINYNET_WIDE_CLONES, below): the same multiplies and adds in the same order, half the
-//   instructions;
+//   register.  Each x vector read serves Q rows, and the independent sums hide the adds'
+//   latency.  These loops are compiled for AVX-512 too (TINYNET_WIDE_CLONES, below): the
+//   same multiplies and adds in the same order, half the instructions;
 // - with `stream`, the sums are stored past the cache (non-temporal stores, SSE2's, which
 //   every x86-64 has): gw is read again only by the update, after the rest of the backward
 //   pass has gone through the cache, and a store past it saves reading each line in first.
