@@ -374,15 +374,20 @@ static inline T power_neg_beta(T s, double beta) {
 }
 
 // The rows of channel c's window, in the order the sums take them: c itself, then the channels
-// below, nearest first, then those above.  Channel 0's row at `first`, channels `stride` apart.
-// Returns how many (at most 1 + below + above).
+// below, nearest first, then those above; row_of(ch) is channel ch's row.  Returns how many (at
+// most 1 + below + above).
+template <typename T, typename RowOf>
+static inline int window_rows(i64 c, i64 C, i64 below, i64 above, const T** rows, RowOf row_of) {
+    int R = 0;
+    rows[R++] = row_of(c);
+    for (i64 d = 1; d <= below && d <= c; ++d) rows[R++] = row_of(c - d);
+    for (i64 d = 1; d <= above && c + d < C; ++d) rows[R++] = row_of(c + d);
+    return R;
+}
+// ... with channel 0's row at `first` and the channels `stride` apart
 template <typename T>
 static inline int window_rows(const T* first, i64 stride, i64 c, i64 C, i64 below, i64 above, const T** rows) {
-    int R = 0;
-    rows[R++] = first + c * stride;
-    for (i64 d = 1; d <= below && d <= c; ++d) rows[R++] = first + (c - d) * stride;
-    for (i64 d = 1; d <= above && c + d < C; ++d) rows[R++] = first + (c + d) * stride;
-    return R;
+    return window_rows(c, C, below, above, rows, [&](i64 ch) { return first + ch * stride; });
 }
 
 // A window of up to MAX_WINDOW rows is summed inside the loop that uses the sum, in registers,
@@ -454,46 +459,57 @@ static INLINE void lrn_forward(const T* x, T* y, i64 C, i64 HW, i64 before, i64 
 
 // gx_i = gy_i * s_i^-beta - 2*alpha*beta * x_i * sum_{j: i in window(j)} gy_j * y_j / s_j
 //
-// The sums run along channels only, so each image goes in tiles of pixels: a tile's
-// u = gy * y / s and s^-beta, for all its channels, stay in the core's L2 cache
-// between the pass that makes them and the pass that sums them, and each channel's
-// row of a tile is long enough (hundreds of pixels) for the prefetcher.  The second
-// sum's window is the first's turned around: `after` channels below, `before` above.
+// The sums run along channels only.  Two passes, channel by channel, over a tile of pixels:
+// the first makes channel j's u_j = gy_j * y_j / s_j and s_j^-beta, the second sums the u of
+// channel c's window (the first's turned around: `after` channels below, `before` above) into
+// gx_c.  The second pass for channel c needs u up to channel c + before only, so it runs right
+// behind the first, `before` channels back, and only the last W = before + 1 + after channels'
+// u and s^-beta are kept: two rings of W rows, channel j in row j % W.  So each channel's x and
+// gy are read from memory once, by the first pass, and read again by the second a few
+// channels later, from the cache; the rings stay in the core's L2 cache.  A tile is a whole
+// plane where its rings fit RING_BYTES each (AlexNet's planes, 55x55 and 27x27, with the
+// paper's 5 channels), fewer pixels (at least 16) where not.  The same operations in the same
+// order as when the first pass ran over all channels before the second (tiles of 384 KB per
+// array, whose x and gy the second pass read again from beyond the L2 at lrn1's 96 channels):
+// the same bits.
+constexpr i64 RING_BYTES = 64 << 10;
+
 template <typename T>
 static INLINE void lrn_backward(const T* x, const T* gy, T* gx, i64 C, i64 HW, i64 before, i64 after,
                                 double alpha, double beta, double k, i64 n0, i64 n1) {
     const T a = T(alpha), kk = T(k), coef = T(-2.0 * alpha * beta);
-    // up to 384 KB for each of u and s^-beta: a whole image of lrn2 (128 channels of 27x27),
-    // 2,048 pixels of lrn1's (48 of 55x55).  Measured on a 1 MB L2: 96 KB tiles (rows of 192
-    // pixels for lrn2) took 1.2 times as long, and once both outgrew the L2 (a whole lrn1
-    // image, 1.16 MB) twice as long.
-    const i64 tile = std::max<i64>(16, std::min<i64>(HW, (384 << 10) / (i64)sizeof(T) / std::max<i64>(C, 1)));
-    std::vector<T> u(C * tile), q(C * tile);  // of one tile: gy * y / s, and s^-beta; channels tile apart
+    const i64 W = before + 1 + after;  // the rings' rows
+    const i64 tile = std::max<i64>(16, std::min<i64>(HW, RING_BYTES / (i64)sizeof(T) / W));
+    std::vector<T> u(W * tile), q(W * tile);  // gy * y / s, and s^-beta, of channel j in row j % W
     std::vector<T> sc(tile);                  // a wide window's sums, one channel's
-    std::vector<const T*> rows(1 + before + after);
+    std::vector<const T*> rows(W);
     for (i64 n = n0; n < n1; ++n) {
         for (i64 p0 = 0; p0 < HW; p0 += tile) {
             const i64 L = std::min(tile, HW - p0), base = n * C * HW + p0;
-            for (i64 c = 0; c < C; ++c) {  // s, then y = s^-beta * x as forward made it
-                T* __restrict__ qc = q.data() + c * tile;
-                T* __restrict__ uc = u.data() + c * tile;
-                const T* __restrict__ xc = x + base + c * HW;
-                const T* __restrict__ gyc = gy + base + c * HW;
-                const int R = window_rows(x + base, HW, c, C, before, after, rows.data());
-                window_sum<true>(rows.data(), R, L, sc.data(), [&](i64 p, T sum) { qc[p] = lrn_s(sum, a, kk); });
-                for (i64 p = 0; p < L; ++p) {
-                    const T s = qc[p], r = power_neg_beta(s, beta);
-                    T v = gyc[p] * (r * xc[p]);
-                    uc[p] = v / s;
-                    qc[p] = r;
+            for (i64 j = 0; j < C + before; ++j) {
+                if (j < C) {  // channel j: s, then y = s^-beta * x as forward made it
+                    T* __restrict__ qj = q.data() + j % W * tile;
+                    T* __restrict__ uj = u.data() + j % W * tile;
+                    const T* __restrict__ xj = x + base + j * HW;
+                    const T* __restrict__ gyj = gy + base + j * HW;
+                    const int R = window_rows(x + base, HW, j, C, before, after, rows.data());
+                    window_sum<true>(rows.data(), R, L, sc.data(), [&](i64 p, T sum) { qj[p] = lrn_s(sum, a, kk); });
+                    for (i64 p = 0; p < L; ++p) {
+                        const T s = qj[p], r = power_neg_beta(s, beta);
+                        T v = gyj[p] * (r * xj[p]);
+                        uj[p] = v / s;
+                        qj[p] = r;
+                    }
                 }
-            }
-            for (i64 c = 0; c < C; ++c) {  // the sum over the j whose window holds i, then gx
+                const i64 c = j - before;  // channel c: the sum over the j whose window holds it, then gx
+                if (c < 0)
+                    continue;
                 T* __restrict__ g = gx + base + c * HW;
                 const T* __restrict__ xc = x + base + c * HW;
-                const T* __restrict__ qc = q.data() + c * tile;
+                const T* __restrict__ qc = q.data() + c % W * tile;
                 const T* __restrict__ gyc = gy + base + c * HW;
-                const int R = window_rows<T>(u.data(), tile, c, C, after, before, rows.data());
+                const int R = window_rows(c, C, after, before, rows.data(),
+                                          [&](i64 ch) -> const T* { return u.data() + ch % W * tile; });
                 window_sum<false>(rows.data(), R, L, sc.data(), [&](i64 p, T sum) {
                     T t = sum * xc[p];
                     t *= coef;

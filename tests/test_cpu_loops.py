@@ -306,16 +306,18 @@ def test_lrn_gives_the_numpy_bits(n, c, hw, size, dtype, beta, seed):
         np.testing.assert_allclose(gx2, gx, rtol=rtol, atol=4 * rtol * np.abs(gy).max())
 
 
-@pytest.mark.parametrize("shape,size", [((1, 48, 50, 50), 5), ((2, 7000, 5, 5), 9), ((1, 300, 31, 31), 5),
-                                        ((1, 7000, 5, 5), 11)],
-                         ids=["two tiles", "16-pixel tiles", "uneven tiles", "16-pixel tiles, wide window"])
+@pytest.mark.parametrize("shape,size", [((1, 12, 60, 60), 5), ((2, 20, 70, 70), 9), ((1, 40, 40, 40), 11),
+                                        ((1, 1100, 5, 5), 1025)],
+                         ids=["two tiles", "uneven tiles", "wide window, two tiles", "16-pixel tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lrn_backward_in_several_pixel_tiles_gives_the_numpy_bits(shape, size, dtype):
-    """The compiled backward goes through each image in tiles of pixels (up to 384 KB of
-    scratch per array, so a tile holds 384 KB / (itemsize * C) pixels, at least 16): these
-    shapes take two tiles (float32; three in float64), 16-pixel tiles (C = 7000, a 9-channel
-    window) with a 9-pixel last one, and three tiles with a shorter last one.  The
-    hypothesis test above always fits in one tile."""
+    """The compiled backward goes through each image in tiles of pixels, as many as let its two
+    rings of `size` channel rows fit 64 KB each (RING_BYTES), at least 16: these shapes take
+    two tiles of 3,276 and 324 pixels (float32; three in float64), tiles of 1,820 pixels with
+    a shorter last one (a 9-channel window), a wide window (summed a row at a time) in two
+    tiles (three in float64), and 16-pixel tiles with a 9-pixel last one (a window of 1,025
+    channels, whose rings overfill 64 KB even at 16 pixels).  The hypothesis test above
+    always fits in one tile, and its rings wrap around as soon as C > size."""
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     gy = rng.standard_normal(shape).astype(dtype)
